@@ -1,0 +1,588 @@
+//! The `ark` command line: clap definitions and dispatch. Exit codes: 0 success, 1 failure,
+//! 2 usage error. Human output by default, JSON with `--json` where offered.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ark_proto::v1::NodeSpec;
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench;
+use crate::certs;
+use crate::client::ArkClient;
+use crate::config::ClientConfig;
+use crate::demo;
+use crate::playground::{self, Layout};
+
+/// Ark: keeps critical data alive through the loss of a data centre.
+#[derive(Debug, Parser)]
+#[command(name = "ark", version)]
+pub struct Cli {
+    /// Client config (endpoints and TLS files), e.g. the `client.toml` a playground writes.
+    #[arg(long, global = true, env = "ARK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Talk to this node only (`host:port`), overriding the config's endpoint list.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    endpoint: Option<String>,
+    /// Give up on one operation after this many milliseconds, retries included.
+    #[arg(long, global = true, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the cluster: leader, term and every node with its site, role and health.
+    Status {
+        /// Print JSON: {leader_id, term, nodes: [{id, site, role, client_addr, healthy}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Small linearizable key/value records.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Members(MembersCmd),
+    /// Create the cluster CA and node or client certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// A local multi-site cluster of real arkd processes on loopback.
+    #[command(subcommand)]
+    Playground(PlaygroundCmd),
+    /// Guided tour: start a playground, lose the leader's site, measure failover, verify data.
+    Demo {
+        /// Number of sites (one node each).
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        /// Print the report as JSON at the end.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCmd {
+    /// Write a value.
+    Put {
+        /// Key (non-empty, at most 1024 bytes).
+        key: String,
+        /// Value (at most 64 KiB).
+        value: String,
+    },
+    /// Read a value (linearizable unless --stale).
+    Get {
+        /// Key.
+        key: String,
+        /// Read this node's replica without confirming leadership.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a key.
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// List keys with a prefix.
+    Ls {
+        /// Prefix (empty: all keys).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Also print values.
+        #[arg(long)]
+        values: bool,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+        /// Read this node's replica without confirming leadership.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersCmd {
+    /// List members with role and health.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a running node as a learner (it catches up from the log or a snapshot).
+    Add {
+        /// Its node id.
+        id: u64,
+        /// Its site.
+        #[arg(long)]
+        site: String,
+        /// Its QUIC peer address.
+        #[arg(long)]
+        peer_addr: String,
+        /// Its gRPC client address.
+        #[arg(long)]
+        client_addr: String,
+        /// Answer only once it has caught up.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Node id.
+        id: u64,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Create a cluster CA (ca.pem, ca.key) in DIR.
+    Ca {
+        /// Output folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue node-<ID>.pem/.key signed by the CA in --ca-dir.
+    Node {
+        /// Node id.
+        id: u64,
+        /// Folder with ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Output folder (default: the CA folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Extra DNS names or IP addresses for the certificate (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Issue NAME.pem/.key for a client.
+    Client {
+        /// Client name.
+        name: String,
+        /// Folder with ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Output folder (default: the CA folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PlaygroundCmd {
+    /// Start a playground and leave it running.
+    Up(UpArgs),
+    /// Stop every node of a playground.
+    Down {
+        /// The playground folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Restart one stopped node of a playground.
+    Start {
+        /// The playground folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Start one more node (not yet a member; add it with `ark members add`).
+    AddNode {
+        /// The playground folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Its site.
+        #[arg(long)]
+        site: String,
+        /// Snapshot after this many applied entries.
+        #[arg(long, default_value_t = 20_000)]
+        snapshot_every: u64,
+        /// Print the new node as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Folder for configs, certificates, data and logs (must not hold a playground).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of sites.
+    #[arg(long, default_value_t = 3)]
+    sites: u32,
+    /// Nodes in each site.
+    #[arg(long, default_value_t = 1)]
+    nodes_per_site: u32,
+    /// Snapshot and compact the log after this many applied entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Closed-loop small writes; prints throughput and p50/p99/p999 latency.
+    Kv {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Connections the clients share.
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Keys per client, overwritten round-robin.
+        #[arg(long, default_value_t = 1000)]
+        keys_per_client: usize,
+        /// Load etcd instead of Ark: its gRPC endpoint, e.g. http://127.0.0.1:2379.
+        #[arg(long, value_name = "URL")]
+        etcd: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the `ark` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn client(cli: &Cli) -> anyhow::Result<ArkClient> {
+    let path = cli
+        .config
+        .as_ref()
+        .context("no client config: pass --config FILE (a playground writes DIR/client.toml) or set ARK_CONFIG")?;
+    let mut cfg = ClientConfig::load(path)?;
+    if let Some(ep) = &cli.endpoint {
+        cfg.endpoints = vec![ep.clone()];
+    }
+    if let Some(t) = cli.timeout_ms {
+        cfg.op_timeout_ms = t;
+    }
+    Ok(ArkClient::new(&cfg)?)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Cmd::Status { json } => {
+            let c = client(&cli)?;
+            let s = match &cli.endpoint {
+                Some(ep) => c.status_of(ep).await?,
+                None => c.status().await?,
+            };
+            if *json {
+                let nodes: Vec<_> = s
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "id": n.id, "site": n.site, "role": n.role, "client_addr": n.client_addr,
+                            "peer_addr": n.peer_addr, "healthy": n.healthy, "matched_index": n.matched_index,
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "leader_id": s.leader_id, "term": s.term, "answered_by": s.node_id, "state": s.state,
+                    "last_log_index": s.last_log_index, "applied_index": s.applied_index, "nodes": nodes,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match s.leader_id {
+                    Some(l) => println!("leader: node {l}   term: {}   (answered by node {})", s.term, s.node_id),
+                    None => println!("leader: none (election in progress)   term: {}", s.term),
+                }
+                println!(
+                    "{:<5} {:<10} {:<8} {:<22} {:<8} MATCHED",
+                    "ID", "SITE", "ROLE", "CLIENT", "HEALTHY"
+                );
+                for n in &s.nodes {
+                    let star = if Some(n.id) == s.leader_id { "*" } else { "" };
+                    println!(
+                        "{:<5} {:<10} {:<8} {:<22} {:<8} {}",
+                        format!("{}{star}", n.id),
+                        n.site,
+                        n.role,
+                        n.client_addr,
+                        if n.healthy { "yes" } else { "no" },
+                        n.matched_index
+                    );
+                }
+            }
+        }
+        Cmd::Kv(k) => {
+            let c = client(&cli)?;
+            match k {
+                KvCmd::Put { key, value } => {
+                    let rev = c.put(key, value.as_bytes()).await?;
+                    println!("OK revision {rev}");
+                }
+                KvCmd::Get { key, stale } => match c.get(key, *stale).await? {
+                    Some(v) => println!("{}", String::from_utf8_lossy(&v.value)),
+                    None => {
+                        eprintln!("key {key:?} not found");
+                        return Ok(ExitCode::from(1));
+                    }
+                },
+                KvCmd::Del { key } => {
+                    let existed = c.delete(key).await?;
+                    println!(
+                        "{}",
+                        if existed {
+                            "deleted"
+                        } else {
+                            "not found (nothing deleted)"
+                        }
+                    );
+                }
+                KvCmd::Ls {
+                    prefix,
+                    values,
+                    limit,
+                    stale,
+                } => {
+                    let (items, truncated) = c.list(prefix, *limit, *stale).await?;
+                    for (k, v) in &items {
+                        if *values {
+                            println!("{k}\t{}", String::from_utf8_lossy(&v.value));
+                        } else {
+                            println!("{k}");
+                        }
+                    }
+                    if truncated {
+                        eprintln!("(more keys match; raise --limit)");
+                    }
+                }
+            }
+        }
+        Cmd::Members(m) => {
+            let c = client(&cli)?;
+            let show = |r: ark_proto::v1::MembershipResponse| {
+                println!(
+                    "OK at revision {}: voters {:?}, learners {:?}",
+                    r.revision, r.voters, r.learners
+                );
+            };
+            match m {
+                MembersCmd::Ls { json } => {
+                    let s = c.status().await?;
+                    if *json {
+                        let nodes: Vec<_> = s
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                serde_json::json!({"id": n.id, "site": n.site, "role": n.role,
+                                "client_addr": n.client_addr, "peer_addr": n.peer_addr, "healthy": n.healthy})
+                            })
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&nodes)?);
+                    } else {
+                        for n in &s.nodes {
+                            println!(
+                                "{}\t{}\t{}\tpeer {}\tclient {}\t{}",
+                                n.id,
+                                n.site,
+                                n.role,
+                                n.peer_addr,
+                                n.client_addr,
+                                if n.healthy { "healthy" } else { "unhealthy" }
+                            );
+                        }
+                    }
+                }
+                MembersCmd::Add {
+                    id,
+                    site,
+                    peer_addr,
+                    client_addr,
+                    wait,
+                } => show(
+                    c.add_learner(
+                        NodeSpec {
+                            id: *id,
+                            site: site.clone(),
+                            peer_addr: peer_addr.clone(),
+                            client_addr: client_addr.clone(),
+                        },
+                        *wait,
+                    )
+                    .await?,
+                ),
+                MembersCmd::Promote { id } => show(c.promote(*id).await?),
+                MembersCmd::Remove { id } => show(c.remove(*id).await?),
+            }
+        }
+        Cmd::Certs(c) => match c {
+            CertsCmd::Ca { dir } => {
+                let p = certs::create_ca(dir)?;
+                println!("created {} and {}", p.display(), dir.join("ca.key").display());
+            }
+            CertsCmd::Node { id, ca_dir, out, names } => {
+                let (c, k) = certs::create_node(ca_dir, out.as_ref().unwrap_or(ca_dir), *id, names)?;
+                println!("created {} and {}", c.display(), k.display());
+            }
+            CertsCmd::Client { name, ca_dir, out } => {
+                let (c, k) = certs::create_client(ca_dir, out.as_ref().unwrap_or(ca_dir), name)?;
+                println!("created {} and {}", c.display(), k.display());
+            }
+        },
+        Cmd::Playground(p) => match p {
+            PlaygroundCmd::Up(a) => {
+                let layout = Layout {
+                    sites: a.sites,
+                    nodes_per_site: a.nodes_per_site,
+                    snapshot_logs_since_last: a.snapshot_every,
+                    ..Layout::default()
+                };
+                let (pg, _children) = playground::up(&a.dir, &layout).await?;
+                for n in &pg.nodes {
+                    println!(
+                        "node {} ({}) pid {} client {} peer {}",
+                        n.id, n.site, n.pid, n.client_addr, n.peer_addr
+                    );
+                }
+                println!(
+                    "playground is up. Try: ark --config {} status",
+                    a.dir.join("client.toml").display()
+                );
+            }
+            PlaygroundCmd::Down { dir } => {
+                for s in playground::down(dir, Duration::from_secs(10))? {
+                    println!("node {} (pid {}): {}", s.id, s.pid, s.outcome);
+                }
+            }
+            PlaygroundCmd::Start { dir, node } => {
+                let (n, _child) = playground::start_node(dir, *node)?;
+                println!("node {} restarted, pid {}", n.id, n.pid);
+            }
+            PlaygroundCmd::AddNode {
+                dir,
+                site,
+                snapshot_every,
+                json,
+            } => {
+                let (n, _child) = playground::add_node(dir, site, *snapshot_every)?;
+                if *json {
+                    println!("{}", serde_json::to_string(&n)?);
+                } else {
+                    println!(
+                        "node {} started (pid {}); add it with: ark --config {} members add {} --site {} --peer-addr {} --client-addr {}",
+                        n.id,
+                        n.pid,
+                        dir.join("client.toml").display(),
+                        n.id,
+                        n.site,
+                        n.peer_addr,
+                        n.client_addr
+                    );
+                }
+            }
+        },
+        Cmd::Demo { sites, json } => {
+            if *sites < 3 {
+                bail!("the demo needs at least 3 sites so that a majority survives the loss of one");
+            }
+            let say = |s: &str| eprintln!("{s}");
+            let r = demo::run(*sites, &say).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "failover: site {} lost (leader node {}), node {} took over; writes succeeded again after {} ms; {} acknowledged writes, {} lost",
+                    r.lost_site, r.old_leader, r.new_leader, r.failover_ms, r.acknowledged_writes, r.lost_writes
+                );
+            }
+            if r.lost_writes > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Bench(BenchCmd::Kv {
+            clients,
+            conns,
+            value_bytes,
+            duration,
+            keys_per_client,
+            etcd,
+            json,
+        }) => {
+            let target = match etcd {
+                Some(url) => bench::Target::Etcd(vec![url.clone()]),
+                None => bench::Target::Ark(client(&cli)?),
+            };
+            let r = bench::run(
+                target,
+                &bench::Params {
+                    clients: *clients,
+                    conns: *conns,
+                    value_bytes: *value_bytes,
+                    duration: Duration::from_secs(*duration),
+                    keys_per_client: *keys_per_client,
+                },
+            )
+            .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} clients, {} conns, {} B values, {:.1} s: {} ok, {} errors, {:.0} ops/s, latency ms p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
+                    r.target,
+                    r.clients,
+                    r.conns,
+                    r.value_bytes,
+                    r.duration_s,
+                    r.ops,
+                    r.errors,
+                    r.throughput_ops_per_s,
+                    r.latency_ms.p50,
+                    r.latency_ms.p99,
+                    r.latency_ms.p999,
+                    r.latency_ms.max
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

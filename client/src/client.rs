@@ -1,0 +1,474 @@
+//! The SDK: finds the leader among the configured endpoints, follows leader hints, retries
+//! with backoff under one deadline, and reuses a write's request id on every retry so that
+//! the cluster applies it once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ark_proto::v1::cluster_client::ClusterClient;
+use ark_proto::v1::kv_client::KvClient;
+use ark_proto::v1::{
+    AddLearnerRequest, DeleteRequest, GetRequest, ListRequest, MembershipResponse, NodeSpec, PromoteRequest,
+    PutRequest, RemoveRequest, StatusRequest, StatusResponse,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+
+/// DNS name every node certificate carries.
+const NODE_SERVER_NAME: &str = "ark-node";
+const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Most attempts of one operation, whatever its deadline.
+const ATTEMPTS_MAX: u32 = 1_000;
+
+/// A value read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// Log index of the write that produced it.
+    pub revision: u64,
+}
+
+/// A connection to an Ark cluster. Cheap to clone; clones share connections and the leader.
+#[derive(Clone)]
+pub struct ArkClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ArkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArkClient")
+            .field("endpoints", &self.inner.endpoints)
+            .finish()
+    }
+}
+
+struct Inner {
+    tls: ClientTlsConfig,
+    endpoints: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    next: Mutex<usize>,
+    op_timeout: Duration,
+    rpc_timeout: Duration,
+}
+
+/// A fresh random request id.
+pub fn new_request_id() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
+impl ArkClient {
+    /// Builds a client from a config. No connection is made until the first call.
+    pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", p.display())))
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&cfg.ca, "CA certificate")?))
+            .identity(Identity::from_pem(
+                read(&cfg.cert, "client certificate")?,
+                read(&cfg.key, "client key")?,
+            ))
+            .domain_name(NODE_SERVER_NAME);
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints configured".into()));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tls,
+                endpoints: cfg.endpoints.clone(),
+                channels: Mutex::default(),
+                leader: Mutex::default(),
+                next: Mutex::new(0),
+                op_timeout: Duration::from_millis(cfg.op_timeout_ms),
+                rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
+            }),
+        })
+    }
+
+    /// A new client (own connections, own leader cache) for other endpoints; leader hints
+    /// are still followed.
+    pub fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
+        self.rebuild(endpoints, self.inner.op_timeout)
+    }
+
+    /// A new client whose operations give up after `t`, retries included.
+    pub fn with_op_timeout(&self, t: Duration) -> Self {
+        self.rebuild(self.inner.endpoints.clone(), t)
+    }
+
+    fn rebuild(&self, endpoints: Vec<String>, op_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tls: self.inner.tls.clone(),
+                endpoints,
+                channels: Mutex::default(),
+                leader: Mutex::default(),
+                next: Mutex::new(0),
+                op_timeout,
+                rpc_timeout: self.inner.rpc_timeout,
+            }),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut chans = self
+            .inner
+            .channels
+            .lock()
+            .map_err(|_| ClientError::Config("lock poisoned".into()))?;
+        if let Some(c) = chans.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?
+            .tls_config(self.inner.tls.clone())
+            .map_err(|e| ClientError::Config(format!("TLS config: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .timeout(self.inner.rpc_timeout);
+        let ch = ep.connect_lazy();
+        chans.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn pick(&self) -> String {
+        if let Ok(l) = self.inner.leader.lock() {
+            if let Some(a) = l.as_ref() {
+                return a.clone();
+            }
+        }
+        let mut n = self.inner.next.lock().unwrap_or_else(|p| p.into_inner());
+        let a = self.inner.endpoints[*n % self.inner.endpoints.len()].clone();
+        *n += 1;
+        a
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        if let Ok(mut l) = self.inner.leader.lock() {
+            *l = addr;
+        }
+    }
+
+    fn forget_channel(&self, addr: &str) {
+        if let Ok(mut c) = self.inner.channels.lock() {
+            c.remove(addr);
+        }
+    }
+
+    /// Runs `f` against the leader, following hints and retrying transient failures until
+    /// the operation's deadline.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.inner.op_timeout;
+        let mut backoff = BACKOFF_MIN;
+        let mut attempts = 0u32;
+        let mut last;
+        let mut target = self.pick();
+        loop {
+            attempts += 1;
+            let ch = self.channel(&target)?;
+            let res = tokio::time::timeout(self.inner.rpc_timeout, f(ch)).await;
+            let mut hinted = false;
+            match res {
+                Ok(Ok(v)) => {
+                    self.set_leader(Some(target));
+                    return Ok(v);
+                }
+                Ok(Err(st)) => match st.code() {
+                    Code::InvalidArgument | Code::OutOfRange => {
+                        return Err(ClientError::InvalidArgument(st.message().to_string()))
+                    }
+                    Code::NotFound => return Err(ClientError::NotFound(st.message().to_string())),
+                    Code::FailedPrecondition => return Err(ClientError::FailedPrecondition(st.message().to_string())),
+                    Code::Internal | Code::DataLoss => return Err(ClientError::Server(st.message().to_string())),
+                    _ => {
+                        last = format!("{target}: {}", describe(&st));
+                        let hint = st
+                            .metadata()
+                            .get(LEADER_ADDR_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match hint {
+                            Some(h) if h != target => {
+                                target = h.clone();
+                                self.set_leader(Some(h));
+                                hinted = true;
+                            }
+                            _ => {
+                                if st.code() != Code::Unavailable || st.message().contains("transport") {
+                                    self.forget_channel(&target);
+                                }
+                                self.set_leader(None);
+                                target = self.pick();
+                            }
+                        }
+                    }
+                },
+                Err(_) => {
+                    last = format!("{target}: no answer within {:?}", self.inner.rpc_timeout);
+                    self.forget_channel(&target);
+                    self.set_leader(None);
+                    target = self.pick();
+                }
+            }
+            if Instant::now() >= deadline || attempts >= ATTEMPTS_MAX {
+                return Err(ClientError::Unavailable {
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    last,
+                });
+            }
+            if !hinted {
+                tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Writes `value` at `key`; returns the revision.
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<u64, ClientError> {
+        let rid = new_request_id();
+        self.put_with_id(key, value, rid).await
+    }
+
+    /// Writes with a caller-chosen request id (to retry a write across client restarts).
+    pub async fn put_with_id(&self, key: &str, value: &[u8], request_id: Vec<u8>) -> Result<u64, ClientError> {
+        let req = PutRequest {
+            key: key.to_string(),
+            value: value.to_vec(),
+            request_id,
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).put(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().revision)
+    }
+
+    /// Reads `key`: linearizable unless `stale`.
+    pub async fn get(&self, key: &str, stale: bool) -> Result<Option<Value>, ClientError> {
+        let req = GetRequest {
+            key: key.to_string(),
+            stale,
+        };
+        let r = if stale {
+            // A stale read is served by whichever endpoint answers first in the list.
+            self.call_any(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).get(req).await }
+            })
+            .await?
+        } else {
+            self.call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).get(req).await }
+            })
+            .await?
+        };
+        let r = r.into_inner();
+        Ok(r.found.then_some(Value {
+            value: r.value,
+            revision: r.revision,
+        }))
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let req = DeleteRequest {
+            key: key.to_string(),
+            request_id: new_request_id(),
+        };
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).delete(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().existed)
+    }
+
+    /// Lists keys under `prefix` (at most `limit`, 0 for the server's maximum); the flag
+    /// tells whether more matched.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        limit: u32,
+        stale: bool,
+    ) -> Result<(Vec<(String, Value)>, bool), ClientError> {
+        let req = ListRequest {
+            prefix: prefix.to_string(),
+            stale,
+            limit,
+            keys_only: false,
+        };
+        let fut = |ch: Channel| {
+            let req = req.clone();
+            async move { KvClient::new(ch).list(req).await }
+        };
+        let r = if stale {
+            self.call_any(fut).await?
+        } else {
+            self.call(fut).await?
+        }
+        .into_inner();
+        Ok((
+            r.items
+                .into_iter()
+                .map(|kv| {
+                    (
+                        kv.key,
+                        Value {
+                            value: kv.value,
+                            revision: kv.revision,
+                        },
+                    )
+                })
+                .collect(),
+            r.truncated,
+        ))
+    }
+
+    /// Status as the leader sees it when one is reachable, else as the first node that
+    /// answers sees it.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let first = self
+            .call_any(|ch| async move { ClusterClient::new(ch).status(StatusRequest {}).await })
+            .await?
+            .into_inner();
+        let Some(leader) = first.leader_id else {
+            return Ok(first);
+        };
+        if leader == first.node_id {
+            return Ok(first);
+        }
+        let Some(addr) = first
+            .nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .map(|n| n.client_addr.clone())
+        else {
+            return Ok(first);
+        };
+        let ch = self.channel(&addr)?;
+        match tokio::time::timeout(self.inner.rpc_timeout, ClusterClient::new(ch).status(StatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            _ => Ok(first),
+        }
+    }
+
+    /// Status as one specific node sees it.
+    pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
+        let ch = self.channel(addr)?;
+        match tokio::time::timeout(self.inner.rpc_timeout, ClusterClient::new(ch).status(StatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(st)) => Err(ClientError::Server(describe(&st))),
+            Err(_) => Err(ClientError::Unavailable {
+                attempts: 1,
+                elapsed_ms: self.inner.rpc_timeout.as_millis() as u64,
+                last: format!("{addr}: no answer"),
+            }),
+        }
+    }
+
+    /// Adds a learner; with `wait`, answers once it has caught up.
+    pub async fn add_learner(&self, node: NodeSpec, wait: bool) -> Result<MembershipResponse, ClientError> {
+        let req = AddLearnerRequest {
+            node: Some(node),
+            wait_caught_up: wait,
+        };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { ClusterClient::new(ch).add_learner(req).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+        Ok(self
+            .call(|ch| async move { ClusterClient::new(ch).promote(PromoteRequest { id }).await })
+            .await?
+            .into_inner())
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+        Ok(self
+            .call(|ch| async move { ClusterClient::new(ch).remove(RemoveRequest { id }).await })
+            .await?
+            .into_inner())
+    }
+
+    /// Like `call`, but any node's answer will do (stale reads, status): tries endpoints in
+    /// order and never follows leader hints.
+    async fn call_any<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.inner.op_timeout;
+        let mut attempts = 0u32;
+        let mut last = String::new();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            for addr in &self.inner.endpoints {
+                attempts += 1;
+                let ch = self.channel(addr)?;
+                match tokio::time::timeout(self.inner.rpc_timeout, f(ch)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(st)) => match st.code() {
+                        Code::InvalidArgument => return Err(ClientError::InvalidArgument(st.message().to_string())),
+                        Code::NotFound => return Err(ClientError::NotFound(st.message().to_string())),
+                        _ => {
+                            self.forget_channel(addr);
+                            last = format!("{addr}: {}", describe(&st));
+                        }
+                    },
+                    Err(_) => {
+                        self.forget_channel(addr);
+                        last = format!("{addr}: no answer within {:?}", self.inner.rpc_timeout);
+                    }
+                }
+            }
+            if Instant::now() >= deadline || attempts >= ATTEMPTS_MAX {
+                return Err(ClientError::Unavailable {
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    last,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// A status with its transport cause, which tonic keeps in the error source chain.
+fn describe(st: &Status) -> String {
+    use std::error::Error;
+    let mut s = format!("{:?}: {}", st.code(), st.message());
+    let mut src = st.source();
+    while let Some(e) = src {
+        s.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    s
+}

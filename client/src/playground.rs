@@ -1,0 +1,465 @@
+//! `ark playground`: a local multi-site cluster of real `arkd` processes on loopback, like
+//! `tiup playground` or `cockroach demo`. Each node gets its own data dir, config, log file
+//! and certificate under the playground dir; `playground.json` records what was started so
+//! that `down` (or a test) can find every process again.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::certs;
+use crate::client::ArkClient;
+use crate::config::ClientConfig;
+
+/// One node as recorded in `playground.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlaygroundNode {
+    /// Node id.
+    pub id: u64,
+    /// Site name.
+    pub site: String,
+    /// Process id of its `arkd`.
+    pub pid: u32,
+    /// gRPC address.
+    pub client_addr: String,
+    /// QUIC address.
+    pub peer_addr: String,
+    /// Prometheus address.
+    pub metrics_addr: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+}
+
+/// `playground.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Playground {
+    /// Every node started, in id order.
+    pub nodes: Vec<PlaygroundNode>,
+}
+
+/// How to lay out a new playground.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Number of sites.
+    pub sites: u32,
+    /// Nodes in each site.
+    pub nodes_per_site: u32,
+    /// Snapshot after this many applied entries (small values exercise snapshots).
+    pub snapshot_logs_since_last: u64,
+    /// How long to wait for a leader.
+    pub ready_timeout: Duration,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            sites: 3,
+            nodes_per_site: 1,
+            snapshot_logs_since_last: 20_000,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Site name of the `i`-th site (0-based): site-a, site-b, ...
+pub fn site_name(i: u32) -> String {
+    let letter = (b'a' + (i % 26) as u8) as char;
+    if i < 26 {
+        format!("site-{letter}")
+    } else {
+        format!("site-{letter}{}", i / 26)
+    }
+}
+
+/// Finds the `arkd` binary: `$ARKD_BIN`, next to this executable, or on `PATH`.
+pub fn find_arkd() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("ARKD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(me) = std::env::current_exe() {
+        for dir in me.ancestors().skip(1).take(2) {
+            let cand = dir.join("arkd");
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let cand = dir.join("arkd");
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    bail!("cannot find the arkd binary: build it (cargo build) or set ARKD_BIN")
+}
+
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Playground {
+    /// Reads `DIR/playground.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let p = dir.join("playground.json");
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "cannot read {} (is there a playground in {}?)",
+                p.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is malformed", p.display()))
+    }
+
+    /// Writes `DIR/playground.json` atomically.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join("playground.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, dir.join("playground.json"))?;
+        Ok(())
+    }
+
+    /// The client config written for this playground.
+    pub fn client_config(dir: &Path) -> anyhow::Result<ClientConfig> {
+        Ok(ClientConfig::load(&dir.join("client.toml"))?)
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: u64) -> Option<&PlaygroundNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+struct NodeSpec<'a> {
+    id: u64,
+    site: String,
+    peer: SocketAddr,
+    client: SocketAddr,
+    metrics: SocketAddr,
+    initialize: bool,
+    peers: &'a [(u64, String, SocketAddr, SocketAddr)],
+    snapshot_logs_since_last: u64,
+}
+
+fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {
+    let node_dir = dir.join(format!("node-{}", spec.id));
+    std::fs::create_dir_all(&node_dir)?;
+    let mut peers = String::new();
+    for (id, site, peer, client) in spec.peers.iter().filter(|p| p.0 != spec.id) {
+        peers.push_str(&format!(
+            "\n[[bootstrap.peers]]\nid = {id}\nsite = \"{site}\"\npeer_addr = \"{peer}\"\nclient_addr = \"{client}\"\n"
+        ));
+    }
+    // Loopback round trips are tiny: short timeouts make failover fast in the playground.
+    let text = format!(
+        r#"# Written by `ark playground`.
+node_id = {id}
+site = "{site}"
+data_dir = "data"
+
+[listen]
+peer = "{peer}"
+client = "{client}"
+metrics = "{metrics}"
+
+[tls]
+ca = "../certs/ca.pem"
+cert = "../certs/node-{id}.pem"
+key = "../certs/node-{id}.key"
+
+[raft]
+heartbeat_interval_ms = 100
+election_timeout_min_ms = 500
+election_timeout_max_ms = 1000
+snapshot_logs_since_last = {snap}
+logs_kept_after_snapshot = {keep}
+rpc_timeout_ms = 1000
+
+[bootstrap]
+initialize = {init}
+{peers}"#,
+        id = spec.id,
+        site = spec.site,
+        peer = spec.peer,
+        client = spec.client,
+        metrics = spec.metrics,
+        snap = spec.snapshot_logs_since_last,
+        keep = (spec.snapshot_logs_since_last / 4).max(10),
+        init = spec.initialize,
+    );
+    let config = node_dir.join("arkd.toml");
+    std::fs::write(&config, text)?;
+    Ok(PlaygroundNode {
+        id: spec.id,
+        site: spec.site.clone(),
+        pid: 0,
+        client_addr: spec.client.to_string(),
+        peer_addr: spec.peer.to_string(),
+        metrics_addr: spec.metrics.to_string(),
+        data_dir: node_dir.join("data"),
+        config,
+    })
+}
+
+/// Starts the `arkd` of one node in the background, logging to `node-<id>/arkd.log`.
+pub fn spawn_node(arkd: &Path, node: &PlaygroundNode) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let dir = node.config.parent().unwrap_or(Path::new("."));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("arkd.log"))
+        .context("opening node log")?;
+    let child = Command::new(arkd)
+        .arg("--config")
+        .arg(&node.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: a Ctrl-C in the terminal that ran `ark playground up` does not
+        // reach the nodes.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", arkd.display()))?;
+    Ok(child)
+}
+
+/// Creates and starts a playground in `dir`; returns it with the child handles (dropping
+/// them leaves the processes running).
+pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<Child>)> {
+    if layout.sites == 0 || layout.nodes_per_site == 0 {
+        bail!("--sites and --nodes-per-site must be at least 1");
+    }
+    if dir.join("playground.json").exists() {
+        bail!(
+            "{} already holds a playground; run `ark playground down --dir {}` first or pick another dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let arkd = find_arkd()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let certs_dir = dir.join("certs");
+    certs::create_ca(&certs_dir)?;
+    certs::create_client(&certs_dir, &certs_dir, "client")?;
+
+    let count = layout.sites * layout.nodes_per_site;
+    let mut addrs = Vec::new();
+    for i in 0..count {
+        let id = u64::from(i) + 1;
+        certs::create_node(&certs_dir, &certs_dir, id, &[])?;
+        addrs.push((id, site_name(i / layout.nodes_per_site), free_udp()?, free_tcp()?));
+    }
+    let mut pg = Playground::default();
+    let mut children = Vec::new();
+    for (id, site, peer, client) in &addrs {
+        let node = write_node_config(
+            dir,
+            &NodeSpec {
+                id: *id,
+                site: site.clone(),
+                peer: *peer,
+                client: *client,
+                metrics: free_tcp()?,
+                initialize: *id == 1,
+                peers: &addrs,
+                snapshot_logs_since_last: layout.snapshot_logs_since_last,
+            },
+        )?;
+        let child = spawn_node(&arkd, &node)?;
+        pg.nodes.push(PlaygroundNode {
+            pid: child.id(),
+            ..node
+        });
+        children.push(child);
+    }
+    write_client_config(dir, &pg)?;
+    pg.save(dir)?;
+    wait_ready(dir, &pg, layout.ready_timeout).await?;
+    Ok((pg, children))
+}
+
+fn write_client_config(dir: &Path, pg: &Playground) -> anyhow::Result<()> {
+    let endpoints: Vec<String> = pg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
+    let text = format!(
+        "# Written by `ark playground`.\nendpoints = [{}]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\n",
+        endpoints.join(", ")
+    );
+    std::fs::write(dir.join("client.toml"), text)?;
+    Ok(())
+}
+
+/// Waits until a leader is elected and it hears from every voter.
+pub async fn wait_ready(dir: &Path, pg: &Playground, timeout: Duration) -> anyhow::Result<()> {
+    let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        // A node that died on start-up would never join: report its log at once.
+        for n in &pg.nodes {
+            if !process_alive(n.pid) {
+                let log = std::fs::read_to_string(n.config.with_file_name("arkd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                bail!(
+                    "node {} (pid {}) exited during start-up; last log lines:\n{}",
+                    n.id,
+                    n.pid,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        match client.status().await {
+            Ok(s) if s.leader_id.is_some() && s.nodes.len() >= pg.nodes.len() && s.nodes.iter().all(|n| n.healthy) => {
+                return Ok(())
+            }
+            Ok(s) => last = format!("leader {:?}, {} nodes known", s.leader_id, s.nodes.len()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no healthy leader within {timeout:?}: {last}")
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; Z is a zombie, X dead.
+        Ok(s) => !s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+fn is_arkd(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("arkd"))
+        .unwrap_or(false)
+}
+
+/// Sends `sig` to a node's process if it is still an `arkd`.
+pub fn signal_node(node: &PlaygroundNode, sig: Signal) -> anyhow::Result<bool> {
+    if !process_alive(node.pid) || !is_arkd(node.pid) {
+        return Ok(false);
+    }
+    let pid = i32::try_from(node.pid).context("pid out of range")?;
+    kill(Pid::from_raw(pid), sig).with_context(|| format!("cannot signal node {} (pid {})", node.id, node.pid))?;
+    Ok(true)
+}
+
+/// Restarts a stopped node from its config and records its new pid.
+pub fn start_node(dir: &Path, id: u64) -> anyhow::Result<(PlaygroundNode, Child)> {
+    let mut pg = Playground::load(dir)?;
+    let arkd = find_arkd()?;
+    let node = pg
+        .nodes
+        .iter_mut()
+        .find(|n| n.id == id)
+        .with_context(|| format!("no node {id} in this playground"))?;
+    if process_alive(node.pid) && is_arkd(node.pid) {
+        bail!("node {id} is already running (pid {})", node.pid);
+    }
+    let child = spawn_node(&arkd, node)?;
+    node.pid = child.id();
+    let out = node.clone();
+    pg.save(dir)?;
+    Ok((out, child))
+}
+
+/// Creates and starts one more node (not yet a member: add it with `ark members add`).
+pub fn add_node(dir: &Path, site: &str, snapshot_logs_since_last: u64) -> anyhow::Result<(PlaygroundNode, Child)> {
+    let mut pg = Playground::load(dir)?;
+    let arkd = find_arkd()?;
+    let id = pg.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    let certs_dir = dir.join("certs");
+    certs::create_node(&certs_dir, &certs_dir, id, &[])?;
+    let node = write_node_config(
+        dir,
+        &NodeSpec {
+            id,
+            site: site.to_string(),
+            peer: free_udp()?,
+            client: free_tcp()?,
+            metrics: free_tcp()?,
+            initialize: false,
+            peers: &[],
+            snapshot_logs_since_last,
+        },
+    )?;
+    let child = spawn_node(&arkd, &node)?;
+    let node = PlaygroundNode {
+        pid: child.id(),
+        ..node
+    };
+    pg.nodes.push(node.clone());
+    pg.save(dir)?;
+    Ok((node, child))
+}
+
+/// What `down` did to one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stopped {
+    /// Node id.
+    pub id: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// "stopped", "killed" (did not stop within the grace period) or "not running".
+    pub outcome: &'static str,
+}
+
+/// Stops every node of the playground in `dir` (SIGTERM, then SIGKILL after `grace`).
+pub fn down(dir: &Path, grace: Duration) -> anyhow::Result<Vec<Stopped>> {
+    let pg = Playground::load(dir)?;
+    let mut report = Vec::new();
+    let mut waiting = Vec::new();
+    for n in &pg.nodes {
+        if signal_node(n, Signal::SIGTERM)? {
+            waiting.push(n.clone());
+        } else {
+            report.push(Stopped {
+                id: n.id,
+                pid: n.pid,
+                outcome: "not running",
+            });
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && waiting.iter().any(|n| process_alive(n.pid)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in waiting {
+        let outcome = if process_alive(n.pid) {
+            signal_node(&n, Signal::SIGKILL)?;
+            "killed"
+        } else {
+            "stopped"
+        };
+        report.push(Stopped {
+            id: n.id,
+            pid: n.pid,
+            outcome,
+        });
+    }
+    report.sort_by_key(|s| s.id);
+    // Keep the data and logs for inspection, but mark the playground as down so `up` can
+    // reuse the dir after the operator removes it.
+    std::fs::rename(dir.join("playground.json"), dir.join("playground.down.json")).ok();
+    Ok(report)
+}

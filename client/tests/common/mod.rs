@@ -1,0 +1,164 @@
+//! Shared helpers for cluster tests: a playground of real `arkd` processes in a temp dir
+//! that is always torn down, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use ark_client::playground::{self, Layout, Playground, PlaygroundNode};
+use ark_client::ArkClient;
+
+/// A running playground; dropping it stops every node and removes the temp dir.
+pub struct Pg {
+    pub dir: tempfile::TempDir,
+    pub children: Vec<Child>,
+}
+
+pub fn arkd_built() {
+    if let Err(e) = playground::find_arkd() {
+        panic!("{e}: run the tests with `cargo nextest run --workspace` (or cargo test --workspace) so arkd is built");
+    }
+}
+
+impl Pg {
+    pub async fn up(sites: u32, snapshot_every: u64) -> Pg {
+        arkd_built();
+        let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+        let layout = Layout {
+            sites,
+            nodes_per_site: 1,
+            snapshot_logs_since_last: snapshot_every,
+            ready_timeout: Duration::from_secs(60),
+        };
+        let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
+        Pg { dir, children }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn info(&self) -> Playground {
+        Playground::load(self.path()).unwrap()
+    }
+
+    pub fn node(&self, id: u64) -> PlaygroundNode {
+        self.info().node(id).cloned().unwrap()
+    }
+
+    pub fn client(&self) -> ArkClient {
+        ArkClient::new(&Playground::client_config(self.path()).unwrap()).unwrap()
+    }
+
+    pub fn client_toml(&self) -> PathBuf {
+        self.path().join("client.toml")
+    }
+
+    /// kill -9 of one node.
+    pub fn kill(&mut self, id: u64) {
+        let n = self.node(id);
+        assert!(
+            playground::signal_node(&n, nix::sys::signal::Signal::SIGKILL).unwrap(),
+            "node {id} was not running"
+        );
+        self.reap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while playground::process_alive(n.pid) {
+            assert!(Instant::now() < deadline, "node {id} did not die");
+            std::thread::sleep(Duration::from_millis(10));
+            self.reap();
+        }
+    }
+
+    pub fn start(&mut self, id: u64) {
+        let (_, child) = playground::start_node(self.path(), id).unwrap();
+        self.children.push(child);
+    }
+
+    pub fn add_node(&mut self, site: &str, snapshot_every: u64) -> PlaygroundNode {
+        let (n, child) = playground::add_node(self.path(), site, snapshot_every).unwrap();
+        self.children.push(child);
+        n
+    }
+
+    fn reap(&mut self) {
+        for c in &mut self.children {
+            let _ = c.try_wait();
+        }
+    }
+
+    /// Waits for a leader other than `not` (if given); returns its id.
+    pub async fn wait_leader(&self, not: Option<u64>, within: Duration) -> u64 {
+        let client = self.client().with_op_timeout(Duration::from_millis(500));
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = client.status().await {
+                if let Some(l) = s.leader_id {
+                    if Some(l) != not && s.node_id == l {
+                        return l;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no new leader within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the `ark` CLI against this playground.
+    pub fn ark(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ark"));
+        cmd.arg("--config").arg(self.client_toml()).args(args);
+        cmd.output().unwrap()
+    }
+
+    /// Scrapes one counter or gauge of a node's /metrics.
+    pub fn metric(&self, id: u64, name: &str) -> f64 {
+        let addr = self.node(id).metrics_addr;
+        let body = http_get(&addr, "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = playground::down(self.dir.path(), Duration::from_secs(5));
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..5 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) => return out,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("GET http://{addr}{path} failed: {last}");
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}

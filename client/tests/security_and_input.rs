@@ -1,0 +1,134 @@
+//! What must be refused: clients whose certificate the cluster CA did not sign, bad requests
+//! (which must change nothing), and bad configs (with a clear error and exit code).
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use std::process::Command;
+
+use common::{stderr, stdout, Pg};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_with_foreign_certificate_is_refused() {
+    let pg = Pg::up(3, 20_000).await;
+    let rogue = tempfile::tempdir().unwrap();
+    ark_client::certs::create_ca(rogue.path()).unwrap();
+    ark_client::certs::create_client(rogue.path(), rogue.path(), "mallory").unwrap();
+    let cfg = pg.info();
+    let endpoints: Vec<String> = cfg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
+    let toml = format!(
+        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
+        endpoints.join(", "),
+        pg.path().join("certs/ca.pem").display(),
+        rogue.path().join("mallory.pem").display(),
+        rogue.path().join("mallory.key").display()
+    );
+    let bad_cfg = rogue.path().join("client.toml");
+    std::fs::write(&bad_cfg, toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark"))
+        .arg("--config")
+        .arg(&bad_cfg)
+        .args(["kv", "put", "intruder", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("unavailable"), "{}", stderr(&o));
+    // Nothing was written.
+    let o = pg.ark(&["kv", "get", "intruder"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_rejected_and_change_nothing() {
+    let pg = Pg::up(3, 20_000).await;
+    let client = pg.client();
+    client.put("keep", b"1").await.unwrap();
+
+    let err = client.put("", b"x").await.unwrap_err();
+    assert!(matches!(err, ark_client::ClientError::InvalidArgument(_)), "{err}");
+    let big = vec![0u8; 64 * 1024 + 1];
+    let err = client.put("big", &big).await.unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    let long_key = "k".repeat(1025);
+    assert!(client.put(&long_key, b"x").await.is_err());
+    // Exactly at the limit is fine.
+    client.put("max", &vec![7u8; 64 * 1024]).await.unwrap();
+
+    let (items, _) = client.list("", 0, false).await.unwrap();
+    let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, vec!["keep", "max"]);
+
+    // The CLI says what is wrong and exits 1; usage errors exit 2.
+    let o = pg.ark(&["kv", "put", "", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("key must not be empty"), "{}", stderr(&o));
+    let o = pg.ark(&["kv", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_write_is_applied_once() {
+    let pg = Pg::up(3, 20_000).await;
+    let client = pg.client();
+    let rid = ark_client::client::new_request_id();
+    let r1 = client.put_with_id("once", b"first", rid.clone()).await.unwrap();
+    // A retry of the same logical write (same request id) must not apply again, even with
+    // a different payload: the recorded answer comes back.
+    let r2 = client.put_with_id("once", b"second", rid).await.unwrap();
+    assert_eq!(r1, r2);
+    assert_eq!(client.get("once", false).await.unwrap().unwrap().value, b"first");
+}
+
+fn arkd() -> std::path::PathBuf {
+    common::arkd_built();
+    ark_client::playground::find_arkd().unwrap()
+}
+
+#[test]
+fn bad_configs_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Command::new(arkd()).arg("--print-sample-config").output().unwrap();
+    assert!(sample.status.success());
+    let sample = stdout(&sample);
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &sample).unwrap();
+    let o = Command::new(arkd())
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        sample.replace("site = \"site-a\"", "site = \"site-a\"\nsiet = \"typo\""),
+    )
+    .unwrap();
+    let o = Command::new(arkd())
+        .arg("--config")
+        .arg(&unknown)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("siet"), "{}", stderr(&o));
+
+    let malformed = dir.path().join("malformed.toml");
+    std::fs::write(&malformed, "node_id = = 1\n").unwrap();
+    let o = Command::new(arkd())
+        .arg("--config")
+        .arg(&malformed)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid"), "{}", stderr(&o));
+
+    let o = Command::new(arkd()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "no arguments is a usage error");
+}

@@ -1,0 +1,347 @@
+//! The `forecast` command family (`arkd forecast ...`): clap
+//! argument types, and printing of the evaluation reports as JSON or a readable table.
+//! It owns only argument parsing and output; the work is done by `eval` and `data`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::data::{read_entity_table, read_series_csv, split_by_day, SplitAt};
+use crate::eval::{eval_failure, eval_load, FailureReport, LoadReport};
+use crate::failure::FailureConfig;
+use crate::load::LoadConfig;
+use crate::nn::cap_compute_threads;
+use crate::prep::parse_day;
+
+/// Offline evaluation of the forecasters on public traces.
+#[derive(Debug, clap::Subcommand)]
+pub enum ForecastCmd {
+    /// Load forecaster vs persistence, seasonal naive and EWMA on a `timestamp,value` CSV:
+    /// trains on the first 70% in time, reports MAE and RMSE on the last 30%.
+    EvalLoad(EvalLoadArgs),
+    /// Failure forecaster vs the SMART threshold rule on `entity,date,failure,...` CSVs
+    /// (plain or gzip): trains on one file, reports PR-AUC and rule-matched operating points
+    /// on the other.
+    EvalFailure(EvalFailureArgs),
+    /// Splits an `entity,date,...` CSV by date into two files, so a train/test split can be
+    /// reproduced from commands alone.
+    SplitDays(SplitDaysArgs),
+}
+
+/// Arguments of `eval-load`.
+#[derive(Debug, clap::Args)]
+pub struct EvalLoadArgs {
+    /// CSV with `timestamp` and `value` columns (the NAB layout), plain or gzip.
+    #[arg(long, value_name = "FILE")]
+    pub csv: PathBuf,
+    /// Steps to forecast; errors are averaged over horizons 1..=H.
+    #[arg(long, default_value_t = 12)]
+    pub horizon: usize,
+    /// Past steps the model sees.
+    #[arg(long, default_value_t = 36)]
+    pub window: usize,
+    /// Seed of initialisation and minibatch order (same seed, same figures).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads for tensor maths (ignored when RAYON_NUM_THREADS is set).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `eval-failure`.
+#[derive(Debug, clap::Args)]
+pub struct EvalFailureArgs {
+    /// Training CSV: `entity,date,failure`, then numeric feature columns.
+    #[arg(long, value_name = "FILE")]
+    pub train: PathBuf,
+    /// Test CSV, same layout.
+    #[arg(long, value_name = "FILE")]
+    pub test: PathBuf,
+    /// A row is positive when its entity fails within this many days (its own day included).
+    #[arg(long, default_value_t = 10)]
+    pub horizon_days: i64,
+    /// Seed of initialisation and minibatch order (same seed, same figures).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use `--hidden` and `--epochs` as given instead of choosing the network shape and the
+    /// epoch count by cross-validation over the training file's entities.
+    #[arg(long)]
+    pub fixed: bool,
+    /// Hidden layer widths with `--fixed`, comma-separated; 0 for logistic regression.
+    #[arg(long, value_delimiter = ',', default_values_t = FailureConfig::default().hidden)]
+    pub hidden: Vec<usize>,
+    /// Training epochs with `--fixed`; otherwise the most epochs cross-validation may pick.
+    #[arg(long, default_value_t = FailureConfig::default().epochs)]
+    pub epochs: usize,
+    /// Differently seeded networks averaged.
+    #[arg(long, default_value_t = FailureConfig::default().ensemble)]
+    pub ensemble: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = FailureConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Days of history the change features look back.
+    #[arg(long, default_value_t = FailureConfig::default().window_days)]
+    pub window_days: i64,
+    /// Threads for tensor maths (ignored when RAYON_NUM_THREADS is set).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `split-days`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("at").required(true).args(["first_days", "split_date"])))]
+pub struct SplitDaysArgs {
+    /// CSV (plain or gzip) with a `date` column.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Put the first N distinct dates in `--before`, the rest in `--after`.
+    #[arg(long, value_name = "N")]
+    pub first_days: Option<usize>,
+    /// Put rows dated before this day (YYYY-MM-DD) in `--before`, the rest in `--after`.
+    #[arg(long, value_name = "DATE")]
+    pub split_date: Option<String>,
+    /// Output for the earlier rows (gzip when it ends in .gz).
+    #[arg(long, value_name = "FILE")]
+    pub before: PathBuf,
+    /// Output for the later rows (gzip when it ends in .gz).
+    #[arg(long, value_name = "FILE")]
+    pub after: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ForecastCmd {
+    /// Runs the command and prints its report on stdout.
+    pub fn run(self) -> anyhow::Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        match self {
+            ForecastCmd::EvalLoad(a) => {
+                cap_compute_threads(a.threads);
+                let points = read_series_csv(&a.csv).with_context(|| format!("reading series {}", a.csv.display()))?;
+                let config = LoadConfig {
+                    horizon: a.horizon,
+                    window: a.window,
+                    seed: a.seed,
+                    ..LoadConfig::default()
+                };
+                let report = eval_load(&a.csv.display().to_string(), &points, &config)
+                    .with_context(|| format!("evaluating the load forecaster on {}", a.csv.display()))?;
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    print_load(&mut out, &report)?;
+                }
+            }
+            ForecastCmd::EvalFailure(a) => {
+                cap_compute_threads(a.threads);
+                let train = read_entity_table(&a.train)
+                    .with_context(|| format!("reading training table {}", a.train.display()))?;
+                let test =
+                    read_entity_table(&a.test).with_context(|| format!("reading test table {}", a.test.display()))?;
+                let config = FailureConfig {
+                    horizon_days: a.horizon_days,
+                    seed: a.seed,
+                    hidden: a.hidden.into_iter().filter(|&h| h > 0).collect(),
+                    epochs: a.epochs,
+                    ensemble: a.ensemble,
+                    weight_decay: a.weight_decay,
+                    window_days: a.window_days,
+                    select: !a.fixed,
+                    ..FailureConfig::default()
+                };
+                let report = eval_failure(
+                    &a.train.display().to_string(),
+                    &train,
+                    &a.test.display().to_string(),
+                    &test,
+                    &config,
+                )
+                .context("evaluating the failure forecaster")?;
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    print_failure(&mut out, &report)?;
+                }
+            }
+            ForecastCmd::SplitDays(a) => {
+                let at = match (a.first_days, &a.split_date) {
+                    (Some(n), _) => SplitAt::FirstDays(n),
+                    (None, Some(d)) => {
+                        SplitAt::Day(parse_day(d).with_context(|| format!("parsing --split-date {d:?}"))?)
+                    }
+                    (None, None) => anyhow::bail!("give --first-days or --split-date"),
+                };
+                let summary = split_by_day(&a.input, at, &a.before, &a.after)
+                    .with_context(|| format!("splitting {}", a.input.display()))?;
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} rows before {} -> {}\n{} rows from {} on -> {}",
+                        summary.rows_before,
+                        summary.split_date,
+                        a.before.display(),
+                        summary.rows_after,
+                        summary.split_date,
+                        a.after.display()
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_load(out: &mut impl Write, r: &LoadReport) -> std::io::Result<()> {
+    writeln!(out, "load forecast evaluation: {}", r.file)?;
+    writeln!(
+        out,
+        "  {} points at {} s ({} filled), train {} points, {} test origins, horizon {}",
+        r.points, r.step_s, r.filled_points, r.train_points, r.test_origins, r.horizon
+    )?;
+    writeln!(out, "  {:<28} {:>14} {:>14}", "method", "MAE", "RMSE")?;
+    for e in std::iter::once(&r.model).chain(&r.baselines) {
+        writeln!(out, "  {:<28} {:>14.6} {:>14.6}", e.method, e.mae, e.rmse)?;
+    }
+    writeln!(
+        out,
+        "  model MAE / best baseline ({}) = {:.3}",
+        r.best_baseline, r.mae_ratio_to_best_baseline
+    )?;
+    let val: Vec<String> = r
+        .fit
+        .validation_mae
+        .iter()
+        .map(|(n, v)| format!("{n}={v:.4}"))
+        .collect();
+    writeln!(
+        out,
+        "  chosen on validation: {} ({} epochs); candidates {}",
+        r.fit.chosen,
+        r.fit.epochs,
+        val.join(", ")
+    )
+}
+
+fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "failure forecast evaluation: train {}, test {}",
+        r.train_file, r.test_file
+    )?;
+    writeln!(
+        out,
+        "  train {} rows ({} positive); test {} rows, {} positive, {} failing entities; horizon {} days",
+        r.fit.rows, r.fit.positives, r.test_rows, r.test_positives, r.test_failures, r.horizon_days
+    )?;
+    let val: Vec<String> = r
+        .fit
+        .validation
+        .iter()
+        .map(|(n, e, s)| format!("{n}@{e}={s:.3}"))
+        .collect();
+    writeln!(
+        out,
+        "  model: {} hidden, {} epochs (cross-validated mean recall at FPR<=0.1: {})",
+        if r.fit.hidden.is_empty() {
+            "no".to_string()
+        } else {
+            format!("{:?}", r.fit.hidden)
+        },
+        r.fit.epochs,
+        if val.is_empty() {
+            "not run".to_string()
+        } else {
+            val.join(", ")
+        }
+    )?;
+    writeln!(out, "  model PR-AUC {:.4}", r.model.pr_auc)?;
+    match &r.rule {
+        Some(rule) => {
+            writeln!(
+                out,
+                "  rule ({}): recall {:.4}, false-positive rate {:.5}",
+                rule.columns.join(" | "),
+                rule.recall,
+                rule.false_positive_rate
+            )?;
+            if let Some(op) = r.model.at_rule_fpr {
+                writeln!(
+                    out,
+                    "  model at the rule's FPR:    recall {:.4} (FPR {:.5}), gain x{}",
+                    op.recall,
+                    op.false_positive_rate,
+                    r.recall_gain_at_rule_fpr
+                        .map_or("n/a".to_string(), |g| format!("{g:.2}"))
+                )?;
+            }
+            if let Some(op) = r.model.at_rule_recall {
+                writeln!(
+                    out,
+                    "  model at the rule's recall: FPR {:.5} (recall {:.4}), ratio x{}",
+                    op.false_positive_rate,
+                    op.recall,
+                    r.fpr_ratio_at_rule_recall
+                        .map_or("n/a".to_string(), |g| format!("{g:.2}"))
+                )?;
+            }
+        }
+        None => writeln!(out, "  rule: no SMART 5/187/188/197/198 column in the test file")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        cmd: ForecastCmd,
+    }
+
+    #[test]
+    fn commands_parse_with_documented_defaults() {
+        Wrapper::command().debug_assert();
+        let w = Wrapper::try_parse_from(["arkd", "eval-load", "--csv", "f.csv"]).unwrap();
+        match w.cmd {
+            ForecastCmd::EvalLoad(a) => assert_eq!((a.horizon, a.seed, a.json), (12, 0, false)),
+            other => panic!("parsed as {other:?}"),
+        }
+        let w = Wrapper::try_parse_from(["arkd", "eval-failure", "--train", "a", "--test", "b", "--json"]).unwrap();
+        match w.cmd {
+            ForecastCmd::EvalFailure(a) => assert_eq!((a.horizon_days, a.json, a.fixed), (10, true, false)),
+            other => panic!("parsed as {other:?}"),
+        }
+        // split-days needs exactly one way to split.
+        assert!(
+            Wrapper::try_parse_from(["arkd", "split-days", "--input", "a", "--before", "b", "--after", "c"]).is_err()
+        );
+        assert!(Wrapper::try_parse_from([
+            "arkd",
+            "split-days",
+            "--input",
+            "a",
+            "--before",
+            "b",
+            "--after",
+            "c",
+            "--split-date",
+            "2013-04-20"
+        ])
+        .is_ok());
+    }
+}

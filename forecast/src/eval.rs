@@ -1,0 +1,366 @@
+//! Offline evaluation of both forecasters against naive baselines on a time split, producing
+//! serialisable reports. It owns the split rules (first 70% in time to train, last 30% to
+//! test; a separate test file for failures) and the baselines; it must not print (that is
+//! `cli`) nor fit anything on test data.
+
+use crate::data::EntityTable;
+use crate::error::{ForecastError, Result};
+use crate::failure::{label_rows, rule_flags, FailureConfig, FailureFitReport, FailureForecaster};
+use crate::load::{LoadConfig, LoadFitReport, LoadForecaster};
+use crate::metrics::{
+    ewma_levels, flag_rates, fpr_at_recall, pick_ewma_alpha, pr_auc, recall_at_fpr, OperatingPoint, EWMA_ALPHAS,
+};
+use crate::prep::{fill_gaps, infer_step_s, resample, steps_per_day};
+
+/// Fraction of a series (in time) used for training in `eval-load`.
+pub const LOAD_TRAIN_FRACTION: f64 = 0.7;
+
+/// Errors of one forecaster over the test origins.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ForecastErrors {
+    /// Method name.
+    pub method: String,
+    /// MAE averaged over horizons 1..=H.
+    pub mae: f64,
+    /// RMSE per horizon, averaged over horizons 1..=H.
+    pub rmse: f64,
+    /// MAE at each horizon 1..=H.
+    pub mae_by_horizon: Vec<f64>,
+}
+
+/// Result of `eval-load`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoadReport {
+    /// Input file.
+    pub file: String,
+    /// Grid step after resampling, seconds.
+    pub step_s: i64,
+    /// Grid points after resampling.
+    pub points: usize,
+    /// Points filled by interpolation (never used as targets).
+    pub filled_points: usize,
+    /// Points in the training part.
+    pub train_points: usize,
+    /// Forecast origins evaluated.
+    pub test_origins: usize,
+    /// Forecast horizon, steps.
+    pub horizon: usize,
+    /// EWMA alpha chosen on the training part.
+    pub ewma_alpha: f64,
+    /// The model's errors.
+    pub model: ForecastErrors,
+    /// Baselines' errors (persistence, seasonal naive when a day of history exists, EWMA).
+    pub baselines: Vec<ForecastErrors>,
+    /// Name of the baseline with the lowest MAE.
+    pub best_baseline: String,
+    /// Model MAE divided by the best baseline's MAE (below 1 is better).
+    pub mae_ratio_to_best_baseline: f64,
+    /// How the model was chosen.
+    pub fit: LoadFitReport,
+}
+
+struct ErrorAccumulator {
+    abs: Vec<f64>,
+    sq: Vec<f64>,
+    n: Vec<usize>,
+}
+
+impl ErrorAccumulator {
+    fn new(h: usize) -> Self {
+        Self {
+            abs: vec![0.0; h],
+            sq: vec![0.0; h],
+            n: vec![0; h],
+        }
+    }
+
+    fn add(&mut self, h: usize, pred: f64, actual: f64) {
+        let e = pred - actual;
+        self.abs[h] += e.abs();
+        self.sq[h] += e * e;
+        self.n[h] += 1;
+    }
+
+    fn finish(self, method: &str) -> ForecastErrors {
+        let mae_by_horizon: Vec<f64> = self
+            .abs
+            .iter()
+            .zip(&self.n)
+            .map(|(s, &n)| s / n.max(1) as f64)
+            .collect();
+        let rmse_by_horizon: Vec<f64> = self
+            .sq
+            .iter()
+            .zip(&self.n)
+            .map(|(s, &n)| (s / n.max(1) as f64).sqrt())
+            .collect();
+        let h = mae_by_horizon.len().max(1) as f64;
+        ForecastErrors {
+            method: method.to_string(),
+            mae: mae_by_horizon.iter().sum::<f64>() / h,
+            rmse: rmse_by_horizon.iter().sum::<f64>() / h,
+            mae_by_horizon,
+        }
+    }
+}
+
+/// Evaluates the load forecaster on `(timestamp_s, value)` samples: resample to the median
+/// step, fill gaps, train on the first 70% in time, forecast from every origin whose
+/// targets lie in the last 30%, and score against observed (not filled) targets only.
+pub fn eval_load(file: &str, points: &[(i64, f64)], config: &LoadConfig) -> Result<LoadReport> {
+    let step_s = infer_step_s(&points.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let grid = resample(points, step_s)?;
+    let observed: Vec<bool> = grid.values.iter().map(Option::is_some).collect();
+    let series = fill_gaps(&grid.values)?;
+    let n = series.len();
+    let n_train = (n as f64 * LOAD_TRAIN_FRACTION).floor() as usize;
+    let h = config.horizon;
+    if n_train + h >= n {
+        return Err(ForecastError::NotEnoughData(format!(
+            "{n} points leave no test origin for horizon {h}"
+        )));
+    }
+    let train = &series[..n_train];
+    let (model, fit) = LoadForecaster::fit(train, grid.start_s, step_s, config)?;
+
+    // Origins: the last training point up to the last point with a full horizon after it.
+    let origins: Vec<usize> = (n_train - 1..n - h).collect();
+    let model_pred = model.forecast_at(&series, grid.start_s, &origins)?;
+    let alpha = pick_ewma_alpha(train, &EWMA_ALPHAS);
+    let levels = ewma_levels(&series, alpha);
+    let day = steps_per_day(step_s);
+    let seasonal_ok = n_train > day;
+
+    let mut acc_model = ErrorAccumulator::new(h);
+    let mut acc_persist = ErrorAccumulator::new(h);
+    let mut acc_seasonal = ErrorAccumulator::new(h);
+    let mut acc_ewma = ErrorAccumulator::new(h);
+    for (&t, pred) in origins.iter().zip(&model_pred) {
+        for (k, &p) in pred.iter().enumerate().take(h) {
+            let target = t + 1 + k;
+            if !observed[target] {
+                continue;
+            }
+            let actual = series[target];
+            acc_model.add(k, p, actual);
+            acc_persist.add(k, series[t], actual);
+            acc_ewma.add(k, levels[t], actual);
+            if seasonal_ok {
+                let back = day * (k + 1).div_ceil(day);
+                acc_seasonal.add(k, series[target - back], actual);
+            }
+        }
+    }
+    let mut baselines = vec![acc_persist.finish("persistence")];
+    if seasonal_ok {
+        baselines.push(acc_seasonal.finish("seasonal_naive"));
+    }
+    baselines.push(acc_ewma.finish(&format!("ewma(alpha={alpha})")));
+    let best = baselines
+        .iter()
+        .min_by(|a, b| a.mae.total_cmp(&b.mae))
+        .cloned()
+        .ok_or_else(|| ForecastError::NotEnoughData("no baseline".into()))?;
+    let model_errors = acc_model.finish(&format!("model({})", model.variant_name()));
+    Ok(LoadReport {
+        file: file.to_string(),
+        step_s,
+        points: n,
+        filled_points: observed.iter().filter(|&&o| !o).count(),
+        train_points: n_train,
+        test_origins: origins.len(),
+        horizon: h,
+        ewma_alpha: alpha,
+        mae_ratio_to_best_baseline: model_errors.mae / best.mae,
+        best_baseline: best.method,
+        model: model_errors,
+        baselines,
+        fit,
+    })
+}
+
+/// Model figures of `eval-failure`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailureModelFigures {
+    /// Area under the precision-recall curve (average precision) over test rows.
+    pub pr_auc: f64,
+    /// Best operating point whose false-positive rate does not exceed the rule's.
+    pub at_rule_fpr: Option<OperatingPoint>,
+    /// Best operating point whose recall reaches the rule's.
+    pub at_rule_recall: Option<OperatingPoint>,
+}
+
+/// Rule baseline figures of `eval-failure`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleFigures {
+    /// Rule columns found in the test file.
+    pub columns: Vec<String>,
+    /// Fraction of positive rows flagged.
+    pub recall: f64,
+    /// Fraction of negative rows flagged.
+    pub false_positive_rate: f64,
+}
+
+/// Result of `eval-failure`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailureReport {
+    /// Training file.
+    pub train_file: String,
+    /// Test file.
+    pub test_file: String,
+    /// Horizon, days.
+    pub horizon_days: i64,
+    /// Test rows.
+    pub test_rows: usize,
+    /// Positive test rows (entity fails within the horizon).
+    pub test_positives: usize,
+    /// Distinct failing entities in the test file.
+    pub test_failures: usize,
+    /// Model figures.
+    pub model: FailureModelFigures,
+    /// Rule figures, when the rule columns exist.
+    pub rule: Option<RuleFigures>,
+    /// Model recall at the rule's false-positive rate divided by the rule's recall.
+    pub recall_gain_at_rule_fpr: Option<f64>,
+    /// Model false-positive rate at the rule's recall divided by the rule's.
+    pub fpr_ratio_at_rule_recall: Option<f64>,
+    /// What the model was trained on.
+    pub fit: FailureFitReport,
+}
+
+/// Trains the failure forecaster on `train`, then scores every row of `test`.
+pub fn eval_failure(
+    train_file: &str,
+    train: &EntityTable,
+    test_file: &str,
+    test: &EntityTable,
+    config: &FailureConfig,
+) -> Result<FailureReport> {
+    let (model, fit) = FailureForecaster::fit(train, config)?;
+    let scores = model.predict(test)?;
+    let labels = label_rows(test, config.horizon_days);
+    let positives = labels.iter().filter(|&&l| l).count();
+    let mut failing: Vec<u32> = (0..test.len())
+        .filter(|&i| test.failure[i])
+        .map(|i| test.entity[i])
+        .collect();
+    failing.sort_unstable();
+    failing.dedup();
+    let rule = rule_flags(test).map(|flags| {
+        let (recall, fpr) = flag_rates(&flags, &labels);
+        RuleFigures {
+            columns: crate::failure::RULE_COLUMNS
+                .iter()
+                .filter(|c| test.column(c).is_some())
+                .map(ToString::to_string)
+                .collect(),
+            recall,
+            false_positive_rate: fpr,
+        }
+    });
+    let at_rule_fpr = rule
+        .as_ref()
+        .map(|r| recall_at_fpr(&scores, &labels, r.false_positive_rate));
+    let at_rule_recall = rule.as_ref().map(|r| fpr_at_recall(&scores, &labels, r.recall));
+    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    Ok(FailureReport {
+        train_file: train_file.to_string(),
+        test_file: test_file.to_string(),
+        horizon_days: config.horizon_days,
+        test_rows: test.len(),
+        test_positives: positives,
+        test_failures: failing.len(),
+        recall_gain_at_rule_fpr: rule
+            .as_ref()
+            .zip(at_rule_fpr)
+            .and_then(|(r, op)| ratio(op.recall, r.recall)),
+        fpr_ratio_at_rule_recall: rule
+            .as_ref()
+            .zip(at_rule_recall)
+            .and_then(|(r, op)| ratio(op.false_positive_rate, r.false_positive_rate)),
+        model: FailureModelFigures {
+            pr_auc: pr_auc(&scores, &labels),
+            at_rule_fpr,
+            at_rule_recall,
+        },
+        rule,
+        fit,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_load_reports_model_and_three_baselines() {
+        // Ten days at one-hour steps with a daily cycle and a gap.
+        let mut points: Vec<(i64, f64)> = (0..240)
+            .map(|i| {
+                let day = std::f64::consts::TAU * f64::from(i) / 24.0;
+                (i64::from(i) * 3600, 50.0 + 20.0 * day.sin() + f64::from(i % 5))
+            })
+            .collect();
+        points.remove(200);
+        let config = LoadConfig {
+            horizon: 4,
+            window: 8,
+            epochs_max: 10,
+            ensemble: 1,
+            ..LoadConfig::default()
+        };
+        let r = eval_load("synthetic", &points, &config).unwrap();
+        assert_eq!(r.step_s, 3600);
+        assert_eq!(r.points, 240);
+        assert_eq!(r.filled_points, 1);
+        assert_eq!(r.train_points, 168);
+        assert_eq!(r.test_origins, 240 - 4 - 167);
+        let names: Vec<&str> = r.baselines.iter().map(|b| b.method.as_str()).collect();
+        assert_eq!(names[..2], ["persistence", "seasonal_naive"]);
+        assert!(names[2].starts_with("ewma"));
+        assert!(r.model.mae.is_finite() && r.model.mae_by_horizon.len() == 4);
+        // A pure daily cycle: the seasonal baseline is nearly exact, persistence is not.
+        assert!(r.baselines[1].mae < r.baselines[0].mae);
+    }
+
+    #[test]
+    fn eval_failure_compares_with_the_rule() {
+        let mut t = EntityTable {
+            feature_names: vec!["smart_5_raw".into(), "smart_9_raw".into()],
+            ..EntityTable::default()
+        };
+        for e in 0..60u32 {
+            t.entity_names.push(format!("e{e}"));
+            for d in 0..8i64 {
+                let failing = e % 6 == 0;
+                t.entity.push(e);
+                t.day.push(d);
+                t.failure.push(failing && d == 7);
+                let s5 = if failing {
+                    (d * 3) as f32
+                } else {
+                    f32::from(u8::from(e % 4 == 1))
+                };
+                t.features.extend([s5, 100.0 + e as f32]);
+            }
+        }
+        let config = FailureConfig {
+            horizon_days: 3,
+            window_days: 3,
+            epochs: 4,
+            batch_size: 64,
+            ensemble: 1,
+            folds: 2,
+            ..FailureConfig::default()
+        };
+        let r = eval_failure("a", &t, "b", &t, &config).unwrap();
+        assert_eq!(r.test_failures, 10);
+        assert_eq!(r.test_positives, 30);
+        let rule = r.rule.unwrap();
+        assert_eq!(rule.columns, vec!["smart_5_raw"]);
+        assert!(rule.recall > 0.0 && rule.false_positive_rate > 0.0);
+        assert!(r.model.at_rule_fpr.is_some() && r.model.at_rule_recall.is_some());
+        assert!(r.model.pr_auc.is_finite());
+    }
+}

@@ -1,0 +1,179 @@
+//! `ark.v1.Cluster`: status as this node sees it, and membership changes (learner add,
+//! promote, remove), which the leader commits through Raft.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ark_proto::v1::cluster_server::Cluster;
+use ark_proto::v1::{
+    AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, RemoveRequest, StatusRequest, StatusResponse,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use super::not_leader;
+use crate::net::PeerPool;
+use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
+
+/// The Cluster service.
+pub struct ClusterService {
+    raft: ArkRaft,
+    pool: PeerPool,
+    node_id: NodeId,
+    /// A peer that answered within this window counts as healthy.
+    healthy_within: Duration,
+}
+
+impl ClusterService {
+    /// A service over the node's Raft and peer pool.
+    pub fn new(raft: ArkRaft, pool: PeerPool, node_id: NodeId, healthy_within: Duration) -> Self {
+        Self {
+            raft,
+            pool,
+            node_id,
+            healthy_within,
+        }
+    }
+}
+
+fn map_write_err(e: RaftError<NodeId, ClientWriteError<NodeId, ArkNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Status::unavailable(format!("node cannot serve: {e}")),
+    }
+}
+
+fn membership_response(r: ClientWriteResponse<TypeConfig>) -> MembershipResponse {
+    let (voters, learners) = match &r.membership {
+        Some(m) => {
+            let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+            let learners = m.learner_ids().filter(|id| !voters.contains(id)).collect();
+            (voters.into_iter().collect(), learners)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    MembershipResponse {
+        revision: r.log_id.index,
+        voters,
+        learners,
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_leader = m.state == ServerState::Leader;
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| {
+                let healthy = if *id == self.node_id {
+                    true
+                } else if is_leader {
+                    self.pool.since_last_ok(*id).is_some_and(|d| d <= self.healthy_within)
+                } else {
+                    m.current_leader == Some(*id)
+                };
+                let matched_index = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                NodeStatus {
+                    id: *id,
+                    site: node.site.clone(),
+                    role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                    client_addr: node.client_addr.clone(),
+                    peer_addr: node.peer_addr.clone(),
+                    healthy,
+                    matched_index,
+                }
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(StatusResponse {
+            node_id: self.node_id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            nodes,
+            state: state.to_string(),
+        }))
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .node
+            .ok_or_else(|| Status::invalid_argument("node is required (id, site, peer_addr, client_addr)"))?;
+        if spec.id == 0 {
+            return Err(Status::invalid_argument("node id must be a positive integer"));
+        }
+        if spec.site.is_empty() || spec.peer_addr.is_empty() || spec.client_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "site, peer_addr and client_addr are all required",
+            ));
+        }
+        let node = ArkNode {
+            site: spec.site,
+            peer_addr: spec.peer_addr,
+            client_addr: spec.client_addr,
+        };
+        let res = self
+            .raft
+            .add_learner(spec.id, node, r.wait_caught_up)
+            .await
+            .map_err(map_write_err)?;
+        metrics::counter!("ark_membership_changes_total", "op" => "add_learner").increment(1);
+        Ok(Response::new(membership_response(res)))
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        let res = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_write_err)?;
+        metrics::counter!("ark_membership_changes_total", "op" => "promote").increment(1);
+        Ok(Response::new(membership_response(res)))
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let known = membership.nodes().any(|(n, _)| *n == id);
+        if !known {
+            return Err(Status::not_found(format!("node {id} is not a member of the cluster")));
+        }
+        let change: ChangeMembers<NodeId, ArkNode> = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let res = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(map_write_err)?;
+        metrics::counter!("ark_membership_changes_total", "op" => "remove").increment(1);
+        Ok(Response::new(membership_response(res)))
+    }
+}

@@ -1,0 +1,168 @@
+//! `ark.v1.Kv`: put, get, delete and list of small linearizable values.
+
+use std::time::Instant;
+
+use ark_proto::v1::kv_server::Kv;
+use ark_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, ListRequest, ListResponse, PutRequest,
+    PutResponse,
+};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tonic::{Request, Response, Status};
+
+use super::not_leader;
+use super::proposer::Proposer;
+use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
+use crate::raft::state_machine::KvReader;
+use crate::raft::{ArkRaft, Command, Op, OpResult};
+
+/// Most entries one List answers with.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Accepted request id lengths (the SDK sends 16 random bytes).
+const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
+
+/// The KV service.
+pub struct KvService {
+    raft: ArkRaft,
+    reader: KvReader,
+    proposer: Proposer,
+}
+
+impl KvService {
+    /// A service over the node's Raft and state machine.
+    pub fn new(raft: ArkRaft, reader: KvReader) -> Self {
+        let proposer = Proposer::start(raft.clone());
+        Self { raft, reader, proposer }
+    }
+
+    async fn write(&self, op: &'static str, request_id: Vec<u8>, command: Command) -> Result<OpResult, Status> {
+        if !REQUEST_ID_BYTES.contains(&request_id.len()) {
+            return Err(Status::invalid_argument(format!(
+                "request_id must be {} to {} bytes (got {}); the SDK fills it in",
+                REQUEST_ID_BYTES.start(),
+                REQUEST_ID_BYTES.end(),
+                request_id.len()
+            )));
+        }
+        let started = Instant::now();
+        let res = self.proposer.propose(Op { request_id, command }).await;
+        let result = match &res {
+            Ok(_) => "ok",
+            Err(st) if st.metadata().get(super::LEADER_ID_HEADER).is_some() => "not_leader",
+            Err(_) => "error",
+        };
+        metrics::counter!("ark_kv_requests_total", "op" => op, "result" => result).increment(1);
+        metrics::histogram!("ark_kv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn linearize(&self) -> Result<(), Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(Status::unavailable(format!(
+                "leader cannot reach a quorum to confirm it is still leader: {q}"
+            ))),
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("node cannot serve reads: {e}"))),
+        }
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument("key must not be empty"));
+    }
+    if key.len() > KV_KEY_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "key is {} bytes; the limit is {KV_KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key)?;
+        if r.value.len() > KV_VALUE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "value is {} bytes; the limit is {KV_VALUE_BYTES_MAX} (store larger data as an object)",
+                r.value.len()
+            )));
+        }
+        let resp = self
+            .write(
+                "put",
+                r.request_id,
+                Command::Put {
+                    key: r.key,
+                    value: r.value,
+                },
+            )
+            .await?;
+        Ok(Response::new(PutResponse {
+            revision: resp.revision,
+            duplicate: resp.duplicate,
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key)?;
+        if !r.stale {
+            self.linearize().await?;
+        }
+        metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => "ok").increment(1);
+        Ok(Response::new(match self.reader.get(&r.key).map_err(internal)? {
+            Some(v) => GetResponse {
+                found: true,
+                value: v.value,
+                revision: v.revision,
+            },
+            None => GetResponse::default(),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let r = request.into_inner();
+        check_key(&r.key)?;
+        let resp = self
+            .write("delete", r.request_id, Command::Delete { key: r.key })
+            .await?;
+        Ok(Response::new(DeleteResponse {
+            revision: resp.revision,
+            existed: resp.existed,
+            duplicate: resp.duplicate,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let r = request.into_inner();
+        if !r.stale {
+            self.linearize().await?;
+        }
+        let limit = if r.limit == 0 {
+            LIST_LIMIT_MAX
+        } else {
+            r.limit.min(LIST_LIMIT_MAX)
+        };
+        let (items, truncated) = self.reader.list(&r.prefix, limit as usize).map_err(internal)?;
+        Ok(Response::new(ListResponse {
+            items: items
+                .into_iter()
+                .map(|(key, v)| KeyValue {
+                    key,
+                    value: if r.keys_only { Vec::new() } else { v.value },
+                    revision: v.revision,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
+}

@@ -1,0 +1,131 @@
+//! Folds concurrent client writes into shared log entries.
+//!
+//! openraft 0.9's core appends one entry at a time and waits for its fsync before the next,
+//! so one entry per client write caps throughput at one fsync per write. The proposer keeps
+//! at most [`IN_FLIGHT_MAX`] entries in flight; writes that arrive meanwhile queue up and go
+//! out together in the next entry (up to [`OPS_PER_ENTRY_MAX`] ops or [`ENTRY_BYTES_MAX`]).
+//! Under light load an entry carries one write and nothing waits; under heavy load entries
+//! grow. Each write keeps its own request id and gets its own answer.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::Status;
+
+use super::{not_leader, now_ms};
+use crate::raft::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
+
+/// Entries proposed but not yet answered.
+pub const IN_FLIGHT_MAX: usize = 4;
+/// Payload bytes folded into one entry at most (a single larger write still goes alone).
+pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
+/// Writes waiting for an entry at most; beyond it callers wait to enqueue (backpressure).
+const QUEUE_MAX: usize = 16 * 1024;
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<OpResult, Status>>,
+}
+
+/// Handle for submitting writes.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+fn op_bytes(op: &Op) -> usize {
+    op.request_id.len()
+        + match &op.command {
+            crate::raft::Command::Put { key, value } => key.len() + value.len(),
+            crate::raft::Command::Delete { key } => key.len(),
+        }
+}
+
+impl Proposer {
+    /// Starts the proposer task for `raft`. It ends when every handle is dropped.
+    pub fn start(raft: ArkRaft) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(run(raft, rx));
+        Self { tx }
+    }
+
+    /// Proposes one write and waits for its answer.
+    pub async fn propose(&self, op: Op) -> Result<OpResult, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { op, reply })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("node is shutting down; the write may or may not have been applied"))?
+    }
+}
+
+async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Wait for a free slot first: whatever arrives meanwhile joins this entry.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = op_bytes(&first.op);
+        let mut batch = vec![first];
+        while batch.len() < OPS_PER_ENTRY_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    let b = op_bytes(&p.op);
+                    if bytes + b > ENTRY_BYTES_MAX {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += b;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("ark_raft_entry_ops").record(batch.len() as f64);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let res = raft
+                .client_write(Request {
+                    proposed_at_ms: now_ms(),
+                    ops,
+                })
+                .await;
+            drop(permit);
+            match res {
+                Ok(r) => {
+                    debug_assert_eq!(r.data.results.len(), replies.len());
+                    let mut results = r.data.results.into_iter();
+                    for reply in replies {
+                        let answer = results
+                            .next()
+                            .ok_or_else(|| Status::internal("state machine returned too few results"));
+                        let _ = reply.send(answer);
+                    }
+                }
+                Err(e) => {
+                    let st = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+                        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
+                        RaftError::Fatal(e) => Status::unavailable(format!("node cannot serve writes: {e}")),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(st.clone()));
+                    }
+                }
+            }
+        });
+    }
+}

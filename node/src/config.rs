@@ -1,0 +1,335 @@
+//! Node configuration: the TOML file `arkd` reads, its defaults and its validation.
+//!
+//! Owns parsing and checking only; it never opens sockets or files other than the config
+//! file itself. Unknown keys are rejected so that a typo is an error, not a silent default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest value a KV record may hold (it is stored in the Raft log itself).
+pub const KV_VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Largest key, in bytes of UTF-8.
+pub const KV_KEY_BYTES_MAX: usize = 1024;
+
+/// Everything one `arkd` process needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique, non-zero id of this node in the cluster. Never reuse an id.
+    pub node_id: u64,
+    /// Name of the site (data centre) this node runs in; placement spreads across sites.
+    pub site: String,
+    /// Directory for the Raft log, state machine and snapshots. Created if missing.
+    pub data_dir: PathBuf,
+    /// Addresses this node listens on.
+    pub listen: ListenConfig,
+    /// Addresses other nodes and clients use to reach this node, when they differ from
+    /// `listen` (NAT, 0.0.0.0 binds). Defaults to the listen addresses.
+    #[serde(default)]
+    pub advertise: Option<AdvertiseConfig>,
+    /// Mutual TLS material shared by the peer (QUIC) and client (gRPC) planes.
+    pub tls: TlsConfig,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// Cluster bootstrap: which nodes form the initial voting membership.
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// UDP address of the QUIC peer transport (Raft and, later, chunk transfer).
+    pub peer: SocketAddr,
+    /// TCP address of the gRPC client API (TLS).
+    pub client: SocketAddr,
+    /// TCP address of the plain-HTTP Prometheus `/metrics` endpoint; omit to disable.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Advertised addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdvertiseConfig {
+    /// `host:port` peers dial for QUIC.
+    pub peer: String,
+    /// `host:port` clients dial for gRPC.
+    pub client: String,
+}
+
+/// TLS material, PEM files. Relative paths are resolved against the config file's folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate. Peers and clients must present a certificate it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (signed by the CA, SANs `ark-node` and `node-<id>`).
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Raft timing. Defaults suit WAN round trips of up to ~100 ms between sites.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears nothing for a random time in [min, max] starts an election.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept after a snapshot so that slightly lagging followers need no snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Deadline for one peer RPC other than snapshot install.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_logs_since_last: 20_000,
+            logs_kept_after_snapshot: 5_000,
+            rpc_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Bootstrap of a brand-new cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// Set on exactly one node of a new cluster: on first start, with an empty log, it
+    /// initialises the cluster with itself and `peers` as voters. Ignored once initialised.
+    #[serde(default)]
+    pub initialize: bool,
+    /// The other initial voters. Nodes added later join through `ark members add`.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One other node of the initial cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub id: u64,
+    /// Its site.
+    pub site: String,
+    /// Its QUIC peer address (`host:port`).
+    pub peer_addr: String,
+    /// Its gRPC client address (`host:port`).
+    pub client_addr: String,
+}
+
+/// A config that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("config is invalid: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file; relative TLS and data paths are made
+    /// relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return bad("node_id must be a positive integer (0 is reserved)".into());
+        }
+        if self.site.trim().is_empty() {
+            return bad("site must not be empty".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return bad("raft.heartbeat_interval_ms must be > 0".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms * 2 {
+            return bad(format!(
+                "raft.election_timeout_min_ms ({}) must exceed twice raft.heartbeat_interval_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad("raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into());
+        }
+        if r.rpc_timeout_ms == 0 {
+            return bad("raft.rpc_timeout_ms must be > 0".into());
+        }
+        let mut ids = std::collections::BTreeSet::from([self.node_id]);
+        for p in &self.bootstrap.peers {
+            if !ids.insert(p.id) || p.id == 0 {
+                return bad(format!("bootstrap.peers: node id {} is zero or repeated", p.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer address other nodes should dial.
+    pub fn advertised_peer_addr(&self) -> String {
+        self.advertise
+            .as_ref()
+            .map(|a| a.peer.clone())
+            .unwrap_or_else(|| self.listen.peer.to_string())
+    }
+
+    /// The client address clients should dial.
+    pub fn advertised_client_addr(&self) -> String {
+        self.advertise
+            .as_ref()
+            .map(|a| a.client.clone())
+            .unwrap_or_else(|| self.listen.client.to_string())
+    }
+
+    /// A documented sample, printed by `arkd --print-sample-config`.
+    pub fn sample() -> &'static str {
+        SAMPLE
+    }
+}
+
+const SAMPLE: &str = r#"# arkd configuration. Every key is listed; unknown keys are rejected.
+
+# Unique, non-zero id of this node. Never reuse an id, even after removing a node.
+node_id = 1
+# Site (data centre) this node runs in.
+site = "site-a"
+# Raft log, state machine and snapshots live here (created if missing).
+data_dir = "/var/lib/ark"
+
+[listen]
+# UDP address of the QUIC peer transport (mutual TLS).
+peer = "127.0.0.1:7101"
+# TCP address of the gRPC client API (TLS, client certificates required).
+client = "127.0.0.1:7201"
+# Plain-HTTP Prometheus endpoint (/metrics). Omit to disable.
+metrics = "127.0.0.1:7301"
+
+# Optional: addresses others dial, when they differ from the listen addresses.
+# [advertise]
+# peer = "ark-1.example.net:7101"
+# client = "ark-1.example.net:7201"
+
+[tls]
+# PEM files; relative paths are relative to this file. Create them with `ark certs`.
+ca = "certs/ca.pem"
+cert = "certs/node-1.pem"
+key = "certs/node-1.key"
+
+[raft]
+heartbeat_interval_ms = 250
+election_timeout_min_ms = 1500
+election_timeout_max_ms = 3000
+# Snapshot and compact the log after this many applied entries.
+snapshot_logs_since_last = 20000
+# Entries kept after a snapshot, so that briefly lagging followers need no snapshot.
+logs_kept_after_snapshot = 5000
+# Deadline of one peer RPC (snapshot chunks get 5x).
+rpc_timeout_ms = 2000
+
+[bootstrap]
+# true on exactly one node of a brand-new cluster; ignored once the cluster exists.
+initialize = true
+
+[[bootstrap.peers]]
+id = 2
+site = "site-b"
+peer_addr = "127.0.0.1:7102"
+client_addr = "127.0.0.1:7202"
+
+[[bootstrap.peers]]
+id = 3
+site = "site-c"
+peer_addr = "127.0.0.1:7103"
+client_addr = "127.0.0.1:7203"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses() {
+        let cfg = NodeConfig::parse(NodeConfig::sample()).unwrap();
+        assert_eq!(cfg.node_id, 1);
+        assert_eq!(cfg.bootstrap.peers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let text = NodeConfig::sample().replace("site = \"site-a\"", "site = \"a\"\nsiet = 1");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("siet"), "{err}");
+    }
+
+    #[test]
+    fn bad_timeouts_are_rejected() {
+        let text = NodeConfig::sample().replace("election_timeout_min_ms = 1500", "election_timeout_min_ms = 100");
+        let err = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn repeated_peer_id_is_rejected() {
+        let text = NodeConfig::sample().replace("id = 3", "id = 2");
+        assert!(NodeConfig::parse(&text).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! One Ark node (`arkd`): consensus, storage, peer transport and the client API.
+//!
+//! Modules, each owning one concern: [`config`] (TOML), [`server`] (start-up and ordered
+//! shutdown), [`raft`] (openraft types, log store, state machine, snapshots, network glue),
+//! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`api`] (tonic services) and
+//! [`metrics`] (Prometheus).
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod raft;
+pub mod server;
+
+pub use config::NodeConfig;
+pub use server::run;

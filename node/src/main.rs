@@ -1,0 +1,133 @@
+//! `arkd`: one Ark node. Parses flags and config, installs logging and a panic hook, and
+//! calls [`ark_node::run`] with a shutdown future bound to SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Ark node daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "arkd",
+    version,
+    about = "Ark node: consensus, storage, replication, client API"
+)]
+struct Cli {
+    /// Path of the node's TOML config file.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "print_sample_config"
+    )]
+    config: Option<PathBuf>,
+    /// Validate the config file and exit (0 when valid, 1 with the reason otherwise).
+    #[arg(long)]
+    check_config: bool,
+    /// Print a documented sample config and exit.
+    #[arg(long)]
+    print_sample_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Offline evaluation of the forecasters on trace files (JSON with --json).
+    #[command(subcommand)]
+    Forecast(ark_forecast::ForecastCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    // Forecasting math (candle) must never take the cores that heartbeats need.
+    ark_forecast::cap_compute_threads(1);
+    if let Some(Command::Forecast(cmd)) = cli.command {
+        return match cmd.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if cli.print_sample_config {
+        print!("{}", ark_node::config::NodeConfig::sample());
+        return ExitCode::SUCCESS;
+    }
+    let Some(path) = cli.config else {
+        eprintln!("error: --config FILE is required (or --print-sample-config, or a subcommand); see arkd --help");
+        return ExitCode::from(2);
+    };
+    let cfg = match ark_node::NodeConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "config {} is valid (node {}, site {})",
+            path.display(),
+            cfg.node_id,
+            cfg.site
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(%info, "panic: aborting so that no half-applied state is served");
+        default_hook(info);
+        std::process::abort();
+    }));
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(ark_node::run(cfg, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("arkd failed: {e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,347 @@
+//! The peer transport: one QUIC endpoint per node with mutual TLS, length-prefixed protobuf
+//! frames on bidirectional streams, and a pool of reusable connections with backoff.
+//!
+//! Owns sockets, TLS and framing. It knows nothing of Raft: requests are handed to a
+//! [`PeerHandler`] and the `raft::network` module turns openraft calls into [`PeerPool`]
+//! calls. Every RPC has a deadline and every frame a size limit.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ark_proto::v1::{PeerRequest, PeerResponse};
+use prost::Message;
+use tokio::sync::Mutex;
+
+pub use tls::TlsMaterial;
+
+/// Largest frame accepted on a peer stream (snapshot chunks are far smaller).
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Longest wait between two reconnect attempts to an unreachable peer.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First wait after a failed connect.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Deadline of the QUIC + TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a peer RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The peer could not be reached (resolution, handshake, refused certificate, backoff).
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable {
+        /// Address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The RPC did not complete before its deadline.
+    #[error("peer RPC to {addr} timed out after {after:?}")]
+    Timeout {
+        /// Address dialled.
+        addr: String,
+        /// Deadline.
+        after: Duration,
+    },
+    /// The connection broke or the peer sent something malformed.
+    #[error("peer RPC to {addr} failed: {reason}")]
+    Io {
+        /// Address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Handles requests that arrive from peers.
+pub trait PeerHandler: Send + Sync + 'static {
+    /// Answers one request. Must not block for long: it runs on the endpoint's tasks.
+    fn handle(&self, req: PeerRequest) -> impl std::future::Future<Output = PeerResponse> + Send;
+}
+
+/// The node's QUIC endpoint (server and client side share one UDP socket).
+#[derive(Clone)]
+pub struct PeerEndpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl PeerEndpoint {
+    /// Binds the endpoint with the node's TLS material.
+    pub fn bind(addr: SocketAddr, tls: &TlsMaterial) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let server_tls = tls.server_config(&[tls::PEER_ALPN])?;
+        let client_tls = tls.client_config(&[tls::PEER_ALPN])?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).context("QUIC server TLS config")?,
+        ));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(10)).context("idle timeout")?,
+        ));
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        transport.max_concurrent_bidi_streams(1024u32.into());
+        let transport = Arc::new(transport);
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("QUIC client TLS config")?,
+        ));
+        client.transport_config(transport);
+        let mut endpoint = quinn::Endpoint::server(server, addr)
+            .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?;
+        endpoint.set_default_client_config(client);
+        Ok(Self { endpoint })
+    }
+
+    /// The bound local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` resolves, handing each request to `handler`.
+    pub async fn serve<H: PeerHandler>(&self, handler: Arc<H>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                _ = &mut shutdown => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // A peer without a CA-signed certificate ends here.
+                        tracing::warn!(%remote, error = %e, "refused peer connection");
+                        metrics::counter!("ark_peer_connections_refused_total").increment(1);
+                        return;
+                    }
+                };
+                loop {
+                    let (send, recv) = match conn.accept_bi().await {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    };
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_stream(handler, send, recv).await {
+                            tracing::debug!(%remote, error = %e, "peer stream failed");
+                        }
+                    });
+                }
+            });
+        }
+    }
+
+    /// Closes the endpoint: open connections are told the node is going away.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+async fn serve_stream<H: PeerHandler>(
+    handler: Arc<H>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let buf = read_frame(&mut recv).await?;
+    let req = PeerRequest::decode(buf.as_slice())?;
+    let resp = handler.handle(req).await;
+    write_frame(&mut send, &resp.encode_to_vec()).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        body.len() <= FRAME_BYTES_MAX,
+        "frame of {} bytes exceeds the limit",
+        body.len()
+    );
+    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    send.write_all(body).await?;
+    Ok(())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    anyhow::ensure!(
+        len <= FRAME_BYTES_MAX,
+        "peer announced a frame of {len} bytes, over the limit"
+    );
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+struct PeerConn {
+    conn: Option<quinn::Connection>,
+    addr: String,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// Reusable connections to peers, keyed by node id.
+#[derive(Clone)]
+pub struct PeerPool {
+    endpoint: PeerEndpoint,
+    conns: Arc<Mutex<HashMap<u64, Arc<Mutex<PeerConn>>>>>,
+    /// When each peer last answered an RPC, for health reporting.
+    last_ok: Arc<std::sync::Mutex<HashMap<u64, Instant>>>,
+}
+
+impl PeerPool {
+    /// A pool dialling from `endpoint`.
+    pub fn new(endpoint: PeerEndpoint) -> Self {
+        Self {
+            endpoint,
+            conns: Arc::default(),
+            last_ok: Arc::default(),
+        }
+    }
+
+    /// Time since peer `id` last answered, if ever.
+    pub fn since_last_ok(&self, id: u64) -> Option<Duration> {
+        self.last_ok.lock().ok().and_then(|m| m.get(&id).map(|t| t.elapsed()))
+    }
+
+    async fn forget(&self, id: u64, conn: &quinn::Connection) {
+        let slot = self.conns.lock().await.get(&id).cloned();
+        if let Some(slot) = slot {
+            let mut pc = slot.lock().await;
+            if pc.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                pc.conn = None;
+            }
+        }
+        conn.close(1u32.into(), b"rpc failed");
+    }
+
+    async fn connection(&self, id: u64, addr: &str, budget: Duration) -> Result<quinn::Connection, NetError> {
+        let slot = {
+            let mut conns = self.conns.lock().await;
+            conns
+                .entry(id)
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(PeerConn {
+                        conn: None,
+                        addr: addr.to_string(),
+                        next_attempt: Instant::now(),
+                        backoff: BACKOFF_MIN,
+                    }))
+                })
+                .clone()
+        };
+        let mut pc = slot.lock().await;
+        if pc.addr != addr {
+            // The node moved: forget the old connection.
+            pc.conn = None;
+            pc.addr = addr.to_string();
+            pc.backoff = BACKOFF_MIN;
+            pc.next_attempt = Instant::now();
+        }
+        if let Some(c) = &pc.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        pc.conn = None;
+        let now = Instant::now();
+        if now < pc.next_attempt {
+            return Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("backing off for {:?} after a failed connect", pc.next_attempt - now),
+            });
+        }
+        match self.dial(id, addr, budget).await {
+            Ok(c) => {
+                pc.backoff = BACKOFF_MIN;
+                pc.conn = Some(c.clone());
+                metrics::counter!("ark_peer_connects_total", "result" => "ok").increment(1);
+                Ok(c)
+            }
+            Err(e) => {
+                pc.next_attempt = Instant::now() + pc.backoff;
+                pc.backoff = (pc.backoff * 2).min(BACKOFF_MAX);
+                metrics::counter!("ark_peer_connects_total", "result" => "error").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(&self, id: u64, addr: &str, budget: Duration) -> Result<quinn::Connection, NetError> {
+        let unreachable = |reason: String| NetError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        };
+        let sock = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| unreachable(format!("cannot resolve: {e}")))?
+            .next()
+            .ok_or_else(|| unreachable("address resolves to nothing".into()))?;
+        let connecting = self
+            .endpoint
+            .endpoint
+            .connect(sock, &tls::peer_server_name(id))
+            .map_err(|e| unreachable(e.to_string()))?;
+        // Leave part of the caller's budget so that a failed handshake is recorded (and backed
+        // off from) rather than cut short by the caller's own deadline.
+        let limit = CONNECT_TIMEOUT.min(budget.mul_f32(0.8));
+        match tokio::time::timeout(limit, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!("handshake timed out after {limit:?}"))),
+        }
+    }
+
+    /// Sends one request to node `id` at `addr` and waits for its answer, at most `timeout`.
+    pub async fn call(
+        &self,
+        id: u64,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, NetError> {
+        let body = req.encode_to_vec();
+        let mut used: Option<quinn::Connection> = None;
+        let fut = async {
+            let conn = self.connection(id, addr, timeout).await?;
+            used = Some(conn.clone());
+            let io = |e: String| NetError::Io {
+                addr: addr.to_string(),
+                reason: e,
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
+            write_frame(&mut send, &body).await.map_err(|e| io(e.to_string()))?;
+            send.finish().map_err(|e| io(e.to_string()))?;
+            let buf = read_frame(&mut recv).await.map_err(|e| io(e.to_string()))?;
+            PeerResponse::decode(buf.as_slice()).map_err(|e| io(format!("malformed response: {e}")))
+        };
+        let res = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(NetError::Timeout {
+                addr: addr.to_string(),
+                after: timeout,
+            }),
+        };
+        if let (Err(NetError::Timeout { .. } | NetError::Io { .. }), Some(conn)) = (&res, used) {
+            // The peer may have restarted (its new process does not know this connection and
+            // stays silent) or died: forget the connection so the next call dials afresh
+            // instead of waiting on it until the idle timeout.
+            self.forget(id, &conn).await;
+        }
+        if res.is_ok() {
+            if let Ok(mut m) = self.last_ok.lock() {
+                m.insert(id, Instant::now());
+            }
+        }
+        res
+    }
+}

@@ -1,0 +1,418 @@
+//! The replicated state machine: KV records, client sessions (request ids already applied)
+//! and the applied log position, all in redb tables next to the log; plus snapshots.
+//!
+//! Applying is deterministic: it depends only on the entries, never on local clocks, so
+//! every replica holds the same tables after the same entries. Reads for the client API go
+//! through [`KvReader`], which opens read transactions and never writes.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::store::{decode, encode};
+use super::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConfig};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_kv");
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sessions");
+const SESSIONS_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("sm_sessions_by_time");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
+
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_SNAP_META: &str = "meta";
+const KEY_SNAP_DATA: &str = "data";
+
+/// How long a request id is remembered after it was applied. A client retrying the same
+/// write later than this may apply it twice; the SDK gives up long before.
+pub const SESSION_RETENTION_MS: u64 = 15 * 60 * 1000;
+/// Expired sessions are swept once every this many applied requests.
+const SESSION_SWEEP_EVERY: u64 = 1024;
+
+/// A stored KV value with the revision (log index) that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredValue {
+    /// Log index of the write.
+    pub revision: u64,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRecord {
+    applied_at_ms: u64,
+    response: OpResult,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    kv: Vec<(String, StoredValue)>,
+    sessions: Vec<(Vec<u8>, SessionRecord)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, ArkNode>,
+}
+
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableError> {
+    tx.open_table(KV)?;
+    tx.open_table(SESSIONS)?;
+    tx.open_table(SESSIONS_BY_TIME)?;
+    tx.open_table(SM_META)?;
+    tx.open_table(SNAPSHOT)?;
+    Ok(())
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+/// The state machine over the shared database.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    applied_since_sweep: u64,
+}
+
+impl StateMachine {
+    /// Wraps the database (opened by [`super::store::open_database`]).
+    pub fn new(db: Arc<Database>) -> Self {
+        Self {
+            db,
+            applied_since_sweep: 0,
+        }
+    }
+}
+
+/// Read-only access to the KV tables for the client API.
+#[derive(Clone)]
+pub struct KvReader {
+    db: Arc<Database>,
+}
+
+/// A read failed inside the database.
+#[derive(Debug, thiserror::Error)]
+#[error("state machine read failed: {0}")]
+pub struct ReadError(String);
+
+fn rerr(e: impl std::fmt::Display) -> ReadError {
+    ReadError(e.to_string())
+}
+
+impl KvReader {
+    /// A reader over the database.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    /// One key.
+    pub fn get(&self, key: &str) -> Result<Option<StoredValue>, ReadError> {
+        let tx = self.db.begin_read().map_err(rerr)?;
+        let t = tx.open_table(KV).map_err(rerr)?;
+        match t.get(key).map_err(rerr)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(rerr)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys starting with `prefix`, in order, at most `limit`; the flag says whether more
+    /// matched.
+    pub fn list(&self, prefix: &str, limit: usize) -> Result<(Vec<(String, StoredValue)>, bool), ReadError> {
+        let tx = self.db.begin_read().map_err(rerr)?;
+        let t = tx.open_table(KV).map_err(rerr)?;
+        let mut out = Vec::new();
+        for item in t.range::<&str>(prefix..).map_err(rerr)? {
+            let (k, v) = item.map_err(rerr)?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((k.to_string(), decode(v.value()).map_err(rerr)?));
+        }
+        Ok((out, false))
+    }
+}
+
+fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Result<OpResult, StorageError<NodeId>> {
+    let mut sessions = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+    if !op.request_id.is_empty() {
+        if let Some(rec) = sessions.get(op.request_id.as_slice()).map_err(sm_write_err)? {
+            let rec: SessionRecord = decode(rec.value()).map_err(sm_read_err)?;
+            return Ok(OpResult {
+                duplicate: true,
+                ..rec.response
+            });
+        }
+    }
+    let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
+    let result = match &op.command {
+        Command::Put { key, value } => {
+            let v = encode(&StoredValue {
+                revision: rev,
+                value: value.clone(),
+            })
+            .map_err(sm_write_err)?;
+            kv.insert(key.as_str(), v.as_slice()).map_err(sm_write_err)?;
+            OpResult {
+                revision: rev,
+                existed: false,
+                duplicate: false,
+            }
+        }
+        Command::Delete { key } => {
+            let existed = kv.remove(key.as_str()).map_err(sm_write_err)?.is_some();
+            OpResult {
+                revision: rev,
+                existed,
+                duplicate: false,
+            }
+        }
+    };
+    if !op.request_id.is_empty() {
+        let rec = encode(&SessionRecord {
+            applied_at_ms: proposed_at_ms,
+            response: result.clone(),
+        })
+        .map_err(sm_write_err)?;
+        sessions
+            .insert(op.request_id.as_slice(), rec.as_slice())
+            .map_err(sm_write_err)?;
+        let mut by_time = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+        by_time
+            .insert((proposed_at_ms, op.request_id.as_slice()), ())
+            .map_err(sm_write_err)?;
+    }
+    Ok(result)
+}
+
+/// Forgets request ids applied more than [`SESSION_RETENTION_MS`] before `now_ms` (an
+/// entry's own timestamp, so every replica forgets the same ones).
+fn sweep_sessions(tx: &WriteTransaction, now_ms: u64) -> Result<(), StorageError<NodeId>> {
+    let mut sessions = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+    let mut by_time = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+    let cutoff = now_ms.saturating_sub(SESSION_RETENTION_MS);
+    let expired: Vec<Vec<u8>> = by_time
+        .range::<(u64, &[u8])>(..(cutoff, &[][..]))
+        .map_err(sm_read_err)?
+        .take(100_000)
+        .map(|r| r.map(|(k, _)| k.value().1.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(sm_read_err)?;
+    for id in &expired {
+        sessions.remove(id.as_slice()).map_err(sm_write_err)?;
+    }
+    by_time
+        .retain_in::<(u64, &[u8]), _>(..(cutoff, &[][..]), |_, _| false)
+        .map_err(sm_write_err)?;
+    Ok(())
+}
+
+impl StateMachine {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
+        let tx = self.db.begin_read().map_err(sm_read_err)?;
+        let t = tx.open_table(SM_META).map_err(sm_read_err)?;
+        match t.get(key).map_err(sm_read_err)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(sm_read_err)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ArkNode>), StorageError<NodeId>> {
+        let applied = self.read_meta::<Option<LogId<NodeId>>>(KEY_APPLIED)?.flatten();
+        let membership = self.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+        // Durable with the next log flush; after a crash openraft re-applies from the log.
+        tx.set_durability(Durability::None);
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for e in entries {
+            last = Some(e.log_id);
+            match &e.payload {
+                EntryPayload::Blank => out.push(Response::default()),
+                EntryPayload::Normal(req) => {
+                    let mut results = Vec::with_capacity(req.ops.len());
+                    for (i, op) in req.ops.iter().enumerate() {
+                        results.push(apply_op(&tx, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
+                    }
+                    self.applied_since_sweep += req.ops.len() as u64;
+                    if self.applied_since_sweep >= SESSION_SWEEP_EVERY {
+                        self.applied_since_sweep = 0;
+                        sweep_sessions(&tx, req.proposed_at_ms)?;
+                    }
+                    out.push(Response { results });
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                    out.push(Response::default());
+                }
+            }
+        }
+        {
+            let mut meta = tx.open_table(SM_META).map_err(sm_write_err)?;
+            let a = encode(&last).map_err(sm_write_err)?;
+            meta.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
+            if let Some(m) = membership {
+                let b = encode(&m).map_err(sm_write_err)?;
+                meta.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+            }
+        }
+        tx.commit().map_err(sm_write_err)?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ArkNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody =
+            decode(&data).map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
+            kv.retain(|_, _| false).map_err(sm_write_err)?;
+            for (k, v) in &body.kv {
+                let b = encode(v).map_err(sm_write_err)?;
+                kv.insert(k.as_str(), b.as_slice()).map_err(sm_write_err)?;
+            }
+            let mut s = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+            s.retain(|_, _| false).map_err(sm_write_err)?;
+            let mut bt = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+            bt.retain(|_, _| false).map_err(sm_write_err)?;
+            for (id, rec) in &body.sessions {
+                let b = encode(rec).map_err(sm_write_err)?;
+                s.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
+                bt.insert((rec.applied_at_ms, id.as_slice()), ())
+                    .map_err(sm_write_err)?;
+            }
+            let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
+            let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
+            m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
+            let b = encode(&meta.last_membership).map_err(sm_write_err)?;
+            m.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+            let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
+            let sm = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
+        }
+        tx.commit().map_err(sm_write_err)?;
+        metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let tx = self.db.begin_read().map_err(sm_read_err)?;
+        let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
+        let meta = match t.get(KEY_SNAP_META).map_err(sm_read_err)? {
+            Some(m) => decode::<StoredSnapshot>(m.value()).map_err(sm_read_err)?.meta,
+            None => return Ok(None),
+        };
+        let data = match t.get(KEY_SNAP_DATA).map_err(sm_read_err)? {
+            Some(d) => d.value().to_vec(),
+            None => return Ok(None),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // One read transaction: the tables and the applied position are one consistent view
+        // even while apply() keeps committing.
+        let (meta, data) = {
+            let tx = self.db.begin_read().map_err(sm_read_err)?;
+            let m = tx.open_table(SM_META).map_err(sm_read_err)?;
+            let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
+                Some(v) => decode(v.value()).map_err(sm_read_err)?,
+                None => None,
+            };
+            let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
+                Some(v) => decode(v.value()).map_err(sm_read_err)?,
+                None => StoredMembership::default(),
+            };
+            let kvt = tx.open_table(KV).map_err(sm_read_err)?;
+            let mut kv = Vec::new();
+            for item in kvt.iter().map_err(sm_read_err)? {
+                let (k, v) = item.map_err(sm_read_err)?;
+                kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
+            }
+            let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
+            let mut sessions = Vec::new();
+            for item in st.iter().map_err(sm_read_err)? {
+                let (k, v) = item.map_err(sm_read_err)?;
+                sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
+            }
+            let data = encode(&SnapshotBody { kv, sessions }).map_err(sm_read_err)?;
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+                None => format!("empty-{}", rand::random::<u32>()),
+            };
+            (
+                SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                data,
+            )
+        };
+        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+        tx.set_durability(Durability::None);
+        {
+            let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
+            let sm = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
+        }
+        tx.commit().map_err(sm_write_err)?;
+        metrics::counter!("ark_raft_snapshots_built_total").increment(1);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

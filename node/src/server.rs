@@ -1,0 +1,225 @@
+//! Start-up and ordered shutdown of one node.
+//!
+//! Start-up logs numbered milestones; gRPC health answers NOT_SERVING until this node knows
+//! a leader. Shutdown runs in a fixed order: stop accepting clients, stop Raft (no new log
+//! writes), close the peer endpoint, and drop the database last so that the final flush
+//! completes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ark_proto::v1::cluster_server::ClusterServer;
+use ark_proto::v1::kv_server::KvServer;
+use openraft::SnapshotPolicy;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::config::NodeConfig;
+use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
+use crate::raft::network::{NetworkFactory, RaftPeerService};
+use crate::raft::state_machine::{KvReader, StateMachine};
+use crate::raft::store::{open_database, LogStore};
+use crate::raft::{ArkNode, ArkRaft, NodeId};
+
+/// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
+const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
+    let r = &cfg.raft;
+    let c = openraft::Config {
+        cluster_name: "ark".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: r.rpc_timeout_ms * 5,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+        max_payload_entries: 1024,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().context("raft timing config")?))
+}
+
+/// Runs a node until `shutdown` resolves, then stops it in order.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let id = cfg.node_id;
+    tracing::info!(node_id = id, site = %cfg.site, "[1/6] config loaded");
+    let prom = crate::metrics::install();
+
+    let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
+    let db = open_database(&cfg.data_dir)?;
+    let log_store = LogStore::new(db.clone())?;
+    let state_machine = StateMachine::new(db.clone());
+    let reader = KvReader::new(db.clone());
+    tracing::info!(data_dir = %cfg.data_dir.display(), "[2/6] storage opened");
+
+    let endpoint = PeerEndpoint::bind(cfg.listen.peer, &tls)?;
+    let pool = PeerPool::new(endpoint.clone());
+    tracing::info!(addr = %endpoint.local_addr()?, "[3/6] peer transport listening (QUIC, mutual TLS)");
+
+    let raft = ArkRaft::new(
+        id,
+        raft_config(&cfg)?,
+        NetworkFactory::new(pool.clone(), id),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let peer_service = Arc::new(RaftPeerService::new(raft.clone()));
+    let peer_task = {
+        let endpoint = endpoint.clone();
+        let s = stopped(stop_rx.clone());
+        tokio::spawn(async move { endpoint.serve(peer_service, s).await })
+    };
+    bootstrap(&cfg, &raft).await?;
+    tracing::info!("[4/6] raft started");
+
+    let metrics_task = match (cfg.listen.metrics, prom) {
+        (Some(addr), Some(handle)) => {
+            let l = crate::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind metrics listener on {addr}"))?;
+            Some(tokio::spawn(crate::metrics::serve(l, handle, stopped(stop_rx.clone()))))
+        }
+        _ => None,
+    };
+    tokio::spawn(crate::metrics::export_raft(raft.clone()));
+
+    // Client plane.
+    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", ServingStatus::NotServing).await;
+    health_reporter.set_not_serving::<KvServer<KvService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ark_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ark_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection service")?;
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let tls_cfg = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&cfg.tls.cert)?, read(&cfg.tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&cfg.tls.ca)?));
+    let listener = tokio::net::TcpListener::bind(cfg.listen.client)
+        .await
+        .with_context(|| format!("cannot bind client API on {}", cfg.listen.client))?;
+    tracing::info!(addr = %listener.local_addr()?, "[5/6] client API listening (gRPC, TLS)");
+    let healthy_within = Duration::from_millis((cfg.raft.heartbeat_interval_ms * 4).max(1000));
+    let kv = KvServer::new(KvService::new(raft.clone(), reader))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let cluster = ClusterServer::new(ClusterService::new(raft.clone(), pool.clone(), id, healthy_within));
+    let grpc = Server::builder()
+        .tls_config(tls_cfg)
+        .context("client API TLS config")?
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(kv)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc);
+
+    // Readiness follows leadership knowledge.
+    let readiness = {
+        let raft = raft.clone();
+        let mut reporter = health_reporter.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut rx = raft.metrics();
+            let mut serving = false;
+            loop {
+                let has_leader = rx.borrow_and_update().current_leader.is_some();
+                if has_leader != serving {
+                    serving = has_leader;
+                    let st = if serving {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    reporter.set_service_status("", st).await;
+                    reporter.set_service_status("ark.v1.Kv", st).await;
+                    if serving {
+                        tracing::info!("[6/6] ready: a leader is known, serving clients");
+                    }
+                }
+                tokio::select! {
+                    c = rx.changed() => if c.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutdown: stopping client API");
+    let _ = stop_tx.send(true);
+    let _ = readiness.await;
+    match grpc_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "client API ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "client API task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("shutdown: stopping raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    tracing::info!("shutdown: closing peer transport");
+    endpoint.close();
+    let _ = peer_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    drop(raft);
+    drop(db);
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Initialises a brand-new cluster on the node configured to do so.
+async fn bootstrap(cfg: &NodeConfig, raft: &ArkRaft) -> anyhow::Result<()> {
+    if !cfg.bootstrap.initialize {
+        return Ok(());
+    }
+    if raft.is_initialized().await.context("reading raft state")? {
+        tracing::info!("cluster already initialised; bootstrap skipped");
+        return Ok(());
+    }
+    let mut members: BTreeMap<NodeId, ArkNode> = BTreeMap::new();
+    members.insert(
+        cfg.node_id,
+        ArkNode {
+            site: cfg.site.clone(),
+            peer_addr: cfg.advertised_peer_addr(),
+            client_addr: cfg.advertised_client_addr(),
+        },
+    );
+    for p in &cfg.bootstrap.peers {
+        members.insert(
+            p.id,
+            ArkNode {
+                site: p.site.clone(),
+                peer_addr: p.peer_addr.clone(),
+                client_addr: p.client_addr.clone(),
+            },
+        );
+    }
+    tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
+    raft.initialize(members).await.context("initialising the cluster")?;
+    Ok(())
+}

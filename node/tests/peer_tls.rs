@@ -1,0 +1,80 @@
+//! The peer transport accepts only peers whose certificate the cluster CA signed, and
+//! carries requests between nodes that it does accept.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ark_node::net::{NetError, PeerEndpoint, PeerHandler, PeerPool, TlsMaterial};
+use ark_proto::v1::{peer_response, PeerRequest, PeerResponse};
+
+struct Echo;
+
+impl PeerHandler for Echo {
+    async fn handle(&self, req: PeerRequest) -> PeerResponse {
+        PeerResponse {
+            body: Some(peer_response::Body::Failure(format!("echo from {}", req.from))),
+        }
+    }
+}
+
+fn node_tls(ca_dir: &std::path::Path, id: u64) -> TlsMaterial {
+    let (cert, key) = ark_client::certs::create_node(ca_dir, ca_dir, id, &[]).unwrap();
+    TlsMaterial::load(&ca_dir.join("ca.pem"), &cert, &key).unwrap()
+}
+
+fn request() -> PeerRequest {
+    PeerRequest {
+        from: 2,
+        raft_codec: 1,
+        body: None,
+    }
+}
+
+#[tokio::test]
+async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
+    let cluster = tempfile::tempdir().unwrap();
+    let rogue = tempfile::tempdir().unwrap();
+    ark_client::certs::create_ca(cluster.path()).unwrap();
+    ark_client::certs::create_ca(rogue.path()).unwrap();
+
+    let server = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 1)).unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let srv = server.clone();
+    let task = tokio::spawn(async move {
+        srv.serve(Arc::new(Echo), async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+
+    // A peer of the same cluster gets an answer.
+    let good = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
+    let resp = good.call(1, &addr, &request(), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(resp.body, Some(peer_response::Body::Failure("echo from 2".into())));
+
+    // A peer whose certificate another CA signed is refused during the handshake.
+    let bad = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(rogue.path(), 2)).unwrap());
+    let err = bad
+        .call(1, &addr, &request(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::Unreachable { .. } | NetError::Io { .. }),
+        "{err}"
+    );
+
+    // A peer that dials node 1 but reaches a server that is not node 1 is refused too: the
+    // certificate of node 1 does not carry the name node-3.
+    let err = good
+        .call(3, &addr, &request(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Unreachable { .. }), "{err}");
+
+    let _ = stop_tx.send(());
+    server.close();
+    let _ = task.await;
+}
