@@ -15,8 +15,13 @@ use crate::client::ArkClient;
 pub enum Target {
     /// An Ark cluster through the SDK (leader discovery, mTLS, request ids).
     Ark(ArkClient),
-    /// etcd endpoints (`http://host:port`), no TLS.
-    Etcd(Vec<String>),
+    /// An etcd endpoint (`http://host:port`, or `https://` with the given TLS).
+    Etcd {
+        /// The URL.
+        url: String,
+        /// TLS for an `https://` URL.
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    },
 }
 
 /// Load parameters.
@@ -117,17 +122,19 @@ pub async fn run(target: Target, p: &Params) -> anyhow::Result<Report> {
             let v = (0..conns).map(|_| c.with_endpoints(vec![leader.clone()])).collect();
             ("ark", v, Vec::new())
         }
-        Target::Etcd(eps) => {
-            let ep = eps.first().context("no etcd endpoint given")?;
+        Target::Etcd { url, tls } => {
             let mut v = Vec::new();
             for _ in 0..conns {
+                let mut ep = tonic::transport::Endpoint::from_shared(url.clone())?
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(10));
+                if let Some(tls) = tls {
+                    ep = ep.tls_config(tls.clone())?;
+                }
                 v.push(
-                    tonic::transport::Endpoint::from_shared(ep.clone())?
-                        .tcp_nodelay(true)
-                        .timeout(Duration::from_secs(10))
-                        .connect()
+                    ep.connect()
                         .await
-                        .with_context(|| format!("cannot connect to etcd at {ep}"))?,
+                        .with_context(|| format!("cannot connect to etcd at {url}"))?,
                 );
             }
             ("etcd", Vec::new(), v)

@@ -249,7 +249,8 @@ enum BenchCmd {
         /// Keys per client, overwritten round-robin.
         #[arg(long, default_value_t = 1000)]
         keys_per_client: usize,
-        /// Load etcd instead of Ark: its gRPC endpoint, e.g. http://127.0.0.1:2379.
+        /// Load etcd instead of Ark: its gRPC endpoint, e.g. http://127.0.0.1:2379. With
+        /// https://, the CA, certificate and key of --config are used (server name localhost).
         #[arg(long, value_name = "URL")]
         etcd: Option<String>,
         /// JSON output.
@@ -549,7 +550,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => {
             let target = match etcd {
-                Some(url) => bench::Target::Etcd(vec![url.clone()]),
+                Some(url) => {
+                    let tls = if url.starts_with("https://") {
+                        let path = cli
+                            .config
+                            .as_ref()
+                            .context("an https etcd URL needs --config for its TLS files")?;
+                        let cfg = ClientConfig::load(path)?;
+                        let read =
+                            |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                        Some(
+                            tonic::transport::ClientTlsConfig::new()
+                                .ca_certificate(tonic::transport::Certificate::from_pem(read(&cfg.ca)?))
+                                .identity(tonic::transport::Identity::from_pem(read(&cfg.cert)?, read(&cfg.key)?))
+                                .domain_name("localhost"),
+                        )
+                    } else {
+                        None
+                    };
+                    bench::Target::Etcd { url: url.clone(), tls }
+                }
                 None => bench::Target::Ark(client(&cli)?),
             };
             let r = bench::run(

@@ -17,7 +17,7 @@ use super::{not_leader, now_ms};
 use crate::raft::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
 
 /// Entries proposed but not yet answered.
-pub const IN_FLIGHT_MAX: usize = 4;
+pub const IN_FLIGHT_MAX: usize = 2;
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 /// Writes waiting for an entry at most; beyond it callers wait to enqueue (backpressure).

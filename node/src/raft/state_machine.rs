@@ -32,7 +32,7 @@ const KEY_SNAP_DATA: &str = "data";
 
 /// How long a request id is remembered after it was applied. A client retrying the same
 /// write later than this may apply it twice; the SDK gives up long before.
-pub const SESSION_RETENTION_MS: u64 = 15 * 60 * 1000;
+pub const SESSION_RETENTION_MS: u64 = 5 * 60 * 1000;
 /// Expired sessions are swept once every this many applied requests.
 const SESSION_SWEEP_EVERY: u64 = 1024;
 
@@ -149,10 +149,24 @@ impl KvReader {
     }
 }
 
-fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Result<OpResult, StorageError<NodeId>> {
-    let mut sessions = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+/// The tables one apply batch writes, opened once per batch.
+struct ApplyTables<'t> {
+    kv: redb::Table<'t, &'static str, &'static [u8]>,
+    sessions: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_time: redb::Table<'t, (u64, &'static [u8]), ()>,
+}
+
+/// Encodes like [`StoredValue`] without copying the value first.
+#[derive(Serialize)]
+struct StoredValueRef<'a> {
+    revision: u64,
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+}
+
+fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> Result<OpResult, StorageError<NodeId>> {
     if !op.request_id.is_empty() {
-        if let Some(rec) = sessions.get(op.request_id.as_slice()).map_err(sm_write_err)? {
+        if let Some(rec) = t.sessions.get(op.request_id.as_slice()).map_err(sm_write_err)? {
             let rec: SessionRecord = decode(rec.value()).map_err(sm_read_err)?;
             return Ok(OpResult {
                 duplicate: true,
@@ -160,15 +174,10 @@ fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Re
             });
         }
     }
-    let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
     let result = match &op.command {
         Command::Put { key, value } => {
-            let v = encode(&StoredValue {
-                revision: rev,
-                value: value.clone(),
-            })
-            .map_err(sm_write_err)?;
-            kv.insert(key.as_str(), v.as_slice()).map_err(sm_write_err)?;
+            let v = encode(&StoredValueRef { revision: rev, value }).map_err(sm_write_err)?;
+            t.kv.insert(key.as_str(), v.as_slice()).map_err(sm_write_err)?;
             OpResult {
                 revision: rev,
                 existed: false,
@@ -176,7 +185,7 @@ fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Re
             }
         }
         Command::Delete { key } => {
-            let existed = kv.remove(key.as_str()).map_err(sm_write_err)?.is_some();
+            let existed = t.kv.remove(key.as_str()).map_err(sm_write_err)?.is_some();
             OpResult {
                 revision: rev,
                 existed,
@@ -190,11 +199,10 @@ fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Re
             response: result.clone(),
         })
         .map_err(sm_write_err)?;
-        sessions
+        t.sessions
             .insert(op.request_id.as_slice(), rec.as_slice())
             .map_err(sm_write_err)?;
-        let mut by_time = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
-        by_time
+        t.by_time
             .insert((proposed_at_ms, op.request_id.as_slice()), ())
             .map_err(sm_write_err)?;
     }
@@ -203,9 +211,8 @@ fn apply_op(tx: &WriteTransaction, rev: u64, proposed_at_ms: u64, op: &Op) -> Re
 
 /// Forgets request ids applied more than [`SESSION_RETENTION_MS`] before `now_ms` (an
 /// entry's own timestamp, so every replica forgets the same ones).
-fn sweep_sessions(tx: &WriteTransaction, now_ms: u64) -> Result<(), StorageError<NodeId>> {
-    let mut sessions = tx.open_table(SESSIONS).map_err(sm_write_err)?;
-    let mut by_time = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+fn sweep_sessions(t: &mut ApplyTables<'_>, now_ms: u64) -> Result<(), StorageError<NodeId>> {
+    let (sessions, by_time) = (&mut t.sessions, &mut t.by_time);
     let cutoff = now_ms.saturating_sub(SESSION_RETENTION_MS);
     let expired: Vec<Vec<u8>> = by_time
         .range::<(u64, &[u8])>(..(cutoff, &[][..]))
@@ -256,6 +263,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut last = None;
         let mut membership = None;
+        let mut t = ApplyTables {
+            kv: tx.open_table(KV).map_err(sm_write_err)?,
+            sessions: tx.open_table(SESSIONS).map_err(sm_write_err)?,
+            by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
+        };
         for e in entries {
             last = Some(e.log_id);
             match &e.payload {
@@ -263,12 +275,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     let mut results = Vec::with_capacity(req.ops.len());
                     for (i, op) in req.ops.iter().enumerate() {
-                        results.push(apply_op(&tx, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
+                        results.push(apply_op(&mut t, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
                     }
                     self.applied_since_sweep += req.ops.len() as u64;
                     if self.applied_since_sweep >= SESSION_SWEEP_EVERY {
                         self.applied_since_sweep = 0;
-                        sweep_sessions(&tx, req.proposed_at_ms)?;
+                        sweep_sessions(&mut t, req.proposed_at_ms)?;
                     }
                     out.push(Response { results });
                 }
@@ -278,6 +290,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        drop(t);
         {
             let mut meta = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&last).map_err(sm_write_err)?;
