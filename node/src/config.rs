@@ -90,6 +90,10 @@ pub struct RaftConfig {
     pub logs_kept_after_snapshot: u64,
     /// Deadline for one peer RPC other than snapshot install.
     pub rpc_timeout_ms: u64,
+    /// Log entries of client writes the leader keeps in flight; writes that arrive meanwhile
+    /// are folded into the next entry. Fewer means larger entries (less work per write),
+    /// more means less waiting under light load.
+    pub proposals_in_flight: usize,
 }
 
 impl Default for RaftConfig {
@@ -101,6 +105,7 @@ impl Default for RaftConfig {
             snapshot_logs_since_last: 20_000,
             logs_kept_after_snapshot: 5_000,
             rpc_timeout_ms: 2_000,
+            proposals_in_flight: 2,
         }
     }
 }
@@ -212,6 +217,9 @@ impl NodeConfig {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms must be greater than raft.election_timeout_min_ms".into());
         }
+        if !(1..=64).contains(&r.proposals_in_flight) {
+            return bad("raft.proposals_in_flight must be between 1 and 64".into());
+        }
         if r.rpc_timeout_ms == 0 {
             return bad("raft.rpc_timeout_ms must be > 0".into());
         }
@@ -284,6 +292,8 @@ snapshot_logs_since_last = 20000
 logs_kept_after_snapshot = 5000
 # Deadline of one peer RPC (snapshot chunks get 5x).
 rpc_timeout_ms = 2000
+# Log entries of client writes in flight; writes arriving meanwhile share the next entry.
+proposals_in_flight = 2
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

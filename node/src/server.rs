@@ -15,7 +15,6 @@ use ark_proto::v1::cluster_server::ClusterServer;
 use ark_proto::v1::kv_server::KvServer;
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -120,7 +119,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .with_context(|| format!("cannot bind client API on {}", cfg.listen.client))?;
     tracing::info!(addr = %listener.local_addr()?, "[5/6] client API listening (gRPC, TLS)");
     let healthy_within = Duration::from_millis((cfg.raft.heartbeat_interval_ms * 4).max(1000));
-    let kv = KvServer::new(KvService::new(raft.clone(), reader))
+    // Nagle's algorithm with the client's delayed ACKs would hold small responses back by
+    // up to 40 ms: every accepted socket gets TCP_NODELAY.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(60)))
+        .map_err(|e| anyhow::anyhow!("client API listener: {e}"))?;
+    let kv = KvServer::new(KvService::new(raft.clone(), reader, cfg.raft.proposals_in_flight))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(raft.clone(), pool.clone(), id, healthy_within));
@@ -132,7 +135,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(reflection_v1alpha)
         .add_service(kv)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
 
     // Readiness follows leadership knowledge.

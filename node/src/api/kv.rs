@@ -30,8 +30,8 @@ pub struct KvService {
 
 impl KvService {
     /// A service over the node's Raft and state machine.
-    pub fn new(raft: ArkRaft, reader: KvReader) -> Self {
-        let proposer = Proposer::start(raft.clone());
+    pub fn new(raft: ArkRaft, reader: KvReader, proposals_in_flight: usize) -> Self {
+        let proposer = Proposer::start(raft.clone(), proposals_in_flight);
         Self { raft, reader, proposer }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! openraft 0.9's core appends one entry at a time and waits for its fsync before the next,
 //! so one entry per client write caps throughput at one fsync per write. The proposer keeps
-//! at most [`IN_FLIGHT_MAX`] entries in flight; writes that arrive meanwhile queue up and go
+//! at most `raft.proposals_in_flight` entries in flight; writes that arrive meanwhile queue up and go
 //! out together in the next entry (up to [`OPS_PER_ENTRY_MAX`] ops or [`ENTRY_BYTES_MAX`]).
 //! Under light load an entry carries one write and nothing waits; under heavy load entries
 //! grow. Each write keeps its own request id and gets its own answer.
@@ -16,8 +16,6 @@ use tonic::Status;
 use super::{not_leader, now_ms};
 use crate::raft::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
 
-/// Entries proposed but not yet answered.
-pub const IN_FLIGHT_MAX: usize = 2;
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
 /// Writes waiting for an entry at most; beyond it callers wait to enqueue (backpressure).
@@ -44,9 +42,9 @@ fn op_bytes(op: &Op) -> usize {
 
 impl Proposer {
     /// Starts the proposer task for `raft`. It ends when every handle is dropped.
-    pub fn start(raft: ArkRaft) -> Self {
+    pub fn start(raft: ArkRaft, in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, in_flight.max(1)));
         Self { tx }
     }
 
@@ -62,8 +60,8 @@ impl Proposer {
     }
 }
 
-async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize) {
+    let slots = Arc::new(Semaphore::new(in_flight));
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -97,6 +95,7 @@ async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>) {
         let raft = raft.clone();
         tokio::spawn(async move {
             let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let started = std::time::Instant::now();
             let res = raft
                 .client_write(Request {
                     proposed_at_ms: now_ms(),
@@ -104,6 +103,7 @@ async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>) {
                 })
                 .await;
             drop(permit);
+            metrics::histogram!("ark_raft_entry_commit_seconds").record(started.elapsed().as_secs_f64());
             match res {
                 Ok(r) => {
                     debug_assert_eq!(r.data.results.len(), replies.len());
