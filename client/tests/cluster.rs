@@ -261,3 +261,36 @@ async fn membership_add_promote_remove_under_load() {
         "the learner should have started from a snapshot"
     );
 }
+
+/// The load generator runs against a playground and reports what the issue asks for.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_kv_reports_throughput_and_latency() {
+    let pg = Pg::up(3, 20_000).await;
+    let o = pg.ark(&[
+        "bench",
+        "kv",
+        "--clients",
+        "8",
+        "--value-bytes",
+        "256",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["target"], "ark");
+    assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["throughput_ops_per_s"].as_f64().unwrap() > 0.0);
+    let lat = &r["latency_ms"];
+    let (p50, p99, p999) = (
+        lat["p50"].as_f64().unwrap(),
+        lat["p99"].as_f64().unwrap(),
+        lat["p999"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{lat}");
+    // The benchmark's writes are real: one of its keys reads back with its value size.
+    let v = pg.client().get("bench/0000/000000", false).await.unwrap().unwrap();
+    assert_eq!(v.value.len(), 256);
+}
