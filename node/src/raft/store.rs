@@ -325,9 +325,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        if let Ok(mut c) = self.unflushed.write() {
-            c.retain(|i, _| *i < log_id.index);
-        }
+        self.unflushed
+            .write()
+            .map_err(|_| write_err(std::io::Error::other("log cache lock poisoned")))?
+            .retain(|i, _| *i < log_id.index);
         self.submit_and_wait(|done| LogOp::Truncate {
             from: log_id.index,
             done,
