@@ -1,0 +1,51 @@
+//! The short CI suite of drills: each scenario runs at least 20 s against real `arkd`
+//! processes and must report a linearizable history with nothing lost.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use std::process::Command;
+
+#[test]
+fn leader_kill_drill_passes() {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
+        .args([
+            "run",
+            "--scenario",
+            "leader-kill",
+            "--duration",
+            "20",
+            "--seed",
+            "1",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "drill failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["linearizable"], true);
+    assert_eq!(r["lost_acked"], 0);
+    assert_eq!(r["corrupt_reads"], 0);
+    assert!(r["ops"]["ok"].as_u64().unwrap() > 1000, "{r}");
+    assert!(r["rto_ms"].as_f64().unwrap() < 10_000.0, "{r}");
+    assert!(r["notes"][0].as_str().unwrap().contains("leader kills"), "{r}");
+}
+
+#[test]
+fn unknown_scenario_is_a_clear_error() {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
+        .args(["run", "--scenario", "no-such-thing", "--duration", "1", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown scenario"));
+}
