@@ -24,10 +24,35 @@ use crate::linearizability::{self, SearchBudget};
 use crate::report::{CheckResults, Mode, Report, RunInfo};
 
 /// Scenarios this build can run.
-pub const SCENARIOS: &[(&str, &str)] = &[(
-    "leader-kill",
-    "kill -9 of the current leader every few seconds, restarted 1.5 s later, under concurrent KV reads and writes",
-)];
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "leader-kill",
+        "kill -9 of the current leader every 3-5 s, restarted 1.5 s later, under concurrent KV reads and writes",
+    ),
+    (
+        "random-kill",
+        "kill -9 of a random node (seeded) every 3-5 s, restarted 1.5 s later",
+    ),
+    (
+        "pause",
+        "SIGSTOP of the current leader for 3 s, then SIGCONT (a process pause: GC, VM stall), every 3-5 s",
+    ),
+    (
+        "rolling-restart",
+        "SIGTERM and restart of every node in turn, leader last, as in an upgrade",
+    ),
+];
+
+/// What one fault does to its victim.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// kill -9, then start again after a while.
+    Kill,
+    /// SIGSTOP, then SIGCONT after a while.
+    Pause,
+    /// SIGTERM (ordered shutdown), then start again.
+    Restart,
+}
 
 /// Keys the workload touches (a bounded set, so reads see other clients' writes).
 const KEYS: usize = 8;
@@ -123,24 +148,71 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
         }));
     }
 
-    // Fault schedule: kill the leader every 3-5 s (seeded), restart it 1.5 s later.
+    // Fault schedule (seeded): pick a victim, inject, heal, wait 3-5 s, repeat.
+    let (fault, heal_after) = match spec.scenario.as_str() {
+        "pause" => (Fault::Pause, Duration::from_secs(3)),
+        "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
+        _ => (Fault::Kill, Duration::from_millis(1500)),
+    };
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut kills = Vec::new();
     let mut last_heal = None;
+    let mut rolled = 0usize;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    while t0.elapsed() + Duration::from_secs(3) < spec.duration {
-        let st = client.status().await.context("status before a kill")?;
+    while t0.elapsed() + heal_after + Duration::from_secs(2) < spec.duration {
+        let st = client.status().await.context("status before a fault")?;
         let Some(leader) = st.leader_id.filter(|l| *l == st.node_id) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         let pg = Playground::load(dir)?;
-        let node = pg.node(leader).cloned().context("leader not in playground.json")?;
+        let victim = match spec.scenario.as_str() {
+            "random-kill" => pg.nodes[rng.gen_range(0..pg.nodes.len())].id,
+            "rolling-restart" => {
+                // Followers first, the leader last, then round again.
+                let mut order: Vec<u64> = pg.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+                order.push(leader);
+                let v = order[rolled % order.len()];
+                rolled += 1;
+                v
+            }
+            _ => leader,
+        };
+        let node = pg.node(victim).cloned().context("victim not in playground.json")?;
         kills.push(ns_since(t0));
-        playground::signal_node(&node, nix::sys::signal::Signal::SIGKILL)?;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (_, child) = playground::start_node(dir, leader)?;
-        drop(child);
+        use nix::sys::signal::Signal;
+        match fault {
+            Fault::Kill => {
+                playground::signal_node(&node, Signal::SIGKILL)?;
+            }
+            Fault::Pause => {
+                playground::signal_node(&node, Signal::SIGSTOP)?;
+            }
+            Fault::Restart => {
+                playground::signal_node(&node, Signal::SIGTERM)?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while playground::process_alive(node.pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if playground::process_alive(node.pid) {
+                    bail!("node {victim} did not stop within 10 s of SIGTERM");
+                }
+            }
+        }
+        tokio::time::sleep(heal_after).await;
+        match fault {
+            Fault::Pause => {
+                playground::signal_node(&node, Signal::SIGCONT)?;
+            }
+            Fault::Kill | Fault::Restart => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while playground::process_alive(node.pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let (_, child) = playground::start_node(dir, victim)?;
+                drop(child);
+            }
+        }
         last_heal = Some(ns_since(t0));
         tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
     }
@@ -175,7 +247,7 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
             end_ns: last_heal,
         },
     );
-    // The worst recovery over all kills.
+    // The worst recovery over all faults.
     let rto_ns = kills
         .iter()
         .map(|k| checks::rto_ns(&history, *k))
@@ -197,8 +269,9 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
         },
     );
     report.notes.push(format!(
-        "loopback mode: network namespaces are not built yet; {} leader kills at {:?} ms",
+        "loopback mode: network namespaces are not built yet; {} faults ({:?}) at {:?} ms",
         kills.len(),
+        fault,
         kills.iter().map(|k| k / 1_000_000).collect::<Vec<_>>()
     ));
     Ok(report)

@@ -1,18 +1,17 @@
-//! The short CI suite of drills: each scenario runs at least 20 s against real `arkd`
-//! processes and must report a linearizable history with nothing lost.
+//! The short CI suite of drills: each scenario runs 20 s against real `arkd` processes and
+//! must report a linearizable history with nothing lost and a recovery after every fault.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::process::Command;
 
-#[test]
-fn leader_kill_drill_passes() {
+fn drill_passes(scenario: &str) {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
         .args([
             "run",
             "--scenario",
-            "leader-kill",
+            scenario,
             "--duration",
             "20",
             "--seed",
@@ -30,12 +29,33 @@ fn leader_kill_drill_passes() {
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["scenario"], scenario);
     assert_eq!(r["linearizable"], true);
     assert_eq!(r["lost_acked"], 0);
     assert_eq!(r["corrupt_reads"], 0);
     assert!(r["ops"]["ok"].as_u64().unwrap() > 1000, "{r}");
     assert!(r["rto_ms"].as_f64().unwrap() < 10_000.0, "{r}");
-    assert!(r["notes"][0].as_str().unwrap().contains("leader kills"), "{r}");
+    assert!(r["notes"][0].as_str().unwrap().contains("faults"), "{r}");
+}
+
+#[test]
+fn leader_kill_drill_passes() {
+    drill_passes("leader-kill");
+}
+
+#[test]
+fn random_kill_drill_passes() {
+    drill_passes("random-kill");
+}
+
+#[test]
+fn pause_drill_passes() {
+    drill_passes("pause");
+}
+
+#[test]
+fn rolling_restart_drill_passes() {
+    drill_passes("rolling-restart");
 }
 
 #[test]

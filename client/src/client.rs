@@ -141,13 +141,26 @@ impl ArkClient {
     }
 
     fn pick(&self) -> String {
+        self.pick_avoiding(&[])
+    }
+
+    /// The known leader, else the next endpoint in turn, skipping `avoid` while others remain.
+    fn pick_avoiding(&self, avoid: &[String]) -> String {
         if let Ok(l) = self.inner.leader.lock() {
-            if let Some(a) = l.as_ref() {
+            if let Some(a) = l.as_ref().filter(|a| !avoid.contains(a)) {
                 return a.clone();
             }
         }
         let mut n = self.inner.next.lock().unwrap_or_else(|p| p.into_inner());
-        let a = self.inner.endpoints[*n % self.inner.endpoints.len()].clone();
+        let eps = &self.inner.endpoints;
+        for _ in 0..eps.len() {
+            let a = &eps[*n % eps.len()];
+            *n += 1;
+            if !avoid.contains(a) {
+                return a.clone();
+            }
+        }
+        let a = eps[*n % eps.len()].clone();
         *n += 1;
         a
     }
@@ -177,6 +190,10 @@ impl ArkClient {
         let mut attempts = 0u32;
         let mut last;
         let mut target = self.pick();
+        // Nodes that did not answer during this operation: a hint pointing at one of them is
+        // stale (a paused or dead leader that the others have not yet replaced), so it is
+        // not followed; the other endpoints are tried until one of them leads.
+        let mut silent: Vec<String> = Vec::new();
         loop {
             attempts += 1;
             let ch = self.channel(&target)?;
@@ -202,7 +219,7 @@ impl ArkClient {
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
                         match hint {
-                            Some(h) if h != target => {
+                            Some(h) if h != target && !silent.contains(&h) => {
                                 target = h.clone();
                                 self.set_leader(Some(h));
                                 hinted = true;
@@ -212,7 +229,7 @@ impl ArkClient {
                                     self.forget_channel(&target);
                                 }
                                 self.set_leader(None);
-                                target = self.pick();
+                                target = self.pick_avoiding(&silent);
                             }
                         }
                     }
@@ -221,7 +238,10 @@ impl ArkClient {
                     last = format!("{target}: no answer within {:?}", self.inner.rpc_timeout);
                     self.forget_channel(&target);
                     self.set_leader(None);
-                    target = self.pick();
+                    if silent.len() < 16 && !silent.contains(&target) {
+                        silent.push(target.clone());
+                    }
+                    target = self.pick_avoiding(&silent);
                 }
             }
             if Instant::now() >= deadline || attempts >= ATTEMPTS_MAX {

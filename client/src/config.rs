@@ -31,7 +31,7 @@ fn default_op_timeout_ms() -> u64 {
 }
 
 fn default_rpc_timeout_ms() -> u64 {
-    5_000
+    2_000
 }
 
 impl ClientConfig {

@@ -103,12 +103,28 @@ pub fn find_arkd() -> anyhow::Result<PathBuf> {
     bail!("cannot find the arkd binary: build it (cargo build) or set ARKD_BIN")
 }
 
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// Loopback ports picked by binding port 0. The sockets stay open until the ports are
+/// written into configs, so that no two picks of one playground get the same port.
+#[derive(Default)]
+struct PortPicker {
+    held_tcp: Vec<TcpListener>,
+    held_udp: Vec<UdpSocket>,
 }
 
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+impl PortPicker {
+    fn tcp(&mut self) -> anyhow::Result<SocketAddr> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let a = l.local_addr()?;
+        self.held_tcp.push(l);
+        Ok(a)
+    }
+
+    fn udp(&mut self) -> anyhow::Result<SocketAddr> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        let a = s.local_addr()?;
+        self.held_udp.push(s);
+        Ok(a)
+    }
 }
 
 impl Playground {
@@ -258,28 +274,34 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<
     certs::create_client(&certs_dir, &certs_dir, "client")?;
 
     let count = layout.sites * layout.nodes_per_site;
+    let mut ports = PortPicker::default();
     let mut addrs = Vec::new();
     for i in 0..count {
         let id = u64::from(i) + 1;
         certs::create_node(&certs_dir, &certs_dir, id, &[])?;
-        addrs.push((id, site_name(i / layout.nodes_per_site), free_udp()?, free_tcp()?));
+        addrs.push((id, site_name(i / layout.nodes_per_site), ports.udp()?, ports.tcp()?));
     }
-    let mut pg = Playground::default();
-    let mut children = Vec::new();
+    let mut nodes = Vec::new();
     for (id, site, peer, client) in &addrs {
-        let node = write_node_config(
+        nodes.push(write_node_config(
             dir,
             &NodeSpec {
                 id: *id,
                 site: site.clone(),
                 peer: *peer,
                 client: *client,
-                metrics: free_tcp()?,
+                metrics: ports.tcp()?,
                 initialize: *id == 1,
                 peers: &addrs,
                 snapshot_logs_since_last: layout.snapshot_logs_since_last,
             },
-        )?;
+        )?);
+    }
+    // Release the ports only now, right before the nodes bind them.
+    drop(ports);
+    let mut pg = Playground::default();
+    let mut children = Vec::new();
+    for node in nodes {
         let child = spawn_node(&arkd, &node)?;
         pg.nodes.push(PlaygroundNode {
             pid: child.id(),
@@ -296,7 +318,7 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<
 fn write_client_config(dir: &Path, pg: &Playground) -> anyhow::Result<()> {
     let endpoints: Vec<String> = pg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
     let text = format!(
-        "# Written by `ark playground`.\nendpoints = [{}]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\n",
+        "# Written by `ark playground`. Loopback answers in milliseconds: give up on a silent node\n# (e.g. a paused leader) after 1 s and try the next, reusing the request id.\nendpoints = [{}]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\nrpc_timeout_ms = 1000\n",
         endpoints.join(", ")
     );
     std::fs::write(dir.join("client.toml"), text)?;
@@ -390,14 +412,15 @@ pub fn add_node(dir: &Path, site: &str, snapshot_logs_since_last: u64) -> anyhow
     let id = pg.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
     let certs_dir = dir.join("certs");
     certs::create_node(&certs_dir, &certs_dir, id, &[])?;
+    let mut ports = PortPicker::default();
     let node = write_node_config(
         dir,
         &NodeSpec {
             id,
             site: site.to_string(),
-            peer: free_udp()?,
-            client: free_tcp()?,
-            metrics: free_tcp()?,
+            peer: ports.udp()?,
+            client: ports.tcp()?,
+            metrics: ports.tcp()?,
             initialize: false,
             peers: &[],
             snapshot_logs_since_last,
