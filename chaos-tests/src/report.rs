@@ -67,6 +67,10 @@ pub struct Report {
     pub rto_ms: Option<f64>,
     /// Success rates around the fault.
     pub availability: AvailabilityRates,
+    /// With several faults in one run: the recovery time after each, in order (`rto_ms` is
+    /// the worst of them). `null` entries: no write came back before the next fault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rto_ms_each: Vec<Option<f64>>,
     /// Explanations for a human: violations, undecided keys, recorder overflow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -160,6 +164,7 @@ impl Report {
             // Nanoseconds of a drill stay far below 2^53, where the conversion is exact.
             rto_ms: results.rto_ns.map(|ns| ns as f64 / 1e6),
             availability: results.availability.into(),
+            rto_ms_each: Vec::new(),
             notes,
         }
     }
