@@ -11,16 +11,12 @@ use clap::Parser;
 #[command(
     name = "arkd",
     version,
-    about = "Ark node: consensus, storage, replication, client API"
+    about = "Ark node: consensus, storage, replication, client API",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// Path of the node's TOML config file.
-    #[arg(
-        long,
-        short = 'c',
-        value_name = "FILE",
-        required_unless_present = "print_sample_config"
-    )]
+    /// Path of the node's TOML config file (required to run a node).
+    #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     /// Validate the config file and exit (0 when valid, 1 with the reason otherwise).
     #[arg(long)]
