@@ -23,7 +23,7 @@ use crate::error::ClientError;
 const NODE_SERVER_NAME: &str = "ark-node";
 const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Most attempts of one operation, whatever its deadline.
 const ATTEMPTS_MAX: u32 = 1_000;
 
