@@ -41,6 +41,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "rolling-restart",
         "SIGTERM and restart of every node in turn, leader last, as in an upgrade",
     ),
+    (
+        "membership",
+        "membership changes under load: a new node is added as a learner and promoted, then a voter it replaced is removed and stopped, in turn",
+    ),
 ];
 
 /// What one fault does to its victim.
@@ -52,6 +56,8 @@ enum Fault {
     Pause,
     /// SIGTERM (ordered shutdown), then start again.
     Restart,
+    /// Add a node (learner, then voter), or remove one and stop it.
+    Membership,
 }
 
 /// Keys the workload touches (a bounded set, so reads see other clients' writes).
@@ -81,12 +87,13 @@ fn ns_since(t0: Instant) -> u64 {
 }
 
 /// Runs one drill in `dir` (a fresh folder for the playground) and returns its report.
-pub async fn run(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
+/// The recorded history (with the final reads) is written to `history_out` for post-mortems.
+pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Result<Report> {
     if !SCENARIOS.iter().any(|(n, _)| *n == spec.scenario) {
         bail!("unknown scenario {:?}; `ark-chaos list` names them", spec.scenario);
     }
     let (_pg, mut children) = playground::up(dir, &Layout::default()).await?;
-    let result = drive(spec, dir).await;
+    let result = drive(spec, dir, history_out).await;
     let _ = playground::down(dir, Duration::from_secs(5));
     for c in &mut children {
         let _ = c.kill();
@@ -95,7 +102,38 @@ pub async fn run(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
     result
 }
 
-async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
+/// One membership step: with three voters, start a node and add it (learner, caught up,
+/// then voter); with more, remove the newest added voter that does not lead and stop it.
+/// The original three stay, so the clients' endpoint list stays valid.
+async fn change_membership(
+    client: &ArkClient,
+    dir: &Path,
+    st: &ark_proto::v1::StatusResponse,
+    leader: u64,
+) -> anyhow::Result<()> {
+    let voters: Vec<u64> = st.nodes.iter().filter(|n| n.role == "voter").map(|n| n.id).collect();
+    if voters.len() <= 3 {
+        let (node, child) = playground::add_node(dir, "site-d", 20_000)?;
+        drop(child);
+        let spec = ark_proto::v1::NodeSpec {
+            id: node.id,
+            site: node.site.clone(),
+            peer_addr: node.peer_addr.clone(),
+            client_addr: node.client_addr.clone(),
+        };
+        client.add_learner(spec, true).await.context("adding a learner")?;
+        client.promote(node.id).await.context("promoting the learner")?;
+    } else if let Some(victim) = voters.iter().copied().filter(|id| *id > 3 && *id != leader).max() {
+        client.remove(victim).await.context("removing a voter")?;
+        let pg = Playground::load(dir)?;
+        if let Some(n) = pg.node(victim) {
+            playground::signal_node(n, nix::sys::signal::Signal::SIGTERM)?;
+        }
+    }
+    Ok(())
+}
+
+async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
     let recorder = Recorder::new(OPS_MAX);
     let t0 = Instant::now();
@@ -154,6 +192,7 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
     let (fault, heal_after) = match spec.scenario.as_str() {
         "pause" => (Fault::Pause, Duration::from_secs(3)),
         "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
+        "membership" => (Fault::Membership, Duration::ZERO),
         _ => (Fault::Kill, Duration::from_millis(1500)),
     };
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -167,6 +206,13 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        if let Fault::Membership = fault {
+            kills.push(ns_since(t0));
+            change_membership(&client, dir, &st, leader).await?;
+            last_heal = Some(ns_since(t0));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
         let pg = Playground::load(dir)?;
         let victim = match spec.scenario.as_str() {
             "random-kill" => pg.nodes[rng.gen_range(0..pg.nodes.len())].id,
@@ -190,6 +236,7 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
             Fault::Pause => {
                 playground::signal_node(&node, Signal::SIGSTOP)?;
             }
+            Fault::Membership => unreachable!("handled above"),
             Fault::Restart => {
                 playground::signal_node(&node, Signal::SIGTERM)?;
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -206,6 +253,7 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
             Fault::Pause => {
                 playground::signal_node(&node, Signal::SIGCONT)?;
             }
+            Fault::Membership => unreachable!("handled above"),
             Fault::Kill | Fault::Restart => {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while playground::process_alive(node.pid) && Instant::now() < deadline {
@@ -240,6 +288,8 @@ async fn drive(spec: &DrillSpec, dir: &Path) -> anyhow::Result<Report> {
     let lost = checks::lost_acked_writes(&history, &finals);
     let mut with_finals = history.clone();
     with_finals.push_final_reads(&finals, next_process.fetch_add(1, Ordering::Relaxed), ns_since(t0));
+    std::fs::write(history_out, serde_json::to_vec(&with_finals)?)
+        .with_context(|| format!("writing {}", history_out.display()))?;
     let lin = linearizability::check(&with_finals, &SearchBudget::default()).context("history is malformed")?;
     let fault_start = kills.first().copied().unwrap_or(u64::MAX);
     let availability = checks::availability(

@@ -77,7 +77,11 @@ fn run(scenario: String, duration: u64, seed: u64, out: PathBuf) -> anyhow::Resu
         duration: Duration::from_secs(duration),
         seed,
     };
-    let report = rt.block_on(ark_chaos::drill::run(&spec, &out.join("cluster")))?;
+    let report = rt.block_on(ark_chaos::drill::run(
+        &spec,
+        &out.join("cluster"),
+        &out.join("history.json"),
+    ))?;
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     print!("{}", report.summary());
     Ok(report.violations().is_empty())

@@ -59,6 +59,11 @@ fn rolling_restart_drill_passes() {
 }
 
 #[test]
+fn membership_drill_passes() {
+    drill_passes("membership");
+}
+
+#[test]
 fn unknown_scenario_is_a_clear_error() {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
