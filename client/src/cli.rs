@@ -10,6 +10,21 @@ use ark_proto::v1::NodeSpec;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench;
+
+/// `println!` that ends the process quietly when stdout is a closed pipe (`ark ... | head`)
+/// instead of panicking, and with exit 1 on any other write error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
 use crate::certs;
 use crate::client::ArkClient;
 use crate::config::ClientConfig;
@@ -330,19 +345,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "leader_id": s.leader_id, "term": s.term, "answered_by": s.node_id, "state": s.state,
                     "last_log_index": s.last_log_index, "applied_index": s.applied_index, "nodes": nodes,
                 });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 match s.leader_id {
-                    Some(l) => println!("leader: node {l}   term: {}   (answered by node {})", s.term, s.node_id),
-                    None => println!("leader: none (election in progress)   term: {}", s.term),
+                    Some(l) => outln!("leader: node {l}   term: {}   (answered by node {})", s.term, s.node_id),
+                    None => outln!("leader: none (election in progress)   term: {}", s.term),
                 }
-                println!(
+                outln!(
                     "{:<5} {:<10} {:<8} {:<22} {:<8} MATCHED",
-                    "ID", "SITE", "ROLE", "CLIENT", "HEALTHY"
+                    "ID",
+                    "SITE",
+                    "ROLE",
+                    "CLIENT",
+                    "HEALTHY"
                 );
                 for n in &s.nodes {
                     let star = if Some(n.id) == s.leader_id { "*" } else { "" };
-                    println!(
+                    outln!(
                         "{:<5} {:<10} {:<8} {:<22} {:<8} {}",
                         format!("{}{star}", n.id),
                         n.site,
@@ -359,10 +378,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match k {
                 KvCmd::Put { key, value } => {
                     let rev = c.put(key, value.as_bytes()).await?;
-                    println!("OK revision {rev}");
+                    outln!("OK revision {rev}");
                 }
                 KvCmd::Get { key, stale } => match c.get(key, *stale).await? {
-                    Some(v) => println!("{}", String::from_utf8_lossy(&v.value)),
+                    Some(v) => outln!("{}", String::from_utf8_lossy(&v.value)),
                     None => {
                         eprintln!("key {key:?} not found");
                         return Ok(ExitCode::from(1));
@@ -370,7 +389,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 KvCmd::Del { key } => {
                     let existed = c.delete(key).await?;
-                    println!(
+                    outln!(
                         "{}",
                         if existed {
                             "deleted"
@@ -388,9 +407,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let (items, truncated) = c.list(prefix, *limit, *stale).await?;
                     for (k, v) in &items {
                         if *values {
-                            println!("{k}\t{}", String::from_utf8_lossy(&v.value));
+                            outln!("{k}\t{}", String::from_utf8_lossy(&v.value));
                         } else {
-                            println!("{k}");
+                            outln!("{k}");
                         }
                     }
                     if truncated {
@@ -402,9 +421,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Members(m) => {
             let c = client(&cli)?;
             let show = |r: ark_proto::v1::MembershipResponse| {
-                println!(
+                outln!(
                     "OK at revision {}: voters {:?}, learners {:?}",
-                    r.revision, r.voters, r.learners
+                    r.revision,
+                    r.voters,
+                    r.learners
                 );
             };
             match m {
@@ -419,10 +440,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                                 "client_addr": n.client_addr, "peer_addr": n.peer_addr, "healthy": n.healthy})
                             })
                             .collect();
-                        println!("{}", serde_json::to_string_pretty(&nodes)?);
+                        outln!("{}", serde_json::to_string_pretty(&nodes)?);
                     } else {
                         for n in &s.nodes {
-                            println!(
+                            outln!(
                                 "{}\t{}\t{}\tpeer {}\tclient {}\t{}",
                                 n.id,
                                 n.site,
@@ -459,15 +480,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Certs(c) => match c {
             CertsCmd::Ca { dir } => {
                 let p = certs::create_ca(dir)?;
-                println!("created {} and {}", p.display(), dir.join("ca.key").display());
+                outln!("created {} and {}", p.display(), dir.join("ca.key").display());
             }
             CertsCmd::Node { id, ca_dir, out, names } => {
                 let (c, k) = certs::create_node(ca_dir, out.as_ref().unwrap_or(ca_dir), *id, names)?;
-                println!("created {} and {}", c.display(), k.display());
+                outln!("created {} and {}", c.display(), k.display());
             }
             CertsCmd::Client { name, ca_dir, out } => {
                 let (c, k) = certs::create_client(ca_dir, out.as_ref().unwrap_or(ca_dir), name)?;
-                println!("created {} and {}", c.display(), k.display());
+                outln!("created {} and {}", c.display(), k.display());
             }
         },
         Cmd::Playground(p) => match p {
@@ -480,24 +501,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let (pg, _children) = playground::up(&a.dir, &layout).await?;
                 for n in &pg.nodes {
-                    println!(
+                    outln!(
                         "node {} ({}) pid {} client {} peer {}",
-                        n.id, n.site, n.pid, n.client_addr, n.peer_addr
+                        n.id,
+                        n.site,
+                        n.pid,
+                        n.client_addr,
+                        n.peer_addr
                     );
                 }
-                println!(
+                outln!(
                     "playground is up. Try: ark --config {} status",
                     a.dir.join("client.toml").display()
                 );
             }
             PlaygroundCmd::Down { dir } => {
                 for s in playground::down(dir, Duration::from_secs(10))? {
-                    println!("node {} (pid {}): {}", s.id, s.pid, s.outcome);
+                    outln!("node {} (pid {}): {}", s.id, s.pid, s.outcome);
                 }
             }
             PlaygroundCmd::Start { dir, node } => {
                 let (n, _child) = playground::start_node(dir, *node)?;
-                println!("node {} restarted, pid {}", n.id, n.pid);
+                outln!("node {} restarted, pid {}", n.id, n.pid);
             }
             PlaygroundCmd::AddNode {
                 dir,
@@ -507,9 +532,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } => {
                 let (n, _child) = playground::add_node(dir, site, *snapshot_every)?;
                 if *json {
-                    println!("{}", serde_json::to_string(&n)?);
+                    outln!("{}", serde_json::to_string(&n)?);
                 } else {
-                    println!(
+                    outln!(
                         "node {} started (pid {}); add it with: ark --config {} members add {} --site {} --peer-addr {} --client-addr {}",
                         n.id,
                         n.pid,
@@ -529,9 +554,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let say = |s: &str| eprintln!("{s}");
             let r = demo::run(*sites, &say).await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
+                outln!(
                     "failover: site {} lost (leader node {}), node {} took over; writes succeeded again after {} ms; {} acknowledged writes, {} lost",
                     r.lost_site, r.old_leader, r.new_leader, r.failover_ms, r.acknowledged_writes, r.lost_writes
                 );
@@ -584,9 +609,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
+                outln!(
                     "{}: {} clients, {} conns, {} B values, {:.1} s: {} ok, {} errors, {:.0} ops/s, latency ms p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
                     r.target,
                     r.clients,
