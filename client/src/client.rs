@@ -384,11 +384,7 @@ impl ArkClient {
         else {
             return Ok(first);
         };
-        let ch = self.channel(&addr)?;
-        match tokio::time::timeout(self.inner.rpc_timeout, ClusterClient::new(ch).status(StatusRequest {})).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            _ => Ok(first),
-        }
+        Ok(self.status_of(&addr).await.unwrap_or(first))
     }
 
     /// Status as one specific node sees it.

@@ -28,7 +28,9 @@ pub struct KvService {
     proposer: Proposer,
     /// Leader term (of this process) in which a fence entry has been committed; see
     /// [`KvService::linearize`].
-    fenced_term: tokio::sync::Mutex<u64>,
+    fenced_term: std::sync::atomic::AtomicU64,
+    /// Serialises fencing, so that concurrent first reads commit one fence entry, not many.
+    fencing: tokio::sync::Mutex<()>,
 }
 
 impl KvService {
@@ -39,7 +41,8 @@ impl KvService {
             raft,
             reader,
             proposer,
-            fenced_term: tokio::sync::Mutex::new(0),
+            fenced_term: std::sync::atomic::AtomicU64::new(0),
+            fencing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -73,10 +76,12 @@ impl KvService {
     /// this process commits an empty entry of its own; once that is applied, every entry
     /// committed before it is applied too. Then openraft confirms leadership with a quorum.
     async fn linearize(&self) -> Result<(), Status> {
+        use std::sync::atomic::Ordering;
         let term = self.raft.metrics().borrow().current_term;
-        {
-            let mut fenced = self.fenced_term.lock().await;
-            if *fenced != term {
+        // Fast path: already fenced in this term (every read after the first).
+        if self.fenced_term.load(Ordering::Acquire) != term {
+            let _guard = self.fencing.lock().await;
+            if self.fenced_term.load(Ordering::Acquire) != term {
                 let r = self
                     .raft
                     .client_write(crate::raft::Request {
@@ -85,7 +90,7 @@ impl KvService {
                     })
                     .await;
                 match r {
-                    Ok(r) => *fenced = r.log_id.leader_id.term,
+                    Ok(r) => self.fenced_term.store(r.log_id.leader_id.term, Ordering::Release),
                     Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
                         return Err(not_leader(&f))
                     }
