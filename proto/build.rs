@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ark/v1/ark.proto", "proto/ark/v1/peer.proto"];
+    let files = [
+        "proto/ark/v1/ark.proto",
+        "proto/ark/v1/objects.proto",
+        "proto/ark/v1/peer.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -16,6 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .file_descriptor_set_path(&fds_path)
+        // Object and chunk bytes are passed on without copying.
+        .bytes([
+            ".ark.v1.PutObjectRequest.data",
+            ".ark.v1.GetObjectResponse.data",
+            ".ark.v1.ChunkPut.data",
+            ".ark.v1.PeerResponse.chunk_data",
+        ])
         .skip_protoc_run()
         .compile_fds(fds)?;
     Ok(())

@@ -6,7 +6,7 @@
 # runs during its measurement.
 #
 # Usage: scripts/bench-kv-vs-etcd.sh [CLIENTS] [VALUE_BYTES] [SECONDS] [ROUNDS]
-# Needs: the Debian package etcd-server (apt-get install etcd-server); a release build
+# Needs: the Debian packages etcd-server and etcd-client (apt-get install etcd-server etcd-client); a release build
 # (cargo build --release). Everything it starts is stopped and removed on exit.
 set -euo pipefail
 CLIENTS=${1:-64}

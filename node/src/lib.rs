@@ -2,10 +2,12 @@
 //!
 //! Modules, each owning one concern: [`config`] (TOML), [`server`] (start-up and ordered
 //! shutdown), [`raft`] (openraft types, log store, state machine, snapshots, network glue),
-//! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`api`] (tonic services) and
-//! [`metrics`] (Prometheus).
+//! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`chunks`] (content-defined
+//! chunking and the on-disk chunk store), [`api`] (tonic services) and [`metrics`]
+//! (Prometheus).
 
 pub mod api;
+pub mod chunks;
 pub mod config;
 pub mod metrics;
 pub mod net;

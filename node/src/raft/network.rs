@@ -115,6 +115,9 @@ impl PeerClient {
             None => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
                 "empty peer response",
             )))),
+            Some(_) => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
+                "peer answered a Raft request with a data-plane response",
+            )))),
         }
     }
 }
@@ -210,6 +213,7 @@ impl PeerHandler for RaftPeerService {
                 Err(e) => failure(format!("malformed install-snapshot: {e}")),
             },
             None => failure("empty peer request".into()),
+            Some(_) => failure("not a Raft request".into()),
         }
     }
 }

@@ -21,7 +21,9 @@ use super::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConf
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_kv");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sessions");
-const SESSIONS_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("sm_sessions_by_time");
+/// Request ids applied by one log entry, keyed by (the entry's timestamp, its index): one
+/// insert per entry rather than one per write, and the sweep finds expired ids in order.
+const SESSIONS_BY_TIME: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sm_session_buckets");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_snapshot");
 
@@ -153,7 +155,7 @@ impl KvReader {
 struct ApplyTables<'t> {
     kv: redb::Table<'t, &'static str, &'static [u8]>,
     sessions: redb::Table<'t, &'static [u8], &'static [u8]>,
-    by_time: redb::Table<'t, (u64, &'static [u8]), ()>,
+    by_time: redb::Table<'t, (u64, u64), &'static [u8]>,
 }
 
 /// Encodes like [`StoredValue`] without copying the value first.
@@ -168,10 +170,14 @@ fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> 
     if !op.request_id.is_empty() {
         if let Some(rec) = t.sessions.get(op.request_id.as_slice()).map_err(sm_write_err)? {
             let rec: SessionRecord = decode(rec.value()).map_err(sm_read_err)?;
-            return Ok(OpResult {
-                duplicate: true,
-                ..rec.response
-            });
+            // Expiry is decided here, from the entry's own timestamp, not by when a replica
+            // happened to sweep: every replica answers a late retry the same way.
+            if !session_expired(&rec, proposed_at_ms) {
+                return Ok(OpResult {
+                    duplicate: true,
+                    ..rec.response
+                });
+            }
         }
     }
     let result = match &op.command {
@@ -202,31 +208,66 @@ fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> 
         t.sessions
             .insert(op.request_id.as_slice(), rec.as_slice())
             .map_err(sm_write_err)?;
-        t.by_time
-            .insert((proposed_at_ms, op.request_id.as_slice()), ())
-            .map_err(sm_write_err)?;
     }
     Ok(result)
 }
 
+fn session_expired(rec: &SessionRecord, now_ms: u64) -> bool {
+    rec.applied_at_ms.saturating_add(SESSION_RETENTION_MS) < now_ms
+}
+
+/// Request ids packed into one bucket value: each as a u16 length and its bytes.
+fn pack_ids<'a>(ids: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in ids {
+        let len = id.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&id[..len]);
+    }
+    out
+}
+
+fn unpack_ids(mut b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while b.len() >= 2 {
+        let len = u16::from_le_bytes([b[0], b[1]]) as usize;
+        if b.len() < 2 + len {
+            break;
+        }
+        out.push(&b[2..2 + len]);
+        b = &b[2 + len..];
+    }
+    out
+}
+
 /// Forgets request ids applied more than [`SESSION_RETENTION_MS`] before `now_ms` (an
-/// entry's own timestamp, so every replica forgets the same ones).
+/// entry's own timestamp). This only reclaims space: [`apply_op`] already ignores expired
+/// records, so when each replica sweeps does not change any answer.
 fn sweep_sessions(t: &mut ApplyTables<'_>, now_ms: u64) -> Result<(), StorageError<NodeId>> {
     let (sessions, by_time) = (&mut t.sessions, &mut t.by_time);
     let cutoff = now_ms.saturating_sub(SESSION_RETENTION_MS);
-    let expired: Vec<Vec<u8>> = by_time
-        .range::<(u64, &[u8])>(..(cutoff, &[][..]))
+    let mut buckets = Vec::new();
+    for item in by_time
+        .range::<(u64, u64)>(..(cutoff, 0))
         .map_err(sm_read_err)?
-        .take(100_000)
-        .map(|r| r.map(|(k, _)| k.value().1.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(sm_read_err)?;
-    for id in &expired {
-        sessions.remove(id.as_slice()).map_err(sm_write_err)?;
+        .take(10_000)
+    {
+        let (k, v) = item.map_err(sm_read_err)?;
+        buckets.push((k.value(), v.value().to_vec()));
     }
-    by_time
-        .retain_in::<(u64, &[u8]), _>(..(cutoff, &[][..]), |_, _| false)
-        .map_err(sm_write_err)?;
+    for (key, ids) in &buckets {
+        for id in unpack_ids(ids) {
+            // A retried id re-applied later has a newer record: keep that one.
+            let expired = match sessions.get(id).map_err(sm_read_err)? {
+                Some(rec) => session_expired(&decode::<SessionRecord>(rec.value()).map_err(sm_read_err)?, now_ms),
+                None => false,
+            };
+            if expired {
+                sessions.remove(id).map_err(sm_write_err)?;
+            }
+        }
+        by_time.remove(key).map_err(sm_write_err)?;
+    }
     Ok(())
 }
 
@@ -276,6 +317,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let mut results = Vec::with_capacity(req.ops.len());
                     for (i, op) in req.ops.iter().enumerate() {
                         results.push(apply_op(&mut t, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
+                    }
+                    let fresh = req
+                        .ops
+                        .iter()
+                        .zip(&results)
+                        .filter(|(o, r)| !r.duplicate && !o.request_id.is_empty());
+                    let ids = pack_ids(fresh.map(|(o, _)| o.request_id.as_slice()));
+                    if !ids.is_empty() {
+                        t.by_time
+                            .insert((req.proposed_at_ms, e.log_id.index), ids.as_slice())
+                            .map_err(sm_write_err)?;
                     }
                     self.applied_since_sweep += req.ops.len() as u64;
                     if self.applied_since_sweep >= SESSION_SWEEP_EVERY {
@@ -333,11 +385,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             s.retain(|_, _| false).map_err(sm_write_err)?;
             let mut bt = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
             bt.retain(|_, _| false).map_err(sm_write_err)?;
+            let mut buckets: std::collections::BTreeMap<u64, Vec<&[u8]>> = Default::default();
             for (id, rec) in &body.sessions {
                 let b = encode(rec).map_err(sm_write_err)?;
                 s.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
-                bt.insert((rec.applied_at_ms, id.as_slice()), ())
-                    .map_err(sm_write_err)?;
+                buckets.entry(rec.applied_at_ms).or_default().push(id.as_slice());
+            }
+            for (at, ids) in buckets {
+                let packed = pack_ids(ids.into_iter());
+                bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
             }
             let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
@@ -427,5 +483,65 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+    use redb::ReadableTableMetadata;
+
+    use super::*;
+
+    fn put_entry(index: u64, at_ms: u64, id: &[u8]) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::Request {
+                proposed_at_ms: at_ms,
+                ops: vec![Op {
+                    request_id: id.to_vec(),
+                    command: Command::Put {
+                        key: "k".into(),
+                        value: index.to_le_bytes().to_vec(),
+                    },
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn packed_ids_round_trip() {
+        let ids: Vec<&[u8]> = vec![b"a", b"", b"0123456789abcdef"];
+        assert_eq!(unpack_ids(&pack_ids(ids.clone().into_iter())), ids);
+    }
+
+    #[tokio::test]
+    async fn retry_is_a_duplicate_until_the_id_expires_on_every_replica_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::new(super::super::store::open_database(dir.path()).unwrap());
+        let r1 = sm.apply(vec![put_entry(1, 1_000, b"req-1")]).await.unwrap();
+        assert!(!r1[0].results[0].duplicate);
+        let r2 = sm.apply(vec![put_entry(2, 2_000, b"req-1")]).await.unwrap();
+        assert!(r2[0].results[0].duplicate);
+        assert_eq!(r2[0].results[0].revision, r1[0].results[0].revision);
+        // Past the retention the same id is a new write, whether or not a sweep ran.
+        let late = 1_000 + SESSION_RETENTION_MS + 1;
+        let r3 = sm.apply(vec![put_entry(3, late, b"req-1")]).await.unwrap();
+        assert!(!r3[0].results[0].duplicate);
+        assert_eq!(r3[0].results[0].revision, revision(3, 0));
+        // The sweep drops the expired bucket but keeps the re-applied record.
+        let mut tx = sm.db.begin_write().unwrap();
+        tx.set_durability(Durability::None);
+        {
+            let mut t = ApplyTables {
+                kv: tx.open_table(KV).unwrap(),
+                sessions: tx.open_table(SESSIONS).unwrap(),
+                by_time: tx.open_table(SESSIONS_BY_TIME).unwrap(),
+            };
+            sweep_sessions(&mut t, late + 10).unwrap();
+            assert!(t.sessions.get(&b"req-1"[..]).unwrap().is_some());
+            assert_eq!(t.by_time.len().unwrap(), 1);
+        }
+        tx.commit().unwrap();
     }
 }

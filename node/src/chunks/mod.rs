@@ -1,0 +1,14 @@
+//! Content-addressed chunks: how objects are cut into chunks, how chunks are named, and how
+//! they are kept on disk.
+//!
+//! Owns: content-defined chunking ([`cdc`]), chunk ids (SHA-256 of the uncompressed bytes)
+//! and the on-disk chunk store ([`store`]). It must not touch Raft, the network or object
+//! metadata: callers decide which chunks an object is made of and where they are replicated;
+//! this module only cuts, names, stores, verifies and serves bytes. Everything here is
+//! synchronous; async callers use `tokio::task::spawn_blocking`.
+
+pub mod cdc;
+pub mod store;
+
+pub use cdc::{Chunker, ChunkerParams, ParamsError};
+pub use store::{chunk_id, from_hex, to_hex, ChunkError, ChunkId, ChunkStore, ObjectHasher, MAX_CHUNK};
