@@ -10,25 +10,11 @@ use ark_proto::v1::NodeSpec;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench;
-
-/// `println!` that ends the process quietly when stdout is a closed pipe (`ark ... | head`)
-/// instead of panicking, and with exit 1 on any other write error.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: cannot write to stdout: {e}");
-            std::process::exit(1);
-        }
-    }};
-}
 use crate::certs;
 use crate::client::ArkClient;
 use crate::config::ClientConfig;
 use crate::demo;
+use crate::objects_cli::{self, ObjectCmd};
 use crate::playground::{self, Layout};
 
 /// Ark: keeps critical data alive through the loss of a data centre.
@@ -41,7 +27,9 @@ pub struct Cli {
     /// Talk to this node only (`host:port`), overriding the config's endpoint list.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     endpoint: Option<String>,
-    /// Give up on one operation after this many milliseconds, retries included.
+    /// Give up on one operation after this many milliseconds, retries included. Object
+    /// transfers, restores, verify and scrub have no overall limit unless this is given (they
+    /// still fail when a transfer stalls).
     #[arg(long, global = true, value_name = "MS")]
     timeout_ms: Option<u64>,
     #[command(subcommand)]
@@ -80,6 +68,8 @@ enum Cmd {
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCmd),
+    #[command(flatten)]
+    Objects(ObjectCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +314,10 @@ fn client(cli: &Cli) -> anyhow::Result<ArkClient> {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Cmd::Objects(cmd) => {
+            let c = client(&cli)?.with_object_timeout(cli.timeout_ms.map(Duration::from_millis));
+            return objects_cli::run(&c, cmd).await;
+        }
         Cmd::Status { json } => {
             let c = client(&cli)?;
             let s = match &cli.endpoint {
@@ -630,4 +624,72 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn object_commands_parse_and_bad_input_is_a_usage_error() {
+        let ok = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("ark").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        let usage = |args: &[&str]| {
+            let e = Cli::try_parse_from(std::iter::once("ark").chain(args.iter().copied()))
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} must be refused"));
+            assert!(e.use_stderr(), "{args:?}: a usage error (exit 2)");
+        };
+        ok(&["put", "ns/a/b.bin", "-"]);
+        ok(&["get", "ns/k", "-o", "out", "--version", "3", "--stale"]);
+        ok(&[
+            "ns",
+            "create",
+            "m",
+            "--copies",
+            "3",
+            "--mode",
+            "async",
+            "--max-lag",
+            "5m",
+            "--compress",
+        ]);
+        ok(&["ns", "set", "m", "--compress=false"]);
+        ok(&["ns", "set", "m", "--compress", "--priority", "2"]);
+        ok(&["restore", "ns", "--to", "/tmp/r", "--at", "2026-11-25T10:00:00Z"]);
+        ok(&["restore", "ns", "--to", "/tmp/r", "--at", "1795600800000"]);
+        ok(&["verify"]);
+        ok(&["verify", "ns", "--json"]);
+        ok(&["scrub", "--wait", "--json"]);
+        ok(&[
+            "--timeout-ms",
+            "5000",
+            "ls",
+            "ns",
+            "--prefix",
+            "a/",
+            "--all-versions",
+            "--json",
+        ]);
+        usage(&["put", "nokey", "f"]);
+        usage(&["put", "/k", "f"]);
+        usage(&["get", "ns/", "-o", "f"]);
+        usage(&["rm", "ns"]);
+        usage(&["ns", "create", "m", "--max-lag", "60"]);
+        usage(&["ns", "create", "m", "--mode", "eventually"]);
+        usage(&["restore", "ns", "--to", "d", "--at", "yesterday"]);
+        usage(&["restore", "ns", "--to", "d", "--at", "1", "--version", "2"]);
+        usage(&["restore", "ns", "--to", "d", "--parallel", "0"]);
+        usage(&["get", "ns/k", "--version", "0"]);
+        usage(&["ns", "set", "m"]);
+    }
 }

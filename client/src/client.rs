@@ -26,6 +26,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Most attempts of one operation, whatever its deadline.
 const ATTEMPTS_MAX: u32 = 1_000;
+/// HTTP/2 pings on stream connections: a peer that does not answer one within the timeout
+/// is dead, and the transfer on it fails (and may be retried elsewhere).
+const STREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const STREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 receive window per stream on stream connections (twice that per connection):
+/// bounds the bytes in flight per transfer while keeping a high-latency link busy.
+const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 /// A value read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +65,12 @@ struct Inner {
     next: Mutex<usize>,
     op_timeout: Duration,
     rpc_timeout: Duration,
+    /// Connections for object transfers and long reports: no per-request deadline (a
+    /// transfer may run for hours), HTTP/2 keep-alive instead to notice a dead peer.
+    stream_channels: Mutex<HashMap<String, Channel>>,
+    /// Overall limit of one object transfer or report, retries included; `None` = only the
+    /// progress limits apply.
+    object_timeout: Option<Duration>,
 }
 
 /// A fresh random request id.
@@ -90,6 +103,8 @@ impl ArkClient {
                 next: Mutex::new(0),
                 op_timeout: Duration::from_millis(cfg.op_timeout_ms),
                 rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
+                stream_channels: Mutex::default(),
+                object_timeout: None,
             }),
         })
     }
@@ -97,15 +112,32 @@ impl ArkClient {
     /// A new client (own connections, own leader cache) for other endpoints; leader hints
     /// are still followed.
     pub fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
-        self.rebuild(endpoints, self.inner.op_timeout)
+        self.rebuild(endpoints, self.inner.op_timeout, self.inner.object_timeout)
     }
 
     /// A new client whose operations give up after `t`, retries included.
     pub fn with_op_timeout(&self, t: Duration) -> Self {
-        self.rebuild(self.inner.endpoints.clone(), t)
+        self.rebuild(self.inner.endpoints.clone(), t, self.inner.object_timeout)
     }
 
-    fn rebuild(&self, endpoints: Vec<String>, op_timeout: Duration) -> Self {
+    /// A new client whose object transfers (put, get, restore) and reports (verify, scrub)
+    /// give up after `t`, retries included. `None` (the default) sets no overall limit: a
+    /// transfer may take as long as its size needs, and only stalls end it.
+    pub fn with_object_timeout(&self, t: Option<Duration>) -> Self {
+        self.rebuild(self.inner.endpoints.clone(), self.inner.op_timeout, t)
+    }
+
+    /// The overall limit of object transfers and reports, if any.
+    pub fn object_timeout(&self) -> Option<Duration> {
+        self.inner.object_timeout
+    }
+
+    /// The endpoints this client talks to, in order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn rebuild(&self, endpoints: Vec<String>, op_timeout: Duration, object_timeout: Option<Duration>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls: self.inner.tls.clone(),
@@ -115,6 +147,8 @@ impl ArkClient {
                 next: Mutex::new(0),
                 op_timeout,
                 rpc_timeout: self.inner.rpc_timeout,
+                stream_channels: Mutex::default(),
+                object_timeout,
             }),
         }
     }
@@ -138,6 +172,48 @@ impl ArkClient {
         let ch = ep.connect_lazy();
         chans.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// A connection to `addr` for long streams: connected now (so that an unreachable node
+    /// fails before any data is read from an upload's source), no per-request deadline,
+    /// HTTP/2 keep-alive to detect a dead peer, larger flow-control windows for throughput.
+    pub(crate) async fn stream_channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        if let Some(c) = self
+            .inner
+            .stream_channels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(addr).cloned())
+        {
+            return Ok(c);
+        }
+        let ep = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?
+            .tls_config(self.inner.tls.clone())
+            .map_err(|e| ClientError::Config(format!("TLS config: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(STREAM_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(STREAM_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(2 * STREAM_WINDOW_BYTES));
+        let ch = ep.connect().await.map_err(|e| ClientError::Unavailable {
+            attempts: 1,
+            elapsed_ms: 0,
+            last: format!("{addr}: cannot connect: {}", error_chain(&e)),
+        })?;
+        if let Ok(mut m) = self.inner.stream_channels.lock() {
+            m.insert(addr.to_string(), ch.clone());
+        }
+        Ok(ch)
+    }
+
+    /// Drops the cached stream connection to `addr`, so that the next use reconnects.
+    pub(crate) fn forget_stream_channel(&self, addr: &str) {
+        if let Ok(mut c) = self.inner.stream_channels.lock() {
+            c.remove(addr);
+        }
     }
 
     fn pick(&self) -> String {
@@ -179,7 +255,7 @@ impl ArkClient {
 
     /// Runs `f` against the leader, following hints and retrying transient failures until
     /// the operation's deadline.
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -210,7 +286,10 @@ impl ArkClient {
                     }
                     Code::NotFound => return Err(ClientError::NotFound(st.message().to_string())),
                     Code::FailedPrecondition => return Err(ClientError::FailedPrecondition(st.message().to_string())),
-                    Code::Internal | Code::DataLoss => return Err(ClientError::Server(st.message().to_string())),
+                    Code::AlreadyExists => return Err(ClientError::AlreadyExists(st.message().to_string())),
+                    Code::ResourceExhausted => return Err(ClientError::ResourceExhausted(st.message().to_string())),
+                    Code::DataLoss => return Err(ClientError::DataLoss(st.message().to_string())),
+                    Code::Internal => return Err(ClientError::Server(st.message().to_string())),
                     _ => {
                         last = format!("{target}: {}", describe(&st));
                         let hint = st
@@ -434,7 +513,7 @@ impl ArkClient {
 
     /// Like `call`, but any node's answer will do (stale reads, status): tries endpoints in
     /// order and never follows leader hints.
-    async fn call_any<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    pub(crate) async fn call_any<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -478,10 +557,21 @@ impl ArkClient {
 }
 
 /// A status with its transport cause, which tonic keeps in the error source chain.
-fn describe(st: &Status) -> String {
+pub(crate) fn describe(st: &Status) -> String {
     use std::error::Error;
     let mut s = format!("{:?}: {}", st.code(), st.message());
     let mut src = st.source();
+    while let Some(e) = src {
+        s.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    s
+}
+
+/// An error with its whole source chain on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
     while let Some(e) = src {
         s.push_str(&format!(": {e}"));
         src = e.source();

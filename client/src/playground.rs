@@ -205,6 +205,11 @@ snapshot_logs_since_last = {snap}
 logs_kept_after_snapshot = {keep}
 rpc_timeout_ms = 1000
 
+[objects]
+# Short so that a killed playground node's chunks are re-replicated within seconds.
+holder_lost_after_ms = 3000
+repair_interval_ms = 500
+
 [bootstrap]
 initialize = {init}
 {peers}"#,

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Raft timing and log compaction.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Object storage: replication, scrub and garbage collection.
+    #[serde(default)]
+    pub objects: ObjectsConfig,
     /// Cluster bootstrap: which nodes form the initial voting membership.
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
@@ -106,6 +109,39 @@ impl Default for RaftConfig {
             logs_kept_after_snapshot: 5_000,
             rpc_timeout_ms: 2_000,
             proposals_in_flight: 2,
+        }
+    }
+}
+
+/// Object storage: chunk replication, the repair queue, scrub and garbage collection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectsConfig {
+    /// A holder that has not answered the leader for this long no longer counts as a copy,
+    /// and the repair queue re-replicates its chunks elsewhere.
+    pub holder_lost_after_ms: u64,
+    /// How often the leader's replication queue looks for chunks below their policy.
+    pub repair_interval_ms: u64,
+    /// Chunks pushed in parallel per put and per repair (QUIC streams).
+    pub streams: usize,
+    /// Seconds between two background scrub passes (0 = only on demand, `ark scrub`).
+    pub scrub_interval_s: u64,
+    /// Scrub re-hashes at most this many MiB per second.
+    pub scrub_mib_per_s: u64,
+    /// A local chunk file that no object refers to is removed once it is this old (an
+    /// upload in progress has not committed its manifest yet).
+    pub gc_grace_s: u64,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        Self {
+            holder_lost_after_ms: 30_000,
+            repair_interval_ms: 2_000,
+            streams: 4,
+            scrub_interval_s: 24 * 3600,
+            scrub_mib_per_s: 64,
+            gc_grace_s: 3600,
         }
     }
 }
@@ -294,6 +330,19 @@ logs_kept_after_snapshot = 5000
 rpc_timeout_ms = 2000
 # Log entries of client writes in flight; writes arriving meanwhile share the next entry.
 proposals_in_flight = 2
+
+[objects]
+# A chunk holder silent for this long stops counting as a copy; its chunks are re-replicated.
+holder_lost_after_ms = 30000
+# How often the leader looks for chunks below their namespace's policy.
+repair_interval_ms = 2000
+# Chunks transferred in parallel (QUIC streams) per put or repair.
+streams = 4
+# Seconds between background scrub passes (0 = only `ark scrub`), and their rate limit.
+scrub_interval_s = 86400
+scrub_mib_per_s = 64
+# Unreferenced chunk files older than this are deleted (uploads in progress are younger).
+gc_grace_s = 3600
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

@@ -3,7 +3,8 @@
 //! Modules, each owning one concern: [`config`] (TOML), [`server`] (start-up and ordered
 //! shutdown), [`raft`] (openraft types, log store, state machine, snapshots, network glue),
 //! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`chunks`] (content-defined
-//! chunking and the on-disk chunk store), [`api`] (tonic services) and [`metrics`]
+//! chunking and the on-disk chunk store), [`replicate`] (chunk transfer, placement, the
+//! repair queue, scrub), [`api`] (tonic services) and [`metrics`]
 //! (Prometheus).
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod raft;
+pub mod replicate;
 pub mod server;
 
 pub use config::NodeConfig;

@@ -13,19 +13,26 @@ use std::time::Duration;
 use anyhow::Context;
 use ark_proto::v1::cluster_server::ClusterServer;
 use ark_proto::v1::kv_server::KvServer;
+use ark_proto::v1::objects_server::ObjectsServer;
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::api::cluster::ClusterService;
+use crate::api::fence::ReadFence;
 use crate::api::kv::KvService;
+use crate::api::objects::ObjectsService;
+use crate::api::proposer::Proposer;
+use crate::chunks::ChunkStore;
 use crate::config::NodeConfig;
 use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
 use crate::raft::network::{NetworkFactory, RaftPeerService};
+use crate::raft::objects::ObjectReader;
 use crate::raft::state_machine::{KvReader, StateMachine};
 use crate::raft::store::{open_database, LogStore};
 use crate::raft::{ArkNode, ArkRaft, NodeId};
+use crate::replicate::{DataPlane, PeerRouter};
 
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -57,6 +64,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachine::new(db.clone());
     let reader = KvReader::new(db.clone());
+    let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     tracing::info!(data_dir = %cfg.data_dir.display(), "[2/6] storage opened");
 
     let endpoint = PeerEndpoint::bind(cfg.listen.peer, &tls)?;
@@ -78,7 +86,21 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let peer_service = Arc::new(RaftPeerService::new(raft.clone()));
+    let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight);
+    let fence = Arc::new(ReadFence::new(raft.clone()));
+    let data_plane = Arc::new(DataPlane::new(
+        id,
+        cfg.site.clone(),
+        chunk_store,
+        pool.clone(),
+        raft.clone(),
+        ObjectReader::new(db.clone()),
+        proposer.clone(),
+        fence.clone(),
+        cfg.objects.clone(),
+        Duration::from_millis(cfg.raft.rpc_timeout_ms),
+    ));
+    let peer_service = Arc::new(PeerRouter::new(RaftPeerService::new(raft.clone()), data_plane.clone()));
     let peer_task = {
         let endpoint = endpoint.clone();
         let s = stopped(stop_rx.clone());
@@ -97,6 +119,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         _ => None,
     };
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
+    let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
+    let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
 
     // Client plane.
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -123,7 +147,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // up to 40 ms: every accepted socket gets TCP_NODELAY.
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(60)))
         .map_err(|e| anyhow::anyhow!("client API listener: {e}"))?;
-    let kv = KvServer::new(KvService::new(raft.clone(), reader, cfg.raft.proposals_in_flight))
+    let kv = KvServer::new(KvService::new(reader, proposer, fence))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(raft.clone(), pool.clone(), id, healthy_within));
@@ -134,6 +161,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(kv)
+        .add_service(objects)
         .add_service(cluster)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
@@ -157,6 +185,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     };
                     reporter.set_service_status("", st).await;
                     reporter.set_service_status("ark.v1.Kv", st).await;
+                    reporter.set_service_status("ark.v1.Objects", st).await;
                     if serving {
                         tracing::info!("[6/6] ready: a leader is known, serving clients");
                     }
@@ -178,6 +207,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Err(e) => tracing::warn!(error = %e, "client API task failed"),
         Ok(Ok(())) => {}
     }
+    let _ = queue_task.await;
+    let _ = scrub_task.await;
+    drop(data_plane);
     tracing::info!("shutdown: stopping raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

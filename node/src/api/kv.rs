@@ -1,5 +1,6 @@
 //! `ark.v1.Kv`: put, get, delete and list of small linearizable values.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ark_proto::v1::kv_server::Kv;
@@ -7,14 +8,13 @@ use ark_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, ListRequest, ListResponse, PutRequest,
     PutResponse,
 };
-use openraft::error::{CheckIsLeaderError, RaftError};
 use tonic::{Request, Response, Status};
 
-use super::not_leader;
+use super::fence::ReadFence;
 use super::proposer::Proposer;
 use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
 use crate::raft::state_machine::KvReader;
-use crate::raft::{ArkRaft, Command, Op, OpResult};
+use crate::raft::{Command, Op, OpResult};
 
 /// Most entries one List answers with.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
@@ -23,26 +23,18 @@ const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
 
 /// The KV service.
 pub struct KvService {
-    raft: ArkRaft,
     reader: KvReader,
     proposer: Proposer,
-    /// Leader term (of this process) in which a fence entry has been committed; see
-    /// [`KvService::linearize`].
-    fenced_term: std::sync::atomic::AtomicU64,
-    /// Serialises fencing, so that concurrent first reads commit one fence entry, not many.
-    fencing: tokio::sync::Mutex<()>,
+    fence: Arc<ReadFence>,
 }
 
 impl KvService {
     /// A service over the node's Raft and state machine.
-    pub fn new(raft: ArkRaft, reader: KvReader, proposals_in_flight: usize) -> Self {
-        let proposer = Proposer::start(raft.clone(), proposals_in_flight);
+    pub fn new(reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>) -> Self {
         Self {
-            raft,
             reader,
             proposer,
-            fenced_term: std::sync::atomic::AtomicU64::new(0),
-            fencing: tokio::sync::Mutex::new(()),
+            fence,
         }
     }
 
@@ -65,47 +57,6 @@ impl KvService {
         metrics::counter!("ark_kv_requests_total", "op" => op, "result" => result).increment(1);
         metrics::histogram!("ark_kv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
         res
-    }
-
-    /// Makes the next local read linearizable.
-    ///
-    /// openraft 0.9 restores a leader at start-up in its old term without re-learning the
-    /// commit index, and its read index is then only what this process has applied: a leader
-    /// restarted after SIGTERM served a read that missed a write it had acknowledged before
-    /// the restart (found by the rolling-restart drill). So before its first read in a term,
-    /// this process commits an empty entry of its own; once that is applied, every entry
-    /// committed before it is applied too. Then openraft confirms leadership with a quorum.
-    async fn linearize(&self) -> Result<(), Status> {
-        use std::sync::atomic::Ordering;
-        let term = self.raft.metrics().borrow().current_term;
-        // Fast path: already fenced in this term (every read after the first).
-        if self.fenced_term.load(Ordering::Acquire) != term {
-            let _guard = self.fencing.lock().await;
-            if self.fenced_term.load(Ordering::Acquire) != term {
-                let r = self
-                    .raft
-                    .client_write(crate::raft::Request {
-                        proposed_at_ms: super::now_ms(),
-                        ops: Vec::new(),
-                    })
-                    .await;
-                match r {
-                    Ok(r) => self.fenced_term.store(r.log_id.leader_id.term, Ordering::Release),
-                    Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                        return Err(not_leader(&f))
-                    }
-                    Err(e) => return Err(Status::unavailable(format!("cannot fix the read point: {e}"))),
-                }
-            }
-        }
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(&f)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(Status::unavailable(format!(
-                "leader cannot reach a quorum to confirm it is still leader: {q}"
-            ))),
-            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("node cannot serve reads: {e}"))),
-        }
     }
 }
 
@@ -157,7 +108,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         check_key(&r.key)?;
         if !r.stale {
-            self.linearize().await?;
+            self.fence.linearize().await?;
         }
         metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => "ok").increment(1);
         Ok(Response::new(match self.reader.get(&r.key).map_err(internal)? {
@@ -186,7 +137,7 @@ impl Kv for KvService {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let r = request.into_inner();
         if !r.stale {
-            self.linearize().await?;
+            self.fence.linearize().await?;
         }
         let limit = if r.limit == 0 {
             LIST_LIMIT_MAX

@@ -5,7 +5,9 @@
 //! [`crate::raft::ArkRaft`] and reads state only through [`crate::raft::state_machine::KvReader`].
 
 pub mod cluster;
+pub mod fence;
 pub mod kv;
+pub mod objects;
 pub mod proposer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -37,6 +37,9 @@ fn op_bytes(op: &Op) -> usize {
         + match &op.command {
             crate::raft::Command::Put { key, value } => key.len() + value.len(),
             crate::raft::Command::Delete { key } => key.len(),
+            crate::raft::Command::ObjPut { ns, key, manifest } => ns.len() + key.len() + manifest.chunks.len() * 36,
+            crate::raft::Command::ChunkHolders { add, remove, .. } => (add.len() + remove.len()) * 32,
+            _ => 64,
         }
 }
 

@@ -5,6 +5,7 @@
 //! the client API: `api` talks to it through [`ArkRaft`] and [`store::Store`]'s read methods.
 
 pub mod network;
+pub mod objects;
 pub mod state_machine;
 pub mod store;
 
@@ -87,6 +88,50 @@ pub enum Command {
         /// Key.
         key: String,
     },
+    /// Create an object namespace (an error result if it exists).
+    NsCreate {
+        /// Name.
+        name: String,
+        /// Policy.
+        policy: objects::NsPolicy,
+    },
+    /// Replace a namespace's policy.
+    NsSet {
+        /// Name.
+        name: String,
+        /// The new policy.
+        policy: objects::NsPolicy,
+    },
+    /// Remove an empty namespace.
+    NsDelete {
+        /// Name.
+        name: String,
+    },
+    /// Commit a new object version whose chunks are already stored on `manifest.holders`.
+    ObjPut {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+        /// Chunks, size, hash and holders.
+        manifest: objects::Manifest,
+    },
+    /// Write a tombstone version.
+    ObjDelete {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+    },
+    /// Record that `node` now holds (or no longer holds) verified copies of chunks.
+    ChunkHolders {
+        /// The node.
+        node: NodeId,
+        /// Chunks it now holds.
+        add: Vec<objects::ChunkId>,
+        /// Chunks it lost.
+        remove: Vec<objects::ChunkId>,
+    },
 }
 
 impl fmt::Display for Request {
@@ -112,6 +157,10 @@ pub struct OpResult {
     pub existed: bool,
     /// This request id had been applied before; the recorded answer is returned.
     pub duplicate: bool,
+    /// Object commands: the version written.
+    pub version: u64,
+    /// The command was refused by the state machine (e.g. namespace missing); nothing changed.
+    pub error: Option<String>,
 }
 
 /// The revision of the op at `position` in the entry at log `index`.

@@ -16,6 +16,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::objects::{self, ObjSnapshot, ObjTables};
 use super::store::{decode, encode};
 use super::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConfig};
 
@@ -58,6 +59,7 @@ struct SessionRecord {
 struct SnapshotBody {
     kv: Vec<(String, StoredValue)>,
     sessions: Vec<(Vec<u8>, SessionRecord)>,
+    objects: ObjSnapshot,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +73,9 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableErro
     tx.open_table(SESSIONS_BY_TIME)?;
     tx.open_table(SM_META)?;
     tx.open_table(SNAPSHOT)?;
+    tx.open_table(objects::NAMESPACES)?;
+    tx.open_table(objects::OBJECTS)?;
+    tx.open_table(objects::CHUNKS)?;
     Ok(())
 }
 
@@ -156,6 +161,7 @@ struct ApplyTables<'t> {
     kv: redb::Table<'t, &'static str, &'static [u8]>,
     sessions: redb::Table<'t, &'static [u8], &'static [u8]>,
     by_time: redb::Table<'t, (u64, u64), &'static [u8]>,
+    obj: ObjTables<'t>,
 }
 
 /// Encodes like [`StoredValue`] without copying the value first.
@@ -186,8 +192,7 @@ fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> 
             t.kv.insert(key.as_str(), v.as_slice()).map_err(sm_write_err)?;
             OpResult {
                 revision: rev,
-                existed: false,
-                duplicate: false,
+                ..OpResult::default()
             }
         }
         Command::Delete { key } => {
@@ -195,9 +200,12 @@ fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> 
             OpResult {
                 revision: rev,
                 existed,
-                duplicate: false,
+                ..OpResult::default()
             }
         }
+        cmd => objects::apply(&mut t.obj, rev, proposed_at_ms, cmd)
+            .map_err(|e| sm_write_err(std::io::Error::other(e)))?
+            .unwrap_or_default(),
     };
     if !op.request_id.is_empty() {
         let rec = encode(&SessionRecord {
@@ -271,6 +279,14 @@ fn sweep_sessions(t: &mut ApplyTables<'_>, now_ms: u64) -> Result<(), StorageErr
     Ok(())
 }
 
+fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, StorageError<NodeId>> {
+    Ok(ObjTables {
+        ns: tx.open_table(objects::NAMESPACES).map_err(sm_write_err)?,
+        objects: tx.open_table(objects::OBJECTS).map_err(sm_write_err)?,
+        chunks: tx.open_table(objects::CHUNKS).map_err(sm_write_err)?,
+    })
+}
+
 impl StateMachine {
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
         let tx = self.db.begin_read().map_err(sm_read_err)?;
@@ -308,6 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             kv: tx.open_table(KV).map_err(sm_write_err)?,
             sessions: tx.open_table(SESSIONS).map_err(sm_write_err)?,
             by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
+            obj: obj_tables(&tx)?,
         };
         for e in entries {
             last = Some(e.log_id);
@@ -395,6 +412,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let packed = pack_ids(ids.into_iter());
                 bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
             }
+            objects::import(&mut obj_tables(&tx)?, &body.objects)
+                .map_err(|e| sm_write_err(std::io::Error::other(e)))?;
             let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
             m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
@@ -455,7 +474,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let (k, v) = item.map_err(sm_read_err)?;
                 sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
             }
-            let data = encode(&SnapshotBody { kv, sessions }).map_err(sm_read_err)?;
+            let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let data = encode(&SnapshotBody { kv, sessions, objects }).map_err(sm_read_err)?;
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("empty-{}", rand::random::<u32>()),
@@ -537,6 +557,7 @@ mod tests {
                 kv: tx.open_table(KV).unwrap(),
                 sessions: tx.open_table(SESSIONS).unwrap(),
                 by_time: tx.open_table(SESSIONS_BY_TIME).unwrap(),
+                obj: obj_tables(&tx).unwrap(),
             };
             sweep_sessions(&mut t, late + 10).unwrap();
             assert!(t.sessions.get(&b"req-1"[..]).unwrap().is_some());

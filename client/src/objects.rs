@@ -1,0 +1,1350 @@
+//! The object half of the SDK (`ark.v1.Objects`), as more methods on [`ArkClient`]:
+//! namespaces, streamed puts and gets, listing, deletion, verification and scrub.
+//!
+//! - Namespace writes and object deletes go to the leader through the KV machinery
+//!   (`ArkClient::call`): leader hints followed, the request id reused on every retry.
+//! - Puts and gets talk to any node over stream connections that have no per-request
+//!   deadline; a transfer is bounded instead by a stall limit ([`TRANSFER_STALL_MAX`]), a
+//!   commit wait ([`PUT_COMMIT_WAIT_MAX`]), a number of attempts, and the client's optional
+//!   object timeout ([`ArkClient::with_object_timeout`]).
+//! - Both directions hash the whole object with SHA-256 as the bytes pass and compare with
+//!   what the node reports; memory stays bounded by a few 1 MiB messages per transfer.
+//! - Downloads to a file go to `<file>.ark-partial`, are fsynced and renamed into place only
+//!   once verified, and removed on failure.
+//!
+//! Owns the transfer loops and their limits and the partial-file protocol. Must not touch
+//! leader discovery or KV retries (`client.rs`), restore policy (`restore.rs`) or printing
+//! (the CLI).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ark_proto::v1::objects_client::ObjectsClient;
+use ark_proto::v1::{
+    get_object_response, put_object_request, CreateNamespaceRequest, DeleteNamespaceRequest, DeleteObjectRequest,
+    DeleteObjectResponse, GetObjectRequest, GetObjectResponse, ListNamespacesRequest, ListObjectsRequest, Namespace,
+    NamespacePolicy, ObjectInfo, PutObjectHeader, PutObjectRequest, PutObjectResponse, ScrubRequest, ScrubResponse,
+    SetNamespaceRequest, VerifyRequest, VerifyResponse,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use ring::digest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::client::{describe, new_request_id, ArkClient};
+use crate::error::ClientError;
+use crate::units::hex;
+
+/// Bytes per data message of an upload (the node's own pieces are the same size).
+pub const PUT_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Messages queued ahead of the transport per upload: with the one being read, the
+/// client's memory per upload is bounded by `PUT_QUEUE_MESSAGES + 1` messages (plus the
+/// HTTP/2 send window).
+const PUT_QUEUE_MESSAGES: usize = 2;
+/// Longest a transfer may go without progress (a message accepted by the transport on a
+/// put, received on a get, or the first answer) before it is treated as a dead connection.
+pub const TRANSFER_STALL_MAX: Duration = Duration::from_secs(30);
+/// Longest a node may take to commit an upload once its last byte was sent (it may still
+/// be replicating the last chunks and then commits the manifest through Raft).
+pub const PUT_COMMIT_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Attempts of one transfer or report across endpoints, whatever the time limit.
+const TRANSFER_ATTEMPTS_MAX: u32 = 8;
+const TRANSFER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const TRANSFER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Largest message accepted from a node; the node's own encoding limit.
+const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Suffix of a download that is not yet verified.
+pub const PARTIAL_SUFFIX: &str = ".ark-partial";
+
+/// Called with the bytes transferred so far and the total when known. An upload that is
+/// retried from the start reports from 0 again.
+pub type Progress = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
+/// Where an upload's bytes come from.
+pub enum PutSource {
+    /// A file. A regular file's size is announced to the node (a stream that ends short or
+    /// long is refused), and the whole upload may be retried from its start, on another
+    /// node, with the same request id. Anything else (a FIFO, a device) is sent as a stream.
+    File(PathBuf),
+    /// A one-pass stream such as stdin: sent as it is read, never retried once a byte of
+    /// it has been read.
+    Reader {
+        /// The bytes.
+        reader: Box<dyn AsyncRead + Send + Unpin>,
+        /// Its exact length when known, announced to the node.
+        size: Option<u64>,
+    },
+}
+
+impl PutSource {
+    /// A one-pass stream of unknown length.
+    pub fn reader(reader: impl AsyncRead + Send + Unpin + 'static) -> Self {
+        PutSource::Reader {
+            reader: Box::new(reader),
+            size: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PutSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            PutSource::Reader { size, .. } => f.debug_struct("Reader").field("size", size).finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Options of [`ArkClient::put_object`].
+#[derive(Clone, Default)]
+pub struct PutOptions {
+    /// Told the bytes handed to the transport so far.
+    pub progress: Option<Progress>,
+}
+
+/// Options of [`ArkClient::get_object`] and [`ArkClient::get_object_to_file`].
+#[derive(Clone, Default)]
+pub struct GetOptions {
+    /// The version to read; 0 = the latest.
+    pub version: u64,
+    /// Read the manifest from the answering node's replica without confirming leadership
+    /// (works in a site cut off from the majority).
+    pub stale: bool,
+    /// The SHA-256 the caller expects (e.g. from a listing): the transfer is refused before
+    /// a byte is written if the node's manifest says otherwise.
+    pub expect_sha256: Option<Vec<u8>>,
+    /// Told the bytes received so far and the object's size.
+    pub progress: Option<Progress>,
+}
+
+/// What a successful put committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutOutcome {
+    /// The new version; its size and SHA-256 were checked against what was sent.
+    pub object: ObjectInfo,
+    /// Chunks of the object, and how many the answering node did not hold before.
+    pub chunks: u64,
+    /// Chunks the answering node did not hold before.
+    pub chunks_new: u64,
+    /// Bytes sent to other nodes before the put was acknowledged.
+    pub bytes_replicated: u64,
+    /// The node answered from an earlier attempt's commit (same request id).
+    pub duplicate: bool,
+    /// Uploads made, the successful one included.
+    pub attempts: u32,
+}
+
+/// How one attempt of a transfer failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Another attempt, maybe on another node, may succeed (node unreachable, connection
+    /// lost, stalled, no leader).
+    Transient(String),
+    /// Retrying will not help.
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Unavailable { last, .. } => Failure::Transient(last),
+            e => Failure::Fatal(e),
+        }
+    }
+}
+
+/// Sorts a node's status into "retry elsewhere" and typed errors.
+fn classify(addr: &str, st: &Status) -> Failure {
+    let msg = || format!("{addr}: {}", st.message());
+    match st.code() {
+        Code::InvalidArgument | Code::OutOfRange => Failure::Fatal(ClientError::InvalidArgument(msg())),
+        Code::NotFound => Failure::Fatal(ClientError::NotFound(msg())),
+        Code::AlreadyExists => Failure::Fatal(ClientError::AlreadyExists(msg())),
+        Code::FailedPrecondition => Failure::Fatal(ClientError::FailedPrecondition(msg())),
+        Code::ResourceExhausted => Failure::Fatal(ClientError::ResourceExhausted(msg())),
+        Code::DataLoss => Failure::Fatal(ClientError::DataLoss(msg())),
+        Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown | Code::DeadlineExceeded => {
+            Failure::Transient(format!("{addr}: {}", describe(st)))
+        }
+        _ => Failure::Fatal(ClientError::Server(format!("{addr}: {}", describe(st)))),
+    }
+}
+
+/// The retry budget of one transfer or report: endpoints in turn, backoff, a cap on
+/// attempts and the optional overall deadline.
+struct Retries {
+    started: Instant,
+    deadline: Option<Instant>,
+    attempts: u32,
+    backoff: Duration,
+    next: usize,
+    last: String,
+}
+
+impl Retries {
+    fn new(limit: Option<Duration>) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            deadline: limit.map(|t| started + t),
+            attempts: 0,
+            backoff: TRANSFER_BACKOFF_MIN,
+            next: 0,
+            last: String::new(),
+        }
+    }
+
+    /// The endpoint of the next attempt.
+    fn endpoint(&mut self, endpoints: &[String]) -> Result<String, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints configured".into()));
+        }
+        let a = endpoints[self.next % endpoints.len()].clone();
+        self.next += 1;
+        self.attempts += 1;
+        Ok(a)
+    }
+
+    /// Records a transient failure; waits the backoff when another attempt is allowed.
+    async fn failed(&mut self, last: String) -> Result<(), ClientError> {
+        self.last = last;
+        let out_of_time = self.deadline.is_some_and(|d| Instant::now() >= d);
+        if out_of_time || self.attempts >= TRANSFER_ATTEMPTS_MAX {
+            return Err(self.give_up(""));
+        }
+        let wait = match self.deadline {
+            Some(d) => self.backoff.min(d.saturating_duration_since(Instant::now())),
+            None => self.backoff,
+        };
+        tokio::time::sleep(wait).await;
+        self.backoff = (self.backoff * 2).min(TRANSFER_BACKOFF_MAX);
+        Ok(())
+    }
+
+    fn give_up(&self, why: &str) -> ClientError {
+        ClientError::Unavailable {
+            attempts: self.attempts,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            last: format!("{}{why}", self.last),
+        }
+    }
+
+    /// Runs one attempt under the overall deadline, if there is one.
+    async fn within<T>(&self, attempt: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+        match self.deadline {
+            None => attempt.await,
+            Some(d) => match tokio::time::timeout_at(tokio::time::Instant::from_std(d), attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::Transient(format!(
+                    "the object timeout of {} ms ran out{}",
+                    d.saturating_duration_since(self.started).as_millis(),
+                    if self.last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (earlier failure: {})", self.last)
+                    }
+                ))),
+            },
+        }
+    }
+}
+
+/// An object client on `ch` that accepts the node's largest messages.
+fn objects(ch: Channel) -> ObjectsClient<Channel> {
+    ObjectsClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+fn missing(what: &str) -> ClientError {
+    ClientError::Server(format!("the node's answer has no {what}"))
+}
+
+impl ArkClient {
+    /// Creates namespace `name` with `policy` (zero fields take the cluster's defaults).
+    /// Applied once even when retried.
+    pub async fn create_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<Namespace, ClientError> {
+        let req = CreateNamespaceRequest {
+            name: name.to_string(),
+            policy: Some(policy),
+            request_id: new_request_id(),
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { objects(ch).create_namespace(req).await }
+        })
+        .await?
+        .into_inner()
+        .namespace
+        .ok_or_else(|| missing("namespace"))
+    }
+
+    /// Replaces the whole policy of namespace `name`.
+    pub async fn set_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<Namespace, ClientError> {
+        let req = SetNamespaceRequest {
+            name: name.to_string(),
+            policy: Some(policy),
+            request_id: new_request_id(),
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { objects(ch).set_namespace(req).await }
+        })
+        .await?
+        .into_inner()
+        .namespace
+        .ok_or_else(|| missing("namespace"))
+    }
+
+    /// Reads namespace `name`'s policy, lets `change` edit it and writes it back. Not
+    /// atomic: a concurrent change between the read and the write is overwritten.
+    pub async fn update_namespace(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut NamespacePolicy),
+    ) -> Result<Namespace, ClientError> {
+        let mut policy = self.namespace(name).await?.policy.ok_or_else(|| missing("policy"))?;
+        change(&mut policy);
+        self.set_namespace(name, policy).await
+    }
+
+    /// Removes an empty namespace; returns whether it existed.
+    pub async fn delete_namespace(&self, name: &str) -> Result<bool, ClientError> {
+        let req = DeleteNamespaceRequest {
+            name: name.to_string(),
+            request_id: new_request_id(),
+        };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { objects(ch).delete_namespace(req).await }
+            })
+            .await?
+            .into_inner()
+            .existed)
+    }
+
+    /// Every namespace with its policy and replication state, as the leader sees them.
+    pub async fn list_namespaces(&self) -> Result<Vec<Namespace>, ClientError> {
+        Ok(self
+            .call(|ch| async move { objects(ch).list_namespaces(ListNamespacesRequest {}).await })
+            .await?
+            .into_inner()
+            .namespaces)
+    }
+
+    /// One namespace, or [`ClientError::NotFound`].
+    pub async fn namespace(&self, name: &str) -> Result<Namespace, ClientError> {
+        self.list_namespaces()
+            .await?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| ClientError::NotFound(format!("namespace {name} does not exist")))
+    }
+
+    /// Objects of namespace `ns` whose key starts with `prefix`: the live latest versions,
+    /// or with `all_versions` every version, tombstones included. At most `limit` (0 = no
+    /// limit); the flag tells whether more matched. Linearizable unless `stale`.
+    pub async fn list_objects(
+        &self,
+        ns: &str,
+        prefix: &str,
+        all_versions: bool,
+        limit: u32,
+        stale: bool,
+    ) -> Result<(Vec<ObjectInfo>, bool), ClientError> {
+        let req = ListObjectsRequest {
+            namespace: ns.to_string(),
+            prefix: prefix.to_string(),
+            all_versions,
+            limit,
+            stale,
+        };
+        let f = |ch: Channel| {
+            let req = req.clone();
+            async move { objects(ch).list_objects(req).await }
+        };
+        let r = if stale {
+            self.call_any(f).await?
+        } else {
+            self.call(f).await?
+        }
+        .into_inner();
+        Ok((r.objects, r.more))
+    }
+
+    /// Deletes `ns/key` by writing a tombstone version. Applied once even when retried.
+    pub async fn delete_object(&self, ns: &str, key: &str) -> Result<DeleteObjectResponse, ClientError> {
+        let req = DeleteObjectRequest {
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            request_id: new_request_id(),
+        };
+        Ok(self
+            .call(|ch| {
+                let req = req.clone();
+                async move { objects(ch).delete_object(req).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Checks every object of `ns` (every namespace when `None`) against its policy, asking
+    /// every holder to re-hash its copies. May take long: bounded by the object timeout if
+    /// set, otherwise only by the connection's keep-alive.
+    pub async fn verify(&self, ns: Option<&str>) -> Result<VerifyResponse, ClientError> {
+        let req = VerifyRequest {
+            namespace: ns.unwrap_or_default().to_string(),
+        };
+        self.call_long(|ch| {
+            let req = req.clone();
+            async move { objects(ch).verify(req).await }
+        })
+        .await
+    }
+
+    /// Starts a scrub pass on every reachable node; with `wait`, answers once every pass has
+    /// finished, with per-node results. Bounded like [`ArkClient::verify`].
+    pub async fn scrub(&self, wait: bool) -> Result<ScrubResponse, ClientError> {
+        self.call_long(|ch| async move { objects(ch).scrub(ScrubRequest { wait }).await })
+            .await
+    }
+
+    /// A long unary call that any node can answer, over stream connections.
+    async fn call_long<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut retries = Retries::new(self.object_timeout());
+        loop {
+            let addr = retries.endpoint(self.endpoints())?;
+            let attempt = async {
+                let ch = self.stream_channel(&addr).await?;
+                f(ch).await.map_err(|st| classify(&addr, &st))
+            };
+            match retries.within(attempt).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(m)) => {
+                    self.forget_stream_channel(&addr);
+                    retries.failed(m).await?;
+                }
+            }
+        }
+    }
+
+    /// Uploads `source` as a new version of `ns/key` to any node and checks that the node
+    /// committed exactly the bytes sent (size and SHA-256).
+    ///
+    /// A file is retried from its start on UNAVAILABLE or a lost connection, on the next
+    /// endpoint, with the same request id (a retry of an upload that was in fact committed
+    /// returns that commit); a stream only while nothing was read from it. Limits: attempts,
+    /// [`TRANSFER_STALL_MAX`] without progress, [`PUT_COMMIT_WAIT_MAX`] for the commit, and
+    /// the object timeout if set. An interrupted upload never becomes visible.
+    pub async fn put_object(
+        &self,
+        ns: &str,
+        key: &str,
+        source: PutSource,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, ClientError> {
+        let request_id = new_request_id();
+        let (path, mut stream) = match source {
+            PutSource::File(p) => (Some(p), None),
+            PutSource::Reader { reader, size } => (None, Some((reader, size))),
+        };
+        let mut retries = Retries::new(self.object_timeout());
+        loop {
+            let addr = retries.endpoint(self.endpoints())?;
+            let mut touched = false;
+            let mut rereadable = false;
+            let attempt = async {
+                let mut file;
+                let (src, size): (&mut (dyn AsyncRead + Send + Unpin), Option<u64>) = match (&path, &mut stream) {
+                    (Some(p), _) => {
+                        let (f, size) = open_source(p).await?;
+                        file = f;
+                        rereadable = size.is_some();
+                        (&mut file, size)
+                    }
+                    (None, Some((reader, size))) => (reader.as_mut(), *size),
+                    (None, None) => return Err(Failure::Fatal(ClientError::Config("upload without a source".into()))),
+                };
+                let header = PutObjectHeader {
+                    namespace: ns.to_string(),
+                    key: key.to_string(),
+                    request_id: request_id.clone(),
+                    size,
+                    sha256: Vec::new(),
+                };
+                self.put_attempt(&addr, header, src, &mut touched, opts.progress.as_ref())
+                    .await
+            };
+            match retries.within(attempt).await {
+                Ok((resp, sent)) => {
+                    return check_put(ns, key, resp, &sent, retries.attempts);
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(m)) => {
+                    self.forget_stream_channel(&addr);
+                    if touched && !rereadable {
+                        retries.last = m;
+                        return Err(retries.give_up(
+                            "; the source is a one-pass stream that was already partly sent, so the upload was not \
+                             retried (nothing was committed unless the node had received all of it)",
+                        ));
+                    }
+                    retries.failed(m).await?;
+                }
+            }
+        }
+    }
+
+    /// One upload to `addr`: the header, then the source in [`PUT_MESSAGE_BYTES`] messages.
+    async fn put_attempt(
+        &self,
+        addr: &str,
+        header: PutObjectHeader,
+        source: &mut (dyn AsyncRead + Send + Unpin),
+        touched: &mut bool,
+        progress: Option<&Progress>,
+    ) -> Result<(PutObjectResponse, Sent), Failure> {
+        let ch = self.stream_channel(addr).await?;
+        let total = header.size;
+        let (tx, rx) = mpsc::channel::<Option<PutObjectRequest>>(PUT_QUEUE_MESSAGES);
+        tx.send(Some(PutObjectRequest {
+            part: Some(put_object_request::Part::Header(header)),
+        }))
+        .await
+        .map_err(|_| Failure::Transient(format!("{addr}: upload queue closed")))?;
+        let mut rpc = Box::pin(async move { objects(ch).put_object(Request::new(upload_stream(rx))).await });
+        if let Some(p) = progress {
+            p(0, total);
+        }
+        let producer = send_data(&tx, source, total, touched, progress);
+        tokio::pin!(producer);
+        let sent = tokio::select! {
+            biased;
+            r = &mut rpc => {
+                return Err(match r {
+                    Err(st) => classify(addr, &st),
+                    // A node must not answer before the upload's end marker was queued.
+                    Ok(_) => Failure::Fatal(ClientError::Server(format!("{addr} answered before the upload ended"))),
+                });
+            }
+            p = &mut producer => match p {
+                Ok(sent) => sent,
+                Err(Produce::Closed) => {
+                    // The transport dropped the upload: the RPC says why.
+                    return Err(match tokio::time::timeout(TRANSFER_STALL_MAX, rpc).await {
+                        Ok(Err(st)) => classify(addr, &st),
+                        Ok(Ok(_)) => Failure::Fatal(ClientError::Server(format!("{addr} answered before the upload ended"))),
+                        Err(_) => Failure::Transient(format!("{addr}: the upload stream closed")),
+                    });
+                }
+                Err(Produce::Stalled) => {
+                    return Err(Failure::Transient(format!(
+                        "{addr}: no upload progress for {} s",
+                        TRANSFER_STALL_MAX.as_secs()
+                    )))
+                }
+                Err(Produce::Fatal(e)) => return Err(Failure::Fatal(e)),
+            },
+        };
+        match tokio::time::timeout(PUT_COMMIT_WAIT_MAX, rpc).await {
+            Ok(Ok(resp)) => Ok((resp.into_inner(), sent)),
+            Ok(Err(st)) => Err(classify(addr, &st)),
+            Err(_) => Err(Failure::Transient(format!(
+                "{addr}: the upload was sent but not committed within {} s",
+                PUT_COMMIT_WAIT_MAX.as_secs()
+            ))),
+        }
+    }
+
+    /// Streams version `opts.version` of `ns/key` into `sink` from any node (with a single
+    /// endpoint, exactly that node), checking size and SHA-256 against the object's
+    /// manifest as the bytes pass.
+    ///
+    /// On UNAVAILABLE, a stall or a lost connection before any byte was written, the next
+    /// endpoint is tried; after that the transfer fails, since `sink` cannot be rewound.
+    /// When this returns an error, what was written to `sink` must be discarded.
+    pub async fn get_object<W>(
+        &self,
+        ns: &str,
+        key: &str,
+        opts: &GetOptions,
+        sink: &mut W,
+    ) -> Result<ObjectInfo, ClientError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.get_into(ns, key, opts, &mut OneShot(sink)).await
+    }
+
+    /// The retry loop of a download; `sink` says whether it can start over.
+    async fn get_into<S: Sink>(
+        &self,
+        ns: &str,
+        key: &str,
+        opts: &GetOptions,
+        sink: &mut S,
+    ) -> Result<ObjectInfo, ClientError> {
+        let req = GetObjectRequest {
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            version: opts.version,
+            stale: opts.stale,
+        };
+        let mut retries = Retries::new(self.object_timeout());
+        loop {
+            let addr = retries.endpoint(self.endpoints())?;
+            let mut wrote = false;
+            let attempt = async {
+                let ch = self.stream_channel(&addr).await?;
+                let stream = match tokio::time::timeout(TRANSFER_STALL_MAX, objects(ch).get_object(req.clone())).await {
+                    Ok(Ok(r)) => r.into_inner(),
+                    Ok(Err(st)) => return Err(classify(&addr, &st)),
+                    Err(_) => {
+                        return Err(Failure::Transient(format!(
+                            "{addr}: no answer within {} s",
+                            TRANSFER_STALL_MAX.as_secs()
+                        )))
+                    }
+                };
+                receive_object(&addr, stream, sink, opts, &mut wrote).await
+            };
+            match retries.within(attempt).await {
+                Ok(info) => return Ok(info),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(m)) => {
+                    self.forget_stream_channel(&addr);
+                    if wrote && !sink.can_restart() {
+                        retries.last = m;
+                        return Err(retries
+                            .give_up("; the transfer broke after data had been written out, so it was not retried"));
+                    }
+                    retries.failed(m).await?;
+                    if wrote {
+                        sink.restart()
+                            .await
+                            .map_err(|e| ClientError::io("cannot start the download over", e))?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Like [`ArkClient::get_object`], into file `dest`: written to `<dest>.ark-partial` in
+    /// the same folder, fsynced, and renamed over `dest` only once verified; on any failure
+    /// the partial file is removed and `dest` is untouched. Since a file can be truncated, a
+    /// transfer that breaks midway starts over on the next endpoint (within the same limits).
+    pub async fn get_object_to_file(
+        &self,
+        ns: &str,
+        key: &str,
+        dest: &Path,
+        opts: &GetOptions,
+    ) -> Result<ObjectInfo, ClientError> {
+        let (partial, mut file) = create_partial(dest).await?;
+        let res = self.get_into(ns, key, opts, &mut file).await;
+        finish_partial(file, &partial, dest, res).await
+    }
+}
+
+/// Where a download goes, and whether it can start over after a broken transfer.
+trait Sink: AsyncWrite + Unpin + Send {
+    /// Whether [`Sink::restart`] works.
+    fn can_restart(&self) -> bool;
+    /// Empties the sink so that the download can be written again from its first byte.
+    fn restart(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Sink for tokio::fs::File {
+    fn can_restart(&self) -> bool {
+        true
+    }
+
+    async fn restart(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncSeekExt;
+        self.flush().await?;
+        self.set_len(0).await?;
+        self.seek(std::io::SeekFrom::Start(0)).await?;
+        Ok(())
+    }
+}
+
+/// Any writer, written once: a broken download cannot start over.
+struct OneShot<'a, W>(&'a mut W);
+
+impl<W: AsyncWrite + Unpin + Send> Sink for OneShot<'_, W> {
+    fn can_restart(&self) -> bool {
+        false
+    }
+
+    async fn restart(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::other("this output cannot be rewound"))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for OneShot<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+/// Opens a file to upload: its size when it is a regular file (and so can be re-read).
+async fn open_source(path: &Path) -> Result<(tokio::fs::File, Option<u64>), Failure> {
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Failure::Fatal(ClientError::io(format!("cannot open {}", path.display()), e)))?;
+    let meta = f
+        .metadata()
+        .await
+        .map_err(|e| Failure::Fatal(ClientError::io(format!("cannot stat {}", path.display()), e)))?;
+    if meta.is_dir() {
+        return Err(Failure::Fatal(ClientError::InvalidArgument(format!(
+            "{} is a folder; upload files one by one",
+            path.display()
+        ))));
+    }
+    Ok((f, meta.is_file().then_some(meta.len())))
+}
+
+/// What an upload attempt sent.
+#[derive(Debug)]
+struct Sent {
+    bytes: u64,
+    sha256: Vec<u8>,
+}
+
+/// Why the producer of an upload stopped early.
+enum Produce {
+    /// The transport no longer takes messages (the RPC ended).
+    Closed,
+    /// The transport took nothing for [`TRANSFER_STALL_MAX`].
+    Stalled,
+    Fatal(ClientError),
+}
+
+/// The request stream of an upload. It ends cleanly only at the explicit end marker
+/// (`None`), which is queued only after the whole source was read and sent. If the sender
+/// goes away without it (read error, cancelled attempt), the stream stays pending instead of
+/// ending: a clean end would let the node commit a truncated upload of unannounced size. The
+/// attempt's RPC is dropped at the same time, which resets the HTTP/2 stream.
+fn upload_stream(rx: mpsc::Receiver<Option<PutObjectRequest>>) -> impl Stream<Item = PutObjectRequest> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Some(Some(m)) => Some((m, rx)),
+            Some(None) => None,
+            None => futures::future::pending().await,
+        }
+    })
+}
+
+/// Reads `source` in [`PUT_MESSAGE_BYTES`] messages, hashes and queues them, then queues the
+/// end marker.
+async fn send_data(
+    tx: &mpsc::Sender<Option<PutObjectRequest>>,
+    source: &mut (dyn AsyncRead + Send + Unpin),
+    total: Option<u64>,
+    touched: &mut bool,
+    progress: Option<&Progress>,
+) -> Result<Sent, Produce> {
+    let queue = |msg: Option<PutObjectRequest>| async move {
+        match tokio::time::timeout(TRANSFER_STALL_MAX, tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Produce::Closed),
+            Err(_) => Err(Produce::Stalled),
+        }
+    };
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut sent: u64 = 0;
+    loop {
+        let data = read_message(source)
+            .await
+            .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
+        if data.is_empty() {
+            break;
+        }
+        *touched = true;
+        sent += data.len() as u64;
+        if total.is_some_and(|t| sent > t) {
+            return Err(Produce::Fatal(changed_while_sent(sent, total)));
+        }
+        ctx.update(&data);
+        queue(Some(PutObjectRequest {
+            part: Some(put_object_request::Part::Data(data)),
+        }))
+        .await?;
+        if let Some(p) = progress {
+            p(sent, total);
+        }
+    }
+    if total.is_some_and(|t| sent != t) {
+        return Err(Produce::Fatal(changed_while_sent(sent, total)));
+    }
+    queue(None).await?;
+    Ok(Sent {
+        bytes: sent,
+        sha256: ctx.finish().as_ref().to_vec(),
+    })
+}
+
+fn changed_while_sent(sent: u64, total: Option<u64>) -> ClientError {
+    ClientError::InvalidArgument(format!(
+        "the source changed while it was being uploaded ({}{sent} bytes read, {} announced); nothing was committed",
+        if total.is_some_and(|t| sent > t) {
+            "at least "
+        } else {
+            ""
+        },
+        total.unwrap_or_default()
+    ))
+}
+
+/// Up to [`PUT_MESSAGE_BYTES`] from `source`, fewer only at its end; empty at its end.
+async fn read_message(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; PUT_MESSAGE_BYTES];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+/// Checks a put's answer against what was sent.
+fn check_put(
+    ns: &str,
+    key: &str,
+    resp: PutObjectResponse,
+    sent: &Sent,
+    attempts: u32,
+) -> Result<PutOutcome, ClientError> {
+    let object = resp.object.ok_or_else(|| missing("object"))?;
+    if object.size != sent.bytes || object.sha256 != sent.sha256 {
+        return Err(ClientError::Integrity(format!(
+            "{ns}/{key} version {} was committed as {} bytes with sha256 {}, but the client sent {} bytes with sha256 \
+             {}; do not trust that version: upload again, then check with `ark verify {ns}`",
+            object.version,
+            object.size,
+            hex(&object.sha256),
+            sent.bytes,
+            hex(&sent.sha256)
+        )));
+    }
+    Ok(PutOutcome {
+        object,
+        chunks: resp.chunks,
+        chunks_new: resp.chunks_new,
+        bytes_replicated: resp.bytes_replicated,
+        duplicate: resp.duplicate,
+        attempts,
+    })
+}
+
+/// Receives one object's stream into `sink`: its info first, then data, verified as it
+/// passes. `wrote` tells whether any byte reached `sink`.
+pub(crate) async fn receive_object<S, W>(
+    addr: &str,
+    mut stream: S,
+    sink: &mut W,
+    opts: &GetOptions,
+    wrote: &mut bool,
+) -> Result<ObjectInfo, Failure>
+where
+    S: Stream<Item = Result<GetObjectResponse, Status>> + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let stalled = || {
+        Failure::Transient(format!(
+            "{addr}: nothing received for {} s",
+            TRANSFER_STALL_MAX.as_secs()
+        ))
+    };
+    let protocol = |what: &str| Failure::Fatal(ClientError::Server(format!("{addr}: {what}")));
+    let integrity = |what: String| Failure::Fatal(ClientError::Integrity(what));
+    let info = match tokio::time::timeout(TRANSFER_STALL_MAX, stream.next()).await {
+        Err(_) => return Err(stalled()),
+        Ok(None) => return Err(protocol("the object stream ended before its info")),
+        Ok(Some(Err(st))) => return Err(classify(addr, &st)),
+        Ok(Some(Ok(GetObjectResponse {
+            part: Some(get_object_response::Part::Info(info)),
+        }))) => info,
+        Ok(Some(Ok(_))) => return Err(protocol("the object stream did not start with its info")),
+    };
+    let name = format!("{}/{} version {}", info.namespace, info.key, info.version);
+    if info.sha256.len() != 32 {
+        return Err(protocol("the object info has no SHA-256"));
+    }
+    if opts.version != 0 && info.version != opts.version {
+        return Err(integrity(format!(
+            "asked for version {} but {addr} sent {name}",
+            opts.version
+        )));
+    }
+    if let Some(want) = &opts.expect_sha256 {
+        if *want != info.sha256 {
+            return Err(integrity(format!(
+                "{name} has sha256 {} on {addr}, but {} was expected",
+                hex(&info.sha256),
+                hex(want)
+            )));
+        }
+    }
+    let progress = opts.progress.as_ref();
+    if let Some(p) = progress {
+        p(0, Some(info.size));
+    }
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut got: u64 = 0;
+    loop {
+        let data = match tokio::time::timeout(TRANSFER_STALL_MAX, stream.next()).await {
+            Err(_) => return Err(stalled()),
+            Ok(None) => break,
+            Ok(Some(Err(st))) => return Err(classify(addr, &st)),
+            Ok(Some(Ok(GetObjectResponse {
+                part: Some(get_object_response::Part::Data(d)),
+            }))) => d,
+            Ok(Some(Ok(_))) => return Err(protocol("unexpected message in the object stream")),
+        };
+        got += data.len() as u64;
+        if got > info.size {
+            return Err(integrity(format!(
+                "{addr} sent more than the {} bytes of {name}",
+                info.size
+            )));
+        }
+        ctx.update(&data);
+        if !data.is_empty() {
+            *wrote = true;
+        }
+        sink.write_all(&data)
+            .await
+            .map_err(|e| Failure::Fatal(ClientError::io("cannot write the object", e)))?;
+        if let Some(p) = progress {
+            p(got, Some(info.size));
+        }
+    }
+    if got != info.size {
+        return Err(integrity(format!(
+            "{addr} sent {got} of the {} bytes of {name}",
+            info.size
+        )));
+    }
+    let sha = ctx.finish();
+    if sha.as_ref() != info.sha256.as_slice() {
+        return Err(integrity(format!(
+            "{name} from {addr} hashes to {} but its manifest says {}",
+            hex(sha.as_ref()),
+            hex(&info.sha256)
+        )));
+    }
+    sink.flush()
+        .await
+        .map_err(|e| Failure::Fatal(ClientError::io("cannot write the object", e)))?;
+    Ok(info)
+}
+
+/// The download-in-progress name of `dest`: `<dest>.ark-partial`, in the same folder so
+/// that the final rename stays on one file system.
+pub fn partial_path(dest: &Path) -> Result<PathBuf, ClientError> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| ClientError::InvalidArgument(format!("{} is not a file name", dest.display())))?;
+    let mut n = name.to_os_string();
+    n.push(PARTIAL_SUFFIX);
+    Ok(dest.with_file_name(n))
+}
+
+/// Creates (or truncates) the partial file of `dest`, refusing a symbolic link there.
+pub(crate) async fn create_partial(dest: &Path) -> Result<(PathBuf, tokio::fs::File), ClientError> {
+    let partial = partial_path(dest)?;
+    if let Ok(m) = tokio::fs::symlink_metadata(&partial).await {
+        if m.file_type().is_symlink() {
+            return Err(ClientError::InvalidArgument(format!(
+                "{} is a symbolic link; refusing to write through it",
+                partial.display()
+            )));
+        }
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .await
+        .map_err(|e| ClientError::io(format!("cannot create {}", partial.display()), e))?;
+    Ok((partial, file))
+}
+
+/// Ends a download into `partial`: on success fsyncs it, renames it over `dest` and fsyncs
+/// the folder; on any failure (the download's or its own) removes it and leaves `dest` as
+/// it was.
+pub(crate) async fn finish_partial<T>(
+    mut file: tokio::fs::File,
+    partial: &Path,
+    dest: &Path,
+    res: Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let res = match res {
+        Ok(v) => commit_partial(&mut file, partial, dest).await.map(|()| v),
+        Err(e) => Err(e),
+    };
+    drop(file);
+    if res.is_err() {
+        match tokio::fs::remove_file(partial).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove the unverified download {}: {e}", partial.display()),
+        }
+    }
+    res
+}
+
+async fn commit_partial(file: &mut tokio::fs::File, partial: &Path, dest: &Path) -> Result<(), ClientError> {
+    let io = |what: &str, p: &Path| {
+        let what = format!("{what} {}", p.display());
+        move |e| ClientError::io(what, e)
+    };
+    file.flush().await.map_err(io("cannot write", partial))?;
+    file.sync_all().await.map_err(io("cannot fsync", partial))?;
+    tokio::fs::rename(partial, dest)
+        .await
+        .map_err(io(&format!("cannot rename {} to", partial.display()), dest))?;
+    // The rename is durable only once the folder is.
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let d = tokio::fs::File::open(dir)
+        .await
+        .map_err(io("cannot open folder", dir))?;
+    d.sync_all().await.map_err(io("cannot fsync folder", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> Vec<u8> {
+        digest::digest(&digest::SHA256, b).as_ref().to_vec()
+    }
+
+    fn info(data: &[u8]) -> ObjectInfo {
+        ObjectInfo {
+            namespace: "ns".into(),
+            key: "k".into(),
+            version: 3,
+            size: data.len() as u64,
+            sha256: sha(data),
+            chunks: 1,
+            created_ms: 1,
+            deleted: false,
+        }
+    }
+
+    fn stream_of(
+        info: ObjectInfo,
+        pieces: &[&[u8]],
+        tail: Option<Status>,
+    ) -> impl Stream<Item = Result<GetObjectResponse, Status>> + Unpin {
+        let mut items = vec![Ok(GetObjectResponse {
+            part: Some(get_object_response::Part::Info(info)),
+        })];
+        for p in pieces {
+            items.push(Ok(GetObjectResponse {
+                part: Some(get_object_response::Part::Data(Bytes::copy_from_slice(p))),
+            }));
+        }
+        items.extend(tail.map(Err));
+        futures::stream::iter(items)
+    }
+
+    /// A download into `dest` from an in-memory stream, through the partial-file protocol.
+    async fn download(
+        dest: &Path,
+        stream: impl Stream<Item = Result<GetObjectResponse, Status>> + Unpin,
+        opts: &GetOptions,
+    ) -> (Result<ObjectInfo, ClientError>, bool) {
+        let (partial, mut file) = match create_partial(dest).await {
+            Ok(p) => p,
+            Err(e) => return (Err(e), false),
+        };
+        let mut wrote = false;
+        let res = receive_object("test", stream, &mut file, opts, &mut wrote)
+            .await
+            .map_err(|f| match f {
+                Failure::Fatal(e) => e,
+                Failure::Transient(m) => ClientError::Server(m),
+            });
+        (finish_partial(file, &partial, dest, res).await, wrote)
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_verified_download_is_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        let data = b"hello, disaster recovery";
+        let (res, wrote) = download(
+            &dest,
+            stream_of(info(data), &[&data[..5], &data[5..]], None),
+            &GetOptions::default(),
+        )
+        .await;
+        let got = res.unwrap();
+        assert!(wrote);
+        assert_eq!(got.version, 3);
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert_eq!(
+            leftovers(dir.path()),
+            vec!["out.bin".to_string()],
+            "no partial file may remain"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_download_leaves_no_file_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        std::fs::write(&dest, b"previous good copy").unwrap();
+        let data = b"0123456789";
+        // Same length, one byte flipped.
+        let (res, _) = download(
+            &dest,
+            stream_of(info(data), &[b"0123456780"], None),
+            &GetOptions::default(),
+        )
+        .await;
+        assert!(matches!(res, Err(ClientError::Integrity(_))), "{res:?}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"previous good copy");
+        assert_eq!(leftovers(dir.path()), vec!["out.bin".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn short_long_and_broken_downloads_are_refused_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x");
+        let data = b"0123456789";
+        let cases: Vec<(Vec<&[u8]>, Option<Status>)> = vec![
+            (vec![&data[..4]], None),
+            (vec![&data[..], b"!"], None),
+            (
+                vec![&data[..4]],
+                Some(Status::data_loss("every copy of chunk ab12 is corrupt")),
+            ),
+            (vec![&data[..4]], Some(Status::unavailable("connection reset"))),
+        ];
+        for (pieces, tail) in cases {
+            let (res, wrote) = download(&dest, stream_of(info(data), &pieces, tail), &GetOptions::default()).await;
+            assert!(res.is_err(), "{pieces:?} must fail");
+            assert!(wrote);
+            assert!(!dest.exists());
+            assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_hash_or_version_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x");
+        let data = b"abc";
+        let opts = GetOptions {
+            expect_sha256: Some(sha(b"something else")),
+            ..GetOptions::default()
+        };
+        let (res, wrote) = download(&dest, stream_of(info(data), &[data], None), &opts).await;
+        assert!(matches!(res, Err(ClientError::Integrity(_))), "{res:?}");
+        assert!(!wrote);
+        let opts = GetOptions {
+            version: 2,
+            ..GetOptions::default()
+        };
+        let (res, wrote) = download(&dest, stream_of(info(data), &[data], None), &opts).await;
+        assert!(matches!(res, Err(ClientError::Integrity(_))), "{res:?}");
+        assert!(!wrote);
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_before_data_is_retryable() {
+        let data = b"abc";
+        let mut sink = Vec::new();
+        let mut wrote = false;
+        let s = stream_of(info(data), &[], Some(Status::unavailable("leader lost")));
+        let r = receive_object("n1", s, &mut sink, &GetOptions::default(), &mut wrote).await;
+        assert!(matches!(r, Err(Failure::Transient(_))), "{r:?}");
+        assert!(!wrote && sink.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_object_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("empty");
+        let (res, wrote) = download(&dest, stream_of(info(b""), &[], None), &GetOptions::default()).await;
+        res.unwrap();
+        assert!(!wrote);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn a_file_download_can_start_over_but_a_writer_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = tokio::fs::File::create(&path).await.unwrap();
+        assert!(Sink::can_restart(&file));
+        file.write_all(b"first attempt, longer").await.unwrap();
+        Sink::restart(&mut file).await.unwrap();
+        file.write_all(b"second").await.unwrap();
+        file.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+
+        let mut v: Vec<u8> = Vec::new();
+        let mut once = OneShot(&mut v);
+        assert!(!once.can_restart());
+        assert!(once.restart().await.is_err());
+        once.write_all(b"x").await.unwrap();
+        assert_eq!(v, b"x");
+    }
+
+    #[test]
+    fn the_partial_file_sits_next_to_the_destination() {
+        assert_eq!(
+            partial_path(Path::new("/a/b/c.bin")).unwrap(),
+            PathBuf::from("/a/b/c.bin.ark-partial")
+        );
+        assert_eq!(partial_path(Path::new("c")).unwrap(), PathBuf::from("c.ark-partial"));
+        assert!(partial_path(Path::new("/")).is_err());
+        assert!(partial_path(Path::new("a/..")).is_err());
+    }
+
+    #[tokio::test]
+    async fn uploads_are_read_in_full_messages_and_hashed() {
+        let data: Vec<u8> = (0..(PUT_MESSAGE_BYTES * 2 + 10)).map(|i| (i % 251) as u8).collect();
+        let (tx, mut rx) = mpsc::channel(PUT_QUEUE_MESSAGES);
+        let collector = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            let mut ended = false;
+            while let Some(m) = rx.recv().await {
+                match m {
+                    Some(PutObjectRequest {
+                        part: Some(put_object_request::Part::Data(d)),
+                    }) => sizes.push(d.len()),
+                    None => ended = true,
+                    Some(_) => panic!("unexpected message"),
+                }
+            }
+            (sizes, ended)
+        });
+        let mut src: &[u8] = &data;
+        let mut touched = false;
+        let sent = send_data(&tx, &mut src, Some(data.len() as u64), &mut touched, None)
+            .await
+            .map_err(|_| "send failed")
+            .unwrap();
+        drop(tx);
+        let (sizes, ended) = collector.await.unwrap();
+        assert_eq!(sizes, vec![PUT_MESSAGE_BYTES, PUT_MESSAGE_BYTES, 10]);
+        assert!(ended && touched);
+        assert_eq!(sent.bytes, data.len() as u64);
+        assert_eq!(sent.sha256, sha(&data));
+    }
+
+    #[tokio::test]
+    async fn a_source_that_changed_size_never_sends_the_end_marker() {
+        for announced in [3u64, 100] {
+            let (tx, mut rx) = mpsc::channel(8);
+            let mut src: &[u8] = b"0123456789";
+            let mut touched = false;
+            let r = send_data(&tx, &mut src, Some(announced), &mut touched, None).await;
+            assert!(matches!(r, Err(Produce::Fatal(ClientError::InvalidArgument(_)))));
+            drop(tx);
+            while let Some(m) = rx.recv().await {
+                assert!(m.is_some(), "the end marker must not be sent for a changed source");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upload_stream_ends_only_at_the_end_marker() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut s = Box::pin(upload_stream(rx));
+        tx.send(Some(PutObjectRequest::default())).await.unwrap();
+        drop(tx);
+        assert!(s.next().await.is_some());
+        // The sender left without the marker: the stream must stay pending, not end.
+        assert!(
+            futures::FutureExt::now_or_never(s.next()).is_none(),
+            "the stream ended cleanly without the end marker"
+        );
+
+        let (tx, rx) = mpsc::channel(4);
+        let mut s = Box::pin(upload_stream(rx));
+        tx.send(None).await.unwrap();
+        assert!(s.next().await.is_none());
+    }
+
+    #[test]
+    fn statuses_sort_into_retry_and_typed_errors() {
+        assert!(matches!(
+            classify("a", &Status::unavailable("x")),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(classify("a", &Status::aborted("x")), Failure::Transient(_)));
+        assert!(matches!(
+            classify("a", &Status::not_found("x")),
+            Failure::Fatal(ClientError::NotFound(_))
+        ));
+        assert!(matches!(
+            classify("a", &Status::data_loss("x")),
+            Failure::Fatal(ClientError::DataLoss(_))
+        ));
+        assert!(matches!(
+            classify("a", &Status::resource_exhausted("x")),
+            Failure::Fatal(ClientError::ResourceExhausted(_))
+        ));
+        assert!(matches!(
+            classify("a", &Status::permission_denied("x")),
+            Failure::Fatal(ClientError::Server(_))
+        ));
+    }
+}

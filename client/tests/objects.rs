@@ -1,0 +1,229 @@
+//! Objects end to end on a 3-site playground of real `arkd` processes, through the `ark`
+//! CLI: sync puts readable byte-identical from every node and after losing the node that
+//! received them, incremental puts that send little, and scrub repairing a flipped byte
+//! without ever serving it.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Pg};
+use rand::{RngCore, SeedableRng};
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what} failed: {}\n{}", stderr(o), stdout(o));
+    stdout(o)
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// `ark get` through one node only; returns the bytes read.
+fn get_via(pg: &Pg, node: u64, obj: &str, out: &Path) -> Vec<u8> {
+    let addr = pg.node(node).client_addr;
+    let o = pg.ark(&["--endpoint", &addr, "get", obj, "-o", out.to_str().unwrap()]);
+    ok(&o, &format!("get {obj} via node {node}"));
+    let b = std::fs::read(out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    b
+}
+
+/// Sum over live nodes of the bytes moved between nodes (pushed plus pulled).
+fn bytes_between_nodes(pg: &Pg, nodes: &[u64]) -> f64 {
+    nodes
+        .iter()
+        .map(|n| {
+            pg.metric(*n, "ark_replication_bytes_sent_total") + pg.metric(*n, "ark_replication_bytes_fetched_total")
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_object_is_identical_everywhere_survives_its_receiver_and_incremental_put_sends_little() {
+    let mut pg = Pg::up(3, 20_000).await;
+    let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(&pg.ark(&["ns", "create", "ckpt", "--mode", "sync"]), "ns create");
+
+    const LEN: usize = 256 * 1024 * 1024;
+    let src = pg.path().join("model.bin");
+    let mut data = random_file(&src, LEN, 7);
+    // The receiving node is a follower, so the manifest is forwarded to the leader.
+    let receiver = (1..=3).find(|n| *n != leader).unwrap();
+    let raddr = pg.node(receiver).client_addr;
+    let t = Instant::now();
+    let out = ok(
+        &pg.ark(&["--endpoint", &raddr, "put", "ckpt/model.bin", src.to_str().unwrap()]),
+        "put",
+    );
+    eprintln!("put 256 MiB via node {receiver} in {:?}: {out}", t.elapsed());
+
+    let dst: PathBuf = pg.path().join("read.bin");
+    for n in 1..=3 {
+        assert!(
+            get_via(&pg, n, "ckpt/model.bin", &dst) == data,
+            "node {n} returned different bytes"
+        );
+    }
+
+    pg.kill(receiver);
+    let others: Vec<u64> = (1..=3).filter(|n| *n != receiver).collect();
+    pg.wait_leader(Some(receiver), Duration::from_secs(20)).await;
+    for n in &others {
+        assert!(
+            get_via(&pg, *n, "ckpt/model.bin", &dst) == data,
+            "node {n} returned different bytes after node {receiver} was killed"
+        );
+    }
+
+    // Bring the receiver back, then put the object again with one contiguous 1% region
+    // changed: only the chunks around that region may travel.
+    pg.start(receiver);
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let o = pg.ark(&["--endpoint", &raddr, "status"]);
+        if o.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let region = LEN / 100;
+    let at = LEN / 2 + 12345;
+    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut data[at..at + region]);
+    std::fs::write(&src, &data).unwrap();
+    let all = [1, 2, 3];
+    let before = bytes_between_nodes(&pg, &all);
+    ok(
+        &pg.ark(&["--endpoint", &raddr, "put", "ckpt/model.bin", src.to_str().unwrap()]),
+        "second put",
+    );
+    let sent = bytes_between_nodes(&pg, &all) - before;
+    eprintln!(
+        "second put moved {sent} bytes between nodes = {:.2}% of the object",
+        100.0 * sent / LEN as f64
+    );
+    assert!(
+        sent <= 0.05 * LEN as f64,
+        "second put moved {sent} bytes, more than 5% of {LEN}"
+    );
+    assert!(sent > 0.0, "the changed chunks must have travelled to the other sites");
+    for n in 1..=3 {
+        assert!(
+            get_via(&pg, n, "ckpt/model.bin", &dst) == data,
+            "node {n}: second version differs"
+        );
+    }
+}
+
+/// Every chunk file of node `id` (path, hex id).
+fn chunk_files(pg: &Pg, id: u64) -> Vec<PathBuf> {
+    let root = pg.node(id).data_dir.join("chunks");
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "tmp") {
+                    stack.push(p);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn flip_byte(p: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x5a;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&b).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_is_never_served_and_scrub_repairs_it() {
+    let pg = Pg::up(3, 20_000).await;
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(&pg.ark(&["ns", "create", "data", "--mode", "sync"]), "ns create");
+    let src = pg.path().join("obj.bin");
+    let data = random_file(&src, 6 * 1024 * 1024 + 333, 11);
+    ok(&pg.ark(&["put", "data/obj.bin", src.to_str().unwrap()]), "put");
+
+    // Corrupt one byte of one chunk on node 3.
+    let files = chunk_files(&pg, 3);
+    assert!(files.len() >= 2, "expected several chunks, found {files:?}");
+    let victim = files[0].clone();
+    let original = std::fs::read(&victim).unwrap();
+    flip_byte(&victim, original.len() as u64 / 2);
+
+    // Scrub finds it on node 3 and repairs it from a replica.
+    let o = ok(&pg.ark(&["scrub", "--wait", "--json"]), "scrub");
+    let report: serde_json::Value = serde_json::from_str(&o).unwrap_or_else(|e| panic!("scrub --json: {e}: {o}"));
+    let text = report.to_string();
+    let nodes = report["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {text}"));
+    let n3 = nodes
+        .iter()
+        .find(|n| n["node_id"].as_u64() == Some(3))
+        .unwrap_or_else(|| panic!("node 3 missing in {text}"));
+    assert_eq!(n3["corrupt"].as_u64(), Some(1), "{text}");
+    assert_eq!(n3["repaired"].as_u64(), Some(1), "{text}");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        original,
+        "scrub did not restore the chunk file"
+    );
+    for n in [1, 2] {
+        let r = nodes.iter().find(|x| x["node_id"].as_u64() == Some(n)).unwrap();
+        assert_eq!(r["corrupt"].as_u64().unwrap_or(0), 0, "{text}");
+    }
+
+    // A read through node 3 of a chunk corrupt there is served from a replica.
+    flip_byte(&victim, 0);
+    let dst = pg.path().join("back.bin");
+    assert!(
+        get_via(&pg, 3, "data/obj.bin", &dst) == data,
+        "node 3 served corrupt bytes"
+    );
+
+    // When every copy of a chunk is corrupt, the read fails loudly and writes no file.
+    let name = victim.file_name().unwrap().to_owned();
+    for n in 1..=3 {
+        let f = chunk_files(&pg, n)
+            .into_iter()
+            .find(|p| p.file_name() == Some(&name))
+            .unwrap_or_else(|| panic!("node {n} lacks the chunk"));
+        flip_byte(&f, 7);
+    }
+    for n in 1..=3 {
+        let addr = pg.node(n).client_addr;
+        let o = pg.ark(&["--endpoint", &addr, "get", "data/obj.bin", "-o", dst.to_str().unwrap()]);
+        assert!(
+            !o.status.success(),
+            "node {n} served an object whose chunk is corrupt everywhere"
+        );
+        assert!(!dst.exists(), "a failed get left {dst:?} behind");
+    }
+    let o = pg.ark(&["verify", "data", "--json"]);
+    assert!(
+        !o.status.success(),
+        "verify must fail when every copy of a chunk is corrupt"
+    );
+}

@@ -1,0 +1,831 @@
+//! The `ark.v1.Objects` service: namespaces, streamed object puts and gets, listing,
+//! deletion, verification and scrub.
+//!
+//! Put path: the upload is cut into content-defined chunks as it arrives; each chunk is
+//! hashed and stored locally (fsync) and, in a sync namespace, pushed to the placement
+//! targets in other sites, a few chunks in flight at a time so memory stays bounded. Only
+//! when the stream ended cleanly, the size and hash match what the client announced, and
+//! enough sites hold every chunk, is the manifest committed through Raft (forwarded to the
+//! leader from a follower). Anything short of that leaves no visible object; the orphaned
+//! chunk files are collected by the scrubber after the grace period.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ark_proto::v1::objects_server::Objects;
+use ark_proto::v1::{
+    get_object_response, put_object_request, ChunkState, CreateNamespaceRequest, DeleteNamespaceRequest,
+    DeleteNamespaceResponse, DeleteObjectRequest, DeleteObjectResponse, DurabilityMode, GetObjectRequest,
+    GetObjectResponse, ListNamespacesRequest, ListNamespacesResponse, ListObjectsRequest, ListObjectsResponse,
+    Namespace, NamespacePolicy, NamespaceResponse, NodeScrub, ObjectInfo, ObjectReport, PutObjectRequest,
+    PutObjectResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest, VerifyRequest, VerifyResponse,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::now_ms;
+use crate::chunks::{chunk_id, to_hex, ChunkError, Chunker, ChunkerParams, ObjectHasher};
+use crate::raft::objects::{ChunkRef, Manifest, Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
+use crate::raft::{Command, NodeId, Op, OpResult};
+use crate::replicate::{placement, DataPlane, Peer};
+
+/// Accepted request id lengths.
+const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
+/// Bytes per data message sent to clients (under tonic's default 4 MiB decoding limit).
+const SEND_PIECE: usize = 1024 * 1024;
+/// How long a write may look for a leader before it fails.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The object service.
+pub struct ObjectsService {
+    dp: Arc<DataPlane>,
+}
+
+impl ObjectsService {
+    /// A service over the node's data plane.
+    pub fn new(dp: Arc<DataPlane>) -> Self {
+        Self { dp }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn check_request_id(id: &[u8]) -> Result<(), Status> {
+    if !REQUEST_ID_BYTES.contains(&id.len()) {
+        return Err(Status::invalid_argument(format!(
+            "request_id must be {} to {} bytes (got {}); the SDK fills it in",
+            REQUEST_ID_BYTES.start(),
+            REQUEST_ID_BYTES.end(),
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_ns(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= NS_NAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return Err(Status::invalid_argument(format!(
+            "namespace {name:?} must be 1 to {NS_NAME_MAX} characters of a-z, A-Z, 0-9, '-', '_', '.'"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<(), Status> {
+    if key.is_empty() || key.len() > OBJECT_KEY_MAX || key.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "object key must be 1 to {OBJECT_KEY_MAX} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn policy_from_proto(p: Option<NamespacePolicy>) -> Result<NsPolicy, Status> {
+    let d = NsPolicy::default();
+    let Some(p) = p else {
+        return Ok(d);
+    };
+    let pol = NsPolicy {
+        copies: if p.copies == 0 { d.copies } else { p.copies },
+        min_sites: if p.min_sites == 0 { d.min_sites } else { p.min_sites },
+        mode: match DurabilityMode::try_from(p.mode).unwrap_or(DurabilityMode::Unspecified) {
+            DurabilityMode::Async => Mode::Async,
+            _ => Mode::Sync,
+        },
+        max_lag_ms: if p.max_lag_ms == 0 { d.max_lag_ms } else { p.max_lag_ms },
+        priority: p.priority,
+        versions_kept: if p.versions_kept == 0 {
+            d.versions_kept
+        } else {
+            p.versions_kept
+        },
+        compress: p.compress,
+    };
+    if let Some(problem) = pol.problem() {
+        return Err(Status::invalid_argument(problem));
+    }
+    Ok(pol)
+}
+
+fn policy_to_proto(p: &NsPolicy) -> NamespacePolicy {
+    NamespacePolicy {
+        copies: p.copies,
+        min_sites: p.min_sites,
+        mode: match p.mode {
+            Mode::Sync => DurabilityMode::Sync as i32,
+            Mode::Async => DurabilityMode::Async as i32,
+        },
+        max_lag_ms: p.max_lag_ms,
+        priority: p.priority,
+        versions_kept: p.versions_kept,
+        compress: p.compress,
+    }
+}
+
+fn info(o: &ObjectEntry) -> ObjectInfo {
+    ObjectInfo {
+        namespace: o.ns.clone(),
+        key: o.key.clone(),
+        version: o.version,
+        size: o.record.size,
+        sha256: if o.record.deleted {
+            Vec::new()
+        } else {
+            o.record.sha256.to_vec()
+        },
+        chunks: o.record.chunks.len() as u32,
+        created_ms: o.record.created_ms,
+        deleted: o.record.deleted,
+    }
+}
+
+/// Maps a state machine refusal to a status.
+fn refused(r: &OpResult) -> Result<(), Status> {
+    match &r.error {
+        None => Ok(()),
+        Some(msg) if msg.contains("does not exist") => Err(Status::not_found(msg.clone())),
+        Some(msg) if msg.contains("already exists") => Err(Status::already_exists(msg.clone())),
+        Some(msg) if msg.contains("must be") => Err(Status::invalid_argument(msg.clone())),
+        Some(msg) => Err(Status::failed_precondition(msg.clone())),
+    }
+}
+
+/// Progress of one upload's chunk pipeline.
+#[derive(Default)]
+struct Uploaded {
+    chunks: Vec<ChunkRef>,
+    new_local: u64,
+    replicated: u64,
+}
+
+impl ObjectsService {
+    async fn write(&self, request_id: Vec<u8>, command: Command) -> Result<OpResult, Status> {
+        let r = self.dp.propose(Op { request_id, command }, PROPOSE_DEADLINE).await?;
+        refused(&r)?;
+        Ok(r)
+    }
+
+    /// The namespace's policy from the local replica, waiting briefly for a namespace that
+    /// was just created on the leader to be applied here.
+    async fn policy(&self, ns: &str) -> Result<NsPolicy, Status> {
+        for _ in 0..40 {
+            if let Some(r) = self.dp.reader.namespace(ns).map_err(internal)? {
+                return Ok(r.policy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Status::not_found(format!("namespace {ns} does not exist")))
+    }
+
+    fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
+        let live = self.dp.reader.list(name, "", false).map_err(internal)?;
+        let (behind, lag_ms) = self
+            .dp
+            .lag
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).copied())
+            .unwrap_or((0, 0));
+        Ok(Namespace {
+            name: name.to_string(),
+            policy: Some(policy_to_proto(policy)),
+            objects: live.len() as u64,
+            bytes: live.iter().map(|o| o.record.size).sum(),
+            behind,
+            lag_ms,
+        })
+    }
+
+    /// Processes the chunks of one upload: store locally, push to `targets` (a target that
+    /// fails once is dropped for the rest of the object).
+    async fn store_chunks(
+        dp: Arc<DataPlane>,
+        rx: mpsc::Receiver<Bytes>,
+        targets: Vec<Peer>,
+        compress: bool,
+    ) -> Result<(Uploaded, Vec<NodeId>), Status> {
+        let failed: Arc<Mutex<BTreeMap<NodeId, String>>> = Arc::default();
+        let streams = dp.cfg.streams.max(1);
+        let mut out = Uploaded::default();
+        let mut results = ReceiverStream::new(rx)
+            .map(|data: Bytes| {
+                let dp = dp.clone();
+                let targets = targets.clone();
+                let failed = failed.clone();
+                async move {
+                    let len = data.len();
+                    let store = dp.store.clone();
+                    let d = data.clone();
+                    let (id, new) = tokio::task::spawn_blocking(move || {
+                        let id = chunk_id(&d);
+                        store.put(&id, &d, compress).map(|new| (id, new))
+                    })
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| match e {
+                        ChunkError::DiskFull => Status::resource_exhausted(format!(
+                            "node {}: disk full while storing the upload; nothing was committed",
+                            dp.id
+                        )),
+                        e => Status::internal(format!("storing a chunk: {e}")),
+                    })?;
+                    if !new {
+                        dp.touch(&id);
+                    }
+                    let pushes = targets.iter().map(|t| {
+                        let dp = dp.clone();
+                        let failed = failed.clone();
+                        let data = data.clone();
+                        async move {
+                            if failed.lock().map(|f| f.contains_key(&t.id)).unwrap_or(true) {
+                                return 0;
+                            }
+                            match dp.push_chunk(t, id, data, compress).await {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    tracing::warn!(target = t.id, error = %e, "push failed; target dropped for this object");
+                                    if let Ok(mut f) = failed.lock() {
+                                        f.insert(t.id, e.to_string());
+                                    }
+                                    0
+                                }
+                            }
+                        }
+                    });
+                    let sent: u64 = futures::future::join_all(pushes).await.into_iter().sum();
+                    Ok::<_, Status>((
+                        ChunkRef {
+                            id,
+                            len: len as u32,
+                        },
+                        new,
+                        sent,
+                    ))
+                }
+            })
+            .buffered(streams);
+        while let Some(r) = results.next().await {
+            let (c, new, sent) = r?;
+            out.chunks.push(c);
+            out.new_local += new as u64;
+            out.replicated += sent;
+        }
+        let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
+        for (node, why) in &failed {
+            tracing::warn!(node, why, "copy on this node is missing; the repair queue will add it");
+        }
+        let ok: Vec<NodeId> = targets
+            .iter()
+            .map(|t| t.id)
+            .filter(|t| !failed.contains_key(t))
+            .collect();
+        Ok((out, ok))
+    }
+}
+
+type GetStream = Pin<Box<dyn Stream<Item = Result<GetObjectResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Objects for ObjectsService {
+    async fn create_namespace(
+        &self,
+        request: Request<CreateNamespaceRequest>,
+    ) -> Result<Response<NamespaceResponse>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.name)?;
+        check_request_id(&r.request_id)?;
+        let policy = policy_from_proto(r.policy)?;
+        let res = self
+            .write(
+                r.request_id,
+                Command::NsCreate {
+                    name: r.name.clone(),
+                    policy: policy.clone(),
+                },
+            )
+            .await?;
+        let _ = res;
+        Ok(Response::new(NamespaceResponse {
+            namespace: Some(self.namespace_view(&r.name, &policy)?),
+        }))
+    }
+
+    async fn set_namespace(
+        &self,
+        request: Request<SetNamespaceRequest>,
+    ) -> Result<Response<NamespaceResponse>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.name)?;
+        check_request_id(&r.request_id)?;
+        let policy = policy_from_proto(r.policy)?;
+        self.write(
+            r.request_id,
+            Command::NsSet {
+                name: r.name.clone(),
+                policy: policy.clone(),
+            },
+        )
+        .await?;
+        Ok(Response::new(NamespaceResponse {
+            namespace: Some(self.namespace_view(&r.name, &policy)?),
+        }))
+    }
+
+    async fn delete_namespace(
+        &self,
+        request: Request<DeleteNamespaceRequest>,
+    ) -> Result<Response<DeleteNamespaceResponse>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.name)?;
+        check_request_id(&r.request_id)?;
+        let res = self.write(r.request_id, Command::NsDelete { name: r.name }).await?;
+        Ok(Response::new(DeleteNamespaceResponse { existed: res.existed }))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
+        self.dp.linearize().await?;
+        let mut namespaces = Vec::new();
+        for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
+            namespaces.push(self.namespace_view(&name, &rec.policy)?);
+        }
+        Ok(Response::new(ListNamespacesResponse { namespaces }))
+    }
+
+    async fn put_object(
+        &self,
+        request: Request<Streaming<PutObjectRequest>>,
+    ) -> Result<Response<PutObjectResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(PutObjectRequest {
+                part: Some(put_object_request::Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an upload must be its header",
+                ))
+            }
+        };
+        check_ns(&header.namespace)?;
+        check_key(&header.key)?;
+        check_request_id(&header.request_id)?;
+        if !header.sha256.is_empty() && header.sha256.len() != 32 {
+            return Err(Status::invalid_argument("sha256 must be 32 bytes when given"));
+        }
+        let policy = self.policy(&header.namespace).await?;
+        let dp = self.dp.clone();
+
+        // Placement: sync namespaces push to targets while receiving.
+        let targets = match policy.mode {
+            Mode::Async => Vec::new(),
+            Mode::Sync => {
+                let live = dp.live_peers(Duration::from_secs(2)).await;
+                let here: BTreeSet<String> = [dp.site.clone()].into();
+                let t = placement::choose(&here, &[dp.id], &live, policy.copies.saturating_sub(1) as usize);
+                let mut sites = here;
+                sites.extend(t.iter().map(|p| p.site.clone()));
+                if sites.len() < policy.min_sites as usize {
+                    return Err(Status::failed_precondition(format!(
+                        "namespace {} is sync and needs copies in {} sites; only {} reachable from node {} ({:?})",
+                        header.namespace,
+                        policy.min_sites,
+                        sites.len(),
+                        dp.id,
+                        sites
+                    )));
+                }
+                t
+            }
+        };
+
+        let params = ChunkerParams::default();
+        let mut chunker = Chunker::new(params).map_err(internal)?;
+        let (tx, rx) = mpsc::channel::<Bytes>(2);
+        let worker = tokio::spawn(Self::store_chunks(dp.clone(), rx, targets.clone(), policy.compress));
+        let mut hasher = ObjectHasher::new();
+        let mut size: u64 = 0;
+        let received: Result<(), Status> = async {
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(st) => {
+                        return Err(Status::aborted(format!(
+                            "upload interrupted ({}); nothing was committed",
+                            st.message()
+                        )))
+                    }
+                };
+                let data = match msg.part {
+                    Some(put_object_request::Part::Data(d)) => d,
+                    _ => return Err(Status::invalid_argument("only data messages may follow the header")),
+                };
+                size += data.len() as u64;
+                if header.size.is_some_and(|s| size > s) {
+                    return Err(Status::invalid_argument(format!(
+                        "upload is longer than the announced {} bytes; nothing was committed",
+                        header.size.unwrap_or(0)
+                    )));
+                }
+                hasher.update(&data);
+                for c in chunker.push(&data) {
+                    if tx.send(c).await.is_err() {
+                        return Ok(()); // the worker failed; its error is reported below
+                    }
+                }
+            }
+            for c in chunker.finish() {
+                if tx.send(c).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        if let Err(st) = received {
+            worker.abort();
+            metrics::counter!("ark_object_puts_total", "result" => "aborted").increment(1);
+            return Err(st);
+        }
+        let (uploaded, ok_targets) = worker.await.map_err(internal)??;
+        if let Some(want) = header.size {
+            if want != size {
+                metrics::counter!("ark_object_puts_total", "result" => "aborted").increment(1);
+                return Err(Status::invalid_argument(format!(
+                    "upload ended after {size} of the announced {want} bytes (truncated); nothing was committed"
+                )));
+            }
+        }
+        let sha = hasher.finish();
+        if !header.sha256.is_empty() && header.sha256.as_slice() != sha {
+            return Err(Status::invalid_argument(format!(
+                "upload hashes to {} but the client announced {}; nothing was committed",
+                to_hex(&sha),
+                hex_of(&header.sha256)
+            )));
+        }
+        let mut holders = vec![dp.id];
+        holders.extend(ok_targets);
+        if policy.mode == Mode::Sync {
+            let sites = dp.sites_of(&holders);
+            if sites.len() < policy.min_sites as usize {
+                return Err(Status::failed_precondition(format!(
+                    "copies reached only {} of the {} sites the sync namespace needs ({:?}); nothing was committed",
+                    sites.len(),
+                    policy.min_sites,
+                    sites
+                )));
+            }
+        }
+        let chunks = uploaded.chunks.len() as u64;
+        let manifest = Manifest {
+            size,
+            sha256: sha,
+            chunks: uploaded.chunks,
+            holders,
+            created_ms: now_ms(),
+        };
+        let res = self
+            .write(
+                header.request_id,
+                Command::ObjPut {
+                    ns: header.namespace.clone(),
+                    key: header.key.clone(),
+                    manifest,
+                },
+            )
+            .await?;
+        metrics::counter!("ark_object_puts_total", "result" => "ok").increment(1);
+        metrics::counter!("ark_object_put_bytes_total").increment(size);
+        Ok(Response::new(PutObjectResponse {
+            object: Some(ObjectInfo {
+                namespace: header.namespace,
+                key: header.key,
+                version: res.version,
+                size,
+                sha256: sha.to_vec(),
+                chunks: chunks as u32,
+                created_ms: now_ms(),
+                deleted: false,
+            }),
+            chunks,
+            chunks_new: uploaded.new_local,
+            bytes_replicated: uploaded.replicated,
+            duplicate: res.duplicate,
+        }))
+    }
+
+    type GetObjectStream = GetStream;
+
+    async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<Self::GetObjectStream>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.namespace)?;
+        check_key(&r.key)?;
+        if !r.stale {
+            self.dp.linearize().await?;
+        }
+        let entry = self
+            .dp
+            .reader
+            .get(&r.namespace, &r.key, r.version)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("{}/{} not found", r.namespace, r.key)))?;
+        if entry.record.deleted {
+            return Err(Status::not_found(format!(
+                "{}/{} was deleted (version {})",
+                r.namespace, r.key, entry.version
+            )));
+        }
+        let compress = self
+            .dp
+            .reader
+            .namespace(&r.namespace)
+            .map_err(internal)?
+            .is_some_and(|n| n.policy.compress);
+        let (tx, rx) = mpsc::channel::<Result<GetObjectResponse, Status>>(4);
+        let first = GetObjectResponse {
+            part: Some(get_object_response::Part::Info(info(&entry))),
+        };
+        let dp = self.dp.clone();
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let chunks = entry.record.chunks.clone();
+            let mut reads = futures::stream::iter(chunks.into_iter().map(|c| {
+                let dp = dp.clone();
+                async move {
+                    let holders = dp
+                        .reader
+                        .chunk(&c.id)
+                        .map_err(internal)?
+                        .map(|r| r.holders)
+                        .unwrap_or_default();
+                    dp.read_chunk(&c.id, &holders, compress).await
+                }
+            }))
+            .buffered(2);
+            while let Some(r) = reads.next().await {
+                match r {
+                    Ok(b) => {
+                        let mut off = 0;
+                        while off < b.len() {
+                            let end = (off + SEND_PIECE).min(b.len());
+                            let msg = GetObjectResponse {
+                                part: Some(get_object_response::Part::Data(b.slice(off..end))),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                            off = end;
+                        }
+                    }
+                    Err(st) => {
+                        let _ = tx.send(Err(st)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_objects(
+        &self,
+        request: Request<ListObjectsRequest>,
+    ) -> Result<Response<ListObjectsResponse>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.namespace)?;
+        if !r.stale {
+            self.dp.linearize().await?;
+        }
+        if self.dp.reader.namespace(&r.namespace).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("namespace {} does not exist", r.namespace)));
+        }
+        let mut all = self
+            .dp
+            .reader
+            .list(&r.namespace, &r.prefix, r.all_versions)
+            .map_err(internal)?;
+        let more = r.limit > 0 && all.len() > r.limit as usize;
+        if more {
+            all.truncate(r.limit as usize);
+        }
+        Ok(Response::new(ListObjectsResponse {
+            objects: all.iter().map(info).collect(),
+            more,
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        request: Request<DeleteObjectRequest>,
+    ) -> Result<Response<DeleteObjectResponse>, Status> {
+        let r = request.into_inner();
+        check_ns(&r.namespace)?;
+        check_key(&r.key)?;
+        check_request_id(&r.request_id)?;
+        let res = self
+            .write(
+                r.request_id,
+                Command::ObjDelete {
+                    ns: r.namespace,
+                    key: r.key,
+                },
+            )
+            .await?;
+        Ok(Response::new(DeleteObjectResponse {
+            existed: res.existed,
+            version: res.version,
+        }))
+    }
+
+    async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
+        let r = request.into_inner();
+        self.dp.linearize().await?;
+        let dp = &self.dp;
+        let namespaces: Vec<(String, NsPolicy)> = dp
+            .reader
+            .namespaces()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(n, _)| r.namespace.is_empty() || *n == r.namespace)
+            .map(|(n, rec)| (n, rec.policy))
+            .collect();
+        if !r.namespace.is_empty() && namespaces.is_empty() {
+            return Err(Status::not_found(format!("namespace {} does not exist", r.namespace)));
+        }
+        let mut objects = Vec::new();
+        for (ns, policy) in &namespaces {
+            for o in dp.reader.list(ns, "", false).map_err(internal)? {
+                objects.push((o, policy.clone()));
+            }
+        }
+        // Which holder must check which chunks.
+        let mut holders_of: HashMap<[u8; 32], Vec<NodeId>> = HashMap::new();
+        let mut per_node: BTreeMap<NodeId, (Vec<[u8; 32]>, u64)> = BTreeMap::new();
+        for (o, _) in &objects {
+            for c in &o.record.chunks {
+                if holders_of.contains_key(&c.id) {
+                    continue;
+                }
+                let holders = dp
+                    .reader
+                    .chunk(&c.id)
+                    .map_err(internal)?
+                    .map(|r| r.holders)
+                    .unwrap_or_default();
+                for h in &holders {
+                    let e = per_node.entry(*h).or_default();
+                    e.0.push(c.id);
+                    e.1 += c.len as u64;
+                }
+                holders_of.insert(c.id, holders);
+            }
+        }
+        let members = dp.members();
+        let checks = per_node.into_iter().map(|(node, (ids, bytes))| {
+            let peer = members.iter().find(|m| m.id == node).cloned();
+            async move {
+                let Some(peer) = peer else {
+                    return (node, Err(format!("node {node} is no longer a member")));
+                };
+                let mut states = Vec::with_capacity(ids.len());
+                for batch in ids.chunks(256) {
+                    let b = bytes.min(batch.len() as u64 * (4 << 20));
+                    match dp.verify_on(&peer, batch, b).await {
+                        Ok(s) => states.extend(batch.iter().copied().zip(s)),
+                        Err(e) => return (node, Err(e.to_string())),
+                    }
+                }
+                (node, Ok(states))
+            }
+        });
+        let mut state: HashMap<([u8; 32], NodeId), ChunkState> = HashMap::new();
+        let mut unreachable: BTreeMap<NodeId, String> = BTreeMap::new();
+        for (node, res) in futures::future::join_all(checks).await {
+            match res {
+                Ok(s) => {
+                    for (id, st) in s {
+                        state.insert((id, node), st);
+                    }
+                }
+                Err(e) => {
+                    unreachable.insert(node, e);
+                }
+            }
+        }
+        let mut reports = Vec::new();
+        let mut all_ok = true;
+        for (o, policy) in &objects {
+            let mut min_copies = u32::MAX;
+            let mut min_sites = u32::MAX;
+            let mut bad = 0u32;
+            let mut problems = Vec::new();
+            let distinct: BTreeSet<[u8; 32]> = o.record.chunks.iter().map(|c| c.id).collect();
+            for id in &distinct {
+                let holders = holders_of.get(id).cloned().unwrap_or_default();
+                let mut good = Vec::new();
+                for h in &holders {
+                    match state.get(&(*id, *h)) {
+                        Some(ChunkState::Ok) => good.push(*h),
+                        Some(s) => {
+                            bad += 1;
+                            if problems.len() < 10 {
+                                problems.push(format!("node {h}: chunk {} {}", to_hex(id), s.as_str_name()));
+                            }
+                        }
+                        None => {
+                            if let Some(e) = unreachable.get(h) {
+                                if problems.len() < 10 {
+                                    problems.push(format!("node {h} did not answer: {e}"));
+                                }
+                            }
+                        }
+                    }
+                }
+                min_copies = min_copies.min(good.len() as u32);
+                min_sites = min_sites.min(dp.sites_of(&good).len() as u32);
+            }
+            if distinct.is_empty() {
+                min_copies = policy.copies;
+                min_sites = policy.min_sites;
+            }
+            let at_policy = min_copies >= policy.copies && min_sites >= policy.min_sites;
+            all_ok &= at_policy;
+            problems.dedup();
+            reports.push(ObjectReport {
+                object: Some(info(o)),
+                at_policy,
+                copies: min_copies,
+                sites: min_sites,
+                bad_copies: bad,
+                problems,
+            });
+        }
+        Ok(Response::new(VerifyResponse {
+            objects: reports,
+            all_at_policy: all_ok,
+        }))
+    }
+
+    async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubResponse>, Status> {
+        let r = request.into_inner();
+        let dp = self.dp.clone();
+        let members = dp.members();
+        let run = {
+            let dp = dp.clone();
+            async move {
+                let passes = members.iter().map(|m| {
+                    let dp = dp.clone();
+                    async move {
+                        let res = dp.scrub_on(m).await;
+                        match res {
+                            Ok(s) => NodeScrub {
+                                node_id: m.id,
+                                chunks_checked: s.chunks_checked,
+                                bytes_checked: s.bytes_checked,
+                                corrupt: s.corrupt,
+                                missing: s.missing,
+                                repaired: s.repaired,
+                                error: String::new(),
+                            },
+                            Err(e) => NodeScrub {
+                                node_id: m.id,
+                                error: e,
+                                ..NodeScrub::default()
+                            },
+                        }
+                    }
+                });
+                futures::future::join_all(passes).await
+            }
+        };
+        if r.wait {
+            Ok(Response::new(ScrubResponse { nodes: run.await }))
+        } else {
+            tokio::spawn(run);
+            Ok(Response::new(ScrubResponse { nodes: Vec::new() }))
+        }
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
