@@ -227,3 +227,101 @@ async fn flipped_byte_is_never_served_and_scrub_repairs_it() {
         "verify must fail when every copy of a chunk is corrupt"
     );
 }
+
+/// Cuts node `id` off from every other node (both directions) through the peer
+/// transport's fault layer, or heals it.
+fn cut_off(pg: &Pg, id: u64, cut: bool) {
+    let nodes = pg.info().nodes;
+    for n in &nodes {
+        let file = n.data_dir.parent().unwrap().join("faults.toml");
+        let peers: Vec<&str> = if n.id == id {
+            nodes
+                .iter()
+                .filter(|o| o.id != id)
+                .map(|o| o.peer_addr.as_str())
+                .collect()
+        } else {
+            vec![nodes.iter().find(|o| o.id == id).unwrap().peer_addr.as_str()]
+        };
+        let text: String = if cut {
+            peers
+                .iter()
+                .map(|p| format!("[[rule]]\npeer = \"{p}\"\ndrop = \"both\"\n"))
+                .collect()
+        } else {
+            String::new()
+        };
+        std::fs::write(file, text).unwrap();
+    }
+}
+
+fn ns_state(pg: &Pg, via: u64, ns: &str) -> serde_json::Value {
+    let addr = pg.node(via).client_addr;
+    let o = ok(&pg.ark(&["--endpoint", &addr, "ns", "ls", "--json"]), "ns ls");
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == ns)
+        .cloned()
+        .unwrap_or_else(|| panic!("{ns} missing in {o}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_namespace_keeps_writing_through_a_site_partition_and_catches_up() {
+    let pg = Pg::up(3, 20_000).await;
+    let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(&pg.ark(&["ns", "create", "logs", "--mode", "async"]), "ns create");
+    let lost = (1..=3).find(|n| *n != leader).unwrap();
+    cut_off(&pg, lost, true);
+
+    let laddr = pg.node(leader).client_addr;
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        let f = pg.path().join(format!("part-{i}.bin"));
+        let data = random_file(&f, 3 * 1024 * 1024 + i as usize, 100 + i);
+        let key = format!("logs/part-{i}");
+        let t = Instant::now();
+        ok(
+            &pg.ark(&["--endpoint", &laddr, "put", &key, f.to_str().unwrap()]),
+            "async put",
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "async put took {:?}",
+            t.elapsed()
+        );
+        files.push((key, data));
+    }
+    let first = ns_state(&pg, leader, "logs");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = ns_state(&pg, leader, "logs");
+    assert_eq!(second["behind"].as_u64(), Some(4), "{second}");
+    assert!(
+        second["lag_ms"].as_u64().unwrap() > first["lag_ms"].as_u64().unwrap(),
+        "lag must grow while a site is cut off: {first} then {second}"
+    );
+    assert!(pg.metric(leader, "ark_namespace_lag_seconds") > 0.0);
+
+    cut_off(&pg, lost, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = ns_state(&pg, leader, "logs");
+        if s["lag_ms"].as_u64() == Some(0) && s["behind"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag did not return to 0 after healing: {s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let o = ok(&pg.ark(&["verify", "--json"]), "verify after healing");
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["all_at_policy"], true, "{o}");
+    assert_eq!(v["objects"].as_array().unwrap().len(), 4, "{o}");
+    let dst = pg.path().join("back.bin");
+    for (key, data) in &files {
+        assert!(
+            get_via(&pg, lost, key, &dst) == *data,
+            "{key} differs on the healed node"
+        );
+    }
+}

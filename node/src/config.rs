@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Object storage: replication, scrub and garbage collection.
     #[serde(default)]
     pub objects: ObjectsConfig,
+    /// Fault injection for drills and tests (never in production): see `net::fault`.
+    #[serde(default)]
+    pub faults: Option<FaultsConfig>,
     /// Cluster bootstrap: which nodes form the initial voting membership.
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
@@ -146,6 +149,14 @@ impl Default for ObjectsConfig {
     }
 }
 
+/// Fault injection on the peer transport, for drills and tests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// TOML file of fault rules, re-read every 100 ms (missing or empty = no faults).
+    pub control_file: PathBuf,
+}
+
 /// Bootstrap of a brand-new cluster.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +227,11 @@ impl NodeConfig {
         for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(f) = &mut cfg.faults {
+            if f.control_file.is_relative() {
+                f.control_file = base.join(&f.control_file);
             }
         }
         Ok(cfg)

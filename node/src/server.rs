@@ -67,7 +67,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     tracing::info!(data_dir = %cfg.data_dir.display(), "[2/6] storage opened");
 
-    let endpoint = PeerEndpoint::bind(cfg.listen.peer, &tls)?;
+    let faults = cfg.faults.as_ref().map(|f| {
+        let table = crate::net::fault::FaultTable::default();
+        tracing::warn!(file = %f.control_file.display(), "fault injection enabled on the peer transport");
+        table.clone().watch(f.control_file.clone());
+        table
+    });
+    let endpoint = PeerEndpoint::bind_with_faults(cfg.listen.peer, &tls, faults)?;
     let pool = PeerPool::new(endpoint.clone());
     tracing::info!(addr = %endpoint.local_addr()?, "[3/6] peer transport listening (QUIC, mutual TLS)");
 

@@ -191,13 +191,38 @@ impl ObjectsService {
 
     fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
         let live = self.dp.reader.list(name, "", false).map_err(internal)?;
-        let (behind, lag_ms) = self
-            .dp
-            .lag
-            .lock()
-            .ok()
-            .and_then(|l| l.get(name).copied())
-            .unwrap_or((0, 0));
+        // From the records alone (any node): objects with a chunk recorded on too few holders
+        // or sites. The leader also knows which holders stopped answering; take the worse.
+        let now = now_ms();
+        let mut behind = 0u64;
+        let mut oldest: Option<u64> = None;
+        for o in &live {
+            let mut short = false;
+            for c in &o.record.chunks {
+                let holders = self
+                    .dp
+                    .reader
+                    .chunk(&c.id)
+                    .map_err(internal)?
+                    .map(|r| r.holders)
+                    .unwrap_or_default();
+                if holders.len() < policy.copies as usize
+                    || self.dp.sites_of(&holders).len() < policy.min_sites as usize
+                {
+                    short = true;
+                    break;
+                }
+            }
+            if short {
+                behind += 1;
+                oldest = Some(oldest.map_or(o.record.created_ms, |t: u64| t.min(o.record.created_ms)));
+            }
+        }
+        let mut lag_ms = oldest.map(|t| now.saturating_sub(t)).unwrap_or(0);
+        if let Some((b, l)) = self.dp.lag.lock().ok().and_then(|l| l.get(name).copied()) {
+            behind = behind.max(b);
+            lag_ms = lag_ms.max(l);
+        }
         Ok(Namespace {
             name: name.to_string(),
             policy: Some(policy_to_proto(policy)),

@@ -5,6 +5,7 @@
 //! [`PeerHandler`] and the `raft::network` module turns openraft calls into [`PeerPool`]
 //! calls. Every RPC has a deadline and every frame a size limit.
 
+pub mod fault;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -71,6 +72,16 @@ pub struct PeerEndpoint {
 impl PeerEndpoint {
     /// Binds the endpoint with the node's TLS material.
     pub fn bind(addr: SocketAddr, tls: &TlsMaterial) -> anyhow::Result<Self> {
+        Self::bind_with_faults(addr, tls, None)
+    }
+
+    /// Binds the endpoint; with `faults`, every datagram passes through the fault layer
+    /// ([`fault`]) driven by that table.
+    pub fn bind_with_faults(
+        addr: SocketAddr,
+        tls: &TlsMaterial,
+        faults: Option<fault::FaultTable>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let server_tls = tls.server_config(&[tls::PEER_ALPN])?;
         let client_tls = tls.client_config(&[tls::PEER_ALPN])?;
@@ -89,8 +100,24 @@ impl PeerEndpoint {
             quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("QUIC client TLS config")?,
         ));
         client.transport_config(transport);
-        let mut endpoint = quinn::Endpoint::server(server, addr)
-            .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?;
+        let mut endpoint = match faults {
+            None => quinn::Endpoint::server(server, addr)
+                .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?,
+            Some(table) => {
+                let sock = std::net::UdpSocket::bind(addr)
+                    .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?;
+                let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+                let inner = runtime.wrap_udp_socket(sock).context("wrapping the UDP socket")?;
+                let socket = Arc::new(fault::FaultySocket::new(inner, table));
+                quinn::Endpoint::new_with_abstract_socket(
+                    quinn::EndpointConfig::default(),
+                    Some(server),
+                    socket,
+                    runtime,
+                )
+                .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?
+            }
+        };
         endpoint.set_default_client_config(client);
         Ok(Self { endpoint })
     }

@@ -34,6 +34,10 @@ pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         if !dp.is_leader() {
+            // Only the leader measures lag; a former leader's figures would go stale.
+            if let Ok(mut l) = dp.lag.lock() {
+                l.clear();
+            }
             continue;
         }
         if let Err(e) = pass(&dp).await {
