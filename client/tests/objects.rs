@@ -325,3 +325,75 @@ async fn async_namespace_keeps_writing_through_a_site_partition_and_catches_up()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_tombstones_restore_and_bad_uploads() {
+    let pg = Pg::up(3, 20_000).await;
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(
+        &pg.ark(&["ns", "create", "docs", "--mode", "sync", "--versions-kept", "3"]),
+        "ns create",
+    );
+    let dir = pg.path();
+    let v1 = random_file(&dir.join("a1"), 300_000, 1);
+    ok(
+        &pg.ark(&["put", "docs/a.txt", dir.join("a1").to_str().unwrap()]),
+        "put v1",
+    );
+    let v2 = random_file(&dir.join("a2"), 200_000, 2);
+    ok(
+        &pg.ark(&["put", "docs/a.txt", dir.join("a2").to_str().unwrap()]),
+        "put v2",
+    );
+    let b = random_file(&dir.join("b"), 5_000, 3);
+    ok(
+        &pg.ark(&["put", "docs/sub/b.bin", dir.join("b").to_str().unwrap()]),
+        "put b",
+    );
+
+    let o = ok(&pg.ark(&["ls", "docs", "--all-versions", "--json"]), "ls");
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let versions: Vec<(String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["key"].as_str().unwrap().to_string(), o["version"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![("a.txt".into(), 1), ("a.txt".into(), 2), ("sub/b.bin".into(), 1)],
+        "{o}"
+    );
+    let out = dir.join("out");
+    let o = pg.ark(&["get", "docs/a.txt", "--version", "1", "-o", out.to_str().unwrap()]);
+    ok(&o, "get v1");
+    assert!(std::fs::read(&out).unwrap() == v1);
+    let o = pg.ark(&["get", "docs/a.txt", "-o", out.to_str().unwrap()]);
+    ok(&o, "get latest");
+    assert!(std::fs::read(&out).unwrap() == v2);
+
+    // Restore the namespace: every live key, checked against its manifest.
+    let to = dir.join("restored");
+    ok(&pg.ark(&["restore", "docs", "--to", to.to_str().unwrap()]), "restore");
+    assert!(std::fs::read(to.join("a.txt")).unwrap() == v2);
+    assert!(std::fs::read(to.join("sub/b.bin")).unwrap() == b);
+
+    // Delete writes a tombstone: the key is gone, its older versions stay listed.
+    ok(&pg.ark(&["rm", "docs/a.txt"]), "rm");
+    let o = pg.ark(&["get", "docs/a.txt", "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success(), "a deleted object must not be readable");
+    let o = ok(&pg.ark(&["ls", "docs", "--json"]), "ls after rm");
+    assert!(!o.contains("\"a.txt\""), "{o}");
+
+    // A put into a missing namespace and an empty key are refused and change nothing.
+    let o = pg.ark(&["put", "nope/x", dir.join("b").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    let o = pg.ark(&["put", "docs/", dir.join("b").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A namespace with objects cannot be removed.
+    let o = pg.ark(&["ns", "rm", "docs"]);
+    assert!(!o.status.success(), "ns rm of a non-empty namespace must fail");
+    let o = ok(&pg.ark(&["ls", "docs", "--json"]), "ls after refused rm");
+    assert!(o.contains("sub/b.bin"), "{o}");
+}

@@ -141,7 +141,7 @@ impl Default for ObjectsConfig {
         Self {
             holder_lost_after_ms: 30_000,
             repair_interval_ms: 2_000,
-            streams: 4,
+            streams: 8,
             scrub_interval_s: 24 * 3600,
             scrub_mib_per_s: 64,
             gc_grace_s: 3600,
@@ -353,7 +353,7 @@ holder_lost_after_ms = 30000
 # How often the leader looks for chunks below their namespace's policy.
 repair_interval_ms = 2000
 # Chunks transferred in parallel (QUIC streams) per put or repair.
-streams = 4
+streams = 8
 # Seconds between background scrub passes (0 = only `ark scrub`), and their rate limit.
 scrub_interval_s = 86400
 scrub_mib_per_s = 64

@@ -255,7 +255,12 @@ impl ObjectsService {
                     let d = data.clone();
                     let (id, new) = tokio::task::spawn_blocking(move || {
                         let id = chunk_id(&d);
-                        store.put(&id, &d, compress).map(|new| (id, new))
+                        // A chunk this node already has is not rewritten (nor re-hashed here:
+                        // scrub and every read verify it).
+                        if store.has(&id) {
+                            return Ok((id, false));
+                        }
+                        store.put_hashed(&id, &d, compress).map(|new| (id, new))
                     })
                     .await
                     .map_err(internal)?

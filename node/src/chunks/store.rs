@@ -241,11 +241,17 @@ impl ChunkStore {
     /// When this returns `Ok`, the chunk is durable (file and directory entry fsynced). On any
     /// error nothing new is visible under the chunk's name.
     pub fn put(&self, id: &ChunkId, data: &[u8], compress: bool) -> Result<bool, ChunkError> {
-        if data.len() > MAX_CHUNK {
-            return Err(ChunkError::TooLarge { len: data.len() });
-        }
         if chunk_id(data) != *id {
             return Err(ChunkError::HashMismatch);
+        }
+        self.put_hashed(id, data, compress)
+    }
+
+    /// [`put`](Self::put) for a caller that has just computed `id` from these very bytes
+    /// (hashing 1 GiB twice costs a second of CPU). Anything else must use `put`.
+    pub fn put_hashed(&self, id: &ChunkId, data: &[u8], compress: bool) -> Result<bool, ChunkError> {
+        if data.len() > MAX_CHUNK {
+            return Err(ChunkError::TooLarge { len: data.len() });
         }
         if let Some(found) = self.locate(id) {
             match self.read_verified(id, &found) {

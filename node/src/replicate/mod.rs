@@ -294,7 +294,7 @@ impl DataPlane {
                 if holders.contains(&self.id) || matches!(local_err, ChunkError::Corrupt { .. }) {
                     let store = self.store.clone();
                     let data = b.clone();
-                    let repaired = tokio::task::spawn_blocking(move || store.put(&cid, &data, compress)).await;
+                    let repaired = tokio::task::spawn_blocking(move || store.put_hashed(&cid, &data, compress)).await;
                     if let Ok(Ok(true)) = repaired {
                         metrics::counter!("ark_chunks_repaired_total", "by" => "read").increment(1);
                     }
@@ -524,7 +524,7 @@ impl DataPlane {
             };
             let store = self.store.clone();
             let len = data.len() as u64;
-            match tokio::task::spawn_blocking(move || store.put(&id, &data, p.compress)).await {
+            match tokio::task::spawn_blocking(move || store.put_hashed(&id, &data, p.compress)).await {
                 Ok(Ok(_)) => {
                     metrics::counter!("ark_replication_bytes_received_total").increment(len);
                     held.push(id.to_vec());

@@ -80,7 +80,7 @@ impl DataPlane {
                 let cid = *id;
                 let ok = tokio::task::spawn_blocking(move || {
                     // A corrupt file is replaced by put (it re-checks the existing copy).
-                    store.put(&cid, &data, compress)
+                    store.put_hashed(&cid, &data, compress)
                 })
                 .await
                 .is_ok_and(|r| r.is_ok());
