@@ -4,8 +4,9 @@
 //! durable chunk writes, and refusing to hand out bytes that no longer match their id. It
 //! knows nothing of objects, manifests, replication, Raft or the network.
 //!
-//! Layout: `chunks/ab/cd/<64 hex>` for a raw chunk, `chunks/ab/cd/<64 hex>.zst` for a chunk
-//! stored zstd-compressed (level 3); `ab` and `cd` are the first two bytes of the id. Writes go
+//! Layout: `chunks/ab/<64 hex>` for a raw chunk, `chunks/ab/<64 hex>.zst` for a chunk
+//! stored zstd-compressed (level 3); `ab` is the first byte of the id. The 256 fan-out
+//! directories are created once by `open` (a put never creates a directory). Writes go
 //! to `chunks/tmp/`, are fsynced, renamed into place and the directory is fsynced, so a name
 //! under the fan-out directories always refers to complete bytes; `open` deletes what a crash
 //! left in `tmp/`. One process owns a data directory at a time (the node holds it).
@@ -213,6 +214,20 @@ impl ChunkStore {
             }
             removed += 1;
         }
+        let mut created = false;
+        for b in 0..=255u8 {
+            let d = root.join(format!("{b:02x}"));
+            match fs::create_dir(&d) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(map_io(e, "creating directory", &d)),
+            }
+        }
+        if created {
+            for b in 0..=255u8 {
+                sync_dir(&root.join(format!("{b:02x}")))?;
+            }
+        }
         // Make the directories themselves durable before anything is renamed into them.
         sync_dir(&tmp)?;
         sync_dir(&root)?;
@@ -314,8 +329,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Creates `chunks/ab/cd` (and `chunks/ab`) if missing, fsyncing each parent that gained
-    /// an entry so the new directory survives a crash.
+    /// Creates a fan-out directory if it is missing (`open` makes all of them), fsyncing the
+    /// parents that gained an entry so the new directory survives a crash.
     fn ensure_fanout_dir(&self, dir: &Path) -> Result<(), ChunkError> {
         if dir.is_dir() {
             return Ok(());
@@ -402,23 +417,20 @@ impl ChunkStore {
         let root = &self.inner.root;
         for first in read_dir_sorted(root)? {
             let Some(b0) = fanout_byte(&first) else { continue };
-            for second in read_dir_sorted(&first)? {
-                let Some(b1) = fanout_byte(&second) else { continue };
-                let entries = fs::read_dir(&second).map_err(|e| map_io(e, "listing", &second))?;
-                for entry in entries {
-                    let entry = entry.map_err(|e| map_io(e, "listing", &second))?;
-                    let name = entry.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    let hex = name.strip_suffix(ZST_SUFFIX).unwrap_or(name);
-                    let Some(id) = from_hex(hex) else { continue };
-                    // A file in the wrong fan-out directory is not where get() would look.
-                    if id[0] != b0 || id[1] != b1 {
-                        continue;
-                    }
-                    let meta = entry.metadata().map_err(|e| map_io(e, "inspecting", &entry.path()))?;
-                    if meta.is_file() {
-                        f(id, meta.len());
-                    }
+            let entries = fs::read_dir(&first).map_err(|e| map_io(e, "listing", &first))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| map_io(e, "listing", &first))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let hex = name.strip_suffix(ZST_SUFFIX).unwrap_or(name);
+                let Some(id) = from_hex(hex) else { continue };
+                // A file in the wrong fan-out directory is not where get() would look.
+                if id[0] != b0 {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| map_io(e, "inspecting", &entry.path()))?;
+                if meta.is_file() {
+                    f(id, meta.len());
                 }
             }
         }
@@ -433,11 +445,10 @@ impl ChunkStore {
         self.fanout_dir(id).join(format!("{}{ZST_SUFFIX}", to_hex(id)))
     }
 
+    /// One level of 256 fan-out directories, all created (and made durable) by `open`, so
+    /// that a put never pays for creating and syncing a directory.
     fn fanout_dir(&self, id: &ChunkId) -> PathBuf {
-        self.inner
-            .root
-            .join(format!("{:02x}", id[0]))
-            .join(format!("{:02x}", id[1]))
+        self.inner.root.join(format!("{:02x}", id[0]))
     }
 
     /// The chunk's file, raw preferred.
@@ -634,7 +645,7 @@ mod tests {
         assert!(fs::metadata(&zst).unwrap().len() < (packed.len() / 10) as u64);
         let plain = store.path_of(&chunk_id(&raw)).unwrap();
         let hex = to_hex(&chunk_id(&raw));
-        assert_eq!(plain, store.root().join(&hex[0..2]).join(&hex[2..4]).join(&hex));
+        assert_eq!(plain, store.root().join(&hex[0..2]).join(&hex));
     }
 
     #[test]
@@ -759,10 +770,10 @@ mod tests {
         fs::write(store.root().join("README"), b"x").unwrap();
         fs::write(store.inner.tmp.join("stray.tmp"), b"x").unwrap();
         let hex = to_hex(&ids[0]);
-        fs::write(store.root().join(&hex[0..2]).join(&hex[2..4]).join("notes.txt"), b"x").unwrap();
+        fs::write(store.root().join(&hex[0..2]).join("notes.txt"), b"x").unwrap();
         fs::create_dir_all(store.root().join("zz").join("00")).unwrap();
         let misplaced = to_hex(&chunk_id(b"misplaced"));
-        fs::write(store.root().join(&hex[0..2]).join(&hex[2..4]).join(misplaced), b"x").unwrap();
+        fs::write(store.root().join(&hex[0..2]).join(misplaced), b"x").unwrap();
 
         ids.sort_unstable();
         assert_eq!(store.list().unwrap(), ids);
