@@ -210,6 +210,10 @@ rpc_timeout_ms = 1000
 holder_lost_after_ms = 3000
 repair_interval_ms = 500
 
+[cache]
+memory_mib = 32
+disk_mib = 64
+
 # Drills cut, slow or degrade this node's peer traffic by writing this file (see
 # arkd's net::fault); it does not exist unless a drill creates it.
 [faults]

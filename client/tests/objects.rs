@@ -397,3 +397,41 @@ async fn versions_tombstones_restore_and_bad_uploads() {
     let o = ok(&pg.ark(&["ls", "docs", "--json"]), "ls after refused rm");
     assert!(o.contains("sub/b.bin"), "{o}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_copy_serves_hot_chunks_from_its_cache() {
+    let mut pg = Pg::up(3, 20_000).await;
+    let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
+    // One copy only: the object lives on the node that received it.
+    ok(
+        &pg.ark(&["ns", "create", "one", "--copies", "1", "--min-sites", "1"]),
+        "ns create",
+    );
+    let holder = (1..=3).find(|n| *n != leader).unwrap();
+    let reader = (1..=3).find(|n| *n != leader && *n != holder).unwrap();
+    let src = pg.path().join("hot.bin");
+    let data = random_file(&src, 3 * 1024 * 1024, 21);
+    let haddr = pg.node(holder).client_addr;
+    ok(
+        &pg.ark(&["--endpoint", &haddr, "put", "one/hot", src.to_str().unwrap()]),
+        "put",
+    );
+    let dst = pg.path().join("hot.out");
+    assert!(get_via(&pg, reader, "one/hot", &dst) == data);
+    assert_eq!(pg.metric(reader, "ark_cache_hits_total"), 0.0);
+    assert!(pg.metric(reader, "ark_cache_inserts_total") >= 1.0);
+    let fetched = pg.metric(reader, "ark_replication_bytes_fetched_total");
+    assert!(get_via(&pg, reader, "one/hot", &dst) == data);
+    assert!(
+        pg.metric(reader, "ark_cache_hits_total") >= 1.0,
+        "second read must hit the cache"
+    );
+    assert_eq!(
+        pg.metric(reader, "ark_replication_bytes_fetched_total"),
+        fetched,
+        "a cached chunk must not be fetched again"
+    );
+    // The only holder is gone: the cached chunks are still served, verified.
+    pg.kill(holder);
+    assert!(get_via(&pg, reader, "one/hot", &dst) == data);
+}

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Object storage: replication, scrub and garbage collection.
     #[serde(default)]
     pub objects: ObjectsConfig,
+    /// The foyer cache of hot chunks held by other nodes.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Fault injection for drills and tests (never in production): see `net::fault`.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
@@ -145,6 +148,25 @@ impl Default for ObjectsConfig {
             scrub_interval_s: 24 * 3600,
             scrub_mib_per_s: 64,
             gc_grace_s: 3600,
+        }
+    }
+}
+
+/// The chunk cache: memory, then disk under `<data_dir>/cache/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// In-memory tier, MiB.
+    pub memory_mib: u64,
+    /// On-disk tier, MiB (at least 16).
+    pub disk_mib: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: 64,
+            disk_mib: 256,
         }
     }
 }
@@ -359,6 +381,12 @@ scrub_interval_s = 86400
 scrub_mib_per_s = 64
 # Unreferenced chunk files older than this are deleted (uploads in progress are younger).
 gc_grace_s = 3600
+
+[cache]
+# Hot chunks held by other nodes, cached here after a read: memory tier, then disk tier
+# under <data_dir>/cache/.
+memory_mib = 64
+disk_mib = 256
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

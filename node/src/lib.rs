@@ -4,10 +4,11 @@
 //! shutdown), [`raft`] (openraft types, log store, state machine, snapshots, network glue),
 //! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`chunks`] (content-defined
 //! chunking and the on-disk chunk store), [`replicate`] (chunk transfer, placement, the
-//! repair queue, scrub), [`api`] (tonic services) and [`metrics`]
+//! repair queue, scrub), [`cache`] (foyer cache of hot remote chunks), [`api`] (tonic services) and [`metrics`]
 //! (Prometheus).
 
 pub mod api;
+pub mod cache;
 pub mod chunks;
 pub mod config;
 pub mod metrics;

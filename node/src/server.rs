@@ -65,6 +65,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let state_machine = StateMachine::new(db.clone());
     let reader = KvReader::new(db.clone());
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
+    let cache = Arc::new(
+        crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)
+            .await
+            .context("opening the chunk cache")?,
+    );
     tracing::info!(data_dir = %cfg.data_dir.display(), "[2/6] storage opened");
 
     let faults = cfg.faults.as_ref().map(|f| {
@@ -105,6 +110,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         fence.clone(),
         cfg.objects.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
+        cache.clone(),
     ));
     let peer_service = Arc::new(PeerRouter::new(RaftPeerService::new(raft.clone()), data_plane.clone()));
     let peer_task = {
@@ -216,6 +222,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let _ = queue_task.await;
     let _ = scrub_task.await;
     drop(data_plane);
+    cache.close().await;
     tracing::info!("shutdown: stopping raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

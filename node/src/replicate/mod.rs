@@ -26,6 +26,7 @@ use tonic::Status;
 
 use crate::api::fence::ReadFence;
 use crate::api::proposer::Proposer;
+use crate::cache::ChunkCache;
 use crate::chunks::{chunk_id, to_hex, ChunkError, ChunkId, ChunkStore};
 use crate::config::ObjectsConfig;
 use crate::net::{NetError, PeerHandler, PeerPool};
@@ -96,6 +97,8 @@ pub struct DataPlane {
     pub cfg: ObjectsConfig,
     rpc_timeout: Duration,
     scrub_lock: tokio::sync::Mutex<()>,
+    /// Hot chunks held by other nodes.
+    cache: Arc<ChunkCache>,
     /// The leader's latest view of each namespace: (objects behind policy, lag ms).
     pub(crate) lag: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
@@ -114,6 +117,7 @@ impl DataPlane {
         fence: Arc<ReadFence>,
         cfg: ObjectsConfig,
         rpc_timeout: Duration,
+        cache: Arc<ChunkCache>,
     ) -> Self {
         Self {
             id,
@@ -127,6 +131,7 @@ impl DataPlane {
             cfg,
             rpc_timeout,
             scrub_lock: tokio::sync::Mutex::new(()),
+            cache,
             lag: Default::default(),
         }
     }
@@ -288,9 +293,18 @@ impl DataPlane {
         if matches!(local_err, ChunkError::Corrupt { .. }) {
             tracing::warn!(chunk = %to_hex(id), "local copy corrupt; reading from a replica");
         }
+        let holder_here = holders.contains(&self.id);
+        if !holder_here {
+            if let Some(b) = self.cache.get(id).await {
+                return Ok(b);
+            }
+        }
         let sources = self.remote_holders(holders);
         match self.fetch_from(id, &sources).await {
             Ok(b) => {
+                if !holder_here {
+                    self.cache.insert(*id, &b);
+                }
                 if holders.contains(&self.id) || matches!(local_err, ChunkError::Corrupt { .. }) {
                     let store = self.store.clone();
                     let data = b.clone();
