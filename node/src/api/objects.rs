@@ -325,6 +325,15 @@ impl ObjectsService {
     }
 }
 
+/// Counts one upload in `ark_object_puts_total` with its result when dropped.
+struct PutOutcome(&'static str);
+
+impl Drop for PutOutcome {
+    fn drop(&mut self) {
+        metrics::counter!("ark_object_puts_total", "result" => self.0).increment(1);
+    }
+}
+
 type GetStream = Pin<Box<dyn Stream<Item = Result<GetObjectResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -443,6 +452,8 @@ impl Objects for ObjectsService {
             }
         };
 
+        // Counted when the handler ends, however it ends (a cancelled upload drops it).
+        let mut outcome = PutOutcome("aborted");
         let params = ChunkerParams::default();
         let mut chunker = Chunker::new(params).map_err(internal)?;
         let (tx, rx) = mpsc::channel::<Bytes>(2);
@@ -490,13 +501,11 @@ impl Objects for ObjectsService {
         drop(tx);
         if let Err(st) = received {
             worker.abort();
-            metrics::counter!("ark_object_puts_total", "result" => "aborted").increment(1);
             return Err(st);
         }
         let (uploaded, ok_targets) = worker.await.map_err(internal)??;
         if let Some(want) = header.size {
             if want != size {
-                metrics::counter!("ark_object_puts_total", "result" => "aborted").increment(1);
                 return Err(Status::invalid_argument(format!(
                     "upload ended after {size} of the announced {want} bytes (truncated); nothing was committed"
                 )));
@@ -541,7 +550,7 @@ impl Objects for ObjectsService {
                 },
             )
             .await?;
-        metrics::counter!("ark_object_puts_total", "result" => "ok").increment(1);
+        outcome.0 = "ok";
         metrics::counter!("ark_object_put_bytes_total").increment(size);
         Ok(Response::new(PutObjectResponse {
             object: Some(ObjectInfo {
