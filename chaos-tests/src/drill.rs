@@ -3,8 +3,9 @@
 //!
 //! Owns the I/O half of the harness (processes, clocks, the SDK). It judges nothing itself:
 //! histories go to [`crate::linearizability`] and [`crate::checks`], verdicts to
-//! [`crate::report`]. Network-namespace mode and the other faults of issue 4 are not built
-//! yet; this runs in loopback mode and says so in the report.
+//! [`crate::report`]. Process faults are signals; network faults (partitions, one-way drops,
+//! WAN links) go through arkd's user-space fault layer under quinn ([`crate::netfault`]).
+//! Network-namespace mode is not built yet; every run is in loopback mode and says so.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_client::playground::{self, Layout, Playground};
+use ark_client::playground::{self, Layout, Playground, PlaygroundNode};
 use ark_client::{ArkClient, ClientError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,6 +22,8 @@ use rand::{Rng, SeedableRng};
 use crate::checks::{self, FaultWindow};
 use crate::history::{History, OpKind, Recorder, Value};
 use crate::linearizability::{self, SearchBudget};
+use crate::netfault::{FaultFiles, NetState, NodeId, Shaping};
+use crate::plan::{self, Member, PartitionKind};
 use crate::report::{CheckResults, Mode, Report, RunInfo};
 
 /// Scenarios this build can run.
@@ -45,6 +48,26 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "membership",
         "membership changes under load: a new node is added as a learner and promoted, then a voter it replaced is removed and stopped, in turn",
     ),
+    (
+        "site-partition",
+        "3 sites x 2 nodes: one whole site (the leader's in 2 rounds of 3) cut off from the others for 2.5-4 s, healed, every 2-3 s",
+    ),
+    (
+        "minority-partition",
+        "5 sites x 1 node: 2 nodes cut off from the other 3 (both ways; every other round with the leader) for 2.5-4 s, healed, repeated",
+    ),
+    (
+        "asymmetric-partition",
+        "one-way drops in turn: leader cannot hear a follower, a follower cannot hear the leader, a bridge (A<->C cut, B reaches both)",
+    ),
+    (
+        "wan",
+        "every peer link 30+-10 ms one way with 1-2% loss for the whole run (heartbeat 250 ms, election 1-2 s); kill -9 of the leader in the middle, restarted 6 s later",
+    ),
+    (
+        "site-kill",
+        "3 sites x 2 nodes: kill -9 of every node of the leader's site at once, restarted 2 s later, every 3-5 s",
+    ),
 ];
 
 /// What one fault does to its victim.
@@ -58,12 +81,80 @@ enum Fault {
     Restart,
     /// Add a node (learner, then voter), or remove one and stop it.
     Membership,
+    /// kill -9 of every node of the leader's site at once, then start them again.
+    SiteKill,
+    /// A network partition through the fault layer, then heal.
+    Partition,
+}
+
+/// The playground a scenario runs on.
+fn layout_for(scenario: &str) -> Layout {
+    match scenario {
+        "site-partition" | "site-kill" => Layout {
+            sites: 3,
+            nodes_per_site: 2,
+            ..Layout::default()
+        },
+        "minority-partition" => Layout {
+            sites: 5,
+            nodes_per_site: 1,
+            ..Layout::default()
+        },
+        _ => Layout::default(),
+    }
+}
+
+/// The partition rounds of a network scenario, `None` for the others.
+fn partition_kind(scenario: &str) -> Option<PartitionKind> {
+    match scenario {
+        "site-partition" => Some(PartitionKind::Site),
+        "minority-partition" => Some(PartitionKind::Minority),
+        "asymmetric-partition" => Some(PartitionKind::Asymmetric),
+        _ => None,
+    }
+}
+
+/// Links of the `wan` scenario: one-way delay and jitter, and a loss rate drawn from the
+/// seed in `[WAN_LOSS_MIN, WAN_LOSS_MAX]`.
+const WAN_DELAY_MS: u64 = 30;
+const WAN_JITTER_MS: u64 = 10;
+const WAN_LOSS_MIN: f64 = 0.01;
+const WAN_LOSS_MAX: f64 = 0.02;
+/// Raft timing of the `wan` drill. The playground's loopback timing does not fit a WAN:
+/// openraft 0.9 gives each AppendEntries the heartbeat interval (100 ms there) as its deadline,
+/// below a 60-80 ms round trip plus one loss recovery, and replication collapses
+/// (docs/drills.md, findings). 250 ms is arkd's default heartbeat; the election timeout is
+/// two thirds of arkd's default (1.5-3 s), so that a failover (leader lease = the maximum,
+/// plus one timeout: 3-4 s) fits a 20 s run with room under the drills' 10 s RTO bound.
+const WAN_RAFT_TIMING: &[(&str, u64)] = &[
+    ("heartbeat_interval_ms", 250),
+    ("election_timeout_min_ms", 1000),
+    ("election_timeout_max_ms", 2000),
+    ("rpc_timeout_ms", 2000),
+];
+/// How long a partition round holds, and the healthy gap after it (ms, seeded uniform).
+const PARTITION_HOLD_MS: std::ops::Range<u64> = 2500..4000;
+const PARTITION_GAP_MS: std::ops::Range<u64> = 2000..3000;
+
+/// When the faults of a run happened (ns since the run began).
+#[derive(Debug, Default)]
+struct Timeline {
+    /// Start of every fault.
+    starts: Vec<u64>,
+    /// End of the last fault.
+    last_heal: Option<u64>,
+    /// One line per fault, for the report.
+    events: Vec<String>,
 }
 
 /// Keys the workload touches (a bounded set, so reads see other clients' writes).
 const KEYS: usize = 8;
 /// Concurrent workload clients.
 const WORKERS: usize = 6;
+/// Workload clients of the `wan` drill: at 60-80 ms round trips a closed-loop client completes
+/// only about six operations a second, so more of them keep the history as dense as on
+/// loopback (the leader folds concurrent writes into one entry).
+const WAN_WORKERS: usize = 16;
 /// Deadline of one workload operation, retries included; past it a write is unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most operations recorded in one run (about 20 minutes of this workload on the standard
@@ -88,18 +179,306 @@ fn ns_since(t0: Instant) -> u64 {
 
 /// Runs one drill in `dir` (a fresh folder for the playground) and returns its report.
 /// The recorded history (with the final reads) is written to `history_out` for post-mortems.
+/// Every node's network is healed before the playground goes down, whatever the outcome.
 pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Result<Report> {
     if !SCENARIOS.iter().any(|(n, _)| *n == spec.scenario) {
         bail!("unknown scenario {:?}; `ark-chaos list` names them", spec.scenario);
     }
-    let (_pg, mut children) = playground::up(dir, &Layout::default()).await?;
-    let result = drive(spec, dir, history_out).await;
+    let (_pg, mut children) = match playground::up(dir, &layout_for(&spec.scenario)).await {
+        Ok(up) => up,
+        Err(e) => {
+            // `up` leaves the nodes it started running when they never become ready.
+            if dir.join("playground.json").exists() {
+                let _ = playground::down(dir, Duration::from_secs(5));
+            }
+            return Err(e.context("starting the playground"));
+        }
+    };
+    let result = match FaultFiles::new(dir) {
+        Ok(mut faults) => {
+            let report = drive(spec, dir, history_out, &mut faults).await;
+            let healed = faults.heal().await.context("healing the network after the drill");
+            report.and_then(|r| healed.map(|()| r))
+        }
+        Err(e) => Err(e.context("finding the nodes' fault control files")),
+    };
     let _ = playground::down(dir, Duration::from_secs(5));
     for c in &mut children {
         let _ = c.kill();
         let _ = c.wait();
     }
     result
+}
+
+/// Rewrites the `[raft]` timing of every node's config and restarts every node with it
+/// (`Layout` has no knob for it): all stop, then all start, then a leader must be elected.
+async fn retime(dir: &Path, timing: &[(&str, u64)]) -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    let pg = Playground::load(dir)?;
+    for n in &pg.nodes {
+        let text = std::fs::read_to_string(&n.config).with_context(|| format!("reading {}", n.config.display()))?;
+        let mut out = String::with_capacity(text.len());
+        let mut replaced = 0usize;
+        for line in text.lines() {
+            let key = line.split('=').next().map(str::trim).unwrap_or_default();
+            match timing.iter().find(|(k, _)| *k == key) {
+                Some((k, v)) => {
+                    out.push_str(&format!("{k} = {v}\n"));
+                    replaced += 1;
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        if replaced != timing.len() {
+            bail!(
+                "{} sets {replaced} of the {} raft timing keys the drill rewrites; has the playground's config changed?",
+                n.config.display(),
+                timing.len()
+            );
+        }
+        std::fs::write(&n.config, out).with_context(|| format!("writing {}", n.config.display()))?;
+    }
+    for n in &pg.nodes {
+        playground::signal_node(n, Signal::SIGTERM)?;
+    }
+    for n in &pg.nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while playground::process_alive(n.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if playground::process_alive(n.pid) {
+            bail!("node {} did not stop within 10 s of SIGTERM", n.id);
+        }
+    }
+    for n in &pg.nodes {
+        let (_, child) = playground::start_node(dir, n.id)?;
+        drop(child);
+    }
+    playground::wait_ready(dir, &Playground::load(dir)?, Duration::from_secs(30)).await
+}
+
+/// The leader as the nodes themselves say: of the nodes that answer that they lead, the one
+/// in the highest term (an old leader cut off from the others may still believe it leads, in
+/// an older term). `None` while no node leads.
+async fn find_leader(client: &ArkClient, pg: &Playground) -> Option<NodeId> {
+    let mut asks = tokio::task::JoinSet::new();
+    for n in &pg.nodes {
+        let (client, addr) = (client.clone(), n.client_addr.clone());
+        asks.spawn(async move { client.status_of(&addr).await.ok() });
+    }
+    let mut best: Option<(u64, NodeId)> = None;
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Some(st)) = answer {
+            if st.state == "leader" && best.is_none_or(|(term, _)| st.term > term) {
+                best = Some((st.term, st.node_id));
+            }
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+/// Partition rounds: find the leader, plan the round, cut, hold, heal, wait; until the run
+/// ends. Every round is healed before the next one and before this returns.
+async fn partition_schedule(
+    kind: PartitionKind,
+    spec: &DrillSpec,
+    dir: &Path,
+    client: &ArkClient,
+    t0: Instant,
+    faults: &mut FaultFiles,
+) -> anyhow::Result<Timeline> {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    // Shifts the cycle of round shapes (every kind's cycle divides 6).
+    let offset = rng.gen_range(0..6usize);
+    let hold_max = Duration::from_millis(PARTITION_HOLD_MS.end);
+    let mut tl = Timeline::default();
+    let mut round = 0usize;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while t0.elapsed() + hold_max + Duration::from_secs(2) < spec.duration {
+        let pg = Playground::load(dir)?;
+        let Some(leader) = find_leader(client, &pg).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let members: Vec<Member> = pg
+            .nodes
+            .iter()
+            .map(|n| Member {
+                id: n.id,
+                site: n.site.clone(),
+            })
+            .collect();
+        let r = plan::plan_round(kind, &members, leader, round, offset, &mut rng);
+        let hold = Duration::from_millis(rng.gen_range(PARTITION_HOLD_MS));
+        // The fault starts when every node concerned has loaded its rules (within ~100 ms
+        // of the write): writes that slip through before that are not a recovery.
+        let written = ns_since(t0);
+        faults.apply(&r.state).await.context("cutting the network")?;
+        let start = ns_since(t0);
+        tl.starts.push(start);
+        tokio::time::sleep(hold).await;
+        faults.heal().await.context("healing the network")?;
+        let end = ns_since(t0);
+        tl.last_heal = Some(end);
+        tl.events.push(format!(
+            "{}-{} ms (rules written at {} ms): {} [{}]",
+            start / 1_000_000,
+            end / 1_000_000,
+            written / 1_000_000,
+            r.what,
+            r.state.describe()
+        ));
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(PARTITION_GAP_MS))).await;
+    }
+    Ok(tl)
+}
+
+/// How a process-fault schedule runs.
+#[derive(Debug, Clone, Copy)]
+struct ProcessPlan {
+    fault: Fault,
+    /// From the fault to the heal (restart, SIGCONT).
+    heal_after: Duration,
+    /// From the start of the workload to the first fault.
+    start_after: Duration,
+    /// Most faults in the run.
+    faults_max: usize,
+}
+
+impl ProcessPlan {
+    fn for_scenario(spec: &DrillSpec) -> Self {
+        let (fault, heal_after) = match spec.scenario.as_str() {
+            "pause" => (Fault::Pause, Duration::from_secs(3)),
+            "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
+            "membership" => (Fault::Membership, Duration::ZERO),
+            "site-kill" => (Fault::SiteKill, Duration::from_secs(2)),
+            // Down for longer than a follower waits before it may campaign with the WAN timing
+            // (leader lease 2 s + election timeout 1-2 s): a leader back after 1.5 s would
+            // resume its term, and the RTO would measure a restart, not a failover.
+            "wan" => (Fault::Kill, Duration::from_secs(6)),
+            _ => (Fault::Kill, Duration::from_millis(1500)),
+        };
+        let (start_after, faults_max) = match spec.scenario.as_str() {
+            // One leader kill in the middle of a run on WAN links.
+            "wan" => ((spec.duration / 2).max(Duration::from_secs(2)), 1),
+            _ => (Duration::from_secs(2), usize::MAX),
+        };
+        Self {
+            fault,
+            heal_after,
+            start_after,
+            faults_max,
+        }
+    }
+}
+
+/// Process faults (seeded): pick the victims, inject, heal, wait 3-5 s, repeat.
+async fn process_schedule(
+    plan: ProcessPlan,
+    spec: &DrillSpec,
+    dir: &Path,
+    client: &ArkClient,
+    t0: Instant,
+) -> anyhow::Result<Timeline> {
+    let ProcessPlan { fault, heal_after, .. } = plan;
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut tl = Timeline::default();
+    let mut rolled = 0usize;
+    tokio::time::sleep(plan.start_after).await;
+    while t0.elapsed() + heal_after + Duration::from_secs(2) < spec.duration && tl.starts.len() < plan.faults_max {
+        let st = client.status().await.context("status before a fault")?;
+        let Some(leader) = st.leader_id.filter(|l| *l == st.node_id) else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if let Fault::Membership = fault {
+            tl.starts.push(ns_since(t0));
+            change_membership(client, dir, &st, leader).await?;
+            tl.last_heal = Some(ns_since(t0));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
+        let pg = Playground::load(dir)?;
+        let victims: Vec<PlaygroundNode> = match spec.scenario.as_str() {
+            "random-kill" => vec![pg.nodes[rng.gen_range(0..pg.nodes.len())].clone()],
+            "rolling-restart" => {
+                // Followers first, the leader last, then round again.
+                let mut order: Vec<u64> = pg.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+                order.push(leader);
+                let v = order[rolled % order.len()];
+                rolled += 1;
+                vec![pg.node(v).cloned().context("victim not in playground.json")?]
+            }
+            "site-kill" => {
+                let site = pg
+                    .node(leader)
+                    .map(|n| n.site.clone())
+                    .context("leader not in playground.json")?;
+                pg.nodes.iter().filter(|n| n.site == site).cloned().collect()
+            }
+            _ => vec![pg.node(leader).cloned().context("victim not in playground.json")?],
+        };
+        let start = ns_since(t0);
+        tl.starts.push(start);
+        use nix::sys::signal::Signal;
+        // All victims at once (a site loses power), then wait for each.
+        for node in &victims {
+            match fault {
+                Fault::Kill | Fault::SiteKill => {
+                    playground::signal_node(node, Signal::SIGKILL)?;
+                }
+                Fault::Pause => {
+                    playground::signal_node(node, Signal::SIGSTOP)?;
+                }
+                Fault::Restart => {
+                    playground::signal_node(node, Signal::SIGTERM)?;
+                }
+                Fault::Membership | Fault::Partition => unreachable!("not a process fault"),
+            }
+        }
+        if let Fault::Restart = fault {
+            for node in &victims {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while playground::process_alive(node.pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if playground::process_alive(node.pid) {
+                    bail!("node {} did not stop within 10 s of SIGTERM", node.id);
+                }
+            }
+        }
+        tokio::time::sleep(heal_after).await;
+        for node in &victims {
+            match fault {
+                Fault::Pause => {
+                    playground::signal_node(node, Signal::SIGCONT)?;
+                }
+                Fault::Membership | Fault::Partition => unreachable!("not a process fault"),
+                Fault::Kill | Fault::SiteKill | Fault::Restart => {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while playground::process_alive(node.pid) && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let (_, child) = playground::start_node(dir, node.id)?;
+                    drop(child);
+                }
+            }
+        }
+        let end = ns_since(t0);
+        tl.last_heal = Some(end);
+        tl.events.push(format!(
+            "{}-{} ms: {fault:?} of nodes {:?} (leader {leader})",
+            start / 1_000_000,
+            end / 1_000_000,
+            victims.iter().map(|n| n.id).collect::<Vec<_>>()
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+    }
+    Ok(tl)
 }
 
 /// One membership step: with three voters, start a node and add it (learner, caught up,
@@ -133,14 +512,31 @@ async fn change_membership(
     Ok(())
 }
 
-async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Result<Report> {
+async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut FaultFiles) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
+    // WAN links for the whole run, installed before the first operation.
+    let wan = if spec.scenario == "wan" {
+        retime(dir, WAN_RAFT_TIMING).await.context("setting WAN raft timing")?;
+        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let shaping = Shaping {
+            delay_ms: WAN_DELAY_MS,
+            jitter_ms: WAN_JITTER_MS,
+            // Whole tenths of a percent, so the report reads plainly.
+            loss: (rng.gen_range(WAN_LOSS_MIN..=WAN_LOSS_MAX) * 1000.0).round() / 1000.0,
+        };
+        let state = NetState::wan(shaping);
+        faults.apply(&state).await.context("installing the WAN links")?;
+        Some(state)
+    } else {
+        None
+    };
     let recorder = Recorder::new(OPS_MAX);
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let next_process = Arc::new(AtomicU64::new(1));
     let mut workers = Vec::new();
-    for w in 0..WORKERS {
+    let workers_n = if wan.is_some() { WAN_WORKERS } else { WORKERS };
+    for w in 0..workers_n {
         let (client, recorder, stop, next_process) =
             (client.clone(), recorder.clone(), stop.clone(), next_process.clone());
         let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
@@ -188,84 +584,28 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Resu
         }));
     }
 
-    // Fault schedule (seeded): pick a victim, inject, heal, wait 3-5 s, repeat.
-    let (fault, heal_after) = match spec.scenario.as_str() {
-        "pause" => (Fault::Pause, Duration::from_secs(3)),
-        "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
-        "membership" => (Fault::Membership, Duration::ZERO),
-        _ => (Fault::Kill, Duration::from_millis(1500)),
+    let (fault, timeline) = match partition_kind(&spec.scenario) {
+        Some(kind) => (
+            Fault::Partition,
+            partition_schedule(kind, spec, dir, &client, t0, faults).await,
+        ),
+        None => {
+            let plan = ProcessPlan::for_scenario(spec);
+            (plan.fault, process_schedule(plan, spec, dir, &client, t0).await)
+        }
     };
-    let mut rng = StdRng::seed_from_u64(spec.seed);
-    let mut kills = Vec::new();
-    let mut last_heal = None;
-    let mut rolled = 0usize;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    while t0.elapsed() + heal_after + Duration::from_secs(2) < spec.duration {
-        let st = client.status().await.context("status before a fault")?;
-        let Some(leader) = st.leader_id.filter(|l| *l == st.node_id) else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        if let Fault::Membership = fault {
-            kills.push(ns_since(t0));
-            change_membership(&client, dir, &st, leader).await?;
-            last_heal = Some(ns_since(t0));
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
-            continue;
+    let timeline = match timeline {
+        Ok(t) => t,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                let _ = w.await;
+            }
+            return Err(e);
         }
-        let pg = Playground::load(dir)?;
-        let victim = match spec.scenario.as_str() {
-            "random-kill" => pg.nodes[rng.gen_range(0..pg.nodes.len())].id,
-            "rolling-restart" => {
-                // Followers first, the leader last, then round again.
-                let mut order: Vec<u64> = pg.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
-                order.push(leader);
-                let v = order[rolled % order.len()];
-                rolled += 1;
-                v
-            }
-            _ => leader,
-        };
-        let node = pg.node(victim).cloned().context("victim not in playground.json")?;
-        kills.push(ns_since(t0));
-        use nix::sys::signal::Signal;
-        match fault {
-            Fault::Kill => {
-                playground::signal_node(&node, Signal::SIGKILL)?;
-            }
-            Fault::Pause => {
-                playground::signal_node(&node, Signal::SIGSTOP)?;
-            }
-            Fault::Membership => unreachable!("handled above"),
-            Fault::Restart => {
-                playground::signal_node(&node, Signal::SIGTERM)?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while playground::process_alive(node.pid) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                if playground::process_alive(node.pid) {
-                    bail!("node {victim} did not stop within 10 s of SIGTERM");
-                }
-            }
-        }
-        tokio::time::sleep(heal_after).await;
-        match fault {
-            Fault::Pause => {
-                playground::signal_node(&node, Signal::SIGCONT)?;
-            }
-            Fault::Membership => unreachable!("handled above"),
-            Fault::Kill | Fault::Restart => {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while playground::process_alive(node.pid) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let (_, child) = playground::start_node(dir, victim)?;
-                drop(child);
-            }
-        }
-        last_heal = Some(ns_since(t0));
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
-    }
+    };
+    let kills = &timeline.starts;
+    let last_heal = timeline.last_heal;
     let remaining = spec.duration.saturating_sub(t0.elapsed());
     tokio::time::sleep(remaining).await;
     stop.store(true, Ordering::Relaxed);
@@ -338,5 +678,19 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Resu
         fault,
         kills.iter().map(|k| k / 1_000_000).collect::<Vec<_>>()
     ));
+    if let Some(w) = &wan {
+        report.notes.push(format!("WAN for the whole run: {}", w.describe()));
+    }
+    if wan.is_some() || matches!(fault, Fault::Partition) {
+        report.notes.push(
+            "network faults injected by arkd's user-space fault layer under quinn (each node's faults.toml \
+             drops, delays and loses its peer QUIC/UDP datagrams, re-read every 100 ms), not by nftables, \
+             which needs root and network namespaces; client gRPC traffic is not affected"
+                .to_owned(),
+        );
+    }
+    if !timeline.events.is_empty() {
+        report.notes.push(format!("fault log: {}", timeline.events.join("; ")));
+    }
     Ok(report)
 }

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-fn drill_passes(scenario: &str) {
+fn drill_passes(scenario: &str) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
         .args([
@@ -36,6 +36,27 @@ fn drill_passes(scenario: &str) {
     assert!(r["ops"]["ok"].as_u64().unwrap() > 1000, "{r}");
     assert!(r["rto_ms"].as_f64().unwrap() < 10_000.0, "{r}");
     assert!(r["notes"][0].as_str().unwrap().contains("faults"), "{r}");
+    // Network faults never outlive the drill: every node's control file ends empty.
+    for node in std::fs::read_dir(out.path().join("cluster")).unwrap() {
+        let control = node.unwrap().path().join("faults.toml");
+        if control.exists() {
+            let rules = std::fs::read_to_string(&control).unwrap();
+            assert!(rules.trim().is_empty(), "{} still holds {rules}", control.display());
+        }
+    }
+    r
+}
+
+/// A drill on arkd's network fault layer: it must pass and say how its faults were injected.
+fn network_drill_passes(scenario: &str) {
+    let r = drill_passes(scenario);
+    let notes = r["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("fault layer under quinn")),
+        "{r}"
+    );
 }
 
 #[test]
@@ -61,6 +82,31 @@ fn rolling_restart_drill_passes() {
 #[test]
 fn membership_drill_passes() {
     drill_passes("membership");
+}
+
+#[test]
+fn site_partition_drill_passes() {
+    network_drill_passes("site-partition");
+}
+
+#[test]
+fn minority_partition_drill_passes() {
+    network_drill_passes("minority-partition");
+}
+
+#[test]
+fn asymmetric_partition_drill_passes() {
+    network_drill_passes("asymmetric-partition");
+}
+
+#[test]
+fn wan_drill_passes() {
+    network_drill_passes("wan");
+}
+
+#[test]
+fn site_kill_drill_passes() {
+    drill_passes("site-kill");
 }
 
 #[test]
