@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -120,15 +120,15 @@ impl FaultTable {
     /// Re-reads `path` every 100 ms until the process ends (a missing file = no faults).
     pub fn watch(self, path: PathBuf) {
         tokio::spawn(async move {
-            let mut seen: Option<(SystemTime, u64)> = None;
+            // Compared by content: two rewrites within the file system's timestamp
+            // resolution with the same length must not be missed.
+            let mut seen: Option<String> = None;
             loop {
-                let stamp = std::fs::metadata(&path)
-                    .ok()
-                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-                if stamp != seen {
-                    seen = stamp;
-                    let rules = match std::fs::read_to_string(&path) {
-                        Ok(text) => match toml::from_str::<Rules>(&text) {
+                let text = std::fs::read_to_string(&path).ok();
+                if text != seen {
+                    seen = text.clone();
+                    let rules = match text {
+                        Some(text) => match toml::from_str::<Rules>(&text) {
                             Ok(r) => r,
                             Err(e) => {
                                 tracing::warn!(file = %path.display(), error = %e, "fault rules not understood; keeping the old ones");
@@ -136,7 +136,7 @@ impl FaultTable {
                                 continue;
                             }
                         },
-                        Err(_) => Rules::default(),
+                        None => Rules::default(),
                     };
                     tracing::warn!(rules = rules.rule.len(), "fault injection rules loaded");
                     self.set(rules);

@@ -348,10 +348,10 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<PeerResponse, NetError> {
         let body = req.encode_to_vec();
-        let mut used: Option<quinn::Connection> = None;
+        let mut used: Option<(quinn::Connection, u64)> = None;
         let fut = async {
             let conn = self.connection(id, addr, timeout).await?;
-            used = Some(conn.clone());
+            used = Some((conn.clone(), conn.stats().udp_rx.datagrams));
             let io = |e: String| NetError::Io {
                 addr: addr.to_string(),
                 reason: e,
@@ -369,11 +369,21 @@ impl PeerPool {
                 after: timeout,
             }),
         };
-        if let (Err(NetError::Timeout { .. } | NetError::Io { .. }), Some(conn)) = (&res, used) {
-            // The peer may have restarted (its new process does not know this connection and
-            // stays silent) or died: forget the connection so the next call dials afresh
-            // instead of waiting on it until the idle timeout.
-            self.forget(id, &conn).await;
+        match (&res, used) {
+            (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, &conn).await,
+            (Err(NetError::Timeout { .. }), Some((conn, rx_before))) => {
+                // A peer that restarted (its new process does not know this connection) or
+                // died sends nothing more: forget the connection so the next call dials
+                // afresh instead of waiting until the idle timeout. A peer that is merely
+                // slow (a WAN link, a lost datagram) still sends: keep the connection, which
+                // other RPCs share, rather than fail them all and pay a new handshake.
+                if conn.stats().udp_rx.datagrams == rx_before {
+                    self.forget(id, &conn).await;
+                } else {
+                    metrics::counter!("ark_peer_rpc_timeouts_kept_total").increment(1);
+                }
+            }
+            _ => {}
         }
         if res.is_ok() {
             if let Ok(mut m) = self.last_ok.lock() {
