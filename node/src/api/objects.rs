@@ -177,6 +177,23 @@ impl ObjectsService {
         Ok(r)
     }
 
+    /// Creates or replaces a namespace (`make` builds the command) and answers with its view.
+    async fn write_namespace(
+        &self,
+        name: String,
+        request_id: Vec<u8>,
+        policy: Option<NamespacePolicy>,
+        make: fn(String, NsPolicy) -> Command,
+    ) -> Result<Response<NamespaceResponse>, Status> {
+        check_ns(&name)?;
+        check_request_id(&request_id)?;
+        let policy = policy_from_proto(policy)?;
+        self.write(request_id, make(name.clone(), policy.clone())).await?;
+        Ok(Response::new(NamespaceResponse {
+            namespace: Some(self.namespace_view(&name, &policy)?),
+        }))
+    }
+
     /// The namespace's policy from the local replica, waiting briefly for a namespace that
     /// was just created on the leader to be applied here.
     async fn policy(&self, ns: &str) -> Result<NsPolicy, Status> {
@@ -343,22 +360,11 @@ impl Objects for ObjectsService {
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
         let r = request.into_inner();
-        check_ns(&r.name)?;
-        check_request_id(&r.request_id)?;
-        let policy = policy_from_proto(r.policy)?;
-        let res = self
-            .write(
-                r.request_id,
-                Command::NsCreate {
-                    name: r.name.clone(),
-                    policy: policy.clone(),
-                },
-            )
-            .await?;
-        let _ = res;
-        Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy)?),
-        }))
+        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsCreate {
+            name,
+            policy,
+        })
+        .await
     }
 
     async fn set_namespace(
@@ -366,20 +372,11 @@ impl Objects for ObjectsService {
         request: Request<SetNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
         let r = request.into_inner();
-        check_ns(&r.name)?;
-        check_request_id(&r.request_id)?;
-        let policy = policy_from_proto(r.policy)?;
-        self.write(
-            r.request_id,
-            Command::NsSet {
-                name: r.name.clone(),
-                policy: policy.clone(),
-            },
-        )
-        .await?;
-        Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy)?),
-        }))
+        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
+            name,
+            policy,
+        })
+        .await
     }
 
     async fn delete_namespace(
