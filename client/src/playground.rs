@@ -315,17 +315,28 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<
     drop(ports);
     let mut pg = Playground::default();
     let mut children = Vec::new();
-    for node in nodes {
-        let child = spawn_node(&arkd, &node)?;
-        pg.nodes.push(PlaygroundNode {
-            pid: child.id(),
-            ..node
-        });
-        children.push(child);
+    let started: anyhow::Result<()> = async {
+        for node in nodes {
+            let child = spawn_node(&arkd, &node)?;
+            pg.nodes.push(PlaygroundNode {
+                pid: child.id(),
+                ..node
+            });
+            children.push(child);
+        }
+        write_client_config(dir, &pg)?;
+        pg.save(dir)?;
+        wait_ready(dir, &pg, layout.ready_timeout).await
     }
-    write_client_config(dir, &pg)?;
-    pg.save(dir)?;
-    wait_ready(dir, &pg, layout.ready_timeout).await?;
+    .await;
+    if let Err(e) = started {
+        // Nothing half-started stays behind: stop every node this call spawned.
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        return Err(e);
+    }
     Ok((pg, children))
 }
 
