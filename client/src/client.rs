@@ -162,16 +162,20 @@ impl ArkClient {
         if let Some(c) = chans.get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
+        let ep = self.endpoint(addr)?.timeout(self.inner.rpc_timeout);
+        let ch = ep.connect_lazy();
+        chans.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// The TLS endpoint of `addr` that both kinds of connection start from.
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, ClientError> {
+        Ok(Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?
             .tls_config(self.inner.tls.clone())
             .map_err(|e| ClientError::Config(format!("TLS config: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .timeout(self.inner.rpc_timeout);
-        let ch = ep.connect_lazy();
-        chans.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+            .tcp_nodelay(true))
     }
 
     /// A connection to `addr` for long streams: connected now (so that an unreachable node
@@ -187,12 +191,8 @@ impl ArkClient {
         {
             return Ok(c);
         }
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| ClientError::Config(format!("bad endpoint {addr}: {e}")))?
-            .tls_config(self.inner.tls.clone())
-            .map_err(|e| ClientError::Config(format!("TLS config: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
+        let ep = self
+            .endpoint(addr)?
             .http2_keep_alive_interval(STREAM_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(STREAM_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
