@@ -1,30 +1,24 @@
-//! Running a drill against real `arkd` processes: a playground on loopback, a recorded KV
-//! workload, a seeded fault schedule, the final reads, and the verdict of the checkers.
+//! Running a drill against real `arkd` processes: a playground on loopback, the recorded
+//! workload of [`crate::workload`], a seeded fault schedule, and the report.
 //!
-//! Owns the I/O half of the harness (processes, clocks, the SDK). It judges nothing itself:
-//! histories go to [`crate::linearizability`] and [`crate::checks`], verdicts to
-//! [`crate::report`]. Process faults are signals; network faults (partitions, one-way drops,
+//! Owns the playground's faults (processes, fault control files, chunk files). It judges
+//! nothing itself: [`crate::workload`] records and hands the history to the checkers. Process faults are signals; network faults (partitions, one-way drops,
 //! WAN links) go through arkd's user-space fault layer under quinn ([`crate::netfault`]).
 //! Network-namespace mode is not built yet; every run is in loopback mode and says so.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ark_client::playground::{self, Layout, Playground, PlaygroundNode};
-use ark_client::{ArkClient, ClientError};
+use ark_client::ArkClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::checks::{self, FaultWindow};
-use crate::history::{History, OpKind, Recorder, Value};
-use crate::linearizability::{self, SearchBudget};
 use crate::netfault::{FaultFiles, NetState, NodeId, Shaping};
 use crate::plan::{self, Member, PartitionKind};
-use crate::report::{CheckResults, Mode, Report, RunInfo};
+use crate::report::{Mode, Report, RunInfo};
+use crate::workload::{ns_since, Timeline, Workload, WorkloadShape, OP_TIMEOUT};
 
 /// Scenarios this build can run.
 pub const SCENARIOS: &[(&str, &str)] = &[
@@ -68,6 +62,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "site-kill",
         "3 sites x 2 nodes: kill -9 of every node of the leader's site at once, restarted 2 s later, every 3-5 s",
     ),
+    (
+        "chunk-corruption",
+        "one byte flipped in 3 chunk files of a random node every 3-5 s (a failing disk), a scrub 1-2 s later, under object puts and gets through every node",
+    ),
 ];
 
 /// What one fault does to its victim.
@@ -85,6 +83,8 @@ enum Fault {
     SiteKill,
     /// A network partition through the fault layer, then heal.
     Partition,
+    /// Bytes flipped in a random node's chunk files, then a scrub.
+    Corrupt,
 }
 
 /// The playground a scenario runs on.
@@ -136,32 +136,12 @@ const WAN_RAFT_TIMING: &[(&str, u64)] = &[
 const PARTITION_HOLD_MS: std::ops::Range<u64> = 2500..4000;
 const PARTITION_GAP_MS: std::ops::Range<u64> = 2000..3000;
 
-/// When the faults of a run happened (ns since the run began).
-#[derive(Debug, Default)]
-struct Timeline {
-    /// Start of every fault.
-    starts: Vec<u64>,
-    /// End of the last fault.
-    last_heal: Option<u64>,
-    /// One line per fault, for the report.
-    events: Vec<String>,
-}
-
-/// Keys the workload touches (a bounded set, so reads see other clients' writes).
-const KEYS: usize = 8;
 /// Concurrent workload clients.
 const WORKERS: usize = 6;
 /// Workload clients of the `wan` drill: at 60-80 ms round trips a closed-loop client completes
 /// only about six operations a second, so more of them keep the history as dense as on
 /// loopback (the leader folds concurrent writes into one entry).
 const WAN_WORKERS: usize = 16;
-/// Deadline of one workload operation, retries included; past it a write is unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most operations recorded in one run (about 20 minutes of this workload on the standard
-/// machine, a few hundred MiB of history). A full recorder ends the workload; faults after
-/// that then count as unrecovered, so longer soaks need a larger bound.
-const OPS_MAX: usize = 2_000_000;
-
 /// Parameters of one run.
 #[derive(Debug, Clone)]
 pub struct DrillSpec {
@@ -171,10 +151,6 @@ pub struct DrillSpec {
     pub duration: Duration,
     /// Seeds the fault schedule and the workload's choices.
     pub seed: u64,
-}
-
-fn ns_since(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Runs one drill in `dir` (a fresh folder for the playground) and returns its report.
@@ -355,6 +331,7 @@ impl ProcessPlan {
             "pause" => (Fault::Pause, Duration::from_secs(3)),
             "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
             "membership" => (Fault::Membership, Duration::ZERO),
+            "chunk-corruption" => (Fault::Corrupt, Duration::ZERO),
             "site-kill" => (Fault::SiteKill, Duration::from_secs(2)),
             // Down for longer than a follower waits before it may campaign with the WAN timing
             // (leader lease 2 s + election timeout 1-2 s): a leader back after 1.5 s would
@@ -402,6 +379,17 @@ async fn process_schedule(
             tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
             continue;
         }
+        if let Fault::Corrupt = fault {
+            let start = ns_since(t0);
+            tl.starts.push(start);
+            let event = corrupt_then_scrub(client, dir, &mut rng).await?;
+            let end = ns_since(t0);
+            tl.last_heal = Some(end);
+            tl.events
+                .push(format!("{}-{} ms: {event}", start / 1_000_000, end / 1_000_000));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
         let pg = Playground::load(dir)?;
         let victims: Vec<PlaygroundNode> = match spec.scenario.as_str() {
             "random-kill" => vec![pg.nodes[rng.gen_range(0..pg.nodes.len())].clone()],
@@ -437,7 +425,7 @@ async fn process_schedule(
                 Fault::Restart => {
                     playground::signal_node(node, Signal::SIGTERM)?;
                 }
-                Fault::Membership | Fault::Partition => unreachable!("not a process fault"),
+                Fault::Membership | Fault::Partition | Fault::Corrupt => unreachable!("not a process fault"),
             }
         }
         if let Fault::Restart = fault {
@@ -457,7 +445,7 @@ async fn process_schedule(
                 Fault::Pause => {
                     playground::signal_node(node, Signal::SIGCONT)?;
                 }
-                Fault::Membership | Fault::Partition => unreachable!("not a process fault"),
+                Fault::Membership | Fault::Partition | Fault::Corrupt => unreachable!("not a process fault"),
                 Fault::Kill | Fault::SiteKill | Fault::Restart => {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while playground::process_alive(node.pid) && Instant::now() < deadline {
@@ -481,6 +469,38 @@ async fn process_schedule(
     Ok(tl)
 }
 
+/// Chunk files corrupted per round of `chunk-corruption`.
+const CORRUPT_FILES: usize = 3;
+
+/// One round of `chunk-corruption`: flip a byte in [`CORRUPT_FILES`] chunk files of a random
+/// node, let the workload read through the corrupt copies for 1-2 s, then scrub every node
+/// (which must find and repair what the reads did not). One node per round and a scrub
+/// between rounds: every chunk keeps a good copy, as with one failing disk at a time.
+async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) -> anyhow::Result<String> {
+    let pg = Playground::load(dir)?;
+    let victim = &pg.nodes[rng.gen_range(0..pg.nodes.len())];
+    let hit = crate::objects::corrupt_chunks(&victim.data_dir, CORRUPT_FILES, rng)
+        .with_context(|| format!("corrupting chunks of node {}", victim.id))?;
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2000))).await;
+    let scrub = client
+        .with_object_timeout(Some(Duration::from_secs(60)))
+        .scrub(true)
+        .await
+        .context("scrub after corrupting chunks")?;
+    let (corrupt, repaired) = scrub
+        .nodes
+        .iter()
+        .fold((0, 0), |(c, r), n| (c + n.corrupt, r + n.repaired));
+    Ok(format!(
+        "flipped a byte in {} chunk files of node {}; scrub found {corrupt} corrupt, repaired {repaired}",
+        hit.len(),
+        victim.id
+    ))
+}
+
+/// How long a new learner may take to catch up (snapshot included) before the drill fails.
+const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
+
 /// One membership step: with three voters, start a node and add it (learner, caught up,
 /// then voter); with more, remove the newest added voter that does not lead and stop it.
 /// The original three stay, so the clients' endpoint list stays valid.
@@ -500,7 +520,25 @@ async fn change_membership(
             peer_addr: node.peer_addr.clone(),
             client_addr: node.client_addr.clone(),
         };
-        client.add_learner(spec, true).await.context("adding a learner")?;
+        // Not `wait_caught_up`: a learner that needs a snapshot (the state grows with every
+        // write of a long run) can take longer than one RPC may; poll its progress instead.
+        client.add_learner(spec, false).await.context("adding a learner")?;
+        let target = client
+            .status()
+            .await
+            .context("status after adding a learner")?
+            .applied_index;
+        let deadline = Instant::now() + LEARNER_CATCH_UP_MAX;
+        loop {
+            match client.status_of(&node.client_addr).await {
+                Ok(s) if s.applied_index >= target => break,
+                _ if Instant::now() >= deadline => bail!(
+                    "learner {} did not apply index {target} within {LEARNER_CATCH_UP_MAX:?}",
+                    node.id
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
         client.promote(node.id).await.context("promoting the learner")?;
     } else if let Some(victim) = voters.iter().copied().filter(|id| *id > 3 && *id != leader).max() {
         client.remove(victim).await.context("removing a voter")?;
@@ -530,60 +568,20 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Fa
     } else {
         None
     };
-    let recorder = Recorder::new(OPS_MAX);
-    let t0 = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let next_process = Arc::new(AtomicU64::new(1));
-    let mut workers = Vec::new();
-    let workers_n = if wan.is_some() { WAN_WORKERS } else { WORKERS };
-    for w in 0..workers_n {
-        let (client, recorder, stop, next_process) =
-            (client.clone(), recorder.clone(), stop.clone(), next_process.clone());
-        let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
-        workers.push(tokio::spawn(async move {
-            let mut process = next_process.fetch_add(1, Ordering::Relaxed);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("chaos/{}", rng.gen_range(0..KEYS));
-                if rng.gen_bool(0.5) {
-                    n += 1;
-                    let value = format!("p{process}-{n}");
-                    // A refused op is never sent, so the history stays complete.
-                    let Ok(h) = recorder.invoke(
-                        process,
-                        key.clone(),
-                        OpKind::Write {
-                            value: Value::from(value.as_str()),
-                        },
-                        ns_since(t0),
-                    ) else {
-                        break;
-                    };
-                    match client.put(&key, value.as_bytes()).await {
-                        Ok(_) => h.ok(ns_since(t0)),
-                        Err(ClientError::InvalidArgument(_) | ClientError::NotFound(_) | ClientError::Config(_)) => {
-                            h.fail(ns_since(t0))
-                        }
-                        Err(_) => {
-                            // May or may not have been applied: this client is retired and a
-                            // new one (new process id) takes its place; nothing is retried.
-                            h.unknown(ns_since(t0));
-                            process = next_process.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                } else {
-                    let Ok(h) = recorder.invoke(process, key.clone(), OpKind::Read, ns_since(t0)) else {
-                        break;
-                    };
-                    match client.get(&key, false).await {
-                        Ok(v) => h.read_ok(v.map(|v| Value::from(v.value)), ns_since(t0)),
-                        Err(_) => h.fail(ns_since(t0)),
-                    }
-                }
-            }
-        }));
-    }
-
+    let pg = Playground::load(dir)?;
+    let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
+    crate::objects::create_namespace(&client, copies).await?;
+    let endpoints: Vec<String> = pg.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let workload = Workload::start(
+        &client,
+        &endpoints,
+        WorkloadShape {
+            kv_workers: if wan.is_some() { WAN_WORKERS } else { WORKERS },
+            object_workers: if spec.scenario == "chunk-corruption" { 2 } else { 1 },
+            seed: spec.seed,
+        },
+    );
+    let t0 = workload.t0();
     let (fault, timeline) = match partition_kind(&spec.scenario) {
         Some(kind) => (
             Fault::Partition,
@@ -597,81 +595,18 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Fa
     let timeline = match timeline {
         Ok(t) => t,
         Err(e) => {
-            stop.store(true, Ordering::Relaxed);
-            for w in workers {
-                let _ = w.await;
-            }
+            workload.abort().await;
             return Err(e);
         }
     };
+    tokio::time::sleep(spec.duration.saturating_sub(t0.elapsed())).await;
+    let run = RunInfo {
+        scenario: spec.scenario.clone(),
+        seed: spec.seed,
+        mode: Mode::Loopback,
+    };
+    let mut report = workload.finish(run, &timeline, history_out).await?;
     let kills = &timeline.starts;
-    let last_heal = timeline.last_heal;
-    let remaining = spec.duration.saturating_sub(t0.elapsed());
-    tokio::time::sleep(remaining).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.context("workload task")?;
-    }
-
-    // Final reads, once every client is done: the cluster must have every acknowledged write.
-    let mut finals: BTreeMap<String, Option<Value>> = BTreeMap::new();
-    let reader = client.with_op_timeout(Duration::from_secs(30));
-    for k in 0..KEYS {
-        let key = format!("chaos/{k}");
-        let v = reader
-            .get(&key, false)
-            .await
-            .with_context(|| format!("final read of {key}"))?;
-        finals.insert(key, v.map(|v| Value::from(v.value)));
-    }
-    let history: History = recorder.snapshot();
-    let lost = checks::lost_acked_writes(&history, &finals);
-    let mut with_finals = history.clone();
-    with_finals.push_final_reads(&finals, next_process.fetch_add(1, Ordering::Relaxed), ns_since(t0));
-    std::fs::write(history_out, serde_json::to_vec(&with_finals)?)
-        .with_context(|| format!("writing {}", history_out.display()))?;
-    let lin = linearizability::check(&with_finals, &SearchBudget::default()).context("history is malformed")?;
-    let fault_start = kills.first().copied().unwrap_or(u64::MAX);
-    let availability = checks::availability(
-        &history,
-        FaultWindow {
-            start_ns: fault_start,
-            end_ns: last_heal,
-        },
-    );
-    // The worst recovery over all faults.
-    let rto_ns = kills
-        .iter()
-        .map(|k| checks::rto_ns(&history, *k))
-        .try_fold(0u64, |acc, r| r.map(|r| acc.max(r)));
-    let objects = checks::object_integrity(&[]);
-    let mut report = Report::new(
-        RunInfo {
-            scenario: spec.scenario.clone(),
-            seed: spec.seed,
-            mode: Mode::Loopback,
-        },
-        CheckResults {
-            history: &history,
-            linearizability: &lin,
-            lost: &lost,
-            objects: &objects,
-            availability: &availability,
-            rto_ns: if kills.is_empty() { None } else { rto_ns },
-        },
-    );
-    // Per fault: recovery measured up to the next fault only, so one slow recovery is not
-    // hidden by a later fault's quick one.
-    report.rto_ms_each = kills
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let next = kills.get(i + 1).copied().unwrap_or(u64::MAX);
-            checks::rto_ns(&history, *k)
-                .filter(|r| k.saturating_add(*r) < next)
-                .map(|r| r as f64 / 1e6)
-        })
-        .collect();
     report.notes.push(format!(
         "loopback mode: network namespaces are not built yet; {} faults ({:?}) at {:?} ms",
         kills.len(),

@@ -12,5 +12,7 @@ pub mod drill;
 pub mod history;
 pub mod linearizability;
 pub mod netfault;
+pub mod objects;
 pub mod plan;
 pub mod report;
+pub mod workload;

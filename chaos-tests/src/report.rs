@@ -44,6 +44,23 @@ impl From<&Availability> for AvailabilityRates {
     }
 }
 
+/// Counts of the object workload, for the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectOps {
+    /// Puts acknowledged (each checked against the bytes sent by the SDK).
+    pub puts_ok: u64,
+    /// Puts refused.
+    pub puts_fail: u64,
+    /// Puts whose outcome the client could not know (never counted as acknowledged).
+    pub puts_unknown: u64,
+    /// Gets that returned an object, whatever its bytes.
+    pub reads_ok: u64,
+    /// Gets that returned an error (unavailable, no good copy reachable).
+    pub reads_fail: u64,
+    /// Acknowledged objects read back at the end.
+    pub final_checked: u64,
+}
+
 /// `report.json`: `{scenario, seed, mode, ops: {ok, fail, unknown}, linearizable, lost_acked,
 /// corrupt_reads, rto_ms, availability: {before, during, after}, notes?}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +88,10 @@ pub struct Report {
     /// the worst of them). `null` entries: no write came back before the next fault.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rto_ms_each: Vec<Option<f64>>,
+    /// The object workload's counts (puts, gets, final read-backs); `corrupt_reads` and the
+    /// objects' share of `lost_acked` come from its reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectOps>,
     /// Explanations for a human: violations, undecided keys, recorder overflow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -135,6 +156,12 @@ impl Report {
                 lost.op, lost.key, lost.reason
             ));
         }
+        if !results.objects.corrupt.is_empty() {
+            notes.push(format!(
+                "{} object reads returned bytes other than the acknowledged ones",
+                results.objects.corrupt.len()
+            ));
+        }
         if !results.objects.missing.is_empty() {
             notes.push(format!(
                 "{} acknowledged objects not found",
@@ -165,6 +192,7 @@ impl Report {
             rto_ms: results.rto_ns.map(|ns| ns as f64 / 1e6),
             availability: results.availability.into(),
             rto_ms_each: Vec::new(),
+            objects: None,
             notes,
         }
     }
@@ -207,6 +235,13 @@ impl Report {
             "ops: {} ok, {} fail, {} unknown",
             self.ops.ok, self.ops.fail, self.ops.unknown
         );
+        if let Some(o) = &self.objects {
+            let _ = writeln!(
+                s,
+                "objects: {} puts ok, {} fail, {} unknown; {} gets ok, {} fail; {} read back at the end",
+                o.puts_ok, o.puts_fail, o.puts_unknown, o.reads_ok, o.reads_fail, o.final_checked
+            );
+        }
         let _ = writeln!(
             s,
             "linearizable: {}, lost acked: {}, corrupt reads: {}, RTO: {rto}",

@@ -36,6 +36,9 @@ fn drill_passes(scenario: &str) -> serde_json::Value {
     assert!(r["ops"]["ok"].as_u64().unwrap() > 1000, "{r}");
     assert!(r["rto_ms"].as_f64().unwrap() < 10_000.0, "{r}");
     assert!(r["notes"][0].as_str().unwrap().contains("faults"), "{r}");
+    // Objects were written and every acknowledged one was read back intact.
+    assert!(r["objects"]["puts_ok"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["objects"]["final_checked"], r["objects"]["puts_ok"], "{r}");
     // Network faults never outlive the drill: every node's control file ends empty.
     for node in std::fs::read_dir(out.path().join("cluster")).unwrap() {
         let control = node.unwrap().path().join("faults.toml");
@@ -107,6 +110,20 @@ fn wan_drill_passes() {
 #[test]
 fn site_kill_drill_passes() {
     drill_passes("site-kill");
+}
+
+#[test]
+fn chunk_corruption_drill_passes() {
+    let r = drill_passes("chunk-corruption");
+    // The corruption reached chunks and the scrub found it: the drill proved something.
+    let log = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|n| n.as_str().filter(|s| s.starts_with("fault log:")))
+        .unwrap_or_else(|| panic!("no fault log in {r}"));
+    assert!(log.contains("flipped a byte in 3 chunk files"), "{log}");
+    assert!(r["objects"]["reads_ok"].as_u64().unwrap() > 0, "{r}");
 }
 
 #[test]
