@@ -1,12 +1,17 @@
-//! Running a drill against real `arkd` processes: a playground on loopback, the recorded
-//! workload of [`crate::workload`], a seeded fault schedule, and the report.
+//! Running a drill against real `arkd` processes: a playground (every node in its own
+//! network namespace, or all on loopback), the recorded workload of [`crate::workload`], a
+//! seeded fault schedule, and the report.
 //!
-//! Owns the playground's faults (processes, fault control files, chunk files). It judges
-//! nothing itself: [`crate::workload`] records and hands the history to the checkers. Process faults are signals; network faults (partitions, one-way drops,
-//! WAN links) go through arkd's user-space fault layer under quinn ([`crate::netfault`]).
-//! Network-namespace mode is not built yet; every run is in loopback mode and says so.
+//! Owns the playground's faults (processes, network, chunk files). It judges nothing itself:
+//! [`crate::workload`] records and hands the history to the checkers. Process faults are
+//! signals; network faults go through [`crate::netfault::NetFaults`]: in netns mode
+//! ([`crate::netns`]) partitions and one-way drops are nftables drops in each node's
+//! namespace, in loopback mode they and (in both modes) WAN links go through arkd's
+//! user-space fault layer under quinn. The report says which mode ran and, when netns mode
+//! was wanted but not possible, why.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,9 +20,10 @@ use ark_client::ArkClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::netfault::{FaultFiles, NetState, NodeId, Shaping};
+use crate::netfault::{NetFaults, NetState, NodeId, Shaping};
+use crate::netns::{self, Netns};
 use crate::plan::{self, Member, PartitionKind};
-use crate::report::{Mode, Report, RunInfo};
+use crate::report::{Report, RunInfo};
 use crate::workload::{ns_since, Timeline, Workload, WorkloadShape, OP_TIMEOUT};
 
 /// Scenarios this build can run.
@@ -151,6 +157,33 @@ pub struct DrillSpec {
     pub duration: Duration,
     /// Seeds the fault schedule and the workload's choices.
     pub seed: u64,
+    /// Where the nodes run.
+    pub mode: ModeChoice,
+}
+
+/// Which mode a run asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModeChoice {
+    /// Network namespaces when this host can make them, else loopback (the report says why).
+    #[default]
+    Auto,
+    /// Network namespaces, or fail.
+    Netns,
+    /// Loopback processes.
+    Loopback,
+}
+
+/// The namespaces of a run in netns mode, or why it runs on loopback.
+fn choose_mode(choice: ModeChoice) -> anyhow::Result<Result<Arc<Netns>, String>> {
+    let make = || -> anyhow::Result<Arc<Netns>> {
+        netns::probe()?;
+        Ok(Arc::new(Netns::create()?))
+    };
+    Ok(match choice {
+        ModeChoice::Loopback => Err("asked for with --mode loopback".to_owned()),
+        ModeChoice::Netns => Ok(make().context("--mode netns: cannot make network namespaces")?),
+        ModeChoice::Auto => make().map_err(|e| format!("network namespaces unavailable: {e:#}")),
+    })
 }
 
 /// Runs one drill in `dir` (a fresh folder for the playground) and returns its report.
@@ -160,7 +193,11 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
     if !SCENARIOS.iter().any(|(n, _)| *n == spec.scenario) {
         bail!("unknown scenario {:?}; `ark-chaos list` names them", spec.scenario);
     }
-    let (_pg, mut children) = match playground::up(dir, &layout_for(&spec.scenario)).await {
+    // Dropped last (after the processes are gone): deletes every namespace of the run.
+    let netns = choose_mode(spec.mode)?;
+    let registered = netns.as_ref().ok().map(|n| netns::register(dir, n.clone()));
+    let placer = netns.as_ref().ok().map(|n| &**n as &dyn playground::NodePlacer);
+    let (_pg, mut children) = match playground::up_placed(dir, &layout_for(&spec.scenario), placer).await {
         Ok(up) => up,
         Err(e) => {
             // `up` leaves the nodes it started running when they never become ready.
@@ -170,7 +207,8 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
             return Err(e.context("starting the playground"));
         }
     };
-    let result = match FaultFiles::new(dir) {
+    let net = netns.as_ref().map(|n| format!("{}, names {}*", n.subnet(), n.prefix()));
+    let result = match NetFaults::new(dir, net.map_err(Clone::clone)) {
         Ok(mut faults) => {
             let report = drive(spec, dir, history_out, &mut faults).await;
             let healed = faults.heal().await.context("healing the network after the drill");
@@ -183,7 +221,12 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
         let _ = c.kill();
         let _ = c.wait();
     }
-    result
+    drop(registered);
+    let torn_down = match &netns {
+        Ok(n) => n.teardown(),
+        Err(_) => Ok(()),
+    };
+    result.and_then(|r| torn_down.map(|()| r))
 }
 
 /// Rewrites the `[raft]` timing of every node's config and restarts every node with it
@@ -264,7 +307,7 @@ async fn partition_schedule(
     dir: &Path,
     client: &ArkClient,
     t0: Instant,
-    faults: &mut FaultFiles,
+    faults: &mut NetFaults,
 ) -> anyhow::Result<Timeline> {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     // Shifts the cycle of round shapes (every kind's cycle divides 6).
@@ -512,7 +555,9 @@ async fn change_membership(
 ) -> anyhow::Result<()> {
     let voters: Vec<u64> = st.nodes.iter().filter(|n| n.role == "voter").map(|n| n.id).collect();
     if voters.len() <= 3 {
-        let (node, child) = playground::add_node(dir, "site-d", 20_000)?;
+        let netns = netns::placer_for(dir);
+        let placer = netns.as_ref().map(|n| &**n as &dyn playground::NodePlacer);
+        let (node, child) = playground::add_node_placed(dir, "site-d", 20_000, placer)?;
         drop(child);
         let spec = ark_proto::v1::NodeSpec {
             id: node.id,
@@ -550,7 +595,7 @@ async fn change_membership(
     Ok(())
 }
 
-async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut FaultFiles) -> anyhow::Result<Report> {
+async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut NetFaults) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
     // WAN links for the whole run, installed before the first operation.
     let wan = if spec.scenario == "wan" {
@@ -603,12 +648,13 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Fa
     let run = RunInfo {
         scenario: spec.scenario.clone(),
         seed: spec.seed,
-        mode: Mode::Loopback,
+        mode: faults.mode(),
     };
     let mut report = workload.finish(run, &timeline, history_out).await?;
     let kills = &timeline.starts;
     report.notes.push(format!(
-        "loopback mode: network namespaces are not built yet; {} faults ({:?}) at {:?} ms",
+        "{}; {} faults ({:?}) at {:?} ms",
+        faults.mode_note(),
         kills.len(),
         fault,
         kills.iter().map(|k| k / 1_000_000).collect::<Vec<_>>()
@@ -617,12 +663,7 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Fa
         report.notes.push(format!("WAN for the whole run: {}", w.describe()));
     }
     if wan.is_some() || matches!(fault, Fault::Partition) {
-        report.notes.push(
-            "network faults injected by arkd's user-space fault layer under quinn (each node's faults.toml \
-             drops, delays and loses its peer QUIC/UDP datagrams, re-read every 100 ms), not by nftables, \
-             which needs root and network namespaces; client gRPC traffic is not affected"
-                .to_owned(),
-        );
+        report.notes.push(faults.injection_note().to_owned());
     }
     if !timeline.events.is_empty() {
         report.notes.push(format!("fault log: {}", timeline.events.join("; ")));

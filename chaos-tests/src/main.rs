@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Failover drills against real arkd processes.
 #[derive(Debug, Parser)]
@@ -33,7 +33,30 @@ enum Cmd {
         /// Folder for report.json (and the playground's logs, kept for post-mortems).
         #[arg(long)]
         out: PathBuf,
+        /// Where the nodes run: `netns` (each in its own network namespace, partitions with
+        /// nftables; needs root, iproute2 and nftables), `loopback`, or `auto` (netns when this
+        /// host can make a namespace, else loopback; the report says which and why).
+        #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+        mode: ModeArg,
     },
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Auto,
+    Netns,
+    Loopback,
+}
+
+impl From<ModeArg> for ark_chaos::drill::ModeChoice {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Auto => Self::Auto,
+            ModeArg::Netns => Self::Netns,
+            ModeArg::Loopback => Self::Loopback,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,7 +80,8 @@ fn main() -> ExitCode {
             duration,
             seed,
             out,
-        } => match run(scenario, duration, seed, out) {
+            mode,
+        } => match run(scenario, duration, seed, out, mode.into()) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
@@ -68,7 +92,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(scenario: String, duration: u64, seed: u64, out: PathBuf) -> anyhow::Result<bool> {
+fn run(
+    scenario: String,
+    duration: u64,
+    seed: u64,
+    out: PathBuf,
+    mode: ark_chaos::drill::ModeChoice,
+) -> anyhow::Result<bool> {
     use anyhow::Context;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -76,6 +106,7 @@ fn run(scenario: String, duration: u64, seed: u64, out: PathBuf) -> anyhow::Resu
         scenario,
         duration: Duration::from_secs(duration),
         seed,
+        mode,
     };
     let report = rt.block_on(ark_chaos::drill::run(
         &spec,

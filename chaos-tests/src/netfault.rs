@@ -1,22 +1,30 @@
 //! Network faults for drills: which peer links are cut, in which direction, and how every
-//! link is degraded, rendered as the `faults.toml` control file of each node's fault layer.
+//! link is degraded, rendered as each node's rules, and applied in one of two ways
+//! ([`NetFaults`]):
 //!
-//! arkd drops, delays and loses its peer (QUIC/UDP) datagrams in a user-space layer under
-//! quinn (`node/src/net/fault.rs`), driven by `<node dir>/faults.toml`, which it re-reads
-//! every 100 ms. That is where drills inject partitions and WAN links: nftables and `tc netem`
-//! need root and network namespaces. Client (gRPC) traffic is not affected.
+//! - loopback mode: arkd drops, delays and loses its peer (QUIC/UDP) datagrams in a user-space
+//!   layer under quinn (`node/src/net/fault.rs`), driven by `<node dir>/faults.toml`, which it
+//!   re-reads every 100 ms ([`FaultFiles`]);
+//! - netns mode (every node in its own network namespace, [`crate::netns`]): cut links are
+//!   nftables drops of peer UDP in each node's namespace ([`Nftables`]); WAN delay and loss
+//!   still go through `faults.toml`, as `tc netem` is not available everywhere.
+//!
+//! In both, client (gRPC, TCP) traffic is not affected: a cut-off node still answers clients.
 //!
 //! Owns: the model of a network state ([`NetState`]) and its per-node rules, which are pure
-//! and unit-tested; and [`FaultFiles`], which writes them atomically and heals every node on
+//! and unit-tested; and the appliers, which install them atomically and heal every node on
 //! demand and on drop. Must not touch processes, the workload or the checkers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ark_client::playground::Playground;
+
+use crate::report::Mode;
 
 /// A node id of the playground.
 pub type NodeId = u64;
@@ -125,6 +133,73 @@ impl NetState {
                 s.delay_ms, s.jitter_ms, s.loss
             );
         }
+        Ok(text)
+    }
+
+    /// Only the blocked links (what nftables enforces in netns mode).
+    pub fn blocks_only(&self) -> Self {
+        Self {
+            blocked: self.blocked.clone(),
+            shaping: None,
+        }
+    }
+
+    /// Only the shaping of every link (what arkd's fault layer enforces in netns mode).
+    pub fn shaping_only(&self) -> Self {
+        Self {
+            blocked: BTreeSet::new(),
+            shaping: self.shaping,
+        }
+    }
+
+    /// The nftables ruleset of `node`'s namespace: table `inet arkchaos`, dropping UDP that
+    /// comes in from the peers it must not hear and goes out to the peers it must not reach.
+    /// `ips` maps node ids to their addresses. Empty text when no blocked link touches `node`
+    /// (the table is then deleted). Shaping is not rendered here: it stays in `faults.toml`.
+    pub fn nft_rules_for(&self, node: NodeId, ips: &BTreeMap<NodeId, IpAddr>) -> anyhow::Result<String> {
+        let ip_of = |peer: &NodeId| {
+            ips.get(peer)
+                .copied()
+                .with_context(|| format!("no address for node {peer}"))
+        };
+        let from: Vec<IpAddr> = self
+            .blocked
+            .iter()
+            .filter(|(_, to)| *to == node)
+            .map(|(from, _)| ip_of(from))
+            .collect::<anyhow::Result<_>>()?;
+        let to: Vec<IpAddr> = self
+            .blocked
+            .iter()
+            .filter(|(from, _)| *from == node)
+            .map(|(_, to)| ip_of(to))
+            .collect::<anyhow::Result<_>>()?;
+        if from.is_empty() && to.is_empty() {
+            return Ok(String::new());
+        }
+        let mut text = format!("table inet {NFT_TABLE} {{\n");
+        for (chain, dir, addrs) in [("input", "saddr", &from), ("output", "daddr", &to)] {
+            let _ = writeln!(
+                text,
+                "\tchain {chain} {{\n\t\ttype filter hook {chain} priority filter; policy accept;"
+            );
+            for (family, of_family) in [("ip", false), ("ip6", true)] {
+                let set: Vec<String> = addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6() == of_family)
+                    .map(ToString::to_string)
+                    .collect();
+                if !set.is_empty() {
+                    let _ = writeln!(
+                        text,
+                        "\t\tmeta l4proto udp {family} {dir} {{ {} }} drop",
+                        set.join(", ")
+                    );
+                }
+            }
+            text.push_str("\t}\n");
+        }
+        text.push_str("}\n");
         Ok(text)
     }
 
@@ -254,6 +329,213 @@ impl Drop for FaultFiles {
     }
 }
 
+/// The nftables table drills own in each node's namespace (and nothing else).
+pub const NFT_TABLE: &str = "arkchaos";
+
+/// One `nft -f -` batch that replaces the drill's table with `rules` atomically: declaring the
+/// table first makes the delete succeed whether or not it existed; empty `rules` leave no
+/// table.
+pub fn nft_batch(rules: &str) -> String {
+    format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n{rules}")
+}
+
+/// The nftables rules of every node of a playground in netns mode, each in the node's own
+/// namespace. A batch is applied atomically by the kernel, so a fault is in force when
+/// [`Nftables::apply`] returns. Dropping it deletes every table, so a failed drill leaves no
+/// partition behind (deleting the namespaces would too).
+#[derive(Debug)]
+pub struct Nftables {
+    nodes: BTreeMap<NodeId, NftNode>,
+}
+
+#[derive(Debug)]
+struct NftNode {
+    netns: String,
+    ip: IpAddr,
+    /// The ruleset in force (empty: no table).
+    text: String,
+}
+
+/// How long `nft` may take to load one namespace's batch.
+const NFT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Nftables {
+    /// The namespaces of every node in the playground at `dir`; fails for a node without one.
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        let pg = Playground::load(dir)?;
+        let mut nodes = BTreeMap::new();
+        for n in &pg.nodes {
+            let netns = n
+                .netns
+                .clone()
+                .with_context(|| format!("node {} runs in no network namespace", n.id))?;
+            let ip = n
+                .peer_addr
+                .parse::<SocketAddr>()
+                .with_context(|| format!("peer address {:?} of node {}", n.peer_addr, n.id))?
+                .ip();
+            nodes.insert(
+                n.id,
+                NftNode {
+                    netns,
+                    ip,
+                    text: String::new(),
+                },
+            );
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Makes the blocked links look like `state` (its shaping is ignored): replaces the table
+    /// of every node whose rules change. Returns the nodes that changed.
+    pub async fn apply(&mut self, state: &NetState) -> anyhow::Result<Vec<NodeId>> {
+        let ips: BTreeMap<NodeId, IpAddr> = self.nodes.iter().map(|(id, n)| (*id, n.ip)).collect();
+        let mut changed = Vec::new();
+        for (id, n) in &mut self.nodes {
+            let text = state.nft_rules_for(*id, &ips)?;
+            if text == n.text {
+                continue;
+            }
+            nft_load(&n.netns, &nft_batch(&text))
+                .await
+                .with_context(|| format!("loading the nftables rules of node {id}"))?;
+            n.text = text;
+            changed.push(*id);
+        }
+        Ok(changed)
+    }
+
+    /// Deletes the table in every namespace that has one.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        self.apply(&NetState::healthy()).await.map(|_| ())
+    }
+}
+
+/// Runs `nft -f -` with `batch` in namespace `netns`, within [`NFT_TIMEOUT`].
+async fn nft_load(netns: &str, batch: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run `ip netns exec ... nft` (are iproute2 and nftables installed?)")?;
+    let mut stdin = child.stdin.take().context("nft has no stdin")?;
+    stdin.write_all(batch.as_bytes()).await.context("writing to nft")?;
+    drop(stdin);
+    let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
+        .await
+        .with_context(|| format!("nft in {netns} did not finish within {NFT_TIMEOUT:?}"))??;
+    if !out.status.success() {
+        bail!("nft in {netns} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Drop for Nftables {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut().filter(|n| !n.text.is_empty()) {
+            // Best effort, blocking: the drill is ending; `heal` is the checked path.
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "exec", &n.netns, "nft", "delete", "table", "inet", NFT_TABLE])
+                .output();
+            n.text.clear();
+        }
+    }
+}
+
+/// The fault applier of a run: the same `apply`/`heal` in both modes.
+#[derive(Debug)]
+pub enum NetFaults {
+    /// Everything through arkd's user-space fault layer.
+    Loopback {
+        /// Every node's `faults.toml`.
+        files: FaultFiles,
+        /// Why loopback mode (for the report).
+        why: String,
+    },
+    /// Cut links through nftables in each node's namespace; shaping through `faults.toml`.
+    Netns {
+        /// The nodes' nftables tables.
+        nft: Nftables,
+        /// Every node's `faults.toml`, for WAN shaping only.
+        shaping: FaultFiles,
+        /// The run's subnet and name prefix (for the report).
+        net: String,
+    },
+}
+
+impl NetFaults {
+    /// The applier of the playground in `dir`: loopback (`why` says why that mode), or netns
+    /// with `net` describing the run's namespaces.
+    pub fn new(dir: &Path, netns: Result<String, String>) -> anyhow::Result<Self> {
+        let files = FaultFiles::new(dir)?;
+        Ok(match netns {
+            Ok(net) => Self::Netns {
+                nft: Nftables::new(dir)?,
+                shaping: files,
+                net,
+            },
+            Err(why) => Self::Loopback { files, why },
+        })
+    }
+
+    /// Makes the network look like `state`, in force on return; returns the nodes whose rules
+    /// changed.
+    pub async fn apply(&mut self, state: &NetState) -> anyhow::Result<Vec<NodeId>> {
+        match self {
+            Self::Loopback { files, .. } => files.apply(state).await,
+            Self::Netns { nft, shaping, .. } => {
+                let mut changed = nft.apply(&state.blocks_only()).await?;
+                changed.extend(shaping.apply(&state.shaping_only()).await?);
+                changed.sort_unstable();
+                changed.dedup();
+                Ok(changed)
+            }
+        }
+    }
+
+    /// Removes every fault on every node.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        self.apply(&NetState::healthy()).await.map(|_| ())
+    }
+
+    /// The report's mode.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::Loopback { .. } => Mode::Loopback,
+            Self::Netns { .. } => Mode::Netns,
+        }
+    }
+
+    /// First words of the report's fault note: the mode and why.
+    pub fn mode_note(&self) -> String {
+        match self {
+            Self::Loopback { why, .. } => format!("loopback mode ({why})"),
+            Self::Netns { net, .. } => format!("netns mode: every node in its own network namespace ({net})"),
+        }
+    }
+
+    /// How network faults were injected, for the report.
+    pub fn injection_note(&self) -> &'static str {
+        match self {
+            Self::Loopback { .. } => {
+                "network faults injected by arkd's user-space fault layer under quinn (each node's faults.toml \
+                 drops, delays and loses its peer QUIC/UDP datagrams, re-read every 100 ms), not by nftables; \
+                 client gRPC traffic is not affected"
+            }
+            Self::Netns { .. } => {
+                "partitions and one-way drops are nftables drops of peer UDP in each node's network namespace \
+                 (table inet arkchaos: input drops from the peers it must not hear, output to those it must not \
+                 reach); WAN delay and loss, if any, through arkd's user-space fault layer under quinn \
+                 (faults.toml; tc netem is not used); client gRPC traffic is not affected"
+            }
+        }
+    }
+}
+
 /// Whether `needle` occurs in the file at `path` after its first `offset` bytes.
 fn logged_since(path: &Path, offset: u64, needle: &str) -> bool {
     use std::io::{Read, Seek, SeekFrom};
@@ -354,6 +636,81 @@ mod tests {
             loss: 1.5,
         });
         assert!(bad.rules_for(1, &addrs()).is_err());
+    }
+
+    fn ips() -> BTreeMap<NodeId, IpAddr> {
+        (1..=5).map(|i| (i, IpAddr::from([10, 150, 1, 9 + i as u8]))).collect()
+    }
+
+    #[test]
+    fn nft_cut_drops_both_ways_only_peer_udp() {
+        let mut s = NetState::healthy();
+        s.isolate(&[1], &[1, 2, 3]);
+        assert_eq!(
+            s.nft_rules_for(1, &ips()).unwrap(),
+            "table inet arkchaos {\n\
+             \tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tmeta l4proto udp ip saddr { 10.150.1.11, 10.150.1.12 } drop\n\t}\n\
+             \tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\
+             \t\tmeta l4proto udp ip daddr { 10.150.1.11, 10.150.1.12 } drop\n\t}\n\
+             }\n"
+        );
+        let r2 = s.nft_rules_for(2, &ips()).unwrap();
+        assert!(
+            r2.contains("saddr { 10.150.1.10 }") && r2.contains("daddr { 10.150.1.10 }"),
+            "{r2}"
+        );
+        // Nothing but UDP is dropped: the harness's gRPC (TCP) still reaches a cut-off node.
+        assert!(r2
+            .lines()
+            .filter(|l| l.contains("drop"))
+            .all(|l| l.contains("meta l4proto udp")));
+    }
+
+    #[test]
+    fn nft_one_way_drop_is_input_at_the_receiver_and_output_at_the_sender() {
+        let mut s = NetState::healthy();
+        s.block(2, 1); // node 1 does not receive from node 2
+        let r1 = s.nft_rules_for(1, &ips()).unwrap();
+        assert!(r1.contains("ip saddr { 10.150.1.11 } drop"), "{r1}");
+        assert!(!r1.contains("daddr"), "{r1}");
+        let r2 = s.nft_rules_for(2, &ips()).unwrap();
+        assert!(r2.contains("ip daddr { 10.150.1.10 } drop"), "{r2}");
+        assert!(!r2.contains("saddr"), "{r2}");
+        assert_eq!(s.nft_rules_for(3, &ips()).unwrap(), "");
+    }
+
+    #[test]
+    fn nft_ignores_shaping_and_healthy_means_no_table() {
+        let wan = NetState::wan(Shaping {
+            delay_ms: 30,
+            jitter_ms: 10,
+            loss: 0.01,
+        });
+        assert_eq!(wan.nft_rules_for(1, &ips()).unwrap(), "");
+        assert_eq!(NetState::healthy().nft_rules_for(1, &ips()).unwrap(), "");
+        assert_eq!(
+            nft_batch(""),
+            "table inet arkchaos\ndelete table inet arkchaos\n",
+            "healing deletes the table whether or not it exists"
+        );
+        let mut both = wan.clone();
+        both.cut(1, 2);
+        assert_eq!(both.blocks_only().shaping, None);
+        assert!(both.shaping_only().blocked.is_empty() && both.shaping_only().shaping.is_some());
+        let mut s = NetState::healthy();
+        s.cut(1, 9);
+        assert!(s.nft_rules_for(1, &ips()).is_err());
+    }
+
+    #[test]
+    fn nft_v6_peers_get_ip6_rules() {
+        let mut s = NetState::healthy();
+        s.cut(1, 2);
+        let mut ips = ips();
+        ips.insert(2, "fd00::2".parse().unwrap());
+        let r1 = s.nft_rules_for(1, &ips).unwrap();
+        assert!(r1.contains("meta l4proto udp ip6 saddr { fd00::2 } drop"), "{r1}");
     }
 
     #[test]

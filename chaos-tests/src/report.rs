@@ -17,9 +17,9 @@ use crate::linearizability::{BudgetExhausted, LinearizabilityResult};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Network namespaces and real packet loss / partitions.
+    /// Every node in its own network namespace; partitions are nftables drops.
     Netns,
-    /// Processes on loopback only (kills and pauses, no network faults).
+    /// Processes on loopback; network faults through arkd's user-space fault layer.
     Loopback,
 }
 

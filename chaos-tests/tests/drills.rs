@@ -1,11 +1,17 @@
 //! The short CI suite of drills: each scenario runs 20 s against real `arkd` processes and
 //! must report a linearizable history with nothing lost and a recovery after every fault.
+//! The scenarios run on loopback (arkd's fault layer); two network scenarios run again in
+//! network namespaces with nftables partitions when the host allows it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::process::Command;
 
 fn drill_passes(scenario: &str) -> serde_json::Value {
+    drill_passes_in(scenario, "loopback")
+}
+
+fn drill_passes_in(scenario: &str, mode: &str) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
         .args([
@@ -16,6 +22,8 @@ fn drill_passes(scenario: &str) -> serde_json::Value {
             "20",
             "--seed",
             "1",
+            "--mode",
+            mode,
             "--out",
         ])
         .arg(out.path())
@@ -110,6 +118,124 @@ fn wan_drill_passes() {
 #[test]
 fn site_kill_drill_passes() {
     drill_passes("site-kill");
+}
+
+/// Why this host cannot run drills in network namespaces, `None` when it can.
+fn netns_unavailable() -> Option<String> {
+    // `Uid: real effective saved fs`.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if euid != Some("0") {
+        return Some(format!("not root (effective uid {euid:?})"));
+    }
+    for tool in ["ip", "nft"] {
+        match Command::new(tool).arg("-V").output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => return Some(format!("{tool} -V failed: {}", String::from_utf8_lossy(&o.stderr))),
+            Err(e) => return Some(format!("{tool} not found: {e}")),
+        }
+    }
+    let ns = format!("arktest{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &ns]).output() {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+            None
+        }
+        Ok(o) => Some(format!(
+            "ip netns add failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run ip: {e}")),
+    }
+}
+
+/// Names of the host's namespaces and links.
+fn ip_names(args: &[&str]) -> Vec<String> {
+    let o = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            // `ip netns list`: `name (id: N)`; `ip -o link`: `12: name@if3: <...>`.
+            let name = if args.contains(&"netns") {
+                l.split_whitespace().next()
+            } else {
+                l.split(": ").nth(1).and_then(|n| n.split('@').next())
+            };
+            name.map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Whether `name` is one the run with `prefix` made (router, uplink, probe or node).
+fn made_by(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix).is_some_and(|rest| {
+        matches!(rest, "r" | "u" | "p")
+            || rest
+                .strip_prefix('n')
+                .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+    })
+}
+
+/// A network drill in network namespaces: it must pass, say so, and leave no namespace, link
+/// or nftables table behind. Without namespaces, says why and runs the drill on loopback
+/// through `--mode auto`, which must fall back and say why.
+fn netns_drill_passes(scenario: &str) {
+    if let Some(why) = netns_unavailable() {
+        eprintln!("network namespaces unavailable here ({why}): checking the loopback fallback of {scenario} instead");
+        let r = drill_passes_in(scenario, "auto");
+        assert_eq!(r["mode"], "loopback", "{r}");
+        assert!(
+            r["notes"][0]
+                .as_str()
+                .unwrap()
+                .contains("network namespaces unavailable"),
+            "{r}"
+        );
+        return;
+    }
+    let r = drill_passes_in(scenario, "netns");
+    assert_eq!(r["mode"], "netns", "{r}");
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(notes[0].starts_with("netns mode"), "{r}");
+    assert!(notes.iter().any(|n| n.contains("nftables drops of peer UDP")), "{r}");
+    let prefix = notes[0]
+        .split("names ")
+        .nth(1)
+        .and_then(|rest| rest.split('*').next())
+        .unwrap_or_else(|| panic!("no name prefix in {}", notes[0]));
+    assert!(prefix.starts_with("ark") && prefix.len() >= 5, "{prefix}");
+    let left: Vec<String> = ip_names(&["netns", "list"])
+        .into_iter()
+        .chain(ip_names(&["-o", "link", "show"]))
+        .filter(|n| made_by(prefix, n))
+        .collect();
+    assert!(left.is_empty(), "the drill left {left:?} behind");
+    // Tables lived only in the node namespaces, which are gone; none leaked to the host.
+    let o = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("arkchaos"));
+}
+
+#[test]
+fn site_partition_drill_passes_in_network_namespaces() {
+    netns_drill_passes("site-partition");
+}
+
+#[test]
+fn asymmetric_partition_drill_passes_in_network_namespaces() {
+    netns_drill_passes("asymmetric-partition");
 }
 
 #[test]

@@ -2,8 +2,13 @@
 //! `tiup playground` or `cockroach demo`. Each node gets its own data dir, config, log file
 //! and certificate under the playground dir; `playground.json` records what was started so
 //! that `down` (or a test) can find every process again.
+//!
+//! By default every node listens on its own loopback ports. A caller that passes a
+//! [`NodePlacer`] (the chaos harness's network-namespace mode) gets each node started with
+//! `ip netns exec <namespace> arkd ...`, listening on its namespace's own address; the
+//! placer owns the namespaces, this module only records which one each node is in.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +41,40 @@ pub struct PlaygroundNode {
     pub data_dir: PathBuf,
     /// Its config file.
     pub config: PathBuf,
+    /// The network namespace its `arkd` runs in (`ip netns exec`); `None`: the harness's own
+    /// namespace, on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// Where a node placed by a [`NodePlacer`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNet {
+    /// Name of its network namespace (as `ip netns list` shows it).
+    pub netns: String,
+    /// Its address in that namespace, reachable from the caller's namespace.
+    pub ip: IpAddr,
+}
+
+/// Gives each new node a network namespace and an address of its own (created before the
+/// node starts). Without one, nodes share the caller's loopback.
+pub trait NodePlacer: Send + Sync {
+    /// Makes (or finds) the namespace of node `id` in `site`.
+    fn place(&self, id: u64, site: &str) -> anyhow::Result<NodeNet>;
+}
+
+/// Ports of a node in its own namespace: it has the address to itself, so fixed ports.
+const NETNS_PEER_PORT: u16 = 7000;
+const NETNS_CLIENT_PORT: u16 = 7001;
+const NETNS_METRICS_PORT: u16 = 7002;
+
+/// The three listen addresses of a node in a namespace.
+fn netns_addrs(ip: IpAddr) -> (SocketAddr, SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(ip, NETNS_PEER_PORT),
+        SocketAddr::new(ip, NETNS_CLIENT_PORT),
+        SocketAddr::new(ip, NETNS_METRICS_PORT),
+    )
 }
 
 /// `playground.json`.
@@ -169,6 +208,7 @@ struct NodeSpec<'a> {
     initialize: bool,
     peers: &'a [(u64, String, SocketAddr, SocketAddr)],
     snapshot_logs_since_last: u64,
+    netns: Option<String>,
 }
 
 fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {
@@ -242,10 +282,13 @@ initialize = {init}
         metrics_addr: spec.metrics.to_string(),
         data_dir: node_dir.join("data"),
         config,
+        netns: spec.netns.clone(),
     })
 }
 
-/// Starts the `arkd` of one node in the background, logging to `node-<id>/arkd.log`.
+/// Starts the `arkd` of one node in the background, logging to `node-<id>/arkd.log`; in its
+/// network namespace when it has one. `ip netns exec` execs arkd in place (execvp), so the
+/// child's pid is arkd's and signals reach it directly.
 pub fn spawn_node(arkd: &Path, node: &PlaygroundNode) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let dir = node.config.parent().unwrap_or(Path::new("."));
@@ -254,7 +297,15 @@ pub fn spawn_node(arkd: &Path, node: &PlaygroundNode) -> anyhow::Result<Child> {
         .append(true)
         .open(dir.join("arkd.log"))
         .context("opening node log")?;
-    let child = Command::new(arkd)
+    let mut cmd = match &node.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns.as_str()]).arg(arkd);
+            c
+        }
+        None => Command::new(arkd),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&node.config)
         .stdin(Stdio::null())
@@ -264,13 +315,28 @@ pub fn spawn_node(arkd: &Path, node: &PlaygroundNode) -> anyhow::Result<Child> {
         // reach the nodes.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("cannot start {}", arkd.display()))?;
+        .with_context(|| match &node.netns {
+            Some(ns) => format!(
+                "cannot start {} in network namespace {ns} (ip netns exec)",
+                arkd.display()
+            ),
+            None => format!("cannot start {}", arkd.display()),
+        })?;
     Ok(child)
 }
 
 /// Creates and starts a playground in `dir`; returns it with the child handles (dropping
 /// them leaves the processes running).
 pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<Child>)> {
+    up_placed(dir, layout, None).await
+}
+
+/// [`up`], with every node in the namespace `placer` gives it when there is one.
+pub async fn up_placed(
+    dir: &Path,
+    layout: &Layout,
+    placer: Option<&dyn NodePlacer>,
+) -> anyhow::Result<(Playground, Vec<Child>)> {
     if layout.sites == 0 || layout.nodes_per_site == 0 {
         bail!("--sites and --nodes-per-site must be at least 1");
     }
@@ -290,13 +356,27 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<
     let count = layout.sites * layout.nodes_per_site;
     let mut ports = PortPicker::default();
     let mut addrs = Vec::new();
+    // Per node: its namespace and metrics address (listen addresses are in `addrs`).
+    let mut places = Vec::new();
     for i in 0..count {
         let id = u64::from(i) + 1;
+        let site = site_name(i / layout.nodes_per_site);
         certs::create_node(&certs_dir, &certs_dir, id, &[])?;
-        addrs.push((id, site_name(i / layout.nodes_per_site), ports.udp()?, ports.tcp()?));
+        match placer {
+            Some(p) => {
+                let net = p.place(id, &site)?;
+                let (peer, client, metrics) = netns_addrs(net.ip);
+                addrs.push((id, site, peer, client));
+                places.push((Some(net.netns), metrics));
+            }
+            None => {
+                addrs.push((id, site, ports.udp()?, ports.tcp()?));
+                places.push((None, ports.tcp()?));
+            }
+        }
     }
     let mut nodes = Vec::new();
-    for (id, site, peer, client) in &addrs {
+    for ((id, site, peer, client), (netns, metrics)) in addrs.iter().zip(places) {
         nodes.push(write_node_config(
             dir,
             &NodeSpec {
@@ -304,10 +384,11 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<(Playground, Vec<
                 site: site.clone(),
                 peer: *peer,
                 client: *client,
-                metrics: ports.tcp()?,
+                metrics,
                 initialize: *id == 1,
                 peers: &addrs,
                 snapshot_logs_since_last: layout.snapshot_logs_since_last,
+                netns,
             },
         )?);
     }
@@ -432,23 +513,49 @@ pub fn start_node(dir: &Path, id: u64) -> anyhow::Result<(PlaygroundNode, Child)
 
 /// Creates and starts one more node (not yet a member: add it with `ark members add`).
 pub fn add_node(dir: &Path, site: &str, snapshot_logs_since_last: u64) -> anyhow::Result<(PlaygroundNode, Child)> {
+    add_node_placed(dir, site, snapshot_logs_since_last, None)
+}
+
+/// [`add_node`], in the namespace `placer` gives it. A playground whose nodes run in
+/// namespaces needs one: a loopback node could not reach them.
+pub fn add_node_placed(
+    dir: &Path,
+    site: &str,
+    snapshot_logs_since_last: u64,
+    placer: Option<&dyn NodePlacer>,
+) -> anyhow::Result<(PlaygroundNode, Child)> {
     let mut pg = Playground::load(dir)?;
+    if placer.is_none() && pg.nodes.iter().any(|n| n.netns.is_some()) {
+        bail!(
+            "the playground in {} runs its nodes in network namespaces (the chaos harness made it); a loopback node could not reach them",
+            dir.display()
+        );
+    }
     let arkd = find_arkd()?;
     let id = pg.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
     let certs_dir = dir.join("certs");
     certs::create_node(&certs_dir, &certs_dir, id, &[])?;
     let mut ports = PortPicker::default();
+    let (peer, client, metrics, netns) = match placer {
+        Some(p) => {
+            let net = p.place(id, site)?;
+            let (peer, client, metrics) = netns_addrs(net.ip);
+            (peer, client, metrics, Some(net.netns))
+        }
+        None => (ports.udp()?, ports.tcp()?, ports.tcp()?, None),
+    };
     let node = write_node_config(
         dir,
         &NodeSpec {
             id,
             site: site.to_string(),
-            peer: ports.udp()?,
-            client: ports.tcp()?,
-            metrics: ports.tcp()?,
+            peer,
+            client,
+            metrics,
             initialize: false,
             peers: &[],
             snapshot_logs_since_last,
+            netns,
         },
     )?;
     let child = spawn_node(&arkd, &node)?;
@@ -510,4 +617,54 @@ pub fn down(dir: &Path, grace: Duration) -> anyhow::Result<Vec<Stopped>> {
     // reuse the dir after the operator removes it.
     std::fs::rename(dir.join("playground.json"), dir.join("playground.down.json")).ok();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_playground_json_from_before_namespaces_still_loads() {
+        let old = r#"{"nodes":[{"id":1,"site":"site-a","pid":42,"client_addr":"127.0.0.1:1",
+            "peer_addr":"127.0.0.1:2","metrics_addr":"127.0.0.1:3","data_dir":"/d","config":"/c"}]}"#;
+        let pg: Playground = serde_json::from_str(old).unwrap();
+        assert_eq!(pg.nodes[0].netns, None);
+        // And a loopback node is written without the field, as before.
+        assert!(!serde_json::to_string(&pg).unwrap().contains("netns"));
+    }
+
+    #[test]
+    fn a_placed_node_listens_on_its_namespace_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "10.150.2.11".parse().unwrap();
+        let (peer, client, metrics) = netns_addrs(ip);
+        let node = write_node_config(
+            dir.path(),
+            &NodeSpec {
+                id: 4,
+                site: "site-b".into(),
+                peer,
+                client,
+                metrics,
+                initialize: false,
+                peers: &[],
+                snapshot_logs_since_last: 100,
+                netns: Some("ark1230n4".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(node.netns.as_deref(), Some("ark1230n4"));
+        assert_eq!(node.client_addr, "10.150.2.11:7001");
+        let text = std::fs::read_to_string(&node.config).unwrap();
+        for line in [
+            "peer = \"10.150.2.11:7000\"",
+            "client = \"10.150.2.11:7001\"",
+            "metrics = \"10.150.2.11:7002\"",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("127.0.0.1"));
+        let json = serde_json::to_string(&node).unwrap();
+        assert!(json.contains("\"netns\":\"ark1230n4\""), "{json}");
+    }
 }
