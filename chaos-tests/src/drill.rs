@@ -69,6 +69,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "3 sites x 2 nodes: kill -9 of every node of the leader's site at once, restarted 2 s later, every 3-5 s",
     ),
     (
+        "disk-full",
+        "one node's data dir on a tmpfs (root needed) shrunk to what it holds (full: ENOSPC) for 4 s, then grown back, every 3-5 s; the node is started again if it stopped",
+    ),
+    (
         "chunk-corruption",
         "one byte flipped in 3 chunk files of a random node every 3-5 s (a failing disk), a scrub 1-2 s later, under object puts and gets through every node",
     ),
@@ -91,6 +95,8 @@ enum Fault {
     Partition,
     /// Bytes flipped in a random node's chunk files, then a scrub.
     Corrupt,
+    /// One node's disk full, then freed.
+    DiskFull,
 }
 
 /// The playground a scenario runs on.
@@ -221,6 +227,9 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
         let _ = c.kill();
         let _ = c.wait();
     }
+    // `disk-full` leaves a tmpfs under the dir; the nodes are down now.
+    let unmounted = crate::diskfull::unmount_all(dir).context("unmounting the drill's tmpfs");
+    let result = result.and_then(|r| unmounted.map(|()| r));
     drop(registered);
     let torn_down = match &netns {
         Ok(n) => n.teardown(),
@@ -375,6 +384,7 @@ impl ProcessPlan {
             "rolling-restart" => (Fault::Restart, Duration::from_millis(500)),
             "membership" => (Fault::Membership, Duration::ZERO),
             "chunk-corruption" => (Fault::Corrupt, Duration::ZERO),
+            "disk-full" => (Fault::DiskFull, DISK_FULL_HOLD),
             "site-kill" => (Fault::SiteKill, Duration::from_secs(2)),
             // Down for longer than a follower waits before it may campaign with the WAN timing
             // (leader lease 2 s + election timeout 1-2 s): a leader back after 1.5 s would
@@ -419,6 +429,17 @@ async fn process_schedule(
             tl.starts.push(ns_since(t0));
             change_membership(client, dir, &st, leader).await?;
             tl.last_heal = Some(ns_since(t0));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
+        if let Fault::DiskFull = fault {
+            let start = ns_since(t0);
+            tl.starts.push(start);
+            let event = fill_then_free(dir, disk_full_victim(dir, spec)?).await?;
+            let end = ns_since(t0);
+            tl.last_heal = Some(end);
+            tl.events
+                .push(format!("{}-{} ms: {event}", start / 1_000_000, end / 1_000_000));
             tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
             continue;
         }
@@ -468,7 +489,9 @@ async fn process_schedule(
                 Fault::Restart => {
                     playground::signal_node(node, Signal::SIGTERM)?;
                 }
-                Fault::Membership | Fault::Partition | Fault::Corrupt => unreachable!("not a process fault"),
+                Fault::Membership | Fault::Partition | Fault::Corrupt | Fault::DiskFull => {
+                    unreachable!("not a process fault")
+                }
             }
         }
         if let Fault::Restart = fault {
@@ -488,7 +511,9 @@ async fn process_schedule(
                 Fault::Pause => {
                     playground::signal_node(node, Signal::SIGCONT)?;
                 }
-                Fault::Membership | Fault::Partition | Fault::Corrupt => unreachable!("not a process fault"),
+                Fault::Membership | Fault::Partition | Fault::Corrupt | Fault::DiskFull => {
+                    unreachable!("not a process fault")
+                }
                 Fault::Kill | Fault::SiteKill | Fault::Restart => {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while playground::process_alive(node.pid) && Instant::now() < deadline {
@@ -510,6 +535,60 @@ async fn process_schedule(
         tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
     }
     Ok(tl)
+}
+
+/// How long the disk of `disk-full` stays full.
+const DISK_FULL_HOLD: Duration = Duration::from_secs(4);
+
+/// The node whose disk `disk-full` fills (seeded).
+fn disk_full_victim(dir: &Path, spec: &DrillSpec) -> anyhow::Result<PlaygroundNode> {
+    let pg = Playground::load(dir)?;
+    let i = usize::try_from(spec.seed % pg.nodes.len() as u64).unwrap_or(0);
+    Ok(pg.nodes[i].clone())
+}
+
+/// Stops `node`, puts its data dir on a tmpfs ([`crate::diskfull`]) and starts it again.
+async fn disk_on_tmpfs(dir: &Path, node: &PlaygroundNode) -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    playground::signal_node(node, Signal::SIGTERM)?;
+    wait_exit(node, Duration::from_secs(10)).await?;
+    crate::diskfull::move_to_tmpfs(&node.data_dir)?;
+    let (_, child) = playground::start_node(dir, node.id)?;
+    drop(child);
+    playground::wait_ready(dir, &Playground::load(dir)?, Duration::from_secs(30)).await
+}
+
+async fn wait_exit(node: &PlaygroundNode, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while playground::process_alive(node.pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if playground::process_alive(node.pid) {
+        bail!("node {} did not stop within {within:?}", node.id);
+    }
+    Ok(())
+}
+
+/// One round of `disk-full`: the victim's disk full for [`DISK_FULL_HOLD`], then freed; a
+/// node that stopped meanwhile (arkd exits when its Raft log cannot be written) is started
+/// again, as its supervisor would.
+async fn fill_then_free(dir: &Path, victim: PlaygroundNode) -> anyhow::Result<String> {
+    let size = crate::diskfull::fill(&victim.data_dir)?;
+    tokio::time::sleep(DISK_FULL_HOLD).await;
+    crate::diskfull::free(&victim.data_dir)?;
+    let victim = Playground::load(dir)?.node(victim.id).cloned().context("victim gone")?;
+    if playground::process_alive(victim.pid) {
+        return Ok(format!(
+            "disk of node {} full at {size} bytes; the node kept running",
+            victim.id
+        ));
+    }
+    let (_, child) = playground::start_node(dir, victim.id)?;
+    drop(child);
+    Ok(format!(
+        "disk of node {} full at {size} bytes; the node stopped and was started again after the disk was freed",
+        victim.id
+    ))
 }
 
 /// Chunk files corrupted per round of `chunk-corruption`.
@@ -613,6 +692,12 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Ne
     } else {
         None
     };
+    if spec.scenario == "disk-full" {
+        let victim = disk_full_victim(dir, spec)?;
+        disk_on_tmpfs(dir, &victim)
+            .await
+            .with_context(|| format!("putting node {}'s data dir on a tmpfs", victim.id))?;
+    }
     let pg = Playground::load(dir)?;
     let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
     crate::objects::create_namespace(&client, copies).await?;

@@ -9,6 +9,7 @@
 //! the checkers.
 
 pub mod checks;
+pub mod diskfull;
 pub mod drill;
 pub mod history;
 pub mod linearizability;

@@ -253,6 +253,48 @@ fn chunk_corruption_drill_passes() {
 }
 
 #[test]
+fn disk_full_drill_passes() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap();
+    if !root {
+        // Without root the drill cannot mount its tmpfs: it must say so and fail, not pass.
+        let out = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
+            .args([
+                "run",
+                "--scenario",
+                "disk-full",
+                "--duration",
+                "5",
+                "--mode",
+                "loopback",
+                "--out",
+            ])
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("needs root"));
+        return;
+    }
+    let r = drill_passes("disk-full");
+    let log = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|n| n.as_str().filter(|s| s.starts_with("fault log:")))
+        .unwrap_or_else(|| panic!("no fault log in {r}"));
+    assert!(log.contains("disk of node"), "{log}");
+    // The drill's tmpfs is gone with it.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("ark-chaos-disk"), "{mounts}");
+}
+
+#[test]
 fn unknown_scenario_is_a_clear_error() {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))

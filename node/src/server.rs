@@ -210,7 +210,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         })
     };
 
-    shutdown.await;
+    // A Raft core that stopped on its own (a storage error such as a full disk: openraft
+    // treats it as fatal) leaves a node that can only refuse: stop the whole process, with an
+    // error, so that a supervisor restarts it once the cause is fixed.
+    let fatal = tokio::select! {
+        () = shutdown => None,
+        f = raft_stopped(&raft) => Some(f),
+    };
+    if let Some(f) = &fatal {
+        tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+    }
     tracing::info!("shutdown: stopping client API");
     let _ = stop_tx.send(true);
     let _ = readiness.await;
@@ -236,7 +245,25 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     drop(raft);
     drop(db);
     tracing::info!("shutdown complete");
-    Ok(())
+    match fatal {
+        Some(f) => anyhow::bail!(
+            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the Raft core has stopped without being asked to (a fatal error), with why.
+async fn raft_stopped(raft: &crate::raft::ArkRaft) -> String {
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(f) = &rx.borrow_and_update().running_state {
+            return f.to_string();
+        }
+        if rx.changed().await.is_err() {
+            return "the raft core ended".to_owned();
+        }
+    }
 }
 
 /// Initialises a brand-new cluster on the node configured to do so.
