@@ -227,6 +227,21 @@ struct PeerConn {
     backoff: Duration,
 }
 
+/// The send half of a call's stream, reset when dropped before the call took it back.
+struct AbandonOnDrop(Option<quinn::SendStream>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(0u32.into());
+        }
+    }
+}
+
+/// A connection on which no RPC has succeeded for this long (or four RPC deadlines, if
+/// longer) is given up at the next timeout, even while datagrams arrive on it.
+pub const CONNECTION_STUCK_AFTER: Duration = Duration::from_secs(3);
+
 /// Reusable connections to peers, keyed by node id.
 #[derive(Clone)]
 pub struct PeerPool {
@@ -340,6 +355,8 @@ impl PeerPool {
     }
 
     /// Sends one request to node `id` at `addr` and waits for its answer, at most `timeout`.
+    /// A timed-out call keeps the connection (other calls share it) unless the peer sent
+    /// nothing meanwhile or no call to it has succeeded for [`CONNECTION_STUCK_AFTER`].
     pub async fn call(
         &self,
         id: u64,
@@ -356,10 +373,19 @@ impl PeerPool {
                 addr: addr.to_string(),
                 reason: e,
             };
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
-            write_frame(&mut send, &body).await.map_err(|e| io(e.to_string()))?;
-            send.finish().map_err(|e| io(e.to_string()))?;
+            let (send, mut recv) = conn.open_bi().await.map_err(|e| io(e.to_string()))?;
+            // Not finished until the answer is in: a call that times out drops the guard,
+            // which resets the stream, so quinn stops (re)sending a request nobody waits for.
+            // Finished data would be retransmitted until acknowledged and, on a slow lossy
+            // link, crowd out the retries (a new leader's AppendEntries timed out for 10 s).
+            let mut send = AbandonOnDrop(Some(send));
+            if let Some(s) = send.0.as_mut() {
+                write_frame(s, &body).await.map_err(|e| io(e.to_string()))?;
+            }
             let buf = read_frame(&mut recv).await.map_err(|e| io(e.to_string()))?;
+            if let Some(mut s) = send.0.take() {
+                let _ = s.finish();
+            }
             PeerResponse::decode(buf.as_slice()).map_err(|e| io(format!("malformed response: {e}")))
         };
         let res = match tokio::time::timeout(timeout, fut).await {
@@ -377,7 +403,11 @@ impl PeerPool {
                 // afresh instead of waiting until the idle timeout. A peer that is merely
                 // slow (a WAN link, a lost datagram) still sends: keep the connection, which
                 // other RPCs share, rather than fail them all and pay a new handshake.
-                if conn.stats().udp_rx.datagrams == rx_before {
+                // But a connection on which nothing has succeeded for a while is stuck however
+                // much it receives (seen on a lossy WAN link: every RPC to a follower timed out
+                // for minutes while datagrams kept arriving): dial afresh.
+                let stuck = self.since_last_ok(id).is_some_and(|t| t > CONNECTION_STUCK_AFTER.max(timeout * 4));
+                if stuck || conn.stats().udp_rx.datagrams == rx_before {
                     self.forget(id, &conn).await;
                 } else {
                     metrics::counter!("ark_peer_rpc_timeouts_kept_total").increment(1);
