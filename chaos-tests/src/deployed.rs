@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use crate::report::{Mode, Report, RunInfo};
-use crate::workload::{ns_since, Timeline, Workload, WorkloadShape, OP_TIMEOUT};
+use crate::workload::{ns_since, Timeline, Workload, WorkloadShape, KEYS, KEY_PREFIX, OP_TIMEOUT};
 
 /// KV clients of a deployed drill.
 const KV_WORKERS: usize = 6;
@@ -350,9 +350,6 @@ impl DrillConfig {
                 names.join(", ")
             ))
         })?;
-        if self.duration_s == 0 {
-            return Err(invalid("duration_s must be at least 1"));
-        }
         let secs_ok = |s: f64| s.is_finite() && (0.0..=86_400.0).contains(&s);
         if !secs_ok(self.hold_s) || self.hold_s == 0.0 {
             return Err(invalid(format!(
@@ -364,6 +361,17 @@ impl DrillConfig {
         if !secs_ok(gap_min) || !secs_ok(gap_max) || gap_min > gap_max {
             return Err(invalid(format!(
                 "gap_s = [{gap_min}, {gap_max}] must be [min, max] seconds, min <= max"
+            )));
+        }
+        // Room for one fault at least: the healthy start, the hold, the healthy tail; a run
+        // without a fault would only fail for want of a recovery to measure.
+        let one_fault_s = (FIRST_FAULT_AFTER + TAIL_MIN).as_secs_f64() + self.hold_s;
+        if (self.duration_s as f64) <= one_fault_s {
+            return Err(invalid(format!(
+                "duration_s = {} leaves no room for a fault: it must exceed {one_fault_s} s ({} s healthy start + hold_s + {} s healthy tail)",
+                self.duration_s,
+                FIRST_FAULT_AFTER.as_secs(),
+                TAIL_MIN.as_secs()
             )));
         }
         if !secs_ok(self.command_timeout_s) || self.command_timeout_s == 0.0 {
@@ -618,6 +626,19 @@ async fn wait_view(client: &ArkClient, max: Duration) -> anyhow::Result<ClusterV
     }
 }
 
+/// Deletes the workload's keys, left by an earlier drill on this cluster: the checker starts
+/// from every key absent, so a value from a past run would read as a write from nowhere.
+async fn clear_keys(client: &ArkClient) -> anyhow::Result<()> {
+    for k in 0..KEYS {
+        let key = format!("{KEY_PREFIX}{k}");
+        client
+            .delete(&key)
+            .await
+            .with_context(|| format!("deleting {key} (left by an earlier drill) before the run"))?;
+    }
+    Ok(())
+}
+
 /// A loaded and validated drill, ready to run.
 #[derive(Debug)]
 pub struct Drill {
@@ -698,8 +719,8 @@ impl Drill {
         Ok(s)
     }
 
-    /// Runs the drill: namespace, workload, the seeded faults through the commands, heal,
-    /// final reads and verdict. Every command is appended to `out/faults.log` as it runs and
+    /// Runs the drill: namespace, the workload's keys cleared, workload, the seeded faults
+    /// through the commands, heal, final reads and verdict. Every command is appended to `out/faults.log` as it runs and
     /// named in the report's notes; the history goes to `out/history.json`. Any fault
     /// injected is healed before this returns, whether the drill passes, fails or is
     /// interrupted with Ctrl-C.
@@ -710,6 +731,7 @@ impl Drill {
         cfg.validate_members(&view.members)?;
         let copies = u32::try_from(view.members.len().min(3)).unwrap_or(3);
         crate::objects::create_namespace(&client, copies).await?;
+        clear_keys(&client).await?;
         let log_path = out.join("faults.log");
         let runner = Runner::new(&log_path, cfg.command_timeout())?;
         let pending: RefCell<Vec<Step>> = RefCell::new(Vec::new());
@@ -1073,6 +1095,7 @@ host = "c1"
         assert!(err(&GOOD.replace("host = \"a1\"", "host = 1")).contains("must be a string"));
         assert!(err(&GOOD.replace("id = 2", "id = 1")).contains("listed twice"));
         assert!(err(&GOOD.replace("gap_s = [3, 5]", "gap_s = [5, 3]")).contains("min <= max"));
+        assert!(err(&GOOD.replace("duration_s = 20", "duration_s = 5")).contains("no room for a fault"));
     }
 
     #[test]

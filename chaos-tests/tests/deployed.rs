@@ -190,6 +190,75 @@ fn leader_kill_against_a_running_cluster_passes_and_dry_run_runs_nothing() {
         );
     }
 
+    // A failing fault command stops the drill with exit 1, after the heal of that fault ran.
+    let m = scratch.path().join("m");
+    let failing = format!(
+        "kill = 'exit 3'\nstart = {}",
+        toml_str(&format!("touch {}-healed-{{id}}", m.display()))
+    );
+    let out = scratch.path().join("failing");
+    let o = drill(
+        scratch.path(),
+        &config(pg, "leader-kill", &failing, ""),
+        &["--out", out.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("healed the 1 faults in force") && err.contains("exited with 3"),
+        "{err}"
+    );
+    let healed = |m: &Path| {
+        (1..=3)
+            .filter(|id| Path::new(&format!("{}-healed-{id}", m.display())).exists())
+            .count()
+    };
+    assert_eq!(healed(&m), 1, "{}", show(&o));
+    assert!(!out.join("report.json").exists());
+
+    // Ctrl-C while a fault is held: the fault is healed before the drill exits.
+    let m = scratch.path().join("c");
+    let held = format!(
+        "kill = {}\nstart = {}",
+        toml_str(&format!("touch {}-killed-{{id}}", m.display())),
+        toml_str(&format!("touch {}-healed-{{id}}", m.display()))
+    );
+    let cfg_path = scratch.path().join("held.toml");
+    std::fs::write(
+        &cfg_path,
+        config(pg, "leader-kill", &held, "").replace("hold_s = 1.5", "hold_s = 15"),
+    )
+    .unwrap();
+    let out = scratch.path().join("interrupted");
+    let mut child = ark_chaos()
+        .args(["drill", "--config"])
+        .arg(&cfg_path)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let injected = |m: &Path| (1..=3).any(|id| Path::new(&format!("{}-killed-{id}", m.display())).exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !injected(&m) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !injected(&m) {
+        let _ = child.kill();
+        panic!("no fault within 20 s: {}", show(&child.wait_with_output().unwrap()));
+    }
+    assert_eq!(healed(&m), 0);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interrupted"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(healed(&m), 1, "{}", show(&o));
+
     let actions = format!(
         "kill = {}\nstart = {}",
         toml_str(KILL),
