@@ -593,10 +593,30 @@ impl Planner {
     }
 }
 
-/// The cluster as the leader answers; `None` while no leader answers.
-async fn view(client: &ArkClient) -> Option<ClusterView> {
-    let st = client.status().await.ok()?;
-    let leader = st.leader_id.filter(|l| *l == st.node_id)?;
+/// The cluster as the leader answers; `None` while no leader answers. Asks the SDK (which
+/// follows leader hints) and every endpoint of the client config at once and keeps the
+/// answer of the node that says it leads in the highest term: an old leader cut off by the
+/// last fault may still believe it leads, in an older term.
+async fn view(client: &ArkClient, endpoints: &[String]) -> Option<ClusterView> {
+    let mut asks = tokio::task::JoinSet::new();
+    {
+        let client = client.clone();
+        asks.spawn(async move { client.status().await.ok() });
+    }
+    for ep in endpoints {
+        let (client, ep) = (client.clone(), ep.clone());
+        asks.spawn(async move { client.status_of(&ep).await.ok() });
+    }
+    let mut best: Option<ark_proto::v1::StatusResponse> = None;
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Some(st)) = answer {
+            let leads = st.leader_id == Some(st.node_id);
+            if leads && best.as_ref().is_none_or(|b| st.term > b.term) {
+                best = Some(st);
+            }
+        }
+    }
+    let st = best?;
     Some(ClusterView {
         members: st
             .nodes
@@ -607,16 +627,16 @@ async fn view(client: &ArkClient) -> Option<ClusterView> {
                 peer_addr: n.peer_addr.clone(),
             })
             .collect(),
-        leader,
+        leader: st.node_id,
         term: st.term,
     })
 }
 
 /// Waits (bounded) until a leader answers.
-async fn wait_view(client: &ArkClient, max: Duration) -> anyhow::Result<ClusterView> {
+async fn wait_view(client: &ArkClient, endpoints: &[String], max: Duration) -> anyhow::Result<ClusterView> {
     let deadline = Instant::now() + max;
     loop {
-        if let Some(v) = view(client).await {
+        if let Some(v) = view(client, endpoints).await {
             return Ok(v);
         }
         if Instant::now() >= deadline {
@@ -681,7 +701,7 @@ impl Drill {
     /// assuming the leader stays where it is now. Runs no command and writes nothing.
     pub async fn dry_run(&self) -> anyhow::Result<String> {
         let client = self.client()?;
-        let view = wait_view(&client, Duration::from_secs(10)).await?;
+        let view = wait_view(&client, &self.client_cfg.endpoints, Duration::from_secs(10)).await?;
         self.cfg.validate_members(&view.members)?;
         let (inject, heal) = self.scenario.actions();
         let mut planner = Planner::new(self.scenario, &self.cfg);
@@ -727,7 +747,7 @@ impl Drill {
     pub async fn run(&self, out: &Path) -> anyhow::Result<Report> {
         let cfg = &self.cfg;
         let client = self.client()?;
-        let view = wait_view(&client, Duration::from_secs(30)).await?;
+        let view = wait_view(&client, &self.client_cfg.endpoints, Duration::from_secs(30)).await?;
         cfg.validate_members(&view.members)?;
         let copies = u32::try_from(view.members.len().min(3)).unwrap_or(3);
         crate::objects::create_namespace(&client, copies).await?;
@@ -821,7 +841,7 @@ impl Drill {
         let mut tl = Timeline::default();
         tokio::time::sleep(FIRST_FAULT_AFTER).await;
         while t0.elapsed() + hold + TAIL_MIN < duration {
-            let view = wait_view(client, LEADER_WAIT_MAX)
+            let view = wait_view(client, &self.client_cfg.endpoints, LEADER_WAIT_MAX)
                 .await
                 .context("waiting for a leader before the next fault")?;
             cfg.validate_members(&view.members)?;
