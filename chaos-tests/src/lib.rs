@@ -6,9 +6,11 @@
 //! I/O half, [`drill`], starts real processes (each in its own network namespace made by
 //! [`netns`] when the host allows, else on loopback), runs the workload and the faults
 //! (signals to processes, nftables rules or control files of arkd's fault layer), and feeds
-//! the checkers.
+//! the checkers. [`deployed`] runs the same workload and verdict against a deployed cluster,
+//! with the faults injected by the operator's shell commands (`ark-chaos drill`, `ark drill`).
 
 pub mod checks;
+pub mod deployed;
 pub mod diskfull;
 pub mod drill;
 pub mod history;

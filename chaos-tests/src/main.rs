@@ -39,6 +39,28 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
         mode: ModeArg,
     },
+    /// Run a drill against a deployed cluster, with the faults given as shell commands in
+    /// a drill config (see docs/drills.md, "Drills against a deployed cluster"). Exit 0: the
+    /// drill passed; 1: it found a violation or a command failed (every fault healed first);
+    /// 2: the config is wrong (nothing was run).
+    Drill {
+        /// The drill config (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Folder for report.json, history.json and faults.log (every command run).
+        #[arg(long, value_name = "DIR", required_unless_present = "dry_run")]
+        out: Option<PathBuf>,
+        /// Validate the config against the cluster and print the commands of the first
+        /// faults, without running any.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seed, instead of the config's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds of workload, instead of the config's `duration_s`.
+        #[arg(long, value_name = "S")]
+        duration: Option<u64>,
+    },
 }
 
 /// `--mode`.
@@ -89,7 +111,45 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Drill {
+            config,
+            out,
+            dry_run,
+            seed,
+            duration,
+        } => match drill(&config, out, dry_run, seed, duration) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                let wrong_config = e.downcast_ref::<ark_chaos::deployed::ConfigError>().is_some();
+                ExitCode::from(if wrong_config { 2 } else { 1 })
+            }
+        },
     }
+}
+
+/// `ark-chaos drill`: true when the drill passed (or the dry run validated).
+fn drill(
+    config: &std::path::Path,
+    out: Option<PathBuf>,
+    dry_run: bool,
+    seed: Option<u64>,
+    duration: Option<u64>,
+) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let drill = ark_chaos::deployed::Drill::load(config, seed, duration)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    if dry_run {
+        print!("{}", rt.block_on(drill.dry_run())?);
+        return Ok(true);
+    }
+    let out = out.context("--out DIR is needed unless --dry-run")?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let report = rt.block_on(drill.run(&out))?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    print!("{}", report.summary());
+    Ok(report.violations().is_empty())
 }
 
 fn run(

@@ -21,6 +21,9 @@ pub enum Mode {
     Netns,
     /// Processes on loopback; network faults through arkd's user-space fault layer.
     Loopback,
+    /// A deployed cluster; faults through the operator's commands (`ark drill`).
+    #[serde(rename = "deployed")]
+    Deployed,
 }
 
 /// Success rates by phase; `null` for a phase in which no op was invoked.
@@ -223,6 +226,7 @@ impl Report {
         let mode = match self.mode {
             Mode::Netns => "netns",
             Mode::Loopback => "loopback",
+            Mode::Deployed => "deployed",
         };
         let rate = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{:.1}%", r * 100.0));
         let rto = self

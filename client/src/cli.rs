@@ -68,6 +68,15 @@ enum Cmd {
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Failover drills against a deployed cluster, faults as shell commands from a drill
+    /// config: runs `ark-chaos drill ARGS...` (installed next to `ark`, or on PATH). See
+    /// `ark drill --help` and docs/drills.md.
+    #[command(disable_help_flag = true)]
+    Drill {
+        /// Passed to `ark-chaos drill`, e.g. `--config drill.toml --out DIR [--dry-run]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     #[command(flatten)]
     Objects(ObjectCmd),
 }
@@ -266,6 +275,12 @@ enum BenchCmd {
 
 /// Entry point of the `ark` binary.
 pub fn main() -> ExitCode {
+    // `ark drill ...` is `ark-chaos drill ...`: every argument after `drill` is the drill's
+    // (its `--config` is the drill config, not ark's client config), so it is not parsed here.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "drill") {
+        return crate::drill::exec(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -314,6 +329,10 @@ fn client(cli: &Cli) -> anyhow::Result<ArkClient> {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Cmd::Drill { .. } => {
+            // Reached only with global options before `drill` (`ark --config F drill`).
+            bail!("ark's options do not apply to `ark drill`: write `ark drill --config DRILL.toml ...` (the drill config names the client config)");
+        }
         Cmd::Objects(cmd) => {
             let c = client(&cli)?.with_object_timeout(cli.timeout_ms.map(Duration::from_millis));
             return objects_cli::run(&c, cmd).await;

@@ -11,7 +11,8 @@
 //!   guided failover tour.
 //! - [`bench`]: the KV load generator (`ark bench kv`).
 //! - [`units`]: durations, times and sizes as the CLI reads and prints them.
-//! - [`cli`]: argument parsing and command dispatch for the `ark` binary.
+//! - [`cli`]: argument parsing and command dispatch for the `ark` binary; [`drill`]: `ark
+//!   drill`, handed over to the `ark-chaos` binary.
 
 #[macro_use]
 mod macros;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod error;
 pub mod objects;
 mod objects_cli;
