@@ -238,16 +238,21 @@ fn asymmetric_partition_drill_passes_in_network_namespaces() {
     netns_drill_passes("asymmetric-partition");
 }
 
-#[test]
-fn chunk_corruption_drill_passes() {
-    let r = drill_passes("chunk-corruption");
-    // The corruption reached chunks and the scrub found it: the drill proved something.
-    let log = r["notes"]
+/// The report's fault log note.
+fn fault_log(r: &serde_json::Value) -> &str {
+    r["notes"]
         .as_array()
         .unwrap()
         .iter()
         .find_map(|n| n.as_str().filter(|s| s.starts_with("fault log:")))
-        .unwrap_or_else(|| panic!("no fault log in {r}"));
+        .unwrap_or_else(|| panic!("no fault log in {r}"))
+}
+
+#[test]
+fn chunk_corruption_drill_passes() {
+    let r = drill_passes("chunk-corruption");
+    // The corruption reached chunks and the scrub found it: the drill proved something.
+    let log = fault_log(&r);
     assert!(log.contains("flipped a byte in 3 chunk files"), "{log}");
     assert!(r["objects"]["reads_ok"].as_u64().unwrap() > 0, "{r}");
 }
@@ -282,12 +287,7 @@ fn disk_full_drill_passes() {
         return;
     }
     let r = drill_passes("disk-full");
-    let log = r["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|n| n.as_str().filter(|s| s.starts_with("fault log:")))
-        .unwrap_or_else(|| panic!("no fault log in {r}"));
+    let log = fault_log(&r);
     assert!(log.contains("disk of node"), "{log}");
     // The drill's tmpfs is gone with it.
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

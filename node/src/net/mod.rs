@@ -406,7 +406,9 @@ impl PeerPool {
                 // But a connection on which nothing has succeeded for a while is stuck however
                 // much it receives (seen on a lossy WAN link: every RPC to a follower timed out
                 // for minutes while datagrams kept arriving): dial afresh.
-                let stuck = self.since_last_ok(id).is_some_and(|t| t > CONNECTION_STUCK_AFTER.max(timeout * 4));
+                let stuck = self
+                    .since_last_ok(id)
+                    .is_some_and(|t| t > CONNECTION_STUCK_AFTER.max(timeout * 4));
                 if stuck || conn.stats().udp_rx.datagrams == rx_before {
                     self.forget(id, &conn).await;
                 } else {
