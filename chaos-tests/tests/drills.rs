@@ -12,6 +12,11 @@ fn drill_passes(scenario: &str) -> serde_json::Value {
 }
 
 fn drill_passes_in(scenario: &str, mode: &str) -> serde_json::Value {
+    drill_passes_kept(scenario, mode).0
+}
+
+/// [`drill_passes_in`], keeping the drill's folder for more checks.
+fn drill_passes_kept(scenario: &str, mode: &str) -> (serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
         .args([
@@ -55,7 +60,7 @@ fn drill_passes_in(scenario: &str, mode: &str) -> serde_json::Value {
             assert!(rules.trim().is_empty(), "{} still holds {rules}", control.display());
         }
     }
-    r
+    (r, out)
 }
 
 /// A drill on arkd's network fault layer: it must pass and say how its faults were injected.
@@ -286,12 +291,18 @@ fn disk_full_drill_passes() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("needs root"));
         return;
     }
-    let r = drill_passes("disk-full");
+    let (r, out) = drill_passes_kept("disk-full", "loopback");
     let log = fault_log(&r);
     assert!(log.contains("disk of node"), "{log}");
-    // The drill's tmpfs is gone with it.
+    // The drill's tmpfs is gone with it (other drills may hold theirs meanwhile).
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains("ark-chaos-disk"), "{mounts}");
+    let dir = out.path().to_str().unwrap();
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.starts_with("ark-chaos-disk ") && l.contains(dir)),
+        "{mounts}"
+    );
 }
 
 #[test]
