@@ -35,6 +35,8 @@ const SIZE: std::ops::Range<usize> = 16 * 1024..2 * 1024 * 1024;
 const PUTS_MAX: usize = 150;
 /// Deadline of one object operation, retries included.
 const OBJECT_OP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Reasons for missing objects kept in the report.
+const MISSING_WHY_MAX: usize = 20;
 /// Attempts of each final read-back before an acknowledged object counts as lost.
 const FINAL_ATTEMPTS: u32 = 3;
 
@@ -146,6 +148,7 @@ impl ObjectWorkload {
         let acked = lock(&self.shared).acked.clone();
         let client = client.with_object_timeout(Some(Duration::from_secs(30)));
         let mut finals = Vec::with_capacity(acked.len());
+        let mut why = Vec::new();
         for a in &acked {
             let mut got = None;
             for attempt in 0..FINAL_ATTEMPTS {
@@ -154,13 +157,16 @@ impl ObjectWorkload {
                         got = Some(sha);
                         break;
                     }
-                    Err(ClientError::NotFound(_)) => break,
+                    Err(ClientError::NotFound(m)) => {
+                        why.push(format!("{}: final read: not found: {m}", a.key));
+                        break;
+                    }
                     Err(ClientError::Integrity(m)) => {
                         got = Some(format!("corrupt: {m}"));
                         break;
                     }
                     Err(_) if attempt + 1 < FINAL_ATTEMPTS => tokio::time::sleep(Duration::from_secs(2)).await,
-                    Err(_) => {}
+                    Err(e) => why.push(format!("{}: final read failed {FINAL_ATTEMPTS} times: {e}", a.key)),
                 }
             }
             finals.push(ObjectRead {
@@ -171,6 +177,8 @@ impl ObjectWorkload {
         }
         let mut s = lock(&self.shared);
         s.ops.final_checked = finals.len() as u64;
+        s.ops.missing_why.extend(why);
+        s.ops.missing_why.truncate(MISSING_WHY_MAX);
         let mut reads = std::mem::take(&mut s.reads);
         reads.extend(finals);
         (reads, s.ops.clone())
@@ -207,6 +215,14 @@ async fn put(client: &ArkClient, shared: &Mutex<Shared>, key: String, data: Vec<
 async fn read(client: &ArkClient, shared: &Mutex<Shared>, obj: &Acked) -> bool {
     let got = get(client, &obj.key).await;
     let mut s = lock(shared);
+    if let Err(ClientError::NotFound(m)) = &got {
+        let via = client.endpoints().join(",");
+        if s.ops.missing_why.len() < MISSING_WHY_MAX {
+            s.ops
+                .missing_why
+                .push(format!("{}: get through {via} during the run: not found: {m}", obj.key));
+        }
+    }
     let read_sha = match got {
         Ok(sha) => Some(sha),
         // The SDK caught bytes that do not match their manifest: a node served them.

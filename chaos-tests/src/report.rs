@@ -62,6 +62,10 @@ pub struct ObjectOps {
     pub reads_fail: u64,
     /// Acknowledged objects read back at the end.
     pub final_checked: u64,
+    /// Why each acknowledged object counted as missing: which read, through which node, and
+    /// the error (at most 20), for the post-mortem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_why: Vec<String>,
 }
 
 /// `report.json`: `{scenario, seed, mode, ops: {ok, fail, unknown}, linearizable, lost_acked,
