@@ -273,13 +273,7 @@ async fn retime(dir: &Path, timing: &[(&str, u64)]) -> anyhow::Result<()> {
         playground::signal_node(n, Signal::SIGTERM)?;
     }
     for n in &pg.nodes {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while playground::process_alive(n.pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if playground::process_alive(n.pid) {
-            bail!("node {} did not stop within 10 s of SIGTERM", n.id);
-        }
+        wait_exit(n, Duration::from_secs(10)).await?;
     }
     for n in &pg.nodes {
         let (_, child) = playground::start_node(dir, n.id)?;
@@ -489,13 +483,7 @@ async fn process_schedule(
         }
         if let Fault::Restart = fault {
             for node in &victims {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while playground::process_alive(node.pid) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                if playground::process_alive(node.pid) {
-                    bail!("node {} did not stop within 10 s of SIGTERM", node.id);
-                }
+                wait_exit(node, Duration::from_secs(10)).await?;
             }
         }
         tokio::time::sleep(heal_after).await;
@@ -551,6 +539,7 @@ async fn disk_on_tmpfs(dir: &Path, node: &PlaygroundNode) -> anyhow::Result<()> 
     playground::wait_ready(dir, &Playground::load(dir)?, Duration::from_secs(30)).await
 }
 
+/// Waits until `node`'s process has exited, at most `within`.
 async fn wait_exit(node: &PlaygroundNode, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while playground::process_alive(node.pid) && Instant::now() < deadline {
