@@ -37,9 +37,16 @@ pub fn move_to_tmpfs(data_dir: &Path) -> anyhow::Result<()> {
     let aside = data_dir.with_extension("before-tmpfs");
     std::fs::rename(data_dir, &aside).with_context(|| format!("moving {} aside", data_dir.display()))?;
     std::fs::create_dir_all(data_dir)?;
-    run(Command::new("mount")
+    if let Err(e) = run(Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={ROOMY}"), SOURCE])
-        .arg(data_dir))?;
+        .arg(data_dir))
+    {
+        // Put the data back where the node looks for it, so a failed drill leaves the
+        // node's state as it found it.
+        let _ = std::fs::remove_dir(data_dir);
+        let _ = std::fs::rename(&aside, data_dir);
+        return Err(e);
+    }
     let mut copy = aside.clone().into_os_string();
     copy.push("/.");
     run(Command::new("cp").arg("-a").arg(copy).arg(data_dir))?;
