@@ -1,5 +1,6 @@
 //! The peer transport: one QUIC endpoint per node with mutual TLS, length-prefixed protobuf
-//! frames on bidirectional streams, and a pool of reusable connections with backoff.
+//! frames on bidirectional streams, and a pool of reusable connections with backoff: two
+//! per peer ([`Lane`]: control and bulk), dialled in the background.
 //!
 //! Owns sockets, TLS and framing. It knows nothing of Raft: requests are handed to a
 //! [`PeerHandler`] and the `raft::network` module turns openraft calls into [`PeerPool`]
@@ -220,11 +221,16 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Outcome of a handshake, shared by every call that waits for it (`Err` says why it failed).
+type DialOutcome = Option<Result<quinn::Connection, String>>;
+
 struct PeerConn {
     conn: Option<quinn::Connection>,
     addr: String,
     next_attempt: Instant,
     backoff: Duration,
+    /// A handshake under way in the background, if any.
+    dialing: Option<tokio::sync::watch::Receiver<DialOutcome>>,
 }
 
 /// The send half of a call's stream, reset when dropped before the call took it back.
@@ -242,13 +248,43 @@ impl Drop for AbandonOnDrop {
 /// longer) is given up at the next timeout, even while datagrams arrive on it.
 pub const CONNECTION_STUCK_AFTER: Duration = Duration::from_secs(3);
 
-/// Reusable connections to peers, keyed by node id.
+/// Which of the two connections to a peer a request travels on.
+///
+/// Bulk data (chunk bytes, snapshot chunks) and control messages (Raft votes and
+/// AppendEntries, forwarded writes, read indexes, small data-plane queries) use separate QUIC
+/// connections, so each has its own congestion window: on a slow or lossy link a 4 MiB chunk
+/// on a shared connection holds heartbeats back for seconds, past their deadline of one
+/// heartbeat interval, and the leader loses its followers (seen in the `wan` drill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Small, latency-sensitive messages.
+    Control,
+    /// Messages that carry chunk or snapshot bytes.
+    Bulk,
+}
+
+impl Lane {
+    /// The lane of a request, from what it carries.
+    pub fn of(req: &PeerRequest) -> Self {
+        use ark_proto::v1::peer_request::Body;
+        match req.body {
+            Some(Body::InstallSnapshot(_) | Body::ChunkPut(_) | Body::ChunkGet(_) | Body::ChunkPull(_)) => Lane::Bulk,
+            _ => Lane::Control,
+        }
+    }
+}
+
+/// One peer's connection on one lane, shared by the calls and the background dial.
+type Slot = Arc<Mutex<PeerConn>>;
+
+/// Reusable connections to peers, keyed by node id and lane.
 #[derive(Clone)]
 pub struct PeerPool {
     endpoint: PeerEndpoint,
-    conns: Arc<Mutex<HashMap<u64, Arc<Mutex<PeerConn>>>>>,
-    /// When each peer last answered an RPC, for health reporting.
-    last_ok: Arc<std::sync::Mutex<HashMap<u64, Instant>>>,
+    conns: Arc<Mutex<HashMap<(u64, Lane), Slot>>>,
+    /// When each peer last answered an RPC on each lane, for health reporting and for
+    /// spotting stuck connections.
+    last_ok: Arc<std::sync::Mutex<HashMap<(u64, Lane), Instant>>>,
 }
 
 impl PeerPool {
@@ -261,13 +297,24 @@ impl PeerPool {
         }
     }
 
-    /// Time since peer `id` last answered, if ever.
+    /// Time since peer `id` last answered, on any lane, if ever.
     pub fn since_last_ok(&self, id: u64) -> Option<Duration> {
-        self.last_ok.lock().ok().and_then(|m| m.get(&id).map(|t| t.elapsed()))
+        let m = self.last_ok.lock().ok()?;
+        [Lane::Control, Lane::Bulk]
+            .iter()
+            .filter_map(|lane| m.get(&(id, *lane)).map(|t| t.elapsed()))
+            .min()
     }
 
-    async fn forget(&self, id: u64, conn: &quinn::Connection) {
-        let slot = self.conns.lock().await.get(&id).cloned();
+    fn since_last_ok_on(&self, id: u64, lane: Lane) -> Option<Duration> {
+        self.last_ok
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(id, lane)).map(|t| t.elapsed()))
+    }
+
+    async fn forget(&self, id: u64, lane: Lane, conn: &quinn::Connection) {
+        let slot = self.conns.lock().await.get(&(id, lane)).cloned();
         if let Some(slot) = slot {
             let mut pc = slot.lock().await;
             if pc.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
@@ -277,59 +324,109 @@ impl PeerPool {
         conn.close(1u32.into(), b"rpc failed");
     }
 
-    async fn connection(&self, id: u64, addr: &str, budget: Duration) -> Result<quinn::Connection, NetError> {
+    /// The connection to peer `id`, dialling it if there is none. A handshake runs in the
+    /// background with its own deadline ([`CONNECT_TIMEOUT`]), not the calling RPC's: on a
+    /// slow, lossy link a QUIC + TLS handshake can take longer than one heartbeat, and a dial
+    /// cut at the caller's deadline would be retried, and cut again, for ever. The caller
+    /// waits for it at most as long as its own deadline lets it; later calls find the
+    /// connection, or wait on the same handshake.
+    async fn connection(&self, id: u64, lane: Lane, addr: &str) -> Result<quinn::Connection, NetError> {
         let slot = {
             let mut conns = self.conns.lock().await;
             conns
-                .entry(id)
+                .entry((id, lane))
                 .or_insert_with(|| {
                     Arc::new(Mutex::new(PeerConn {
                         conn: None,
                         addr: addr.to_string(),
                         next_attempt: Instant::now(),
                         backoff: BACKOFF_MIN,
+                        dialing: None,
                     }))
                 })
                 .clone()
         };
-        let mut pc = slot.lock().await;
-        if pc.addr != addr {
-            // The node moved: forget the old connection.
-            pc.conn = None;
-            pc.addr = addr.to_string();
-            pc.backoff = BACKOFF_MIN;
-            pc.next_attempt = Instant::now();
-        }
-        if let Some(c) = &pc.conn {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        pc.conn = None;
-        let now = Instant::now();
-        if now < pc.next_attempt {
-            return Err(NetError::Unreachable {
-                addr: addr.to_string(),
-                reason: format!("backing off for {:?} after a failed connect", pc.next_attempt - now),
-            });
-        }
-        match self.dial(id, addr, budget).await {
-            Ok(c) => {
+        let mut outcome = {
+            let mut pc = slot.lock().await;
+            if pc.addr != addr {
+                // The node moved: forget the old connection and any handshake with it.
+                pc.conn = None;
+                pc.dialing = None;
+                pc.addr = addr.to_string();
                 pc.backoff = BACKOFF_MIN;
-                pc.conn = Some(c.clone());
-                metrics::counter!("ark_peer_connects_total", "result" => "ok").increment(1);
-                Ok(c)
+                pc.next_attempt = Instant::now();
             }
-            Err(e) => {
-                pc.next_attempt = Instant::now() + pc.backoff;
-                pc.backoff = (pc.backoff * 2).min(BACKOFF_MAX);
-                metrics::counter!("ark_peer_connects_total", "result" => "error").increment(1);
-                Err(e)
+            if let Some(c) = &pc.conn {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
             }
+            pc.conn = None;
+            match &pc.dialing {
+                Some(rx) => rx.clone(),
+                None => {
+                    let now = Instant::now();
+                    if now < pc.next_attempt {
+                        return Err(NetError::Unreachable {
+                            addr: addr.to_string(),
+                            reason: format!("backing off for {:?} after a failed connect", pc.next_attempt - now),
+                        });
+                    }
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    pc.dialing = Some(rx.clone());
+                    tokio::spawn(self.clone().dial_in_background(id, addr.to_string(), slot.clone(), tx));
+                    rx
+                }
+            }
+        };
+        let done = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+        match done {
+            Ok(Some(Ok(c))) => Ok(c),
+            Ok(Some(Err(reason))) => Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            }),
+            // The dial was abandoned (its task ended without an outcome).
+            Ok(None) | Err(_) => Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                reason: "handshake abandoned".into(),
+            }),
         }
     }
 
-    async fn dial(&self, id: u64, addr: &str, budget: Duration) -> Result<quinn::Connection, NetError> {
+    /// Dials `addr`, records the outcome in `slot` (the connection, or the next backoff) and
+    /// tells every caller waiting on `tx`.
+    async fn dial_in_background(self, id: u64, addr: String, slot: Slot, tx: tokio::sync::watch::Sender<DialOutcome>) {
+        let res = self.dial(id, &addr).await;
+        {
+            let mut pc = slot.lock().await;
+            // A slot whose address changed meanwhile has moved on: leave it alone.
+            if pc.addr == addr {
+                pc.dialing = None;
+                match &res {
+                    Ok(c) => {
+                        pc.backoff = BACKOFF_MIN;
+                        pc.conn = Some(c.clone());
+                    }
+                    Err(_) => {
+                        pc.next_attempt = Instant::now() + pc.backoff;
+                        pc.backoff = (pc.backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        let result = if res.is_ok() { "ok" } else { "error" };
+        metrics::counter!("ark_peer_connects_total", "result" => result).increment(1);
+        if let Err(e) = &res {
+            tracing::debug!(peer = id, %addr, error = %e, "peer dial failed");
+        }
+        let _ = tx.send(Some(res.map_err(|e| match e {
+            NetError::Unreachable { reason, .. } => reason,
+            other => other.to_string(),
+        })));
+    }
+
+    async fn dial(&self, id: u64, addr: &str) -> Result<quinn::Connection, NetError> {
         let unreachable = |reason: String| NetError::Unreachable {
             addr: addr.to_string(),
             reason,
@@ -344,13 +441,10 @@ impl PeerPool {
             .endpoint
             .connect(sock, &tls::peer_server_name(id))
             .map_err(|e| unreachable(e.to_string()))?;
-        // Leave part of the caller's budget so that a failed handshake is recorded (and backed
-        // off from) rather than cut short by the caller's own deadline.
-        let limit = CONNECT_TIMEOUT.min(budget.mul_f32(0.8));
-        match tokio::time::timeout(limit, connecting).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(unreachable(e.to_string())),
-            Err(_) => Err(unreachable(format!("handshake timed out after {limit:?}"))),
+            Err(_) => Err(unreachable(format!("handshake timed out after {CONNECT_TIMEOUT:?}"))),
         }
     }
 
@@ -365,9 +459,10 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<PeerResponse, NetError> {
         let body = req.encode_to_vec();
+        let lane = Lane::of(req);
         let mut used: Option<(quinn::Connection, u64)> = None;
         let fut = async {
-            let conn = self.connection(id, addr, timeout).await?;
+            let conn = self.connection(id, lane, addr).await?;
             used = Some((conn.clone(), conn.stats().udp_rx.datagrams));
             let io = |e: String| NetError::Io {
                 addr: addr.to_string(),
@@ -396,7 +491,7 @@ impl PeerPool {
             }),
         };
         match (&res, used) {
-            (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, &conn).await,
+            (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, lane, &conn).await,
             (Err(NetError::Timeout { .. }), Some((conn, rx_before))) => {
                 // A peer that restarted (its new process does not know this connection) or
                 // died sends nothing more: forget the connection so the next call dials
@@ -407,10 +502,10 @@ impl PeerPool {
                 // much it receives (seen on a lossy WAN link: every RPC to a follower timed out
                 // for minutes while datagrams kept arriving): dial afresh.
                 let stuck = self
-                    .since_last_ok(id)
+                    .since_last_ok_on(id, lane)
                     .is_some_and(|t| t > CONNECTION_STUCK_AFTER.max(timeout * 4));
                 if stuck || conn.stats().udp_rx.datagrams == rx_before {
-                    self.forget(id, &conn).await;
+                    self.forget(id, lane, &conn).await;
                 } else {
                     metrics::counter!("ark_peer_rpc_timeouts_kept_total").increment(1);
                 }
@@ -419,7 +514,7 @@ impl PeerPool {
         }
         if res.is_ok() {
             if let Ok(mut m) = self.last_ok.lock() {
-                m.insert(id, Instant::now());
+                m.insert((id, lane), Instant::now());
             }
         }
         res
