@@ -602,6 +602,43 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
     ))
 }
 
+/// The end of `chunk-corruption`: one more scrub on every node (a round may have been cut
+/// short before its own), then `verify` of every object. Answers a note for the report and
+/// how many objects are still below their policy, which must be none: every flipped byte
+/// was found, by a read or a scrub, and its copy replaced from a healthy replica.
+async fn final_repair_check(client: &ArkClient) -> anyhow::Result<(String, u64)> {
+    let long = client.with_object_timeout(Some(Duration::from_secs(120)));
+    let scrub = long.scrub(true).await.context("final scrub")?;
+    let (corrupt, repaired) = scrub
+        .nodes
+        .iter()
+        .fold((0, 0), |(c, r), n| (c + n.corrupt, r + n.repaired));
+    let verify = long
+        .verify(Some(crate::objects::NAMESPACE))
+        .await
+        .context("final verify")?;
+    let below: Vec<String> = verify
+        .objects
+        .iter()
+        .filter(|o| !o.at_policy)
+        .map(|o| {
+            let key = o.object.as_ref().map(|i| i.key.as_str()).unwrap_or("?");
+            format!("{key}: {}", o.problems.join(", "))
+        })
+        .collect();
+    let note = format!(
+        "final scrub found {corrupt} corrupt, repaired {repaired}; verify: {} objects, {} below policy{}",
+        verify.objects.len(),
+        below.len(),
+        if below.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", below.iter().take(5).cloned().collect::<Vec<_>>().join("; "))
+        }
+    );
+    Ok((note, below.len() as u64))
+}
+
 /// How long a new learner may take to catch up (snapshot included) before the drill fails.
 const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
 
@@ -734,6 +771,13 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Ne
     }
     if !timeline.events.is_empty() {
         report.notes.push(format!("fault log: {}", timeline.events.join("; ")));
+    }
+    if spec.scenario == "chunk-corruption" {
+        let (note, unrepaired) = final_repair_check(&client).await?;
+        report.notes.push(note);
+        if let Some(o) = report.objects.as_mut() {
+            o.unrepaired = Some(unrepaired);
+        }
     }
     Ok(report)
 }

@@ -66,6 +66,11 @@ pub struct ObjectOps {
     /// the error (at most 20), for the post-mortem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_why: Vec<String>,
+    /// Objects that `verify` found below their policy (a copy missing or corrupt) after the
+    /// drill's final scrub, when the drill damaged copies (`chunk-corruption`): a corrupt
+    /// copy that scrub and reads did not replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrepaired: Option<u64>,
 }
 
 /// `report.json`: `{scenario, seed, mode, ops: {ok, fail, unknown}, linearizable, lost_acked,
@@ -216,6 +221,9 @@ impl Report {
         }
         if self.corrupt_reads > 0 {
             out.push(format!("{} corrupt object reads", self.corrupt_reads));
+        }
+        if let Some(n) = self.objects.as_ref().and_then(|o| o.unrepaired).filter(|n| *n > 0) {
+            out.push(format!("{n} objects still below their policy after the final scrub"));
         }
         if self.rto_ms.is_none() {
             out.push("no write was acknowledged after the fault began (no recovery)".to_owned());
@@ -397,6 +405,34 @@ mod tests {
         assert_eq!(json["mode"], "loopback");
         assert_eq!(json["rto_ms"], serde_json::Value::Null);
         assert!(json["notes"].as_array().unwrap().len() >= 3);
+        assert!(report.summary().starts_with("FAIL"));
+    }
+
+    #[test]
+    fn unrepaired_copies_are_a_violation() {
+        let (history, lin, lost, objects, availability) = passing_parts();
+        let results = CheckResults {
+            history: &history,
+            linearizability: &lin,
+            lost: &lost,
+            objects: &objects,
+            availability: &availability,
+            rto_ns: Some(1_000_000),
+        };
+        let mut report = Report::new(run(), results);
+        report.objects = Some(ObjectOps {
+            unrepaired: Some(0),
+            ..ObjectOps::default()
+        });
+        assert!(report.violations().is_empty(), "{:?}", report.violations());
+        report.objects = Some(ObjectOps {
+            unrepaired: Some(2),
+            ..ObjectOps::default()
+        });
+        assert_eq!(
+            report.violations(),
+            vec!["2 objects still below their policy after the final scrub".to_owned()]
+        );
         assert!(report.summary().starts_with("FAIL"));
     }
 

@@ -255,11 +255,30 @@ fn fault_log(r: &serde_json::Value) -> &str {
 
 #[test]
 fn chunk_corruption_drill_passes() {
-    let r = drill_passes("chunk-corruption");
-    // The corruption reached chunks and the scrub found it: the drill proved something.
+    let (r, out) = drill_passes_kept("chunk-corruption", "loopback");
     let log = fault_log(&r);
-    assert!(log.contains("flipped a byte in 3 chunk files"), "{log}");
+    let flipped = 3 * log.matches("flipped a byte in 3 chunk files").count() as u64;
+    assert!(flipped > 0, "{log}");
     assert!(r["objects"]["reads_ok"].as_u64().unwrap() > 0, "{r}");
+    // After the final scrub every object has all its copies, hashing right.
+    assert_eq!(r["objects"]["unrepaired"].as_u64(), Some(0), "{r}");
+    // Every flipped copy was found: by a scrub, or by a read that then used a replica.
+    let notes = r["notes"].to_string();
+    let by_scrub: u64 = notes
+        .split("scrub found ")
+        .skip(1)
+        .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let by_reads: u64 = (1..=3)
+        .map(|n| {
+            let log = std::fs::read_to_string(out.path().join(format!("cluster/node-{n}/arkd.log"))).unwrap();
+            log.matches("local copy corrupt").count() as u64
+        })
+        .sum();
+    assert!(
+        by_scrub + by_reads >= flipped,
+        "{flipped} copies flipped, {by_scrub} found by scrubs and {by_reads} by reads: {notes}"
+    );
 }
 
 #[test]
@@ -294,6 +313,13 @@ fn disk_full_drill_passes() {
     let (r, out) = drill_passes_kept("disk-full", "loopback");
     let log = fault_log(&r);
     assert!(log.contains("disk of node"), "{log}");
+    // The disk really filled: some node's writes failed with ENOSPC.
+    let enospc = (1..=3).any(|n| {
+        std::fs::read_to_string(out.path().join(format!("cluster/node-{n}/arkd.log")))
+            .unwrap()
+            .contains("No space left on device")
+    });
+    assert!(enospc, "no node logged ENOSPC: {log}");
     // The drill's tmpfs is gone with it (other drills may hold theirs meanwhile).
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let dir = out.path().to_str().unwrap();
