@@ -103,6 +103,12 @@ pub struct RaftConfig {
     /// are folded into the next entry. Fewer means larger entries (less work per write),
     /// more means less waiting under light load.
     pub proposals_in_flight: usize,
+    /// Upper bound of the log entries one AppendEntries carries, in encoded bytes (at least
+    /// one entry is always sent). openraft gives every AppendEntries one heartbeat interval
+    /// as its deadline, and a new leader's first one starts halfway through the log: on a
+    /// slow or lossy link a batch of a thousand entries never arrives in time and the leader
+    /// cannot replicate at all. A follower catching up then needs more round trips instead.
+    pub append_entries_max_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -115,6 +121,7 @@ impl Default for RaftConfig {
             logs_kept_after_snapshot: 5_000,
             rpc_timeout_ms: 2_000,
             proposals_in_flight: 2,
+            append_entries_max_bytes: 64 * 1024,
         }
     }
 }
@@ -294,6 +301,9 @@ impl NodeConfig {
         if !(1..=64).contains(&r.proposals_in_flight) {
             return bad("raft.proposals_in_flight must be between 1 and 64".into());
         }
+        if !(1024..=64 * 1024 * 1024).contains(&r.append_entries_max_bytes) {
+            return bad("raft.append_entries_max_bytes must be between 1024 and 67108864".into());
+        }
         if r.rpc_timeout_ms == 0 {
             return bad("raft.rpc_timeout_ms must be > 0".into());
         }
@@ -368,6 +378,9 @@ logs_kept_after_snapshot = 5000
 rpc_timeout_ms = 2000
 # Log entries of client writes in flight; writes arriving meanwhile share the next entry.
 proposals_in_flight = 2
+# Encoded bytes of log entries per AppendEntries (at least one entry is sent): small enough
+# to cross the slowest inter-site link within one heartbeat interval.
+append_entries_max_bytes = 65536
 
 [objects]
 # A chunk holder silent for this long stops counting as a copy; its chunks are re-replicated.

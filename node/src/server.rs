@@ -85,7 +85,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let raft = ArkRaft::new(
         id,
         raft_config(&cfg)?,
-        NetworkFactory::new(pool.clone(), id),
+        NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
         log_store,
         state_machine,
     )

@@ -24,12 +24,18 @@ use crate::net::{NetError, PeerHandler, PeerPool};
 pub struct NetworkFactory {
     pool: PeerPool,
     self_id: NodeId,
+    append_max_bytes: u64,
 }
 
 impl NetworkFactory {
-    /// A factory dialling through `pool`.
-    pub fn new(pool: PeerPool, self_id: NodeId) -> Self {
-        Self { pool, self_id }
+    /// A factory dialling through `pool`; AppendEntries carry at most `append_max_bytes` of
+    /// entries (see [`cap_entries`]).
+    pub fn new(pool: PeerPool, self_id: NodeId, append_max_bytes: u64) -> Self {
+        Self {
+            pool,
+            self_id,
+            append_max_bytes,
+        }
     }
 }
 
@@ -39,6 +45,7 @@ pub struct PeerClient {
     self_id: NodeId,
     target: NodeId,
     node: ArkNode,
+    append_max_bytes: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -50,6 +57,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             self_id: self.self_id,
             target,
             node: node.clone(),
+            append_max_bytes: self.append_max_bytes,
         }
     }
 }
@@ -132,9 +140,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ArkNode, RaftError<NodeId>>> {
+        let mut rpc = rpc;
+        let cut_at = cap_entries(&mut rpc.entries, self.append_max_bytes);
+        if cut_at.is_some() {
+            metrics::counter!("ark_raft_append_entries_capped_total").increment(1);
+        }
         let b = enc(&rpc)?;
-        self.rpc(RPCTypes::AppendEntries, peer_request::Body::AppendEntries(b), &option)
-            .await
+        let resp = self
+            .rpc(RPCTypes::AppendEntries, peer_request::Body::AppendEntries(b), &option)
+            .await?;
+        // The follower took the prefix we sent: tell openraft how far it got, and it sends
+        // the rest next.
+        Ok(match (resp, cut_at) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
+            (resp, _) => resp,
+        })
     }
 
     async fn install_snapshot(
@@ -160,6 +180,29 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let b = enc(&rpc)?;
         self.rpc(RPCTypes::Vote, peer_request::Body::Vote(b), &option).await
     }
+}
+
+/// Drops the tail of `entries` beyond `max_bytes` of encoded size, keeping at least one
+/// entry, and answers the id of the last entry kept if anything was dropped.
+///
+/// openraft 0.9 bounds an AppendEntries only by its number of entries, and gives it one
+/// heartbeat interval to complete. A follower that answers `Success` to the prefix is then
+/// reported to openraft as a `PartialSuccess` up to the last entry sent.
+pub fn cap_entries(entries: &mut Vec<openraft::Entry<TypeConfig>>, max_bytes: u64) -> Option<openraft::LogId<NodeId>> {
+    let mut total = 0u64;
+    let mut keep = entries.len();
+    for (i, e) in entries.iter().enumerate() {
+        total = total.saturating_add(bincode::serialized_size(e).unwrap_or(u64::MAX));
+        if total > max_bytes && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
 }
 
 /// Serves incoming peer requests with the local Raft.
@@ -215,5 +258,39 @@ impl PeerHandler for RaftPeerService {
             None => failure("empty peer request".into()),
             Some(_) => failure("not a Raft request".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 2), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn entries_are_capped_by_encoded_size_but_never_to_nothing() {
+        let one = bincode::serialized_size(&blank(1)).unwrap();
+        let mut entries: Vec<_> = (1..=10).map(blank).collect();
+        // Under the cap: untouched.
+        assert_eq!(cap_entries(&mut entries, one * 10), None);
+        assert_eq!(entries.len(), 10);
+        // Two and a half entries' worth: the first two go, and openraft learns where they end.
+        let last = cap_entries(&mut entries, one * 5 / 2);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(last, Some(blank(2).log_id));
+        // A cap below one entry still sends one, or the follower would never progress.
+        let mut entries: Vec<_> = (7..=9).map(blank).collect();
+        assert_eq!(cap_entries(&mut entries, 1), Some(blank(7).log_id));
+        assert_eq!(entries.len(), 1);
+        // Nothing to send: nothing to cap.
+        let mut none: Vec<Entry<TypeConfig>> = Vec::new();
+        assert_eq!(cap_entries(&mut none, 1), None);
     }
 }
