@@ -1,7 +1,7 @@
 //! Objects end to end on a 3-site playground of real `arkd` processes, through the `ark`
 //! CLI: sync puts readable byte-identical from every node and after losing the node that
 //! received them, incremental puts that send little, and scrub repairing a flipped byte
-//! without ever serving it.
+//! without ever serving it, and an interrupted upload that leaves nothing behind.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -434,4 +434,93 @@ async fn a_node_without_a_copy_serves_hot_chunks_from_its_cache() {
     // The only holder is gone: the cached chunks are still served, verified.
     pg.kill(holder);
     assert!(get_via(&pg, reader, "one/hot", &dst) == data);
+}
+
+/// Puts `objects.gc_grace_s = 1` into node `id`'s config and restarts it (kill -9, start),
+/// waiting until it answers again.
+async fn restart_with_short_gc_grace(pg: &mut Pg, id: u64) {
+    let cfg = pg.node(id).config;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("[objects]\n"), "{text}");
+    std::fs::write(&cfg, text.replacen("[objects]\n", "[objects]\ngc_grace_s = 1\n", 1)).unwrap();
+    pg.kill(id);
+    pg.start(id);
+    let addr = pg.node(id).client_addr;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pg.ark(&["--endpoint", &addr, "status"]).status.success() {
+        assert!(Instant::now() < deadline, "node {id} did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_no_object_and_its_chunks_are_collected() {
+    use std::io::Write;
+    let mut pg = Pg::up(3, 20_000).await;
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    for id in 1..=3 {
+        restart_with_short_gc_grace(&mut pg, id).await;
+    }
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(&pg.ark(&["ns", "create", "up", "--mode", "sync"]), "ns create");
+    let before: Vec<usize> = (1..=3).map(|id| chunk_files(&pg, id).len()).collect();
+
+    // An upload of unknown length through node 1, cut off (kill -9 of the client) once the
+    // node has stored some of its chunks.
+    let addr = pg.node(1).client_addr;
+    let mut put = std::process::Command::new(env!("CARGO_BIN_EXE_ark"))
+        .arg("--config")
+        .arg(pg.client_toml())
+        .args(["--endpoint", &addr, "put", "up/cut.bin", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = put.stdin.take().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0usize;
+    // Keep feeding until node 1 holds new chunk files (at most 64 MiB).
+    while chunk_files(&pg, 1).len() <= before[0] {
+        assert!(
+            Instant::now() < deadline && sent < 64 << 20,
+            "no chunk stored after {sent} bytes"
+        );
+        rng.fill_bytes(&mut buf);
+        stdin.write_all(&buf).unwrap();
+        sent += buf.len();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put.kill().unwrap();
+    put.wait().unwrap();
+    drop(stdin);
+    let during: Vec<usize> = (1..=3).map(|id| chunk_files(&pg, id).len()).collect();
+    assert!(during[0] > before[0], "{before:?} -> {during:?}");
+
+    // Nothing visible: no key listed, no object readable.
+    let o = ok(&pg.ark(&["ls", "up", "--json"]), "ls");
+    assert!(!o.contains("cut.bin"), "{o}");
+    let out = pg.path().join("cut.out");
+    assert!(!pg
+        .ark(&["get", "up/cut.bin", "-o", out.to_str().unwrap()])
+        .status
+        .success());
+
+    // Past the grace period a scrub deletes the orphaned chunk files on every node.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ok(&pg.ark(&["scrub", "--wait"]), "scrub");
+        let after: Vec<usize> = (1..=3).map(|id| chunk_files(&pg, id).len()).collect();
+        if after == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphaned chunks stayed: before {before:?}, during {during:?}, after {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
