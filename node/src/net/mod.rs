@@ -6,6 +6,7 @@
 //! calls. Every RPC has a deadline and every frame a size limit.
 
 pub mod fault;
+pub mod link_stats;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use ark_proto::v1::{PeerRequest, PeerResponse};
 use prost::Message;
 use tokio::sync::Mutex;
 
+pub use link_stats::LinkStats;
 pub use tls::TlsMaterial;
 
 /// Largest frame accepted on a peer stream (snapshot chunks are far smaller).
@@ -249,6 +251,8 @@ pub struct PeerPool {
     conns: Arc<Mutex<HashMap<u64, Arc<Mutex<PeerConn>>>>>,
     /// When each peer last answered an RPC, for health reporting.
     last_ok: Arc<std::sync::Mutex<HashMap<u64, Instant>>>,
+    /// Per-link counters for telemetry, written only by `call`.
+    links: LinkStats,
 }
 
 impl PeerPool {
@@ -258,7 +262,13 @@ impl PeerPool {
             endpoint,
             conns: Arc::default(),
             last_ok: Arc::default(),
+            links: LinkStats::default(),
         }
+    }
+
+    /// Per-link counters (calls in flight, timeouts, errors, the connection last used).
+    pub fn link_stats(&self) -> &LinkStats {
+        &self.links
     }
 
     /// Time since peer `id` last answered, if ever.
@@ -365,6 +375,7 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<PeerResponse, NetError> {
         let body = req.encode_to_vec();
+        let _inflight = self.links.start(id);
         let mut used: Option<(quinn::Connection, u64)> = None;
         let fut = async {
             let conn = self.connection(id, addr, timeout).await?;
@@ -395,6 +406,7 @@ impl PeerPool {
                 after: timeout,
             }),
         };
+        self.links.finish(id, &res, used.as_ref().map(|(c, _)| c));
         match (&res, used) {
             (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, &conn).await,
             (Err(NetError::Timeout { .. }), Some((conn, rx_before))) => {
