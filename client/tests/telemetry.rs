@@ -1,6 +1,7 @@
 //! Telemetry end to end on real `arkd` processes over loopback: every node's samples reach
-//! the leader over the peer protocol, `ark telemetry` shows them from any node, and the
-//! leader's windows never hold more than the configured number of points.
+//! the leader over the peer protocol, `ark telemetry` shows them from any node, the leader's
+//! windows never hold more than the configured number of points, and a removed member's
+//! windows are dropped.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -109,4 +110,22 @@ async fn leader_holds_bounded_telemetry_from_every_node() {
     assert!(pg.metric(leader, "ark_link_rtt_seconds") > 0.0);
     let held = pg.metric(leader, "ark_telemetry_window_points");
     assert!(held > 0.0, "the leader exports no window sizes");
+
+    // A removed member's windows go (it may keep running and reporting; it is refused).
+    let client = pg.client();
+    client.remove(follower).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.telemetry().await {
+            Ok(t) if !t.nodes.iter().any(|n| n.node_id == follower) => {
+                assert_eq!(t.nodes.len(), 2, "{t:?}");
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "node {follower} still in the leader's telemetry 10 s after its removal: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -278,10 +278,17 @@ impl Telemetry {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let sample = self.sample(&mut state).await;
-            sample.export();
-            self.deliver(sample.series()).await;
-            self.housekeeping();
+            // Shutdown does not wait for a slow smartctl or an unanswered report.
+            let work = async {
+                let sample = self.sample(&mut state).await;
+                sample.export();
+                self.deliver(sample.series()).await;
+                self.housekeeping();
+            };
+            tokio::select! {
+                () = work => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
     }
 
