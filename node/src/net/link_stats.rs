@@ -15,6 +15,8 @@ use super::NetError;
 #[derive(Default)]
 struct Link {
     inflight: u64,
+    /// Most calls in flight at once since the last snapshot.
+    inflight_peak: u64,
     timeouts_total: u64,
     errors_total: u64,
     /// The connection the latest call used; dropped from here when the next call uses
@@ -29,6 +31,8 @@ pub struct LinkSnapshot {
     pub peer: u64,
     /// Calls started and not yet finished.
     pub inflight: u64,
+    /// Most calls in flight at once since the previous snapshot.
+    pub inflight_peak: u64,
     /// Calls that hit their deadline, since the process started.
     pub timeouts_total: u64,
     /// Calls that failed otherwise (unreachable, broken stream), since the process started.
@@ -84,7 +88,9 @@ impl LinkStats {
     /// A call to `peer` starts; it counts as in flight until the guard is dropped.
     pub(crate) fn start(&self, peer: u64) -> InflightGuard {
         if let Some(mut m) = self.lock() {
-            m.entry(peer).or_default().inflight += 1;
+            let l = m.entry(peer).or_default();
+            l.inflight += 1;
+            l.inflight_peak = l.inflight_peak.max(l.inflight);
         }
         InflightGuard {
             stats: self.clone(),
@@ -108,14 +114,16 @@ impl LinkStats {
         }
     }
 
-    /// Every link's counters now, by peer id.
+    /// Every link's counters now, by peer id; the in-flight peaks start afresh (the
+    /// telemetry sampler is the only caller).
     pub fn snapshot(&self) -> Vec<LinkSnapshot> {
-        let Some(m) = self.lock() else { return Vec::new() };
+        let Some(mut m) = self.lock() else { return Vec::new() };
         let mut out: Vec<LinkSnapshot> = m
-            .iter()
+            .iter_mut()
             .map(|(peer, l)| LinkSnapshot {
                 peer: *peer,
                 inflight: l.inflight,
+                inflight_peak: std::mem::replace(&mut l.inflight_peak, l.inflight).max(l.inflight),
                 timeouts_total: l.timeouts_total,
                 errors_total: l.errors_total,
                 conn: l.conn.as_ref().filter(|c| c.close_reason().is_none()).map(|c| {
@@ -150,8 +158,17 @@ mod tests {
         let s = LinkStats::default();
         let a = s.start(2);
         let b = s.start(2);
-        assert_eq!(s.snapshot()[0].inflight, 2);
+        assert_eq!((s.snapshot()[0].inflight, s.snapshot()[0].inflight_peak), (2, 2));
         drop(a);
+        let c = s.start(2);
+        drop(c);
+        let snap = s.snapshot();
+        assert_eq!(
+            (snap[0].inflight, snap[0].inflight_peak),
+            (1, 2),
+            "peak since the last snapshot"
+        );
+        assert_eq!(s.snapshot()[0].inflight_peak, 1, "a snapshot restarts the peak");
         let timeout: Result<(), NetError> = Err(NetError::Timeout {
             addr: "x".into(),
             after: Duration::from_secs(1),

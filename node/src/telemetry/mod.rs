@@ -10,7 +10,8 @@
 //! files. Pure parts live in [`parse`] and [`windows`].
 //!
 //! Series names (one point per interval each): `link_rtt_seconds:P`,
-//! `link_tx_bytes_per_second:P`, `link_rx_bytes_per_second:P`, `link_inflight_rpcs:P`,
+//! `link_tx_bytes_per_second:P`, `link_rx_bytes_per_second:P`, `link_inflight_rpcs:P` (at
+//! the sample) and `link_inflight_peak_rpcs:P` (most at once in the interval),
 //! `link_timeouts:P`, `link_errors:P` (in the interval) for every peer P this node calls;
 //! `fsync_count`, `fsync_max_seconds`, `fsync_mean_seconds` (the latter two when the log
 //! was written in the interval); `disk_free_bytes`, `disk_total_bytes`; `cpu_load1`,
@@ -100,6 +101,7 @@ struct LinkSample {
     tx_bytes_per_second: Option<f64>,
     rx_bytes_per_second: Option<f64>,
     inflight: u64,
+    inflight_peak: u64,
     timeouts: u64,
     errors: u64,
     timeouts_total: u64,
@@ -134,6 +136,7 @@ impl Sample {
                 out.push((format!("link_rx_bytes_per_second:{p}"), r));
             }
             out.push((format!("link_inflight_rpcs:{p}"), l.inflight as f64));
+            out.push((format!("link_inflight_peak_rpcs:{p}"), l.inflight_peak as f64));
             out.push((format!("link_timeouts:{p}"), l.timeouts as f64));
             out.push((format!("link_errors:{p}"), l.errors as f64));
         }
@@ -173,6 +176,7 @@ impl Sample {
                 metrics::gauge!("ark_link_bytes_per_second", "peer" => peer.clone(), "direction" => "rx").set(r);
             }
             metrics::gauge!("ark_link_inflight_rpcs", "peer" => peer.clone()).set(l.inflight as f64);
+            metrics::gauge!("ark_link_inflight_peak_rpcs", "peer" => peer.clone()).set(l.inflight_peak as f64);
             metrics::counter!("ark_link_rpc_timeouts_total", "peer" => peer.clone()).absolute(l.timeouts_total);
             metrics::counter!("ark_link_rpc_errors_total", "peer" => peer).absolute(l.errors_total);
         }
@@ -311,6 +315,7 @@ impl Telemetry {
                 tx_bytes_per_second: rate(|c| c.1),
                 rx_bytes_per_second: rate(|c| c.2),
                 inflight: l.inflight,
+                inflight_peak: l.inflight_peak,
                 timeouts: parse::counter_delta(prev.map(|p| p.timeouts_total), l.timeouts_total),
                 errors: parse::counter_delta(prev.map(|p| p.errors_total), l.errors_total),
                 timeouts_total: l.timeouts_total,
@@ -655,6 +660,7 @@ mod tests {
             [
                 "link_rtt_seconds:2",
                 "link_inflight_rpcs:2",
+                "link_inflight_peak_rpcs:2",
                 "link_timeouts:2",
                 "link_errors:2",
                 "fsync_count",
