@@ -11,7 +11,7 @@ use ark_proto::v1::cluster_client::ClusterClient;
 use ark_proto::v1::kv_client::KvClient;
 use ark_proto::v1::{
     AddLearnerRequest, DeleteRequest, GetRequest, ListRequest, MembershipResponse, NodeSpec, PromoteRequest,
-    PutRequest, RemoveRequest, StatusRequest, StatusResponse,
+    PutRequest, RemoveRequest, StatusRequest, StatusResponse, TelemetryRequest, TelemetryResponse,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
@@ -478,6 +478,15 @@ impl ArkClient {
                 last: format!("{addr}: no answer"),
             }),
         }
+    }
+
+    /// The telemetry the leader holds: per node, the latest point and window length of each
+    /// series. Follows leader hints like a write.
+    pub async fn telemetry(&self) -> Result<TelemetryResponse, ClientError> {
+        Ok(self
+            .call(|ch| async move { ClusterClient::new(ch).telemetry(TelemetryRequest {}).await })
+            .await?
+            .into_inner())
     }
 
     /// Adds a learner; with `wait`, answers once it has caught up.

@@ -95,7 +95,12 @@ pub struct Layout {
     pub snapshot_logs_since_last: u64,
     /// How long to wait for a leader.
     pub ready_timeout: Duration,
+    /// Telemetry points the leader keeps per node and series (sampled every second).
+    pub telemetry_window_points: u32,
 }
+
+/// A playground keeps 10 minutes of telemetry at its 1 s interval.
+pub const TELEMETRY_WINDOW_POINTS: u32 = 600;
 
 impl Default for Layout {
     fn default() -> Self {
@@ -104,6 +109,7 @@ impl Default for Layout {
             nodes_per_site: 1,
             snapshot_logs_since_last: 20_000,
             ready_timeout: Duration::from_secs(30),
+            telemetry_window_points: TELEMETRY_WINDOW_POINTS,
         }
     }
 }
@@ -209,6 +215,7 @@ struct NodeSpec<'a> {
     peers: &'a [(u64, String, SocketAddr, SocketAddr)],
     snapshot_logs_since_last: u64,
     netns: Option<String>,
+    telemetry_window_points: u32,
 }
 
 fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {
@@ -254,6 +261,11 @@ repair_interval_ms = 500
 memory_mib = 32
 disk_mib = 64
 
+# Sample every second so that `ark telemetry` and demos show data at once.
+[telemetry]
+interval_ms = 1000
+window_points = {window}
+
 # Drills cut, slow or degrade this node's peer traffic by writing this file (see
 # arkd's net::fault); it does not exist unless a drill creates it.
 [faults]
@@ -270,6 +282,7 @@ initialize = {init}
         snap = spec.snapshot_logs_since_last,
         keep = (spec.snapshot_logs_since_last / 4).max(10),
         init = spec.initialize,
+        window = spec.telemetry_window_points,
     );
     let config = node_dir.join("arkd.toml");
     std::fs::write(&config, text)?;
@@ -389,6 +402,7 @@ pub async fn up_placed(
                 peers: &addrs,
                 snapshot_logs_since_last: layout.snapshot_logs_since_last,
                 netns,
+                telemetry_window_points: layout.telemetry_window_points,
             },
         )?);
     }
@@ -556,6 +570,7 @@ pub fn add_node_placed(
             peers: &[],
             snapshot_logs_since_last,
             netns,
+            telemetry_window_points: TELEMETRY_WINDOW_POINTS,
         },
     )?;
     let child = spawn_node(&arkd, &node)?;
@@ -650,6 +665,7 @@ mod tests {
                 peers: &[],
                 snapshot_logs_since_last: 100,
                 netns: Some("ark1230n4".into()),
+                telemetry_window_points: TELEMETRY_WINDOW_POINTS,
             },
         )
         .unwrap();

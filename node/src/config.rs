@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// The foyer cache of hot chunks held by other nodes.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Telemetry sampling and the leader's windows of samples.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Fault injection for drills and tests (never in production): see `net::fault`.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
@@ -178,6 +181,30 @@ impl Default for CacheConfig {
     }
 }
 
+/// Largest accepted `telemetry.window_points`: with ~100 series per node this keeps the
+/// leader's windows at tens of MiB per node at most.
+pub const TELEMETRY_WINDOW_POINTS_MAX: u32 = 100_000;
+
+/// Telemetry: what every node samples and how much of it the leader keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Every node samples its links, disk and CPU this often and reports to the leader.
+    pub interval_ms: u64,
+    /// Points the leader keeps per (node, series); older points are dropped.
+    pub window_points: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 10_000,
+            // One day at the default interval.
+            window_points: 8_640,
+        }
+    }
+}
+
 /// Fault injection on the peer transport, for drills and tests.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +334,19 @@ impl NodeConfig {
         if r.rpc_timeout_ms == 0 {
             return bad("raft.rpc_timeout_ms must be > 0".into());
         }
+        let t = &self.telemetry;
+        if !(100..=3_600_000).contains(&t.interval_ms) {
+            return bad(format!(
+                "telemetry.interval_ms ({}) must be between 100 and 3600000",
+                t.interval_ms
+            ));
+        }
+        if !(1..=TELEMETRY_WINDOW_POINTS_MAX).contains(&t.window_points) {
+            return bad(format!(
+                "telemetry.window_points ({}) must be between 1 and {TELEMETRY_WINDOW_POINTS_MAX}",
+                t.window_points
+            ));
+        }
         let mut ids = std::collections::BTreeSet::from([self.node_id]);
         for p in &self.bootstrap.peers {
             if !ids.insert(p.id) || p.id == 0 {
@@ -401,6 +441,14 @@ gc_grace_s = 3600
 memory_mib = 64
 disk_mib = 256
 
+[telemetry]
+# Every node samples its peer links (round trip, throughput, RPCs in flight, timeouts,
+# errors), log fsync latency, free space, CPU load and SMART attributes (when `smartctl`
+# is installed) this often, and sends the sample to the leader.
+interval_ms = 10000
+# Points the leader keeps per node and series (8640 = one day at 10 s), at most 100000.
+window_points = 8640
+
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.
 initialize = true
@@ -441,6 +489,31 @@ mod tests {
         let text = NodeConfig::sample().replace("election_timeout_min_ms = 1500", "election_timeout_min_ms = 100");
         let err = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(err.contains("election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_defaults_and_bounds() {
+        let cfg = NodeConfig::parse(NodeConfig::sample()).unwrap();
+        assert_eq!(cfg.telemetry, TelemetryConfig::default());
+        // A key left out takes its default.
+        let without = NodeConfig::sample().replace("interval_ms = 10000\n", "");
+        assert!(!without.contains("interval_ms = 10000"));
+        let cfg = NodeConfig::parse(&without).unwrap();
+        assert_eq!(cfg.telemetry.interval_ms, 10_000);
+        for (from, to, key) in [
+            ("interval_ms = 10000", "interval_ms = 10", "telemetry.interval_ms"),
+            ("window_points = 8640", "window_points = 0", "telemetry.window_points"),
+            (
+                "window_points = 8640",
+                "window_points = 100001",
+                "telemetry.window_points",
+            ),
+        ] {
+            let err = NodeConfig::parse(&NodeConfig::sample().replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

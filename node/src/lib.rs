@@ -4,8 +4,8 @@
 //! shutdown), [`raft`] (openraft types, log store, state machine, snapshots, network glue),
 //! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`chunks`] (content-defined
 //! chunking and the on-disk chunk store), [`replicate`] (chunk transfer, placement, the
-//! repair queue, scrub), [`cache`] (foyer cache of hot remote chunks), [`api`] (tonic services) and [`metrics`]
-//! (Prometheus).
+//! repair queue, scrub), [`cache`] (foyer cache of hot remote chunks), [`telemetry`] (per-node samples and the
+//! leader's windows of them), [`api`] (tonic services) and [`metrics`] (Prometheus).
 
 pub mod api;
 pub mod cache;
@@ -16,6 +16,7 @@ pub mod net;
 pub mod raft;
 pub mod replicate;
 pub mod server;
+pub mod telemetry;
 
 pub use config::NodeConfig;
 pub use server::run;

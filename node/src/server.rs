@@ -33,6 +33,7 @@ use crate::raft::state_machine::{KvReader, StateMachine};
 use crate::raft::store::{open_database, LogStore};
 use crate::raft::{ArkNode, ArkRaft, NodeId};
 use crate::replicate::{DataPlane, PeerRouter};
+use crate::telemetry::Telemetry;
 
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -62,6 +63,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
     let db = open_database(&cfg.data_dir)?;
     let log_store = LogStore::new(db.clone())?;
+    let fsync_stats = log_store.fsync_stats();
     let state_machine = StateMachine::new(db.clone());
     let reader = KvReader::new(db.clone());
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
@@ -112,7 +114,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
         cache.clone(),
     ));
-    let peer_service = Arc::new(PeerRouter::new(RaftPeerService::new(raft.clone()), data_plane.clone()));
+    let telemetry = Arc::new(Telemetry::new(
+        id,
+        cfg.telemetry.clone(),
+        Duration::from_millis(cfg.raft.rpc_timeout_ms),
+        pool.clone(),
+        raft.clone(),
+        fsync_stats,
+        cfg.data_dir.clone(),
+    ));
+    let peer_service = Arc::new(PeerRouter::new(
+        RaftPeerService::new(raft.clone()),
+        data_plane.clone(),
+        telemetry.clone(),
+    ));
     let peer_task = {
         let endpoint = endpoint.clone();
         let s = stopped(stop_rx.clone());
@@ -133,6 +148,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
+    let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
 
     // Client plane.
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -165,7 +181,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let cluster = ClusterServer::new(ClusterService::new(raft.clone(), pool.clone(), id, healthy_within));
+    let cluster = ClusterServer::new(ClusterService::new(
+        raft.clone(),
+        pool.clone(),
+        id,
+        healthy_within,
+        telemetry.clone(),
+    ));
     let grpc = Server::builder()
         .tls_config(tls_cfg)
         .context("client API TLS config")?
@@ -230,6 +252,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     }
     let _ = queue_task.await;
     let _ = scrub_task.await;
+    let _ = telemetry_task.await;
     drop(data_plane);
     cache.close().await;
     tracing::info!("shutdown: stopping raft");

@@ -31,6 +31,7 @@ impl Pg {
             nodes_per_site: 1,
             snapshot_logs_since_last: snapshot_every,
             ready_timeout: Duration::from_secs(60),
+            ..Layout::default()
         };
         let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
         Pg { dir, children }

@@ -1,14 +1,16 @@
-//! `ark.v1.Cluster`: status as this node sees it, and membership changes (learner add,
-//! promote, remove), which the leader commits through Raft.
+//! `ark.v1.Cluster`: status as this node sees it, membership changes (learner add,
+//! promote, remove), which the leader commits through Raft, and the leader's telemetry.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ark_proto::v1::cluster_server::Cluster;
 use ark_proto::v1::{
     AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, RemoveRequest, StatusRequest, StatusResponse,
+    TelemetryRequest, TelemetryResponse,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
@@ -16,6 +18,7 @@ use tonic::{Request, Response, Status};
 use super::not_leader;
 use crate::net::PeerPool;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
+use crate::telemetry::Telemetry;
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -24,16 +27,24 @@ pub struct ClusterService {
     node_id: NodeId,
     /// A peer that answered within this window counts as healthy.
     healthy_within: Duration,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ClusterService {
-    /// A service over the node's Raft and peer pool.
-    pub fn new(raft: ArkRaft, pool: PeerPool, node_id: NodeId, healthy_within: Duration) -> Self {
+    /// A service over the node's Raft, peer pool and telemetry.
+    pub fn new(
+        raft: ArkRaft,
+        pool: PeerPool,
+        node_id: NodeId,
+        healthy_within: Duration,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Self {
             raft,
             pool,
             node_id,
             healthy_within,
+            telemetry,
         }
     }
 }
@@ -114,6 +125,26 @@ impl Cluster for ClusterService {
             nodes,
             state: state.to_string(),
         }))
+    }
+
+    async fn telemetry(&self, _request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
+        match self.telemetry.snapshot() {
+            Some(t) => Ok(Response::new(t)),
+            None => {
+                // Only the leader holds the windows: point the client at it.
+                let m = self.raft.metrics().borrow().clone();
+                let leader_node = m.current_leader.and_then(|l| {
+                    m.membership_config
+                        .nodes()
+                        .find(|(id, _)| **id == l)
+                        .map(|(_, n)| n.clone())
+                });
+                Err(not_leader(&ForwardToLeader {
+                    leader_id: m.current_leader,
+                    leader_node,
+                }))
+            }
+        }
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {

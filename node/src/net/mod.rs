@@ -7,6 +7,7 @@
 //! calls. Every RPC has a deadline and every frame a size limit.
 
 pub mod fault;
+pub mod link_stats;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use ark_proto::v1::{PeerRequest, PeerResponse};
 use prost::Message;
 use tokio::sync::Mutex;
 
+pub use link_stats::LinkStats;
 pub use tls::TlsMaterial;
 
 /// Largest frame accepted on a peer stream (snapshot chunks are far smaller).
@@ -285,6 +287,8 @@ pub struct PeerPool {
     /// When each peer last answered an RPC on each lane, for health reporting and for
     /// spotting stuck connections.
     last_ok: Arc<std::sync::Mutex<HashMap<(u64, Lane), Instant>>>,
+    /// Per-link counters for telemetry, written only by `call`.
+    links: LinkStats,
 }
 
 impl PeerPool {
@@ -294,7 +298,13 @@ impl PeerPool {
             endpoint,
             conns: Arc::default(),
             last_ok: Arc::default(),
+            links: LinkStats::default(),
         }
+    }
+
+    /// Per-link counters (calls in flight, timeouts, errors, the connection last used).
+    pub fn link_stats(&self) -> &LinkStats {
+        &self.links
     }
 
     /// Time since peer `id` last answered, on any lane, if ever.
@@ -460,6 +470,7 @@ impl PeerPool {
     ) -> Result<PeerResponse, NetError> {
         let body = req.encode_to_vec();
         let lane = Lane::of(req);
+        let _inflight = self.links.start(id);
         let mut used: Option<(quinn::Connection, u64)> = None;
         let fut = async {
             let conn = self.connection(id, lane, addr).await?;
@@ -490,6 +501,7 @@ impl PeerPool {
                 after: timeout,
             }),
         };
+        self.links.finish(id, &res, used.as_ref().map(|(c, _)| c));
         match (&res, used) {
             (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, lane, &conn).await,
             (Err(NetError::Timeout { .. }), Some((conn, rx_before))) => {

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{NodeId, TypeConfig};
+use crate::telemetry::LatencyStats;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -106,6 +107,8 @@ pub struct LogStore {
     db: Arc<Database>,
     writer: std_mpsc::SyncSender<LogOp>,
     unflushed: Unflushed,
+    /// Duration of each group commit (one redb transaction, one fsync), for telemetry.
+    fsync: LatencyStats,
 }
 
 impl LogStore {
@@ -114,16 +117,23 @@ impl LogStore {
     pub fn new(db: Arc<Database>) -> Result<Self, StoreError> {
         let (tx, rx) = std_mpsc::sync_channel::<LogOp>(WRITER_QUEUE_MAX);
         let unflushed: Unflushed = Arc::default();
-        let (wdb, wcache) = (db.clone(), unflushed.clone());
+        let fsync = LatencyStats::default();
+        let (wdb, wcache, wfsync) = (db.clone(), unflushed.clone(), fsync.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, wcache, rx))
+            .spawn(move || writer_loop(wdb, wcache, rx, wfsync))
             .map_err(|e| StoreError::Io(format!("cannot start log writer thread: {e}")))?;
         Ok(Self {
             db,
             writer: tx,
             unflushed,
+            fsync,
         })
+    }
+
+    /// The writer's commit (fsync) latencies since the telemetry sampler last took them.
+    pub fn fsync_stats(&self) -> LatencyStats {
+        self.fsync.clone()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
@@ -151,7 +161,7 @@ impl LogStore {
 
 /// Executes queued log writes: everything queued meanwhile goes into one redb transaction
 /// with one fsync, and only then are the appends acknowledged to openraft.
-fn writer_loop(db: Arc<Database>, unflushed: Unflushed, rx: std_mpsc::Receiver<LogOp>) {
+fn writer_loop(db: Arc<Database>, unflushed: Unflushed, rx: std_mpsc::Receiver<LogOp>, fsync: LatencyStats) {
     let mut batch: Vec<LogOp> = Vec::with_capacity(256);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -163,7 +173,9 @@ fn writer_loop(db: Arc<Database>, unflushed: Unflushed, rx: std_mpsc::Receiver<L
         }
         let started = Instant::now();
         let res = write_batch(&db, &batch);
-        metrics::histogram!("ark_raft_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        fsync.record(took);
+        metrics::histogram!("ark_raft_log_fsync_seconds").record(took.as_secs_f64());
         metrics::histogram!("ark_raft_log_flush_batch_size").record(batch.len() as f64);
         if let Err(e) = &res {
             // A failed fsync means durability can no longer be promised: every waiter gets the

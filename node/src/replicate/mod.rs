@@ -34,6 +34,7 @@ use crate::raft::network::RaftPeerService;
 use crate::raft::objects::ObjectReader;
 use crate::raft::store::{decode, encode};
 use crate::raft::{ArkRaft, NodeId, Op, OpResult};
+use crate::telemetry::Telemetry;
 
 /// A cluster member as the data plane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,6 +478,9 @@ impl DataPlane {
             | peer_request::Body::InstallSnapshot(_) => {
                 peer_response::Body::Failure("raft request sent to the data plane".into())
             }
+            peer_request::Body::Telemetry(_) => {
+                peer_response::Body::Failure("telemetry report sent to the data plane".into())
+            }
         };
         PeerResponse { body: Some(body) }
     }
@@ -666,16 +670,18 @@ fn parse_ids(ids: &[Vec<u8>]) -> Result<Vec<ChunkId>, String> {
     ids.iter().map(|b| parse_id(b)).collect()
 }
 
-/// Routes peer requests: Raft messages to Raft, the rest to the data plane.
+/// Routes peer requests: Raft messages to Raft, telemetry reports to the telemetry
+/// service, the rest to the data plane.
 pub struct PeerRouter {
     raft: RaftPeerService,
     data: Arc<DataPlane>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl PeerRouter {
-    /// A router over both halves.
-    pub fn new(raft: RaftPeerService, data: Arc<DataPlane>) -> Self {
-        Self { raft, data }
+    /// A router over all three.
+    pub fn new(raft: RaftPeerService, data: Arc<DataPlane>, telemetry: Arc<Telemetry>) -> Self {
+        Self { raft, data, telemetry }
     }
 }
 
@@ -685,6 +691,9 @@ impl PeerHandler for PeerRouter {
             Some(peer_request::Body::AppendEntries(_))
             | Some(peer_request::Body::Vote(_))
             | Some(peer_request::Body::InstallSnapshot(_)) => self.raft.handle(req).await,
+            Some(peer_request::Body::Telemetry(r)) => PeerResponse {
+                body: Some(self.telemetry.handle_report(req.from, r)),
+            },
             Some(b) => self.data.handle(b).await,
             None => PeerResponse {
                 body: Some(peer_response::Body::Failure("empty peer request".into())),
