@@ -321,8 +321,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_shape_matches_the_issue() {
+    /// The report of a run whose every check passed, with this RTO.
+    fn passing_report(rto_ns: u64) -> Report {
         let (history, lin, lost, objects, availability) = passing_parts();
         let results = CheckResults {
             history: &history,
@@ -330,9 +330,14 @@ mod tests {
             lost: &lost,
             objects: &objects,
             availability: &availability,
-            rto_ns: Some(1_500_000_000),
+            rto_ns: Some(rto_ns),
         };
-        let report = Report::new(run(), results);
+        Report::new(run(), results)
+    }
+
+    #[test]
+    fn json_shape_matches_the_issue() {
+        let report = passing_report(1_500_000_000);
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         let expected = serde_json::json!({
             "scenario": "kill-leader",
@@ -410,16 +415,7 @@ mod tests {
 
     #[test]
     fn unrepaired_copies_are_a_violation() {
-        let (history, lin, lost, objects, availability) = passing_parts();
-        let results = CheckResults {
-            history: &history,
-            linearizability: &lin,
-            lost: &lost,
-            objects: &objects,
-            availability: &availability,
-            rto_ns: Some(1_000_000),
-        };
-        let mut report = Report::new(run(), results);
+        let mut report = passing_report(1_000_000);
         report.objects = Some(ObjectOps {
             unrepaired: Some(0),
             ..ObjectOps::default()

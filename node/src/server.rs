@@ -54,6 +54,21 @@ fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
     Ok(Arc::new(c.validate().context("raft timing config")?))
 }
 
+/// How long shutdown waits for each background loop to notice the stop signal.
+const BACKGROUND_STOP: Duration = Duration::from_millis(500);
+
+/// Waits for a background loop to end, at most [`BACKGROUND_STOP`], then aborts it.
+async fn stop_within(name: &str, task: tokio::task::JoinHandle<()>) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(BACKGROUND_STOP, task).await.is_err() {
+        abort.abort();
+        tracing::info!(
+            task = name,
+            "shutdown: abandoned a background task still busy after {BACKGROUND_STOP:?}"
+        );
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then stops it in order.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let id = cfg.node_id;
@@ -250,9 +265,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Err(e) => tracing::warn!(error = %e, "client API task failed"),
         Ok(Ok(())) => {}
     }
-    let _ = queue_task.await;
-    let _ = scrub_task.await;
-    let _ = telemetry_task.await;
+    // The background loops stop at their next turn, but one may be in the middle of a peer
+    // RPC with a deadline of seconds (a chunk pull); a leader waiting for it keeps its
+    // leadership while serving no one. Each is abandoned after a short wait: its work is
+    // idempotent and the next leader's queue or the next scrub redoes it.
+    stop_within("repair queue", queue_task).await;
+    stop_within("scrub", scrub_task).await;
+    stop_within("telemetry", telemetry_task).await;
     drop(data_plane);
     cache.close().await;
     tracing::info!("shutdown: stopping raft");
