@@ -138,9 +138,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         fsync_stats,
         cfg.data_dir.clone(),
     ));
-    let contact = crate::raft::watchdog::LeaderContact::default();
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), contact.clone()),
+        RaftPeerService::new(raft.clone()),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -165,14 +164,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
-    let watchdog_task = tokio::spawn(crate::raft::watchdog::run(
-        raft.clone(),
-        id,
-        contact,
-        cfg.raft.election_timeout_min_ms,
-        cfg.raft.election_timeout_max_ms,
-        stop_rx.clone(),
-    ));
 
     // Client plane.
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -281,7 +272,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     stop_within("repair queue", queue_task).await;
     stop_within("scrub", scrub_task).await;
     stop_within("telemetry", telemetry_task).await;
-    stop_within("election watchdog", watchdog_task).await;
     drop(data_plane);
     cache.close().await;
     tracing::info!("shutdown: stopping raft");

@@ -8,7 +8,6 @@ pub mod network;
 pub mod objects;
 pub mod state_machine;
 pub mod store;
-pub mod watchdog;
 
 use std::fmt;
 use std::io::Cursor;

@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::store::{decode, encode};
-use super::watchdog::LeaderContact;
 use super::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::net::{NetError, PeerHandler, PeerPool};
 
@@ -209,14 +208,12 @@ pub fn cap_entries(entries: &mut Vec<openraft::Entry<TypeConfig>>, max_bytes: u6
 /// Serves incoming peer requests with the local Raft.
 pub struct RaftPeerService {
     raft: ArkRaft,
-    contact: LeaderContact,
 }
 
 impl RaftPeerService {
-    /// Wraps the local Raft; `contact` is touched whenever a leader's AppendEntries is
-    /// accepted or a vote is granted (see [`super::watchdog`]).
-    pub fn new(raft: ArkRaft, contact: LeaderContact) -> Self {
-        Self { raft, contact }
+    /// Wraps the local Raft.
+    pub fn new(raft: ArkRaft) -> Self {
+        Self { raft }
     }
 }
 
@@ -247,23 +244,11 @@ impl PeerHandler for RaftPeerService {
         }
         match req.body {
             Some(peer_request::Body::AppendEntries(b)) => match decode::<AppendEntriesRequest<TypeConfig>>(&b) {
-                Ok(r) => {
-                    let res = self.raft.append_entries(r).await;
-                    if matches!(&res, Ok(resp) if !matches!(resp, AppendEntriesResponse::HigherVote(_))) {
-                        self.contact.touch();
-                    }
-                    answer(res)
-                }
+                Ok(r) => answer(self.raft.append_entries(r).await),
                 Err(e) => failure(format!("malformed append-entries: {e}")),
             },
             Some(peer_request::Body::Vote(b)) => match decode::<VoteRequest<NodeId>>(&b) {
-                Ok(r) => {
-                    let res = self.raft.vote(r).await;
-                    if matches!(&res, Ok(resp) if resp.vote_granted) {
-                        self.contact.touch();
-                    }
-                    answer(res)
-                }
+                Ok(r) => answer(self.raft.vote(r).await),
                 Err(e) => failure(format!("malformed vote: {e}")),
             },
             Some(peer_request::Body::InstallSnapshot(b)) => match decode::<InstallSnapshotRequest<TypeConfig>>(&b) {
