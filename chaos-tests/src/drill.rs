@@ -591,15 +591,20 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
         .scrub(true)
         .await
         .context("scrub after corrupting chunks")?;
-    let (corrupt, repaired) = scrub
-        .nodes
-        .iter()
-        .fold((0, 0), |(c, r), n| (c + n.corrupt, r + n.repaired));
+    let (corrupt, repaired) = scrub_totals(&scrub);
     Ok(format!(
         "flipped a byte in {} chunk files of node {}; scrub found {corrupt} corrupt, repaired {repaired}",
         hit.len(),
         victim.id
     ))
+}
+
+/// Corrupt copies found and copies repaired by a scrub, over every node.
+fn scrub_totals(scrub: &ark_proto::v1::ScrubResponse) -> (u64, u64) {
+    scrub
+        .nodes
+        .iter()
+        .fold((0, 0), |(c, r), n| (c + n.corrupt, r + n.repaired))
 }
 
 /// The end of `chunk-corruption`: one more scrub on every node (a round may have been cut
@@ -609,10 +614,7 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
 async fn final_repair_check(client: &ArkClient) -> anyhow::Result<(String, u64)> {
     let long = client.with_object_timeout(Some(Duration::from_secs(120)));
     let scrub = long.scrub(true).await.context("final scrub")?;
-    let (corrupt, repaired) = scrub
-        .nodes
-        .iter()
-        .fold((0, 0), |(c, r), n| (c + n.corrupt, r + n.repaired));
+    let (corrupt, repaired) = scrub_totals(&scrub);
     let verify = long
         .verify(Some(crate::objects::NAMESPACE))
         .await

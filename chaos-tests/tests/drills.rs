@@ -244,6 +244,13 @@ fn asymmetric_partition_drill_passes_in_network_namespaces() {
 }
 
 /// The report's fault log note.
+/// The `arkd.log` of each of the drill's three nodes.
+fn node_logs(out: &std::path::Path) -> Vec<String> {
+    (1..=3)
+        .map(|n| std::fs::read_to_string(out.join(format!("cluster/node-{n}/arkd.log"))).unwrap())
+        .collect()
+}
+
 fn fault_log(r: &serde_json::Value) -> &str {
     r["notes"]
         .as_array()
@@ -269,11 +276,9 @@ fn chunk_corruption_drill_passes() {
         .skip(1)
         .map(|rest| rest.split(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    let by_reads: u64 = (1..=3)
-        .map(|n| {
-            let log = std::fs::read_to_string(out.path().join(format!("cluster/node-{n}/arkd.log"))).unwrap();
-            log.matches("local copy corrupt").count() as u64
-        })
+    let by_reads: u64 = node_logs(out.path())
+        .iter()
+        .map(|log| log.matches("local copy corrupt").count() as u64)
         .sum();
     assert!(
         by_scrub + by_reads >= flipped,
@@ -314,11 +319,9 @@ fn disk_full_drill_passes() {
     let log = fault_log(&r);
     assert!(log.contains("disk of node"), "{log}");
     // The disk really filled: some node's writes failed with ENOSPC.
-    let enospc = (1..=3).any(|n| {
-        std::fs::read_to_string(out.path().join(format!("cluster/node-{n}/arkd.log")))
-            .unwrap()
-            .contains("No space left on device")
-    });
+    let enospc = node_logs(out.path())
+        .iter()
+        .any(|log| log.contains("No space left on device"));
     assert!(enospc, "no node logged ENOSPC: {log}");
     // The drill's tmpfs is gone with it (other drills may hold theirs meanwhile).
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
