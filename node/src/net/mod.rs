@@ -532,3 +532,26 @@ impl PeerPool {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ark_proto::v1::{peer_request::Body, ChunkGet, ChunkIds};
+
+    fn req(body: Body) -> PeerRequest {
+        PeerRequest {
+            from: 1,
+            raft_codec: 0,
+            body: Some(body),
+        }
+    }
+
+    #[test]
+    fn chunk_and_snapshot_bytes_take_the_bulk_lane_and_raft_the_control_lane() {
+        assert_eq!(Lane::of(&req(Body::ChunkGet(ChunkGet { id: vec![1] }))), Lane::Bulk);
+        assert_eq!(Lane::of(&req(Body::InstallSnapshot(vec![]))), Lane::Bulk);
+        assert_eq!(Lane::of(&req(Body::AppendEntries(vec![]))), Lane::Control);
+        assert_eq!(Lane::of(&req(Body::Vote(vec![]))), Lane::Control);
+        assert_eq!(Lane::of(&req(Body::ChunkHave(ChunkIds { ids: vec![] }))), Lane::Control);
+    }
+}
