@@ -40,7 +40,9 @@ pub struct Cli {
 enum Cmd {
     /// Show the cluster: leader, term and every node with its site, role and health.
     Status {
-        /// Print JSON: {leader_id, term, nodes: [{id, site, role, client_addr, healthy}]}.
+        /// Print JSON: {leader_id, term, nodes: [{id, site, role, client_addr, healthy,
+        /// failure_risk, at_risk}], queue: {ordering, chunks, head}} (risk and queue from the
+        /// leader only).
         #[arg(long)]
         json: bool,
     },
@@ -360,12 +362,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         serde_json::json!({
                             "id": n.id, "site": n.site, "role": n.role, "client_addr": n.client_addr,
                             "peer_addr": n.peer_addr, "healthy": n.healthy, "matched_index": n.matched_index,
+                            "failure_risk": n.failure_risk, "risk_days": n.risk_days, "at_risk": n.at_risk,
+                        })
+                    })
+                    .collect();
+                let head: Vec<_> = s
+                    .queue_head
+                    .iter()
+                    .map(|q| {
+                        serde_json::json!({
+                            "object": q.object, "chunk": q.chunk, "bytes": q.bytes, "holders": q.holders,
+                            "loss_probability": q.loss_probability, "score": q.score,
                         })
                     })
                     .collect();
                 let v = serde_json::json!({
                     "leader_id": s.leader_id, "term": s.term, "answered_by": s.node_id, "state": s.state,
                     "last_log_index": s.last_log_index, "applied_index": s.applied_index, "nodes": nodes,
+                    "queue": {"ordering": s.queue_ordering, "chunks": s.queue_chunks, "head": head},
+                    "risk_model": s.risk_model,
                 });
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -374,24 +389,60 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => outln!("leader: none (election in progress)   term: {}", s.term),
                 }
                 outln!(
-                    "{:<5} {:<10} {:<8} {:<22} {:<8} MATCHED",
+                    "{:<5} {:<10} {:<8} {:<22} {:<8} {:<9} FAILURE RISK",
                     "ID",
                     "SITE",
                     "ROLE",
                     "CLIENT",
-                    "HEALTHY"
+                    "HEALTHY",
+                    "MATCHED"
                 );
+                let leader_answered = s.state == "leader";
                 for n in &s.nodes {
                     let star = if Some(n.id) == s.leader_id { "*" } else { "" };
+                    let risk = match n.failure_risk {
+                        Some(p) => format!(
+                            "{:.3} ({} days){}",
+                            p,
+                            n.risk_days,
+                            if n.at_risk { " AT RISK" } else { "" }
+                        ),
+                        None if leader_answered => "- (no SMART data or no forecaster)".to_string(),
+                        None => "- (only the leader knows)".to_string(),
+                    };
                     outln!(
-                        "{:<5} {:<10} {:<8} {:<22} {:<8} {}",
+                        "{:<5} {:<10} {:<8} {:<22} {:<8} {:<9} {}",
                         format!("{}{star}", n.id),
                         n.site,
                         n.role,
                         n.client_addr,
                         if n.healthy { "yes" } else { "no" },
-                        n.matched_index
+                        n.matched_index,
+                        risk
                     );
+                }
+                if leader_answered {
+                    outln!(
+                        "repair queue ({}): {} chunks; failure forecaster: {}",
+                        s.queue_ordering,
+                        s.queue_chunks,
+                        if s.risk_model.is_empty() {
+                            "none"
+                        } else {
+                            s.risk_model.as_str()
+                        }
+                    );
+                    for q in &s.queue_head {
+                        outln!(
+                            "  {:<40} chunk {}  {} B  holders {:?}  P(loss) {:.3}  score {:.3}",
+                            q.object,
+                            &q.chunk[..q.chunk.len().min(12)],
+                            q.bytes,
+                            q.holders,
+                            q.loss_probability,
+                            q.score
+                        );
+                    }
                 }
             }
         }

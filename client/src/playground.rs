@@ -97,6 +97,10 @@ pub struct Layout {
     pub ready_timeout: Duration,
     /// Telemetry points the leader keeps per node and series (sampled every second).
     pub telemetry_window_points: u32,
+    /// Extra config lines: `(node id, section, line)`, e.g. `(2, "risk", "ordering =
+    /// \"fifo\"")`; node id 0 means every node. The line goes into that `[section]` of
+    /// the node's `arkd.toml`, which is added when the playground does not write it.
+    pub settings: Vec<(u64, String, String)>,
 }
 
 /// A playground keeps 10 minutes of telemetry at its 1 s interval.
@@ -110,7 +114,24 @@ impl Default for Layout {
             snapshot_logs_since_last: 20_000,
             ready_timeout: Duration::from_secs(30),
             telemetry_window_points: TELEMETRY_WINDOW_POINTS,
+            settings: Vec::new(),
         }
+    }
+}
+
+/// `text` (a TOML document) with `line` added to its `[section]`, appended as a new table
+/// when there is none.
+fn add_setting(text: &str, section: &str, line: &str) -> String {
+    let header = format!("[{section}]\n");
+    match text
+        .find(&header)
+        .filter(|&i| i == 0 || text.as_bytes()[i - 1] == b'\n')
+    {
+        Some(i) => {
+            let at = i + header.len();
+            format!("{}{line}\n{}", &text[..at], &text[at..])
+        }
+        None => format!("{text}\n{header}{line}\n"),
     }
 }
 
@@ -216,6 +237,7 @@ struct NodeSpec<'a> {
     snapshot_logs_since_last: u64,
     netns: Option<String>,
     telemetry_window_points: u32,
+    settings: Vec<(String, String)>,
 }
 
 fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {
@@ -284,6 +306,10 @@ initialize = {init}
         init = spec.initialize,
         window = spec.telemetry_window_points,
     );
+    let text = spec
+        .settings
+        .iter()
+        .fold(text, |t, (section, line)| add_setting(&t, section, line));
     let config = node_dir.join("arkd.toml");
     std::fs::write(&config, text)?;
     Ok(PlaygroundNode {
@@ -403,6 +429,12 @@ pub async fn up_placed(
                 snapshot_logs_since_last: layout.snapshot_logs_since_last,
                 netns,
                 telemetry_window_points: layout.telemetry_window_points,
+                settings: layout
+                    .settings
+                    .iter()
+                    .filter(|(n, _, _)| *n == 0 || n == id)
+                    .map(|(_, s, l)| (s.clone(), l.clone()))
+                    .collect(),
             },
         )?);
     }
@@ -571,6 +603,7 @@ pub fn add_node_placed(
             snapshot_logs_since_last,
             netns,
             telemetry_window_points: TELEMETRY_WINDOW_POINTS,
+            settings: Vec::new(),
         },
     )?;
     let child = spawn_node(&arkd, &node)?;
@@ -639,6 +672,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settings_land_in_their_section_or_a_new_one() {
+        let t = "a = 1\n[objects]\nx = 1\n\n[telemetry]\ny = 2\n";
+        let t = add_setting(t, "telemetry", "z = 3");
+        assert_eq!(t, "a = 1\n[objects]\nx = 1\n\n[telemetry]\nz = 3\ny = 2\n");
+        let t = add_setting(&t, "risk", "ordering = \"fifo\"");
+        assert!(t.ends_with("\n[risk]\nordering = \"fifo\"\n"), "{t}");
+        // A header must start a line: `[risk]` inside a value does not count.
+        let t = add_setting("k = \"[risk]\n\"\n", "risk", "a = 1");
+        assert!(t.ends_with("\n[risk]\na = 1\n"), "{t}");
+    }
+
+    #[test]
     fn a_playground_json_from_before_namespaces_still_loads() {
         let old = r#"{"nodes":[{"id":1,"site":"site-a","pid":42,"client_addr":"127.0.0.1:1",
             "peer_addr":"127.0.0.1:2","metrics_addr":"127.0.0.1:3","data_dir":"/d","config":"/c"}]}"#;
@@ -666,6 +711,10 @@ mod tests {
                 snapshot_logs_since_last: 100,
                 netns: Some("ark1230n4".into()),
                 telemetry_window_points: TELEMETRY_WINDOW_POINTS,
+                settings: vec![
+                    ("objects".into(), "repair_mib_per_s = 4".into()),
+                    ("risk".into(), "ordering = \"fifo\"".into()),
+                ],
             },
         )
         .unwrap();

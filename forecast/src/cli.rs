@@ -10,7 +10,10 @@ use anyhow::Context;
 use crate::data::{read_entity_table, read_series_csv, split_by_day, SplitAt};
 use crate::eval::{eval_failure, eval_load, FailureReport, LoadReport};
 use crate::failure::FailureConfig;
+use crate::failure::{label_rows, FailureForecaster};
+use crate::history::{entities_with, entity_history, sample_entities, write_history};
 use crate::load::LoadConfig;
+use crate::metrics::recall_at_fpr;
 use crate::nn::cap_compute_threads;
 use crate::prep::parse_day;
 
@@ -27,6 +30,95 @@ pub enum ForecastCmd {
     /// Splits an `entity,date,...` CSV by date into two files, so a train/test split can be
     /// reproduced from commands alone.
     SplitDays(SplitDaysArgs),
+    /// Trains the failure forecaster on an `entity,date,failure,...` CSV and writes its
+    /// weights (safetensors) for the cluster: `ark put _ark/failure-model FILE` makes every
+    /// leader score its nodes with it.
+    FitFailure(FitFailureArgs),
+    /// Writes the daily history of entities of an `entity,date,failure,...` CSV, one
+    /// `date,<features>` CSV per entity, e.g. to replay a real drive's SMART record as a
+    /// node's telemetry (`[telemetry] smart_replay`).
+    ExtractHistory(ExtractHistoryArgs),
+    /// Scores a daily history (`date,<features>`) with failure forecaster weights: the
+    /// probability judged on each day from the days up to it, as the leader would.
+    ScoreHistory(ScoreHistoryArgs),
+}
+
+/// Arguments of `score-history`.
+#[derive(Debug, clap::Args)]
+pub struct ScoreHistoryArgs {
+    /// Weights written by `fit-failure`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// History written by `extract-history`.
+    #[arg(long, value_name = "FILE")]
+    pub history: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `fit-failure`.
+#[derive(Debug, clap::Args)]
+pub struct FitFailureArgs {
+    /// Training CSV: `entity,date,failure`, then numeric feature columns (plain or gzip).
+    #[arg(long, value_name = "FILE")]
+    pub train: PathBuf,
+    /// Where to write the weights (one safetensors blob).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// A row is positive when its entity fails within this many days (its own day included).
+    #[arg(long, default_value_t = 10)]
+    pub horizon_days: i64,
+    /// Seed of initialisation and minibatch order (same seed, same weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads for tensor maths (ignored when RAYON_NUM_THREADS is set).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `extract-history`.
+#[derive(Debug, clap::Args)]
+pub struct ExtractHistoryArgs {
+    /// `entity,date,failure,...` CSV, plain or gzip.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Entities to write, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub entity: Vec<String>,
+    /// Also write this many entities drawn with `--seed` among those that never fail and
+    /// have at least `--min-days` rows.
+    #[arg(long, default_value_t = 0)]
+    pub healthy: usize,
+    /// Also write this many entities drawn with `--seed` among those that fail and have at
+    /// least `--min-days` rows.
+    #[arg(long, default_value_t = 0)]
+    pub failed: usize,
+    /// Shortest history drawn by `--healthy` / `--failed`.
+    #[arg(long, default_value_t = 1)]
+    pub min_days: usize,
+    /// Seed of the draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Directory for `<entity>.csv` files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `fit-failure` prints.
+#[derive(Debug, serde::Serialize)]
+struct FitFailureSummary {
+    weights: String,
+    weights_bytes: usize,
+    fit: crate::failure::FailureFitReport,
+    /// Training-set operating points, to choose `risk.at_risk_probability`.
+    train_operating_points: Vec<crate::metrics::OperatingPoint>,
 }
 
 /// Arguments of `eval-load`.
@@ -170,6 +262,128 @@ impl ForecastCmd {
                     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                 } else {
                     print_failure(&mut out, &report)?;
+                }
+            }
+            ForecastCmd::FitFailure(a) => {
+                cap_compute_threads(a.threads);
+                let train = read_entity_table(&a.train)
+                    .with_context(|| format!("reading training table {}", a.train.display()))?;
+                let config = FailureConfig {
+                    horizon_days: a.horizon_days,
+                    seed: a.seed,
+                    ..FailureConfig::default()
+                };
+                let (model, fit) =
+                    FailureForecaster::fit(&train, &config).context("training the failure forecaster")?;
+                let bytes = model.to_bytes().context("encoding the weights")?;
+                std::fs::write(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
+                let scores = model.predict(&train).context("scoring the training rows")?;
+                let labels = label_rows(&train, a.horizon_days);
+                let summary = FitFailureSummary {
+                    weights: a.out.display().to_string(),
+                    weights_bytes: bytes.len(),
+                    fit,
+                    train_operating_points: [0.001, 0.01, 0.05]
+                        .iter()
+                        .map(|&f| recall_at_fpr(&scores, &labels, f))
+                        .collect(),
+                };
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "wrote {} ({} bytes): {} rows ({} positive), {} hidden, {} epochs",
+                        summary.weights,
+                        summary.weights_bytes,
+                        summary.fit.rows,
+                        summary.fit.positives,
+                        if summary.fit.hidden.is_empty() {
+                            "no".to_string()
+                        } else {
+                            format!("{:?}", summary.fit.hidden)
+                        },
+                        summary.fit.epochs
+                    )?;
+                    for op in &summary.train_operating_points {
+                        writeln!(
+                            out,
+                            "  on training rows: probability >= {:.4} flags {:.1}% of failing rows at {:.2}% false positives",
+                            op.threshold,
+                            op.recall * 100.0,
+                            op.false_positive_rate * 100.0
+                        )?;
+                    }
+                }
+            }
+            ForecastCmd::ExtractHistory(a) => {
+                let table = read_entity_table(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+                let mut names = a.entity.clone();
+                for (failed, count) in [(true, a.failed), (false, a.healthy)] {
+                    if count > 0 {
+                        let pool = entities_with(&table, failed, a.min_days);
+                        if pool.len() < count {
+                            anyhow::bail!(
+                                "only {} {} entities have {} or more days; asked for {count}",
+                                pool.len(),
+                                if failed { "failing" } else { "healthy" },
+                                a.min_days
+                            );
+                        }
+                        names.extend(sample_entities(&pool, count, a.seed));
+                    }
+                }
+                std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+                let mut written = Vec::new();
+                for name in &names {
+                    if name.contains(['/', '\\']) || name.starts_with('.') {
+                        anyhow::bail!("entity {name:?} cannot be a file name");
+                    }
+                    let rows = entity_history(&table, name)?;
+                    let path = a.out_dir.join(format!("{name}.csv"));
+                    write_history(&path, &table.feature_names, &rows)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    let failed =
+                        table.entity_names.iter().position(|n| n == name).is_some_and(|id| {
+                            (0..table.len()).any(|i| table.entity[i] as usize == id && table.failure[i])
+                        });
+                    written.push(serde_json::json!({
+                        "entity": name, "file": path.display().to_string(), "days": rows.len(), "failed": failed,
+                    }));
+                }
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&written)?)?;
+                } else {
+                    for w in &written {
+                        writeln!(
+                            out,
+                            "{} {} days, failed {} -> {}",
+                            w["entity"], w["days"], w["failed"], w["file"]
+                        )?;
+                    }
+                }
+            }
+            ForecastCmd::ScoreHistory(a) => {
+                let bytes = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+                let model = FailureForecaster::from_bytes(&bytes).context("decoding the weights")?;
+                let rows = crate::history::read_history(&a.history)?;
+                let mut scored = Vec::new();
+                for end in 1..=rows.len() {
+                    let p = model.predict_history(&rows[..end])?.unwrap_or(f64::NAN);
+                    scored
+                        .push(serde_json::json!({"date": crate::prep::format_day(rows[end - 1].0), "probability": p}));
+                }
+                if a.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&scored)?)?;
+                } else {
+                    for s in &scored {
+                        writeln!(
+                            out,
+                            "{} {:.4}",
+                            s["date"].as_str().unwrap_or(""),
+                            s["probability"].as_f64().unwrap_or(f64::NAN)
+                        )?;
+                    }
                 }
             }
             ForecastCmd::SplitDays(a) => {

@@ -451,6 +451,11 @@ impl FailureForecaster {
         ))
     }
 
+    /// The feature columns the forecaster reads (e.g. `smart_5_raw`).
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
     /// The horizon the forecaster was trained for, days.
     pub fn horizon_days(&self) -> i64 {
         self.horizon_days
@@ -634,5 +639,26 @@ mod tests {
         let back = FailureForecaster::from_bytes(&a.to_bytes().unwrap()).unwrap();
         assert_eq!(back.predict(&t).unwrap(), pa);
         assert!(FailureForecaster::from_bytes(b"junk").is_err());
+    }
+
+    #[test]
+    fn a_single_history_scores_like_its_rows_in_a_table() {
+        let t = table(40, 6);
+        let (f, _) = FailureForecaster::fit(&t, &tiny(2)).unwrap();
+        let all = f.predict(&t).unwrap();
+        // Entity 0 (failing) and 1 (healthy): rows 0..6 and 6..12; the last row is judged.
+        for (e, last_row) in [("e0", 5usize), ("e1", 11)] {
+            let h = crate::history::entity_history(&t, e).unwrap();
+            let p = f.predict_history(&h).unwrap().unwrap();
+            assert!((p - all[last_row]).abs() < 1e-6, "{e}: {p} vs {}", all[last_row]);
+        }
+        let failing = f
+            .predict_history(&crate::history::entity_history(&t, "e0").unwrap())
+            .unwrap();
+        let healthy = f
+            .predict_history(&crate::history::entity_history(&t, "e1").unwrap())
+            .unwrap();
+        assert!(failing > healthy);
+        assert_eq!(f.predict_history(&[]).unwrap(), None);
     }
 }

@@ -5,6 +5,8 @@
 //! - [`data`]: reading the `timestamp,value` and `entity,date,failure,...` layouts.
 //! - [`nn`]: the small candle network, its seeded training loop and safetensors encoding.
 //! - [`load`] and [`failure`]: the two forecasters.
+//! - [`history`]: one entity's daily history (replayed as a node's SMART telemetry) and its
+//!   risk.
 //! - [`metrics`], [`eval`]: figures and the offline evaluation against baselines.
 //! - [`cli`]: the `forecast` subcommands (`arkd forecast ...`).
 //!
@@ -19,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod failure;
+pub mod history;
 pub mod load;
 pub mod metrics;
 pub mod nn;

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// Telemetry sampling and the leader's windows of samples.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Risk-aware replication: node failure forecasts and the repair queue's order.
+    #[serde(default)]
+    pub risk: RiskConfig,
     /// Fault injection for drills and tests (never in production): see `net::fault`.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
@@ -147,6 +150,9 @@ pub struct ObjectsConfig {
     /// A local chunk file that no object refers to is removed once it is this old (an
     /// upload in progress has not committed its manifest yet).
     pub gc_grace_s: u64,
+    /// The repair queue moves at most this many MiB per second (0 = no limit), so that
+    /// re-replication leaves room for client traffic on the links.
+    pub repair_mib_per_s: u64,
 }
 
 impl Default for ObjectsConfig {
@@ -158,6 +164,7 @@ impl Default for ObjectsConfig {
             scrub_interval_s: 24 * 3600,
             scrub_mib_per_s: 64,
             gc_grace_s: 3600,
+            repair_mib_per_s: 0,
         }
     }
 }
@@ -193,6 +200,56 @@ pub struct TelemetryConfig {
     pub interval_ms: u64,
     /// Points the leader keeps per (node, series); older points are dropped.
     pub window_points: u32,
+    /// Drills and experiments only: instead of asking `smartctl`, report the SMART raw
+    /// values of this recorded daily history (`date,smart_5_raw,...`, as written by
+    /// `arkd forecast extract-history`), one day per `smart_replay_day_ms`, holding the
+    /// last day once the history is played.
+    pub smart_replay: Option<PathBuf>,
+    /// How long each replayed day lasts.
+    pub smart_replay_day_ms: u64,
+}
+
+/// How the leader's repair queue orders its work.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOrdering {
+    /// By expected loss: the chance that every live holder of a chunk fails within the
+    /// forecast horizon, times the namespace's weight, plus ageing; nodes at risk neither
+    /// count as safe copies nor receive new ones.
+    ExpectedLoss,
+    /// Risk-blind: namespace priority, then oldest first (the baseline for experiments).
+    Fifo,
+}
+
+/// Risk-aware replication on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// Order of the repair queue.
+    pub ordering: QueueOrdering,
+    /// The object holding the failure forecaster's weights (`NAMESPACE/KEY`, written by
+    /// `arkd forecast fit-failure` and `ark put`); the leader reloads it when it changes.
+    pub model_object: String,
+    /// A node whose failure probability is at least this is "at risk".
+    pub at_risk_probability: f64,
+    /// Length of one model day in milliseconds: the forecaster reads one row of SMART
+    /// values per day. Drills replaying a history faster shorten it to match.
+    pub day_ms: u64,
+    /// Ageing: every this many seconds a chunk waits adds as much to its score as a certain
+    /// loss in a weight-1 namespace, so nothing starves.
+    pub ageing_s: u64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            ordering: QueueOrdering::ExpectedLoss,
+            model_object: "_ark/failure-model".into(),
+            at_risk_probability: 0.9,
+            day_ms: 86_400_000,
+            ageing_s: 3600,
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -201,6 +258,8 @@ impl Default for TelemetryConfig {
             interval_ms: 10_000,
             // One day at the default interval.
             window_points: 8_640,
+            smart_replay: None,
+            smart_replay_day_ms: 86_400_000,
         }
     }
 }
@@ -347,6 +406,28 @@ impl NodeConfig {
                 t.window_points
             ));
         }
+        if t.smart_replay_day_ms == 0 {
+            return bad("telemetry.smart_replay_day_ms must be > 0".into());
+        }
+        let k = &self.risk;
+        if !(k.at_risk_probability > 0.0 && k.at_risk_probability <= 1.0) {
+            return bad(format!(
+                "risk.at_risk_probability ({}) must be in (0, 1]",
+                k.at_risk_probability
+            ));
+        }
+        if k.day_ms == 0 || k.ageing_s == 0 {
+            return bad("risk.day_ms and risk.ageing_s must be > 0".into());
+        }
+        match k.model_object.split_once('/') {
+            Some((ns, key)) if !ns.is_empty() && !key.is_empty() => {}
+            _ => {
+                return bad(format!(
+                    "risk.model_object ({:?}) must be NAMESPACE/KEY",
+                    k.model_object
+                ))
+            }
+        }
         let mut ids = std::collections::BTreeSet::from([self.node_id]);
         for p in &self.bootstrap.peers {
             if !ids.insert(p.id) || p.id == 0 {
@@ -434,6 +515,8 @@ scrub_interval_s = 86400
 scrub_mib_per_s = 64
 # Unreferenced chunk files older than this are deleted (uploads in progress are younger).
 gc_grace_s = 3600
+# Bandwidth budget of the repair queue, MiB/s (0 = unlimited).
+repair_mib_per_s = 0
 
 [cache]
 # Hot chunks held by other nodes, cached here after a read: memory tier, then disk tier
@@ -448,6 +531,20 @@ disk_mib = 256
 interval_ms = 10000
 # Points the leader keeps per node and series (8640 = one day at 10 s), at most 100000.
 window_points = 8640
+
+[risk]
+# Repair queue order: "expected-loss" (chunks whose holders are likely to fail first; nodes
+# at risk get no new copies and do not count as safe ones) or "fifo" (priority, then age).
+ordering = "expected-loss"
+# Weights of the failure forecaster (arkd forecast fit-failure, then ark put); without it
+# no node has a failure probability and the queue falls back to priority and age.
+model_object = "_ark/failure-model"
+# Failure probability (within the model's horizon) from which a node is at risk.
+at_risk_probability = 0.9
+# One day of the model's daily SMART rows, ms.
+day_ms = 86400000
+# A chunk waiting this many seconds counts as much as a certain loss (no starvation).
+ageing_s = 3600
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

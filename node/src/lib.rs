@@ -5,7 +5,8 @@
 //! [`net`] (QUIC endpoint, mutual TLS, framing, peer pool), [`chunks`] (content-defined
 //! chunking and the on-disk chunk store), [`replicate`] (chunk transfer, placement, the
 //! repair queue, scrub), [`cache`] (foyer cache of hot remote chunks), [`telemetry`] (per-node samples and the
-//! leader's windows of them), [`api`] (tonic services) and [`metrics`] (Prometheus).
+//! leader's windows of them), [`risk`] (the leader's node failure forecasts and the repair
+//! queue's head), [`api`] (tonic services) and [`metrics`] (Prometheus).
 
 pub mod api;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod raft;
 pub mod replicate;
+pub mod risk;
 pub mod server;
 pub mod telemetry;
 

@@ -116,6 +116,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight);
     let fence = Arc::new(ReadFence::new(raft.clone()));
+    let risk = Arc::new(crate::risk::Risk::new(cfg.risk.clone()));
     let data_plane = Arc::new(DataPlane::new(
         id,
         cfg.site.clone(),
@@ -128,6 +129,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         cfg.objects.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
         cache.clone(),
+        risk.clone(),
     ));
     let telemetry = Arc::new(Telemetry::new(
         id,
@@ -137,7 +139,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         raft.clone(),
         fsync_stats,
         cfg.data_dir.clone(),
-    ));
+    )?);
     let peer_service = Arc::new(PeerRouter::new(
         RaftPeerService::new(raft.clone()),
         data_plane.clone(),
@@ -164,6 +166,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
+    let risk_task = tokio::spawn(crate::risk::run(
+        risk.clone(),
+        data_plane.clone(),
+        telemetry.clone(),
+        Duration::from_millis(cfg.telemetry.interval_ms),
+        stop_rx.clone(),
+    ));
 
     // Client plane.
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -202,6 +211,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         id,
         healthy_within,
         telemetry.clone(),
+        risk.clone(),
     ));
     let grpc = Server::builder()
         .tls_config(tls_cfg)
@@ -272,6 +282,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     stop_within("repair queue", queue_task).await;
     stop_within("scrub", scrub_task).await;
     stop_within("telemetry", telemetry_task).await;
+    stop_within("risk", risk_task).await;
     drop(data_plane);
     cache.close().await;
     tracing::info!("shutdown: stopping raft");

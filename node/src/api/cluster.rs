@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ark_proto::v1::cluster_server::Cluster;
 use ark_proto::v1::{
-    AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, RemoveRequest, StatusRequest, StatusResponse,
-    TelemetryRequest, TelemetryResponse,
+    AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, QueueEntry, RemoveRequest, StatusRequest,
+    StatusResponse, TelemetryRequest, TelemetryResponse,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -16,8 +16,10 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::not_leader;
+use crate::config::QueueOrdering;
 use crate::net::PeerPool;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
+use crate::risk::Risk;
 use crate::telemetry::Telemetry;
 
 /// The Cluster service.
@@ -28,6 +30,7 @@ pub struct ClusterService {
     /// A peer that answered within this window counts as healthy.
     healthy_within: Duration,
     telemetry: Arc<Telemetry>,
+    risk: Arc<Risk>,
 }
 
 impl ClusterService {
@@ -38,6 +41,7 @@ impl ClusterService {
         node_id: NodeId,
         healthy_within: Duration,
         telemetry: Arc<Telemetry>,
+        risk: Arc<Risk>,
     ) -> Self {
         Self {
             raft,
@@ -45,6 +49,7 @@ impl ClusterService {
             node_id,
             healthy_within,
             telemetry,
+            risk,
         }
     }
 }
@@ -82,6 +87,11 @@ impl Cluster for ClusterService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let is_leader = m.state == ServerState::Leader;
+        let risks = if is_leader {
+            self.risk.risks()
+        } else {
+            Default::default()
+        };
         let nodes = membership
             .nodes()
             .map(|(id, node)| {
@@ -106,6 +116,9 @@ impl Cluster for ClusterService {
                     peer_addr: node.peer_addr.clone(),
                     healthy,
                     matched_index,
+                    failure_risk: risks.get(id).map(|r| r.probability),
+                    risk_days: risks.get(id).map_or(0, |r| r.days as u32),
+                    at_risk: is_leader && self.risk.at_risk(*id),
                 }
             })
             .collect();
@@ -116,6 +129,32 @@ impl Cluster for ClusterService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
+        let (queue_head, queue_chunks, queue_ordering, risk_model) = if is_leader {
+            let (head, chunks) = self.risk.queue_head();
+            let ordering = match self.risk.config().ordering {
+                QueueOrdering::ExpectedLoss => "expected-loss",
+                QueueOrdering::Fifo => "fifo",
+            };
+            let head = head
+                .into_iter()
+                .map(|e| QueueEntry {
+                    object: e.object,
+                    chunk: e.chunk,
+                    bytes: e.bytes,
+                    holders: e.holders,
+                    loss_probability: e.loss_probability,
+                    score: e.score,
+                })
+                .collect();
+            (
+                head,
+                chunks,
+                ordering.to_string(),
+                self.risk.model().unwrap_or_default(),
+            )
+        } else {
+            (Vec::new(), 0, String::new(), String::new())
+        };
         Ok(Response::new(StatusResponse {
             node_id: self.node_id,
             leader_id: m.current_leader,
@@ -124,6 +163,10 @@ impl Cluster for ClusterService {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             nodes,
             state: state.to_string(),
+            queue_head,
+            queue_chunks,
+            queue_ordering,
+            risk_model,
         }))
     }
 

@@ -102,6 +102,8 @@ pub struct DataPlane {
     cache: Arc<ChunkCache>,
     /// The leader's latest view of each namespace: (objects behind policy, lag ms).
     pub(crate) lag: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Node failure forecasts (read by the queue) and the queue's head (written by it).
+    pub risk: Arc<crate::risk::Risk>,
 }
 
 impl DataPlane {
@@ -119,6 +121,7 @@ impl DataPlane {
         cfg: ObjectsConfig,
         rpc_timeout: Duration,
         cache: Arc<ChunkCache>,
+        risk: Arc<crate::risk::Risk>,
     ) -> Self {
         Self {
             id,
@@ -134,6 +137,7 @@ impl DataPlane {
             scrub_lock: tokio::sync::Mutex::new(()),
             cache,
             lag: Default::default(),
+            risk,
         }
     }
 

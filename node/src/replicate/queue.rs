@@ -1,24 +1,32 @@
 //! The leader's replication queue: brings every chunk back to its namespace's policy after a
-//! node or site is lost (or after an async put), and measures each namespace's lag.
+//! node or site is lost (or after an async put), ahead of forecast failures, and measures
+//! each namespace's lag.
 //!
-//! Every `objects.repair_interval_ms` the leader walks the object tables: a chunk is below
-//! policy when its holders that answered recently are fewer than `copies` or span fewer
-//! than `min_sites` sites. Work is ordered by namespace priority, then by age (oldest
-//! first, so nothing starves); for each such chunk [`super::placement::choose`] picks new
-//! holders among live nodes, the target pulls the chunk from a live holder (verifying it),
-//! and the leader records the new holder through Raft. A namespace's lag is the age of its
-//! oldest object that is below policy (0 when none is), exported as
-//! `ark_namespace_lag_seconds` and `ark_namespace_behind_objects`.
+//! Every `objects.repair_interval_ms` the leader walks the object tables. A chunk needs work
+//! when its safe holders (answered recently, and not at risk per [`crate::risk`]) are fewer
+//! than `copies` or span fewer than `min_sites` sites. Work is ordered by `risk.ordering`:
+//! `expected-loss` ranks a chunk by the probability that all its live holders fail within
+//! the forecast horizon, times its namespace's weight (1 + priority), plus its age in units
+//! of `risk.ageing_s` (so nothing starves, and without forecasts this is oldest first);
+//! `fifo` by priority, then age. For each chunk [`super::placement::choose`] picks new
+//! holders among live nodes not at risk; the work is cut into per-target batches run in
+//! queue order, paced to `objects.repair_mib_per_s`; the target pulls the chunks from a live
+//! holder (verifying them), and the leader records the new holder through Raft. A
+//! namespace's lag is the age of its oldest object that is below policy (0 when none is),
+//! exported as `ark_namespace_lag_seconds` and `ark_namespace_behind_objects`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::{placement, DataPlane, Peer};
 use crate::chunks::ChunkId;
+use crate::config::QueueOrdering;
 use crate::raft::{Command, NodeId, Op};
+use crate::risk::QueueEntry;
 
 /// Chunks asked of one target in one pull.
 const PULL_BATCH: usize = 16;
@@ -64,6 +72,8 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
     let mut need: HashMap<ChunkId, Need> = HashMap::new();
     // Per namespace: (created_ms, distinct chunks) of every live version.
     let mut objects: BTreeMap<String, Vec<(u64, Vec<ChunkId>)>> = BTreeMap::new();
+    // An object using each chunk, for `ark status`.
+    let mut users: HashMap<ChunkId, String> = HashMap::new();
     for (ns, rec) in &namespaces {
         let p = &rec.policy;
         let list = dp.reader.list(ns, "", true).map_err(|e| e.to_string())?;
@@ -81,31 +91,60 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
                 n.min_sites = n.min_sites.max(p.min_sites);
                 n.priority = n.priority.max(p.priority);
             }
+            for id in &ids {
+                users.entry(*id).or_insert_with(|| format!("{ns}/{}", o.key));
+            }
             entry.push((o.record.created_ms, ids));
         }
     }
     let members = dp.members();
     let alive: Vec<Peer> = members.iter().filter(|m| dp.recently_alive(m.id)).cloned().collect();
     let alive_ids: HashSet<NodeId> = alive.iter().map(|p| p.id).collect();
+    let risk = &dp.risk;
+    let ordering = risk.config().ordering;
+    let probs = crate::risk::probabilities(&risk.risks());
+    let prob = |n: &NodeId| probs.get(n).copied().unwrap_or(0.0);
+    // Nodes at risk neither count as safe copies nor receive new ones (expected-loss only).
+    let candidates: Vec<Peer> = alive.iter().filter(|p| !risk.at_risk(p.id)).cloned().collect();
 
     let mut below: HashSet<ChunkId> = HashSet::new();
-    let mut work: Vec<(u32, u64, ChunkId, u32, Vec<NodeId>, Need)> = Vec::new();
+    let mut work: Vec<Work> = Vec::new();
     let mut lost = 0u64;
     for (id, rec) in dp.reader.chunks().map_err(|e| e.to_string())? {
         let Some(n) = need.get(&id).copied() else {
             continue;
         };
         let live: Vec<NodeId> = rec.holders.iter().copied().filter(|h| alive_ids.contains(h)).collect();
-        let sites = dp.sites_of(&live);
-        if live.len() >= n.copies as usize && sites.len() >= n.min_sites as usize {
+        if live.len() < n.copies as usize || dp.sites_of(&live).len() < n.min_sites as usize {
+            below.insert(id);
+        }
+        let safe: Vec<NodeId> = live.iter().copied().filter(|h| !risk.at_risk(*h)).collect();
+        if safe.len() >= n.copies as usize && dp.sites_of(&safe).len() >= n.min_sites as usize {
             continue;
         }
-        below.insert(id);
         if live.is_empty() {
             lost += 1;
             continue;
         }
-        work.push((n.priority, rec.since_ms, id, rec.len, rec.holders.clone(), n));
+        let age_s = now.saturating_sub(rec.since_ms) as f64 / 1000.0;
+        let holder_probs: Vec<f64> = live.iter().map(prob).collect();
+        let (loss, score) = crate::risk::expected_loss_score(
+            &holder_probs,
+            crate::risk::namespace_weight(n.priority),
+            age_s,
+            risk.config().ageing_s as f64,
+        );
+        work.push(Work {
+            id,
+            len: rec.len,
+            since_ms: rec.since_ms,
+            holders: rec.holders.clone(),
+            live,
+            safe,
+            need: n,
+            loss,
+            score,
+        });
     }
     metrics::gauge!("ark_chunks_without_live_copy").set(lost as f64);
 
@@ -126,61 +165,211 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
         *l = lag_map;
     }
     metrics::gauge!("ark_replication_queue_chunks").set(work.len() as f64);
+    order(&mut work, ordering);
+    risk.set_queue_head(
+        work.iter()
+            .take(QUEUE_HEAD)
+            .map(|w| QueueEntry {
+                object: users.get(&w.id).cloned().unwrap_or_default(),
+                chunk: crate::chunks::to_hex(&w.id),
+                bytes: u64::from(w.len),
+                holders: w.live.clone(),
+                loss_probability: w.loss,
+                score: w.score,
+            })
+            .collect(),
+        work.len() as u64,
+    );
+    metrics::gauge!("ark_replication_queue_head_loss_probability").set(work.first().map_or(0.0, |w| w.loss));
     if work.is_empty() {
         return Ok(());
     }
 
-    // Highest priority first, then oldest.
-    work.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut jobs: BTreeMap<NodeId, (Peer, Vec<Job>)> = BTreeMap::new();
-    for (_, _, id, len, holders, n) in work {
-        let live: Vec<NodeId> = holders.iter().copied().filter(|h| alive_ids.contains(h)).collect();
-        let sites = dp.sites_of(&live);
-        let short_sites = (n.min_sites as usize).saturating_sub(sites.len());
-        let want = (n.copies as usize).saturating_sub(live.len()).max(short_sites).max(1);
-        for t in placement::choose(&sites, &holders, &alive, want) {
-            let slot = jobs.entry(t.id).or_insert_with(|| (t.clone(), Vec::new()));
-            if slot.1.len() < PER_TARGET_PER_PASS {
-                slot.1.push((id, len, live.clone(), n.compress));
+    // Batches per target, cut in queue order, then run in the order of their best chunk.
+    let mut open: BTreeMap<NodeId, Batch> = BTreeMap::new();
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut per_target: HashMap<NodeId, usize> = HashMap::new();
+    for (rank, w) in work.iter().enumerate() {
+        let safe_sites = dp.sites_of(&w.safe);
+        let short_sites = (w.need.min_sites as usize).saturating_sub(safe_sites.len());
+        let want = (w.need.copies as usize)
+            .saturating_sub(w.safe.len())
+            .max(short_sites)
+            .max(1);
+        for t in placement::choose(&safe_sites, &w.holders, &candidates, want) {
+            let n = per_target.entry(t.id).or_default();
+            if *n >= PER_TARGET_PER_PASS {
+                continue;
+            }
+            *n += 1;
+            let b = open.entry(t.id).or_insert_with(|| Batch {
+                rank,
+                target: t.clone(),
+                jobs: Vec::new(),
+            });
+            b.jobs.push((w.id, w.len, w.live.clone(), w.need.compress));
+            if b.jobs.len() == PULL_BATCH {
+                batches.extend(open.remove(&t.id));
             }
         }
     }
-    let runs = jobs.into_values().map(|(target, items)| async move {
-        let mut added = 0usize;
-        for batch in items.chunks(PULL_BATCH) {
-            let ids: Vec<ChunkId> = batch.iter().map(|b| b.0).collect();
-            let bytes: u64 = batch.iter().map(|b| b.1 as u64).sum();
-            let mut src_ids: Vec<NodeId> = batch.iter().flat_map(|b| b.2.iter().copied()).collect();
-            src_ids.sort_unstable();
-            src_ids.dedup();
-            let mut sources: Vec<Peer> = dp.members().into_iter().filter(|m| src_ids.contains(&m.id)).collect();
-            sources.sort_by_key(|s| (s.site != target.site, s.id));
-            let compress = batch.iter().any(|b| b.3);
-            match dp.pull_to(&target, &ids, &sources, compress, bytes).await {
-                Ok(held) if !held.is_empty() => {
-                    added += held.len();
-                    let op = Op {
-                        request_id: Vec::new(),
-                        command: Command::ChunkHolders {
-                            node: target.id,
-                            add: held,
-                            remove: Vec::new(),
-                        },
-                    };
-                    if let Err(st) = dp.propose(op, Duration::from_secs(10)).await {
-                        tracing::warn!(target = target.id, error = %st.message(), "recording new holder failed");
-                        break;
+    batches.extend(open.into_values());
+    batches.sort_by_key(|b| b.rank);
+    // With a bandwidth budget, a pass moves about PASS_BUDGET's worth and the next pass
+    // re-orders with fresh forecasts, so new urgent work never waits behind a long backlog.
+    let rate = dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024);
+    if rate > 0 {
+        let budget = (rate as f64 * PASS_BUDGET.as_secs_f64()) as u64;
+        let mut total = 0u64;
+        let keep = batches
+            .iter()
+            .take_while(|b| {
+                let fits = total < budget;
+                total += b.bytes();
+                fits
+            })
+            .count();
+        batches.truncate(keep.max(1));
+    }
+    let pacer = Pacer::new(rate);
+    let failed: std::sync::Mutex<HashSet<NodeId>> = Default::default();
+    let targets: HashSet<NodeId> = batches.iter().map(|b| b.target.id).collect();
+    let concurrency = targets.len().clamp(1, 8);
+    let runs = batches.into_iter().map(|b| {
+        let (pacer, failed) = (&pacer, &failed);
+        async move {
+            pacer.wait(b.bytes()).await;
+            if failed.lock().is_ok_and(|f| f.contains(&b.target.id)) {
+                return 0;
+            }
+            match run_batch(dp, &b).await {
+                Ok(n) => n,
+                Err(()) => {
+                    if let Ok(mut f) = failed.lock() {
+                        f.insert(b.target.id);
                     }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(target = target.id, error = %e, "re-replication pull failed");
-                    break;
+                    0
                 }
             }
         }
-        metrics::counter!("ark_replication_repaired_chunks_total").increment(added as u64);
     });
-    futures::future::join_all(runs).await;
+    let added: usize = futures::stream::iter(runs)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<usize>>()
+        .await
+        .into_iter()
+        .sum();
+    metrics::counter!("ark_replication_repaired_chunks_total").increment(added as u64);
     Ok(())
+}
+
+/// Chunks shown at the head of the queue in `ark status`.
+const QUEUE_HEAD: usize = 8;
+/// With `objects.repair_mib_per_s`, the bytes of one pass: this long at that rate.
+const PASS_BUDGET: Duration = Duration::from_secs(5);
+
+/// One chunk below its (safe) policy.
+struct Work {
+    id: ChunkId,
+    len: u32,
+    since_ms: u64,
+    holders: Vec<NodeId>,
+    live: Vec<NodeId>,
+    safe: Vec<NodeId>,
+    need: Need,
+    loss: f64,
+    score: f64,
+}
+
+/// Expected loss: highest score first; FIFO: highest priority, then oldest. Ties: oldest.
+fn order(work: &mut [Work], ordering: QueueOrdering) {
+    match ordering {
+        QueueOrdering::ExpectedLoss => work.sort_by(|a, b| {
+            b.score
+                .partial_cmp(&a.score)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.since_ms.cmp(&b.since_ms))
+        }),
+        QueueOrdering::Fifo => {
+            work.sort_by(|a, b| b.need.priority.cmp(&a.need.priority).then(a.since_ms.cmp(&b.since_ms)))
+        }
+    }
+}
+
+/// Up to [`PULL_BATCH`] chunks one target pulls, ranked by its best chunk's queue position.
+struct Batch {
+    rank: usize,
+    target: Peer,
+    jobs: Vec<Job>,
+}
+
+impl Batch {
+    fn bytes(&self) -> u64 {
+        self.jobs.iter().map(|j| u64::from(j.1)).sum()
+    }
+}
+
+/// Spaces transfers so that they average at most `rate` bytes per second (0: no limit).
+/// Slots are handed out in call order, so batches start in queue order.
+struct Pacer {
+    rate: u64,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let slot = {
+            let Ok(mut next) = self.next.lock() else { return };
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// The target pulls the batch from live holders; the leader records the new holder.
+/// `Err` when the target should get no more work this pass.
+async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
+    let target = &b.target;
+    let ids: Vec<ChunkId> = b.jobs.iter().map(|j| j.0).collect();
+    let mut src_ids: Vec<NodeId> = b.jobs.iter().flat_map(|j| j.2.iter().copied()).collect();
+    src_ids.sort_unstable();
+    src_ids.dedup();
+    let mut sources: Vec<Peer> = dp.members().into_iter().filter(|m| src_ids.contains(&m.id)).collect();
+    sources.sort_by_key(|s| (s.site != target.site, s.id));
+    let compress = b.jobs.iter().any(|j| j.3);
+    match dp.pull_to(target, &ids, &sources, compress, b.bytes()).await {
+        Ok(held) if !held.is_empty() => {
+            let n = held.len();
+            let op = Op {
+                request_id: Vec::new(),
+                command: Command::ChunkHolders {
+                    node: target.id,
+                    add: held,
+                    remove: Vec::new(),
+                },
+            };
+            if let Err(st) = dp.propose(op, Duration::from_secs(10)).await {
+                tracing::warn!(target = target.id, error = %st.message(), "recording new holder failed");
+                return Err(());
+            }
+            Ok(n)
+        }
+        Ok(_) => Ok(0),
+        Err(e) => {
+            tracing::warn!(target = target.id, error = %e, "re-replication pull failed");
+            Err(())
+        }
+    }
 }

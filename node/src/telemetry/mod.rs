@@ -229,6 +229,53 @@ struct SmartState {
     explained: bool,
 }
 
+/// A recorded daily SMART history played back as this node's SMART attributes.
+struct SmartReplay {
+    days: Vec<Vec<(String, f64)>>,
+    day: Duration,
+    started: Instant,
+}
+
+impl SmartReplay {
+    fn load(path: &Path, day: Duration) -> anyhow::Result<Self> {
+        let rows = ark_forecast::history::read_history(path)
+            .map_err(|e| anyhow::anyhow!("telemetry.smart_replay {}: {e}", path.display()))?;
+        let days: Vec<Vec<(String, f64)>> = rows
+            .into_iter()
+            .map(|(_, vals)| {
+                vals.into_iter()
+                    .filter_map(|(col, v)| Some((smart_series_of_column(&col)?, f64::from(v))))
+                    .collect()
+            })
+            .collect();
+        if days.iter().all(|d| d.is_empty()) {
+            anyhow::bail!(
+                "telemetry.smart_replay {}: no smart_<ID>_raw column with values",
+                path.display()
+            );
+        }
+        tracing::info!(path = %path.display(), days = days.len(), day_ms = day.as_millis() as u64,
+            "replaying a recorded SMART history instead of smartctl");
+        Ok(Self {
+            days,
+            day,
+            started: Instant::now(),
+        })
+    }
+
+    /// The day the replay has reached (the last one once played through).
+    fn today(&self, now: Instant) -> Vec<(String, f64)> {
+        let i = (now.saturating_duration_since(self.started).as_millis() / self.day.as_millis().max(1)) as usize;
+        self.days[i.min(self.days.len() - 1)].clone()
+    }
+}
+
+/// `smart_5_raw` → `smart_raw:5` (the series `smartctl` readings get); other columns none.
+fn smart_series_of_column(col: &str) -> Option<String> {
+    let id = col.strip_prefix("smart_")?.strip_suffix("_raw")?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then(|| format!("smart_raw:{id}"))
+}
+
 /// The node's telemetry: the sampler loop, the report handler and the leader's windows.
 pub struct Telemetry {
     id: NodeId,
@@ -239,12 +286,16 @@ pub struct Telemetry {
     fsync: LatencyStats,
     data_dir: PathBuf,
     windows: Mutex<Windows>,
+    /// `[telemetry] smart_replay`: recorded SMART days replayed instead of `smartctl`.
+    replay: Option<SmartReplay>,
     /// Nodes whose window gauges the leader exported, to zero them when they go.
     exported: Mutex<BTreeSet<NodeId>>,
 }
 
 impl Telemetry {
-    /// Telemetry of node `id`.
+    /// Telemetry of node `id`. Fails when `cfg.smart_replay` names a history that cannot be
+    /// read.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         cfg: TelemetryConfig,
@@ -253,9 +304,13 @@ impl Telemetry {
         raft: ArkRaft,
         fsync: LatencyStats,
         data_dir: PathBuf,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let windows = Mutex::new(Windows::new(cfg.window_points as usize));
-        Self {
+        let replay = match &cfg.smart_replay {
+            Some(path) => Some(SmartReplay::load(path, Duration::from_millis(cfg.smart_replay_day_ms))?),
+            None => None,
+        };
+        Ok(Self {
             id,
             cfg,
             rpc_timeout,
@@ -264,8 +319,9 @@ impl Telemetry {
             fsync,
             data_dir,
             windows,
+            replay,
             exported: Mutex::default(),
-        }
+        })
     }
 
     fn interval(&self) -> Duration {
@@ -354,6 +410,10 @@ impl Telemetry {
     }
 
     async fn refresh_smart(&self, s: &mut SmartState, now: Instant) {
+        if let Some(r) = &self.replay {
+            s.attrs = r.today(now);
+            return;
+        }
         if s.next_run.is_some_and(|t| now < t) {
             return;
         }
@@ -452,6 +512,15 @@ impl Telemetry {
             metrics::gauge!("ark_telemetry_report_age_seconds", "node" => node).set(s.age.as_secs_f64());
         }
         *exported = now;
+    }
+
+    /// On the leader: `node`'s SMART raw values per model day of `day_ms` (see
+    /// [`Windows::smart_daily`]); empty elsewhere or without SMART series.
+    pub fn smart_daily(&self, node: NodeId, day_ms: u64) -> std::collections::BTreeMap<i64, Vec<(String, f32)>> {
+        self.windows
+            .lock()
+            .map(|w| w.smart_daily(node, day_ms))
+            .unwrap_or_default()
     }
 
     /// Handles a report from node `from`: stored on the leader, refused elsewhere.
@@ -617,6 +686,37 @@ async fn read_smart(data_dir: &Path) -> Result<Vec<(String, f64)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replayed_history_plays_one_day_per_step_then_holds_the_last() {
+        assert_eq!(
+            smart_series_of_column("smart_187_raw").as_deref(),
+            Some("smart_raw:187")
+        );
+        assert_eq!(smart_series_of_column("smart_5_normalized"), None);
+        assert_eq!(smart_series_of_column("capacity_bytes"), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("h.csv");
+        std::fs::write(
+            &p,
+            "date,smart_5_raw,smart_9_raw,model_x\n2013-04-10,0,100,1\n2013-04-11,8,124,2\n",
+        )
+        .expect("write");
+        let r = SmartReplay::load(&p, Duration::from_secs(10)).expect("load");
+        let day = |s: u64| r.today(r.started + Duration::from_secs(s));
+        assert_eq!(day(0), vec![("smart_raw:5".into(), 0.0), ("smart_raw:9".into(), 100.0)]);
+        assert_eq!(
+            day(10),
+            vec![("smart_raw:5".into(), 8.0), ("smart_raw:9".into(), 124.0)]
+        );
+        assert_eq!(day(1000), day(10));
+        std::fs::write(&p, "date,model_x\n2013-04-10,1\n").expect("write");
+        let err = SmartReplay::load(&p, Duration::from_secs(1))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("smart_replay"), "{err}");
+    }
 
     #[test]
     fn latency_stats_summarise_and_restart() {

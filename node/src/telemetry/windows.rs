@@ -223,6 +223,33 @@ impl Windows {
         self.nodes.keys().copied().collect()
     }
 
+    /// The node's SMART raw values per model day (`unix_ms / day_ms`): for each day in the
+    /// windows, the last value of each `smart_raw:ID` series that day, named as the failure
+    /// forecaster's columns (`smart_ID_raw`). Series of other shapes (`smart_raw:nvme_...`)
+    /// have no column in the forecaster and are left out.
+    pub fn smart_daily(&self, node: u64, day_ms: u64) -> BTreeMap<i64, Vec<(String, f32)>> {
+        let mut days: BTreeMap<i64, BTreeMap<String, f32>> = BTreeMap::new();
+        let Some(nw) = self.nodes.get(&node) else {
+            return BTreeMap::new();
+        };
+        for (name, w) in &nw.series {
+            let Some(id) = name
+                .strip_prefix("smart_raw:")
+                .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let column = format!("smart_{id}_raw");
+            // Points are in time order, so the last one of a day wins.
+            for &(t, v) in w.points() {
+                days.entry((t / day_ms.max(1)) as i64)
+                    .or_default()
+                    .insert(column.clone(), v as f32);
+            }
+        }
+        days.into_iter().map(|(d, m)| (d, m.into_iter().collect())).collect()
+    }
+
     /// One series of one node.
     pub fn series(&self, node: u64, name: &str) -> Option<&Window> {
         self.nodes.get(&node)?.series.get(name)
@@ -267,6 +294,37 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn smart_series_become_one_row_per_day_with_the_days_last_value() {
+        let mut w = Windows::new(100);
+        let now = Instant::now();
+        for (t, s5, s197) in [
+            (1_000u64, 0.0, 1.0),
+            (1_900, 2.0, 1.0),
+            (2_100, 5.0, 3.0),
+            (3_500, 9.0, 3.0),
+        ] {
+            w.record(
+                4,
+                t,
+                vec![
+                    ("smart_raw:5".to_string(), s5),
+                    ("smart_raw:197".to_string(), s197),
+                    ("smart_raw:nvme_media_errors".to_string(), 1.0),
+                    ("disk_free_bytes".to_string(), 1e9),
+                ],
+                now,
+            );
+        }
+        let d = w.smart_daily(4, 1_000);
+        let col = |n: &str, v: f32| (n.to_string(), v);
+        assert_eq!(d.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(d[&1], vec![col("smart_197_raw", 1.0), col("smart_5_raw", 2.0)]);
+        assert_eq!(d[&2], vec![col("smart_197_raw", 3.0), col("smart_5_raw", 5.0)]);
+        assert_eq!(d[&3], vec![col("smart_197_raw", 3.0), col("smart_5_raw", 9.0)]);
+        assert!(w.smart_daily(5, 1_000).is_empty());
     }
 
     #[test]

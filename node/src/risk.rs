@@ -1,0 +1,357 @@
+//! Risk on the leader: which nodes are likely to fail, and the repair queue's head.
+//!
+//! Every telemetry interval the leader (1) makes sure it holds the failure forecaster whose
+//! weights are stored as the object `risk.model_object` (a new leader loads them at once, so
+//! it starts warm; a new version is picked up within an interval), (2) turns each node's
+//! SMART series from the telemetry windows into one row per model day (`risk.day_ms`) and
+//! (3) asks the forecaster for the probability that the node fails within the model's
+//! horizon. The repair queue ([`crate::replicate::queue`]) reads these probabilities to order
+//! its work and to keep new copies off nodes at risk, and writes back the head of its queue;
+//! `ark status` shows both, and `ark_node_failure_risk{node}` exports them.
+//!
+//! A node without SMART series (no `smartctl`, a virtual disk) has no probability: the queue
+//! treats it as no evidence (0), never as at risk. Everything here is held only while this
+//! node leads; a follower answers with nothing.
+//!
+//! Owns: loading and validating the weights, daily rows, scoring. Must not touch: chunk
+//! transfer (the queue's), the windows themselves (telemetry's).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ark_forecast::history::DayRow;
+use ark_forecast::FailureForecaster;
+use tokio::sync::watch;
+
+use crate::config::{QueueOrdering, RiskConfig};
+use crate::raft::NodeId;
+use crate::replicate::DataPlane;
+use crate::telemetry::Telemetry;
+
+/// Largest model blob the leader loads (weights of a small MLP ensemble are a few KiB).
+const MODEL_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Daily rows handed to the forecaster: its change features look back `window_days` (7 by
+/// default); a month covers any sensible window.
+const HISTORY_DAYS: usize = 31;
+
+/// One entry at the head of the repair queue, as `ark status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    /// An object that uses the chunk (`namespace/key`).
+    pub object: String,
+    /// The chunk, hex.
+    pub chunk: String,
+    /// Its bytes.
+    pub bytes: u64,
+    /// Its live holders.
+    pub holders: Vec<NodeId>,
+    /// Probability that every live holder fails within the horizon.
+    pub loss_probability: f64,
+    /// The queue's score (expected loss times weight, plus ageing; or age for FIFO).
+    pub score: f64,
+}
+
+/// A node's failure forecast.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeRisk {
+    /// Probability of failure within the horizon.
+    pub probability: f64,
+    /// Days of history it was judged on.
+    pub days: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// `(namespace, key, version)` of the loaded weights and the forecaster.
+    model: Option<((String, String, u64), Arc<FailureForecaster>)>,
+    /// Versions that failed to load, not retried.
+    bad_model: Option<(String, String, u64)>,
+    risks: BTreeMap<NodeId, NodeRisk>,
+    head: Vec<QueueEntry>,
+    queue_chunks: u64,
+}
+
+/// The leader's risk view, shared by the risk loop, the repair queue and `Cluster.Status`.
+pub struct Risk {
+    cfg: RiskConfig,
+    state: Mutex<State>,
+}
+
+impl Risk {
+    /// An empty view under `cfg`.
+    pub fn new(cfg: RiskConfig) -> Self {
+        Self {
+            cfg,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RiskConfig {
+        &self.cfg
+    }
+
+    /// Latest forecast per node (leader only; empty elsewhere).
+    pub fn risks(&self) -> BTreeMap<NodeId, NodeRisk> {
+        self.state.lock().map(|s| s.risks.clone()).unwrap_or_default()
+    }
+
+    /// Failure probability of `node`: 0 when unknown (no evidence is not risk).
+    pub fn probability(&self, node: NodeId) -> f64 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.risks.get(&node).map(|r| r.probability))
+            .unwrap_or(0.0)
+    }
+
+    /// Whether the queue should treat `node` as about to fail.
+    pub fn at_risk(&self, node: NodeId) -> bool {
+        self.cfg.ordering == QueueOrdering::ExpectedLoss && self.probability(node) >= self.cfg.at_risk_probability
+    }
+
+    /// The loaded weights' object and version, if any.
+    pub fn model(&self) -> Option<String> {
+        let s = self.state.lock().ok()?;
+        s.model.as_ref().map(|((ns, key, v), _)| format!("{ns}/{key}@{v}"))
+    }
+
+    /// Head of the repair queue and its length, as the last pass left them.
+    pub fn queue_head(&self) -> (Vec<QueueEntry>, u64) {
+        self.state
+            .lock()
+            .map(|s| (s.head.clone(), s.queue_chunks))
+            .unwrap_or_default()
+    }
+
+    /// Written by the repair queue after ordering its work.
+    pub fn set_queue_head(&self, head: Vec<QueueEntry>, chunks: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.head = head;
+            s.queue_chunks = chunks;
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            // Weights stay: they are the same cluster object whoever leads.
+            s.risks.clear();
+            s.head.clear();
+            s.queue_chunks = 0;
+        }
+    }
+}
+
+/// Scores every interval while this node leads, until `stop` turns true.
+pub async fn run(
+    risk: Arc<Risk>,
+    dp: Arc<DataPlane>,
+    telemetry: Arc<Telemetry>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut exported: Vec<NodeId> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !dp.is_leader() {
+            risk.clear();
+            continue;
+        }
+        refresh_model(&risk, &dp).await;
+        let model = risk
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.model.as_ref().map(|m| m.1.clone()));
+        let members: Vec<NodeId> = dp.members().iter().map(|m| m.id).collect();
+        let mut risks = BTreeMap::new();
+        if let Some(model) = model {
+            let histories: Vec<(NodeId, Vec<DayRow>)> = members
+                .iter()
+                .map(|&n| (n, last_days(telemetry.smart_daily(n, risk.cfg.day_ms), HISTORY_DAYS)))
+                .filter(|(_, h)| !h.is_empty())
+                .collect();
+            let scored = tokio::task::spawn_blocking(move || {
+                histories
+                    .into_iter()
+                    .filter_map(|(n, h)| match model.predict_history(&h) {
+                        Ok(Some(p)) => Some((
+                            n,
+                            NodeRisk {
+                                probability: p,
+                                days: h.len(),
+                            },
+                        )),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!(node = n, error = %e, "failure forecast failed");
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            risks.extend(scored);
+        }
+        for n in &exported {
+            if !risks.contains_key(n) {
+                metrics::gauge!("ark_node_failure_risk", "node" => n.to_string()).set(0.0);
+            }
+        }
+        for (n, r) in &risks {
+            metrics::gauge!("ark_node_failure_risk", "node" => n.to_string()).set(r.probability);
+        }
+        exported = risks.keys().copied().collect();
+        if let Ok(mut s) = risk.state.lock() {
+            s.risks = risks;
+        }
+    }
+}
+
+/// The last `n` rows of a daily map, oldest first.
+fn last_days(daily: BTreeMap<i64, Vec<(String, f32)>>, n: usize) -> Vec<DayRow> {
+    let skip = daily.len().saturating_sub(n);
+    daily.into_iter().skip(skip).collect()
+}
+
+/// Loads the weights object when it is new or changed. Failures are logged once per version
+/// and the previous weights stay in use.
+async fn refresh_model(risk: &Risk, dp: &DataPlane) {
+    let Some((ns, key)) = risk.cfg.model_object.split_once('/') else {
+        return;
+    };
+    let entry = match dp.reader.get(ns, key, 0) {
+        Ok(Some(e)) if !e.record.deleted => e,
+        Ok(_) => {
+            if let Ok(mut s) = risk.state.lock() {
+                if s.model.take().is_some() {
+                    tracing::info!(object = %risk.cfg.model_object, "failure forecaster removed");
+                }
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the failure forecaster");
+            return;
+        }
+    };
+    let want = (ns.to_string(), key.to_string(), entry.version);
+    {
+        let Ok(s) = risk.state.lock() else { return };
+        if s.model.as_ref().is_some_and(|m| m.0 == want) || s.bad_model.as_ref() == Some(&want) {
+            return;
+        }
+    }
+    let loaded = load_model(dp, &entry).await;
+    let Ok(mut s) = risk.state.lock() else { return };
+    match loaded {
+        Ok(m) => {
+            tracing::info!(object = %risk.cfg.model_object, version = want.2, columns = m.columns().len(),
+                "failure forecaster loaded");
+            metrics::counter!("ark_risk_model_loads_total", "result" => "ok").increment(1);
+            s.model = Some((want, Arc::new(m)));
+            s.bad_model = None;
+        }
+        Err(why) => {
+            tracing::warn!(object = %risk.cfg.model_object, version = want.2, %why,
+                "cannot load the failure forecaster; keeping the previous one");
+            metrics::counter!("ark_risk_model_loads_total", "result" => "error").increment(1);
+            s.bad_model = Some(want);
+        }
+    }
+}
+
+async fn load_model(dp: &DataPlane, entry: &crate::raft::objects::ObjectEntry) -> Result<FailureForecaster, String> {
+    if entry.record.size > MODEL_BYTES_MAX {
+        return Err(format!(
+            "{} bytes is over the {MODEL_BYTES_MAX}-byte limit",
+            entry.record.size
+        ));
+    }
+    let mut bytes = Vec::with_capacity(entry.record.size as usize);
+    for c in &entry.record.chunks {
+        let holders = dp
+            .reader
+            .chunk(&c.id)
+            .map_err(|e| e.to_string())?
+            .map(|r| r.holders)
+            .unwrap_or_default();
+        let b = dp
+            .read_chunk(&c.id, &holders, false)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        bytes.extend_from_slice(&b);
+    }
+    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .map_err(|_| "bad digest length".to_string())?;
+    if sha != entry.record.sha256 {
+        return Err("object bytes do not match the manifest's SHA-256".into());
+    }
+    tokio::task::spawn_blocking(move || FailureForecaster::from_bytes(&bytes).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// Expected-loss score of a chunk: `weight × Π p(holder)` plus its age in units of
+/// `ageing_s`. With no forecast (every p = 0) this is pure age, i.e. FIFO.
+pub fn expected_loss_score(holder_probs: &[f64], weight: f64, age_s: f64, ageing_s: f64) -> (f64, f64) {
+    let loss = if holder_probs.is_empty() {
+        0.0
+    } else {
+        holder_probs.iter().map(|p| p.clamp(0.0, 1.0)).product()
+    };
+    (loss, weight * loss + age_s.max(0.0) / ageing_s.max(1.0))
+}
+
+/// Weight of a namespace in the expected loss: 1 + its priority.
+pub fn namespace_weight(priority: u32) -> f64 {
+    1.0 + f64::from(priority)
+}
+
+/// Per-node probabilities as a plain map, for the queue.
+pub fn probabilities(risks: &BTreeMap<NodeId, NodeRisk>) -> HashMap<NodeId, f64> {
+    risks.iter().map(|(n, r)| (*n, r.probability)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_loss_multiplies_holders_and_ages() {
+        // One holder at 0.9: 0.9 × weight 2 + 60 s / 600 s.
+        let (loss, score) = expected_loss_score(&[0.9], 2.0, 60.0, 600.0);
+        assert!((loss - 0.9).abs() < 1e-12);
+        assert!((score - 1.9).abs() < 1e-12);
+        // Two holders: both must fail.
+        let (loss, _) = expected_loss_score(&[0.9, 0.1], 1.0, 0.0, 600.0);
+        assert!((loss - 0.09).abs() < 1e-12);
+        // No forecast: age alone, so older first.
+        let (_, old) = expected_loss_score(&[0.0], 1.0, 100.0, 600.0);
+        let (_, new) = expected_loss_score(&[0.0], 1.0, 10.0, 600.0);
+        assert!(old > new);
+        // A chunk on a failing node outranks one an hour older on a healthy node.
+        let (_, risky) = expected_loss_score(&[0.95], 1.0, 0.0, 3600.0);
+        let (_, aged) = expected_loss_score(&[0.01], 1.0, 3000.0, 3600.0);
+        assert!(risky > aged);
+        // ...but waiting long enough wins eventually: nothing starves.
+        let (_, starved) = expected_loss_score(&[0.0], 1.0, 4.0 * 3600.0, 3600.0);
+        assert!(starved > risky);
+        assert_eq!(namespace_weight(0), 1.0);
+    }
+
+    #[test]
+    fn last_days_keeps_the_newest_rows_in_order() {
+        let daily: BTreeMap<i64, Vec<(String, f32)>> = (0..10).map(|d| (d, vec![("x".into(), d as f32)])).collect();
+        let rows = last_days(daily, 3);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![7, 8, 9]);
+    }
+}
