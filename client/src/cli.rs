@@ -282,6 +282,39 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The risk-aware replication experiment: on fresh 3-site playgrounds, node 2 replays a
+    /// failing drive's SMART record while objects are written to an async namespace, then
+    /// dies; reports the acknowledged bytes lost and below policy with the repair queue in
+    /// `fifo` and in `expected-loss` order, per seed.
+    Risk {
+        /// Backblaze-layout CSV (entity,date,failure,smart_*_raw...), plain or gzip.
+        #[arg(long, value_name = "FILE")]
+        backblaze: PathBuf,
+        /// The failing drive node 2 replays.
+        #[arg(long, default_value = "6XW00YE0")]
+        entity: String,
+        /// Seeds (comma-separated); each runs both orderings.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+        seeds: Vec<u64>,
+        /// Milliseconds per replayed day.
+        #[arg(long, default_value_t = 2000)]
+        day_ms: u64,
+        /// Repair queue budget, MiB/s.
+        #[arg(long, default_value_t = 3)]
+        repair_mib_per_s: u64,
+        /// Write rate over both writers, MiB/s.
+        #[arg(long, default_value_t = 4.0)]
+        write_mib_per_s: f64,
+        /// Bytes per object.
+        #[arg(long, default_value_t = 512 * 1024)]
+        object_bytes: usize,
+        /// Working directory (default: a temp dir, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point of the `ark` binary.
@@ -683,6 +716,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if r.lost_writes > 0 {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Bench(BenchCmd::Risk {
+            backblaze,
+            entity,
+            seeds,
+            day_ms,
+            repair_mib_per_s,
+            write_mib_per_s,
+            object_bytes,
+            dir,
+            json,
+        }) => {
+            let tmp = tempfile::Builder::new().prefix("ark-bench-risk-").tempdir()?;
+            let dir = dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+            let params = crate::risk_bench::Params {
+                backblaze: backblaze.clone(),
+                entity: entity.clone(),
+                seeds: seeds.clone(),
+                day_ms: *day_ms,
+                repair_mib_per_s: *repair_mib_per_s,
+                write_mib_per_s: *write_mib_per_s,
+                object_bytes: *object_bytes,
+                dir,
+            };
+            let quiet = *json;
+            let say = move |l: &str| {
+                if !quiet {
+                    outln!("{l}");
+                }
+            };
+            let reports = crate::risk_bench::run(&params, &say).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
             }
         }
         Cmd::Bench(BenchCmd::Kv {

@@ -9,7 +9,8 @@
 //! - [`certs`]: the cluster CA and certificates (`ark certs`).
 //! - [`playground`] and [`demo`]: a local multi-site cluster of real `arkd` processes and the
 //!   guided failover tour.
-//! - [`bench`]: the KV load generator (`ark bench kv`).
+//! - [`bench`]: the KV load generator (`ark bench kv`); [`risk_bench`]: the risk-aware
+//!   replication experiment (`ark bench risk`).
 //! - [`units`]: durations, times and sizes as the CLI reads and prints them.
 //! - [`cli`]: argument parsing and command dispatch for the `ark` binary; [`drill`]: `ark
 //!   drill`, handed over to the `ark-chaos` binary.
@@ -29,6 +30,7 @@ pub mod objects;
 mod objects_cli;
 pub mod playground;
 pub mod restore;
+pub mod risk_bench;
 pub mod units;
 
 pub use client::ArkClient;

@@ -36,6 +36,8 @@ const PER_TARGET_PER_PASS: usize = 512;
 /// Runs the queue until `stop` turns true. Does nothing on followers.
 pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(dp.cfg.repair_interval_ms.max(100));
+    // One budget across passes: a new pass does not get a fresh allowance.
+    let pacer = Pacer::new(dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -48,7 +50,7 @@ pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
-        if let Err(e) = pass(&dp).await {
+        if let Err(e) = pass(&dp, &pacer).await {
             tracing::warn!(error = %e, "replication pass failed");
         }
     }
@@ -66,7 +68,7 @@ struct Need {
 }
 
 /// One pass: measure, then repair what is below policy.
-pub async fn pass(dp: &DataPlane) -> Result<(), String> {
+pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
     let now = crate::api::now_ms();
     let namespaces = dp.reader.namespaces().map_err(|e| e.to_string())?;
     let mut need: HashMap<ChunkId, Need> = HashMap::new();
@@ -185,41 +187,64 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
         return Ok(());
     }
 
-    // Batches per target, cut in queue order, then run in the order of their best chunk.
-    let mut open: BTreeMap<NodeId, Batch> = BTreeMap::new();
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut per_target: HashMap<NodeId, usize> = HashMap::new();
-    for (rank, w) in work.iter().enumerate() {
+    // One job per new copy. Under expected loss a chunk's first new copy carries its score
+    // and each further copy only what would still be lost if the earlier new holders failed
+    // too, so with a tight budget every endangered chunk gets one safe copy before any gets
+    // its second.
+    let mut copies: Vec<(f64, usize, Peer)> = Vec::new();
+    for (i, w) in work.iter().enumerate() {
         let safe_sites = dp.sites_of(&w.safe);
         let short_sites = (w.need.min_sites as usize).saturating_sub(safe_sites.len());
         let want = (w.need.copies as usize)
             .saturating_sub(w.safe.len())
             .max(short_sites)
             .max(1);
+        let mut remaining = w.loss;
+        let age = w.score - crate::risk::namespace_weight(w.need.priority) * w.loss;
         for t in placement::choose(&safe_sites, &w.holders, &candidates, want) {
-            let n = per_target.entry(t.id).or_default();
-            if *n >= PER_TARGET_PER_PASS {
-                continue;
-            }
-            *n += 1;
-            let b = open.entry(t.id).or_insert_with(|| Batch {
-                rank,
-                target: t.clone(),
-                jobs: Vec::new(),
-            });
-            b.jobs.push((w.id, w.len, w.live.clone(), w.need.compress));
-            if b.jobs.len() == PULL_BATCH {
-                batches.extend(open.remove(&t.id));
-            }
+            let score = crate::risk::namespace_weight(w.need.priority) * remaining + age;
+            remaining *= prob(&t.id);
+            copies.push((score, i, t));
+        }
+    }
+    if ordering == QueueOrdering::ExpectedLoss {
+        // Stable: ties keep the chunk order (oldest first).
+        copies.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    }
+    // Batches per target, cut in job order, then run in the order of their best job. With a
+    // bandwidth budget, a batch (and a pass) moves about PASS_BUDGET's worth and the next
+    // pass re-orders with fresh forecasts and new writes, so urgent work never waits
+    // behind a long backlog.
+    let rate = dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024);
+    let budget = if rate > 0 {
+        (rate as f64 * PASS_BUDGET.as_secs_f64()) as u64
+    } else {
+        u64::MAX
+    };
+    let mut open: BTreeMap<NodeId, Batch> = BTreeMap::new();
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut per_target: HashMap<NodeId, usize> = HashMap::new();
+    for (rank, (_, i, t)) in copies.into_iter().enumerate() {
+        let w = &work[i];
+        let n = per_target.entry(t.id).or_default();
+        if *n >= PER_TARGET_PER_PASS {
+            continue;
+        }
+        *n += 1;
+        let id = t.id;
+        let b = open.entry(id).or_insert_with(|| Batch {
+            rank,
+            target: t,
+            jobs: Vec::new(),
+        });
+        b.jobs.push((w.id, w.len, w.live.clone(), w.need.compress));
+        if b.jobs.len() == PULL_BATCH || b.bytes() >= budget {
+            batches.extend(open.remove(&id));
         }
     }
     batches.extend(open.into_values());
     batches.sort_by_key(|b| b.rank);
-    // With a bandwidth budget, a pass moves about PASS_BUDGET's worth and the next pass
-    // re-orders with fresh forecasts, so new urgent work never waits behind a long backlog.
-    let rate = dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024);
     if rate > 0 {
-        let budget = (rate as f64 * PASS_BUDGET.as_secs_f64()) as u64;
         let mut total = 0u64;
         let keep = batches
             .iter()
@@ -231,12 +256,11 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
             .count();
         batches.truncate(keep.max(1));
     }
-    let pacer = Pacer::new(rate);
     let failed: std::sync::Mutex<HashSet<NodeId>> = Default::default();
     let targets: HashSet<NodeId> = batches.iter().map(|b| b.target.id).collect();
     let concurrency = targets.len().clamp(1, 8);
     let runs = batches.into_iter().map(|b| {
-        let (pacer, failed) = (&pacer, &failed);
+        let failed = &failed;
         async move {
             pacer.wait(b.bytes()).await;
             if failed.lock().is_ok_and(|f| f.contains(&b.target.id)) {
@@ -266,7 +290,7 @@ pub async fn pass(dp: &DataPlane) -> Result<(), String> {
 /// Chunks shown at the head of the queue in `ark status`.
 const QUEUE_HEAD: usize = 8;
 /// With `objects.repair_mib_per_s`, the bytes of one pass: this long at that rate.
-const PASS_BUDGET: Duration = Duration::from_secs(5);
+const PASS_BUDGET: Duration = Duration::from_secs(1);
 
 /// One chunk below its (safe) policy.
 struct Work {
@@ -311,13 +335,14 @@ impl Batch {
 
 /// Spaces transfers so that they average at most `rate` bytes per second (0: no limit).
 /// Slots are handed out in call order, so batches start in queue order.
-struct Pacer {
+pub struct Pacer {
     rate: u64,
     next: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Pacer {
-    fn new(rate: u64) -> Self {
+    /// A pacer of `rate` bytes per second (0: no limit).
+    pub fn new(rate: u64) -> Self {
         Self {
             rate,
             next: std::sync::Mutex::new(tokio::time::Instant::now()),

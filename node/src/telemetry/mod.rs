@@ -244,7 +244,7 @@ impl SmartReplay {
             .into_iter()
             .map(|(_, vals)| {
                 vals.into_iter()
-                    .filter_map(|(col, v)| Some((smart_series_of_column(&col)?, f64::from(v))))
+                    .filter_map(|(col, v)| Some((smart_id_of_column(&col)?, f64::from(v))))
                     .collect()
             })
             .collect();
@@ -270,10 +270,11 @@ impl SmartReplay {
     }
 }
 
-/// `smart_5_raw` → `smart_raw:5` (the series `smartctl` readings get); other columns none.
-fn smart_series_of_column(col: &str) -> Option<String> {
+/// `smart_5_raw` → `5`, the attribute id `smartctl` readings carry (series `smart_raw:5`);
+/// other columns none.
+fn smart_id_of_column(col: &str) -> Option<String> {
     let id = col.strip_prefix("smart_")?.strip_suffix("_raw")?;
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then(|| format!("smart_raw:{id}"))
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then(|| id.to_string())
 }
 
 /// The node's telemetry: the sampler loop, the report handler and the leader's windows.
@@ -690,11 +691,11 @@ mod tests {
     #[test]
     fn a_replayed_history_plays_one_day_per_step_then_holds_the_last() {
         assert_eq!(
-            smart_series_of_column("smart_187_raw").as_deref(),
-            Some("smart_raw:187")
+            smart_id_of_column("smart_187_raw").as_deref(),
+            Some("187")
         );
-        assert_eq!(smart_series_of_column("smart_5_normalized"), None);
-        assert_eq!(smart_series_of_column("capacity_bytes"), None);
+        assert_eq!(smart_id_of_column("smart_5_normalized"), None);
+        assert_eq!(smart_id_of_column("capacity_bytes"), None);
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("h.csv");
         std::fs::write(
@@ -704,10 +705,10 @@ mod tests {
         .expect("write");
         let r = SmartReplay::load(&p, Duration::from_secs(10)).expect("load");
         let day = |s: u64| r.today(r.started + Duration::from_secs(s));
-        assert_eq!(day(0), vec![("smart_raw:5".into(), 0.0), ("smart_raw:9".into(), 100.0)]);
+        assert_eq!(day(0), vec![("5".into(), 0.0), ("9".into(), 100.0)]);
         assert_eq!(
             day(10),
-            vec![("smart_raw:5".into(), 8.0), ("smart_raw:9".into(), 124.0)]
+            vec![("5".into(), 8.0), ("9".into(), 124.0)]
         );
         assert_eq!(day(1000), day(10));
         std::fs::write(&p, "date,model_x\n2013-04-10,1\n").expect("write");

@@ -1,0 +1,394 @@
+//! `ark bench risk`: does forecast-driven replication keep more data safe when a node dies?
+//!
+//! One run: a 3-site playground of real `arkd` processes. Every node's SMART telemetry is a
+//! real drive's daily record from a Backblaze file, replayed one day per `day_ms`
+//! (`[telemetry] smart_replay`): node 2 (a follower) replays a drive that failed, the others
+//! drives that did not. The failure forecaster is trained on the file's first ten days
+//! (`arkd forecast fit-failure`) and stored as the cluster object `_ark/failure-model`.
+//! Writers put objects into an async namespace (2 copies in 2 sites) through node 2 and node
+//! 3 at a fixed rate above the repair queue's bandwidth budget (`objects.repair_mib_per_s`),
+//! so a backlog builds. When node 2's replay reaches its drive's last day, node 2 is killed
+//! (SIGKILL) and `verify` counts the acknowledged bytes that had no other copy (lost) and
+//! those below policy. Each seed runs twice on the same drives and write schedule: queue
+//! ordering `fifo` (risk-blind) and `expected-loss`.
+//!
+//! Not measured here (not built yet): pre-staging of hot objects on the likely successor.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ark_proto::v1::{DurabilityMode, NamespacePolicy};
+use nix::sys::signal::Signal;
+use rand::{RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::client::ArkClient;
+use crate::objects::{PutOptions, PutSource};
+use crate::playground::{self, Layout, Playground};
+
+/// The node that replays the failing drive and is killed.
+const VICTIM: u64 = 2;
+/// The other node the writers use.
+const OTHER_WRITER: u64 = 3;
+/// `risk.at_risk_probability` (the default, which the experiment keeps).
+const AT_RISK: f64 = 0.9;
+/// Namespace the writers fill.
+const NAMESPACE: &str = "data";
+
+/// Experiment settings.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Backblaze-layout CSV (`entity,date,failure,smart_*_raw...`), plain or gzip.
+    pub backblaze: PathBuf,
+    /// The failing drive node 2 replays.
+    pub entity: String,
+    /// Seeds (healthy drives drawn and object bytes); each runs both orderings.
+    pub seeds: Vec<u64>,
+    /// Milliseconds per replayed day.
+    pub day_ms: u64,
+    /// Repair queue budget, MiB/s.
+    pub repair_mib_per_s: u64,
+    /// Write rate over both writers, MiB/s.
+    pub write_mib_per_s: f64,
+    /// Bytes per object.
+    pub object_bytes: usize,
+    /// Working directory (weights, histories, one playground per run).
+    pub dir: PathBuf,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Seed.
+    pub seed: u64,
+    /// `fifo` or `expected-loss`.
+    pub ordering: String,
+    /// Drives replayed by nodes 1, 2 (the failing one) and 3.
+    pub drives: Vec<String>,
+    /// Objects and bytes acknowledged before the kill.
+    pub objects_acked: usize,
+    /// Bytes acknowledged.
+    pub bytes_acked: u64,
+    /// Acknowledged objects whose only copies were on the killed node.
+    pub objects_lost: usize,
+    /// Their bytes.
+    pub bytes_lost: u64,
+    /// Acknowledged bytes below policy (fewer than 2 copies or sites) after the kill.
+    pub bytes_below_policy: u64,
+    /// Seconds from start until the leader first reported node 2 at risk (none: never).
+    pub victim_at_risk_after_s: Option<f64>,
+    /// Seconds from start until the kill.
+    pub killed_after_s: f64,
+    /// Node 2's highest failure probability the leader reported.
+    pub victim_max_risk: Option<f64>,
+}
+
+fn arkd_forecast(arkd: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(arkd)
+        .arg("forecast")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} forecast {}", arkd.display(), args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "arkd forecast {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs every seed with both orderings; `say` narrates.
+pub async fn run(p: &Params, say: &dyn Fn(&str)) -> anyhow::Result<Vec<RunReport>> {
+    let arkd = playground::find_arkd()?;
+    std::fs::create_dir_all(&p.dir).with_context(|| format!("creating {}", p.dir.display()))?;
+    let s = |x: &Path| x.display().to_string();
+    let (train, test, weights) = (
+        p.dir.join("train.csv.gz"),
+        p.dir.join("test.csv.gz"),
+        p.dir.join("failure.safetensors"),
+    );
+    say("Training the failure forecaster on the first ten days ...");
+    arkd_forecast(
+        &arkd,
+        &[
+            "split-days",
+            "--input",
+            &s(&p.backblaze),
+            "--first-days",
+            "10",
+            "--before",
+            &s(&train),
+            "--after",
+            &s(&test),
+        ],
+    )?;
+    say(arkd_forecast(&arkd, &["fit-failure", "--train", &s(&train), "--out", &s(&weights)])?.trim());
+    let mut reports = Vec::new();
+    for &seed in &p.seeds {
+        let hist_dir = p.dir.join(format!("histories-{seed}"));
+        let written = arkd_forecast(
+            &arkd,
+            &[
+                "extract-history",
+                "--input",
+                &s(&p.backblaze),
+                "--entity",
+                &p.entity,
+                "--out-dir",
+                &s(&hist_dir),
+                "--json",
+            ],
+        )?;
+        let victim: serde_json::Value = serde_json::from_str(&written)?;
+        let days = victim[0]["days"].as_u64().context("extract-history printed no days")?;
+        if victim[0]["failed"] != serde_json::Value::Bool(true) {
+            bail!("{} never fails in {}", p.entity, p.backblaze.display());
+        }
+        let healthy: serde_json::Value = serde_json::from_str(&arkd_forecast(
+            &arkd,
+            &[
+                "extract-history",
+                "--input",
+                &s(&p.backblaze),
+                "--healthy",
+                "2",
+                "--min-days",
+                &days.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--out-dir",
+                &s(&hist_dir),
+                "--json",
+            ],
+        )?)?;
+        let file = |v: &serde_json::Value| v["file"].as_str().map(PathBuf::from).context("no file");
+        let drives = [
+            (file(&healthy[0])?, healthy[0]["entity"].as_str().unwrap_or("").to_string()),
+            (file(&victim[0])?, p.entity.clone()),
+            (file(&healthy[1])?, healthy[1]["entity"].as_str().unwrap_or("").to_string()),
+        ];
+        for ordering in ["fifo", "expected-loss"] {
+            say(&format!(
+                "seed {seed}, ordering {ordering}: node 2 replays {} ({days} days at {} ms/day) ...",
+                p.entity, p.day_ms
+            ));
+            let r = run_one(p, seed, ordering, &drives, days, &weights).await?;
+            say(&format!(
+                "  {} objects ({} MiB) acknowledged; node 2 at risk after {}; killed after {:.1} s; lost {} objects ({:.1} MiB); below policy {:.1} MiB",
+                r.objects_acked,
+                r.bytes_acked / (1 << 20),
+                r.victim_at_risk_after_s.map_or("never".to_string(), |t| format!("{t:.1} s")),
+                r.killed_after_s,
+                r.objects_lost,
+                r.bytes_lost as f64 / f64::from(1 << 20),
+                r.bytes_below_policy as f64 / f64::from(1 << 20),
+            ));
+            reports.push(r);
+        }
+    }
+    Ok(reports)
+}
+
+async fn run_one(
+    p: &Params,
+    seed: u64,
+    ordering: &str,
+    drives: &[(PathBuf, String); 3],
+    days: u64,
+    weights: &Path,
+) -> anyhow::Result<RunReport> {
+    let dir = p.dir.join(format!("run-{seed}-{ordering}"));
+    if dir.exists() {
+        let _ = playground::down(&dir, Duration::from_secs(5));
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let mut settings = vec![
+        (0, "risk".to_string(), format!("ordering = \"{ordering}\"")),
+        (0, "risk".to_string(), format!("day_ms = {}", p.day_ms)),
+        (0, "objects".to_string(), format!("repair_mib_per_s = {}", p.repair_mib_per_s)),
+        (0, "telemetry".to_string(), format!("smart_replay_day_ms = {}", p.day_ms)),
+    ];
+    for (i, (path, _)) in drives.iter().enumerate() {
+        let abs = std::fs::canonicalize(path)?;
+        settings.push((
+            i as u64 + 1,
+            "telemetry".to_string(),
+            format!("smart_replay = {:?}", abs.display().to_string()),
+        ));
+    }
+    let layout = Layout {
+        sites: 3,
+        nodes_per_site: 1,
+        settings,
+        ..Layout::default()
+    };
+    let (pg, mut children) = playground::up(&dir, &layout).await?;
+    let started = Instant::now();
+    let result = drive(p, seed, ordering, drives, days, weights, &dir, &pg, started).await;
+    let _ = playground::down(&dir, Duration::from_secs(5));
+    for c in &mut children {
+        let _ = c.wait();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    p: &Params,
+    seed: u64,
+    ordering: &str,
+    drives: &[(PathBuf, String); 3],
+    days: u64,
+    weights: &Path,
+    dir: &Path,
+    pg: &Playground,
+    started: Instant,
+) -> anyhow::Result<RunReport> {
+    let client = ArkClient::new(&Playground::client_config(dir)?)?;
+    let status = client.status().await?;
+    if status.leader_id == Some(VICTIM) {
+        bail!("node {VICTIM} won the first election; the experiment needs it to be a follower (rerun)");
+    }
+    client
+        .create_namespace(
+            "_ark",
+            NamespacePolicy {
+                copies: 3,
+                min_sites: 2,
+                mode: DurabilityMode::Sync as i32,
+                versions_kept: 1,
+                ..NamespacePolicy::default()
+            },
+        )
+        .await?;
+    client
+        .put_object(
+            "_ark",
+            "failure-model",
+            PutSource::File(weights.to_path_buf()),
+            &PutOptions::default(),
+        )
+        .await?;
+    client
+        .create_namespace(
+            NAMESPACE,
+            NamespacePolicy {
+                copies: 2,
+                min_sites: 2,
+                mode: DurabilityMode::Async as i32,
+                versions_kept: 1,
+                ..NamespacePolicy::default()
+            },
+        )
+        .await?;
+    let kill_at = started + Duration::from_millis(days * p.day_ms);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    // Writers: one per endpoint, each at half the write rate.
+    let mut writers = Vec::new();
+    for node in [VICTIM, OTHER_WRITER] {
+        let addr = pg.node(node).context("node missing")?.client_addr.clone();
+        let c = client.with_endpoints(vec![addr]).with_op_timeout(Duration::from_secs(10));
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let size = p.object_bytes;
+        let every = Duration::from_secs_f64(size as f64 / (p.write_mib_per_s * 1048576.0 / 2.0));
+        writers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(node));
+            let mut next = tokio::time::Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut buf = vec![0u8; size];
+                rng.fill_bytes(&mut buf);
+                let key = format!("n{node}-{i:06}");
+                i += 1;
+                let src = PutSource::Reader {
+                    reader: Box::new(std::io::Cursor::new(buf)),
+                    size: Some(size as u64),
+                };
+                if c.put_object(NAMESPACE, &key, src, &PutOptions::default()).await.is_ok() {
+                    if let Ok(mut a) = acked.lock() {
+                        a.push((key, size as u64));
+                    }
+                }
+                next += every;
+                tokio::time::sleep_until(next).await;
+            }
+        }));
+    }
+    // Watch the leader's view of node 2 until the kill.
+    let mut at_risk_after = None;
+    let mut max_risk: Option<f64> = None;
+    while Instant::now() < kill_at {
+        if let Ok(s) = client.status().await {
+            if let Some(n) = s.nodes.iter().find(|n| n.id == VICTIM) {
+                if let Some(r) = n.failure_risk {
+                    max_risk = Some(max_risk.map_or(r, |m: f64| m.max(r)));
+                }
+                // Both orderings' leaders forecast; only expected-loss acts on it.
+                if n.failure_risk.is_some_and(|r| r >= AT_RISK) && at_risk_after.is_none() {
+                    at_risk_after = Some(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500).min(kill_at.saturating_duration_since(Instant::now()))).await;
+    }
+    let victim = pg.node(VICTIM).context("node missing")?;
+    playground::signal_node(victim, Signal::SIGKILL)?;
+    let killed_after_s = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    // Verify through the survivors; node 2's copies no longer answer.
+    let survivors: Vec<String> = pg
+        .nodes
+        .iter()
+        .filter(|n| n.id != VICTIM)
+        .map(|n| n.client_addr.clone())
+        .collect();
+    let report = client
+        .with_endpoints(survivors)
+        .with_op_timeout(Duration::from_secs(60))
+        .verify(Some(NAMESPACE))
+        .await?;
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    let by_key: std::collections::HashMap<String, (u32, bool)> = report
+        .objects
+        .iter()
+        .filter_map(|o| o.object.as_ref().map(|i| (i.key.clone(), (o.copies, o.at_policy))))
+        .collect();
+    let (mut objects_lost, mut bytes_lost, mut below) = (0, 0, 0);
+    for (key, size) in &acked {
+        match by_key.get(key) {
+            Some((copies, at_policy)) => {
+                if *copies == 0 {
+                    objects_lost += 1;
+                    bytes_lost += size;
+                }
+                if !at_policy {
+                    below += size;
+                }
+            }
+            None => bail!("acknowledged object {NAMESPACE}/{key} is missing from verify"),
+        }
+    }
+    Ok(RunReport {
+        seed,
+        ordering: ordering.to_string(),
+        drives: drives.iter().map(|d| d.1.clone()).collect(),
+        objects_acked: acked.len(),
+        bytes_acked: acked.iter().map(|a| a.1).sum(),
+        objects_lost,
+        bytes_lost,
+        bytes_below_policy: below,
+        victim_at_risk_after_s: at_risk_after,
+        killed_after_s,
+        victim_max_risk: max_risk,
+    })
+}
