@@ -169,9 +169,15 @@ pub async fn run(p: &Params, say: &dyn Fn(&str)) -> anyhow::Result<Vec<RunReport
         )?)?;
         let file = |v: &serde_json::Value| v["file"].as_str().map(PathBuf::from).context("no file");
         let drives = [
-            (file(&healthy[0])?, healthy[0]["entity"].as_str().unwrap_or("").to_string()),
+            (
+                file(&healthy[0])?,
+                healthy[0]["entity"].as_str().unwrap_or("").to_string(),
+            ),
             (file(&victim[0])?, p.entity.clone()),
-            (file(&healthy[1])?, healthy[1]["entity"].as_str().unwrap_or("").to_string()),
+            (
+                file(&healthy[1])?,
+                healthy[1]["entity"].as_str().unwrap_or("").to_string(),
+            ),
         ];
         for ordering in ["fifo", "expected-loss"] {
             say(&format!(
@@ -211,8 +217,16 @@ async fn run_one(
     let mut settings = vec![
         (0, "risk".to_string(), format!("ordering = \"{ordering}\"")),
         (0, "risk".to_string(), format!("day_ms = {}", p.day_ms)),
-        (0, "objects".to_string(), format!("repair_mib_per_s = {}", p.repair_mib_per_s)),
-        (0, "telemetry".to_string(), format!("smart_replay_day_ms = {}", p.day_ms)),
+        (
+            0,
+            "objects".to_string(),
+            format!("repair_mib_per_s = {}", p.repair_mib_per_s),
+        ),
+        (
+            0,
+            "telemetry".to_string(),
+            format!("smart_replay_day_ms = {}", p.day_ms),
+        ),
     ];
     for (i, (path, _)) in drives.iter().enumerate() {
         let abs = std::fs::canonicalize(path)?;
@@ -294,7 +308,9 @@ async fn drive(
     let mut writers = Vec::new();
     for node in [VICTIM, OTHER_WRITER] {
         let addr = pg.node(node).context("node missing")?.client_addr.clone();
-        let c = client.with_endpoints(vec![addr]).with_op_timeout(Duration::from_secs(10));
+        let c = client
+            .with_endpoints(vec![addr])
+            .with_op_timeout(Duration::from_secs(10));
         let (stop, acked) = (stop.clone(), acked.clone());
         let size = p.object_bytes;
         let every = Duration::from_secs_f64(size as f64 / (p.write_mib_per_s * 1048576.0 / 2.0));

@@ -690,10 +690,7 @@ mod tests {
 
     #[test]
     fn a_replayed_history_plays_one_day_per_step_then_holds_the_last() {
-        assert_eq!(
-            smart_id_of_column("smart_187_raw").as_deref(),
-            Some("187")
-        );
+        assert_eq!(smart_id_of_column("smart_187_raw").as_deref(), Some("187"));
         assert_eq!(smart_id_of_column("smart_5_normalized"), None);
         assert_eq!(smart_id_of_column("capacity_bytes"), None);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -706,10 +703,7 @@ mod tests {
         let r = SmartReplay::load(&p, Duration::from_secs(10)).expect("load");
         let day = |s: u64| r.today(r.started + Duration::from_secs(s));
         assert_eq!(day(0), vec![("5".into(), 0.0), ("9".into(), 100.0)]);
-        assert_eq!(
-            day(10),
-            vec![("5".into(), 8.0), ("9".into(), 124.0)]
-        );
+        assert_eq!(day(10), vec![("5".into(), 8.0), ("9".into(), 124.0)]);
         assert_eq!(day(1000), day(10));
         std::fs::write(&p, "date,model_x\n2013-04-10,1\n").expect("write");
         let err = SmartReplay::load(&p, Duration::from_secs(1))

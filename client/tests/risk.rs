@@ -1,0 +1,270 @@
+//! Risk-aware replication end to end: a failure forecaster stored as a cluster object, a
+//! node replaying a failing drive's SMART record, and the leader acting on it.
+//!
+//! The forecaster is trained here on a synthetic table (failing drives' reallocated-sector
+//! count climbs for days before they fail), so the test needs no dataset.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ark_client::objects::{PutOptions, PutSource};
+use ark_client::playground::{self, Layout};
+use ark_forecast::data::EntityTable;
+use ark_forecast::history::{entity_history, write_history};
+use ark_forecast::{FailureConfig, FailureForecaster};
+use ark_proto::v1::{DurabilityMode, NamespacePolicy, StatusResponse};
+use common::Pg;
+
+/// Milliseconds per replayed (and model) day.
+const DAY_MS: u64 = 500;
+const DAYS: i64 = 16;
+
+/// 60 drives over 16 days; every 6th fails on the last day after its smart_5 climbs.
+fn table() -> EntityTable {
+    let mut t = EntityTable {
+        feature_names: vec!["smart_5_raw".into(), "smart_9_raw".into(), "smart_197_raw".into()],
+        ..EntityTable::default()
+    };
+    for e in 0..60u32 {
+        t.entity_names.push(format!("d{e}"));
+        let failing = e % 6 == 0;
+        for d in 0..DAYS {
+            t.entity.push(e);
+            t.day.push(15_000 + d);
+            t.failure.push(failing && d == DAYS - 1);
+            let climb = if failing && d >= 6 {
+                ((d - 5) * (d - 5) * 40) as f32
+            } else {
+                0.0
+            };
+            t.features.extend([
+                climb + (e % 4) as f32,
+                (20_000 + e * 100 + d as u32 * 24) as f32,
+                climb / 10.0,
+            ]);
+        }
+    }
+    t
+}
+
+fn prepare(dir: &Path) -> (std::path::PathBuf, [std::path::PathBuf; 3]) {
+    let t = table();
+    let (model, _) = FailureForecaster::fit(
+        &t,
+        &FailureConfig {
+            horizon_days: 10,
+            window_days: 7,
+            hidden: vec![],
+            epochs: 30,
+            batch_size: 64,
+            learning_rate: 2e-2,
+            seed: 1,
+            ensemble: 1,
+            select: false,
+            ..FailureConfig::default()
+        },
+    )
+    .unwrap();
+    let weights = dir.join("failure.safetensors");
+    std::fs::write(&weights, model.to_bytes().unwrap()).unwrap();
+    let h = |e: &str| {
+        let p = dir.join(format!("{e}.csv"));
+        write_history(&p, &t.feature_names, &entity_history(&t, e).unwrap()).unwrap();
+        p
+    };
+    // Node 2 replays failing drive d6; nodes 1 and 3 healthy ones.
+    (weights, [h("d1"), h("d6"), h("d7")])
+}
+
+async fn leader_status(pg: &Pg) -> StatusResponse {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = pg.client().status().await {
+            if let Some(l) = s.leader_id {
+                if let Ok(s) = pg.client().status_of(&pg.node(l).client_addr).await {
+                    if s.state == "leader" {
+                        return s;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn chunk_files(root: &Path) -> usize {
+    let mut n = 0;
+    for fan in std::fs::read_dir(root).unwrap() {
+        let fan = fan.unwrap().path();
+        if fan.is_dir() {
+            n += std::fs::read_dir(&fan)
+                .unwrap()
+                .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+                .count();
+        }
+    }
+    n
+}
+
+async fn put(pg: &Pg, node: u64, key: &str, byte: u8) {
+    let data = vec![byte; 600 * 1024];
+    pg.client()
+        .with_endpoints(vec![pg.node(node).client_addr])
+        .put_object(
+            "data",
+            key,
+            PutSource::Reader {
+                reader: Box::new(std::io::Cursor::new(data)),
+                size: Some(600 * 1024),
+            },
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_flags_a_failing_node_and_moves_its_data_first() {
+    common::arkd_built();
+    let work = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+    let (weights, histories) = prepare(work.path());
+    let mut settings = vec![
+        (0, "risk".to_string(), format!("day_ms = {DAY_MS}")),
+        (0, "telemetry".to_string(), format!("smart_replay_day_ms = {DAY_MS}")),
+        // A small budget, so that the queue has a visible backlog.
+        (0, "objects".to_string(), "repair_mib_per_s = 1".to_string()),
+    ];
+    for (i, h) in histories.iter().enumerate() {
+        settings.push((
+            i as u64 + 1,
+            "telemetry".into(),
+            format!("smart_replay = {:?}", h.display().to_string()),
+        ));
+    }
+    let layout = Layout {
+        sites: 3,
+        nodes_per_site: 1,
+        ready_timeout: Duration::from_secs(60),
+        settings,
+        ..Layout::default()
+    };
+    let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+    let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
+    let pg = Pg { dir, children };
+
+    // Without the forecaster nobody has a failure probability.
+    let s = leader_status(&pg).await;
+    assert!(s.risk_model.is_empty(), "{s:?}");
+    assert!(s.nodes.iter().all(|n| n.failure_risk.is_none() && !n.at_risk), "{s:?}");
+
+    let c = pg.client();
+    c.create_namespace(
+        "_ark",
+        NamespacePolicy {
+            copies: 3,
+            min_sites: 2,
+            mode: DurabilityMode::Sync as i32,
+            versions_kept: 1,
+            ..NamespacePolicy::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.put_object(
+        "_ark",
+        "failure-model",
+        PutSource::File(weights),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // The failing drive's climb starts on day 6 (3 s in): node 2 must be flagged at risk
+    // while the healthy nodes are not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = leader_status(&pg).await;
+        if s.nodes.iter().any(|n| n.id == 2 && n.at_risk) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "node 2 never flagged at risk: {s:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(s.risk_model.starts_with("_ark/failure-model@"), "{s:?}");
+    assert_eq!(s.queue_ordering, "expected-loss");
+    for n in &s.nodes {
+        let p = n.failure_risk.expect("every node replays SMART data");
+        if n.id == 2 {
+            assert!(p >= 0.9, "{s:?}");
+        } else {
+            assert!(!n.at_risk && p < 0.9, "healthy node flagged: {s:?}");
+        }
+    }
+
+    // Async writes through node 1 and node 2 build a backlog (1 MiB/s budget).
+    c.create_namespace(
+        "data",
+        NamespacePolicy {
+            copies: 2,
+            min_sites: 2,
+            mode: DurabilityMode::Async as i32,
+            versions_kept: 1,
+            ..NamespacePolicy::default()
+        },
+    )
+    .await
+    .unwrap();
+    let before_on_2 = chunk_files(&pg.node(2).data_dir.join("chunks"));
+    for i in 0..6u8 {
+        put(&pg, 1, &format!("n1-{i}"), i).await;
+        put(&pg, 2, &format!("n2-{i}"), 100 + i).await;
+    }
+    let own_on_2 = chunk_files(&pg.node(2).data_dir.join("chunks")) - before_on_2;
+    assert!(own_on_2 >= 6, "node 2 stored its own puts: {own_on_2}");
+
+    // While the backlog drains, chunks held only by the node at risk always come first, and
+    // the head is in score order.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut saw_risky_head = false;
+    loop {
+        let s = leader_status(&pg).await;
+        let h = &s.queue_head;
+        for w in h.windows(2) {
+            assert!(w[0].score >= w[1].score, "head out of order: {s:?}");
+        }
+        if let Some(first_other) = h.iter().position(|q| q.holders != vec![2]) {
+            assert!(
+                h[first_other..].iter().all(|q| q.holders != vec![2]),
+                "a chunk only on the node at risk waits behind another: {s:?}"
+            );
+        }
+        if h.first().is_some_and(|q| q.holders == vec![2]) {
+            assert!(
+                h[0].object.starts_with("data/n2-") && h[0].loss_probability >= 0.9,
+                "{s:?}"
+            );
+            saw_risky_head = true;
+        }
+        let v = c.verify(Some("data")).await.unwrap();
+        if v.all_at_policy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "data never reached its policy: {v:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_risky_head, "never saw node 2's chunks at the head of the queue");
+
+    // Placement avoids the node at risk: node 1's objects got their second copy in site-c
+    // (node 3), although site-b (node 2) comes first by name, so node 2 holds nothing new.
+    assert_eq!(
+        chunk_files(&pg.node(2).data_dir.join("chunks")),
+        before_on_2 + own_on_2,
+        "a new copy was placed on the node at risk"
+    );
+    drop(pg);
+}
