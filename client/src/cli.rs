@@ -414,6 +414,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "last_log_index": s.last_log_index, "applied_index": s.applied_index, "nodes": nodes,
                     "queue": {"ordering": s.queue_ordering, "chunks": s.queue_chunks, "head": head},
                     "risk_model": s.risk_model,
+                    "prestage": {"node": (s.prestage_node != 0).then_some(s.prestage_node), "objects": s.prestage_objects},
                 });
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -455,6 +456,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if leader_answered {
+                    if s.prestage_node != 0 {
+                        outln!(
+                            "hot set: {} objects pre-staged on node {} (the follower most likely to take over)",
+                            s.prestage_objects,
+                            s.prestage_node
+                        );
+                    }
                     outln!(
                         "repair queue ({}): {} chunks; failure forecaster: {}",
                         s.queue_ordering,

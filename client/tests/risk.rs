@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ark_client::objects::{PutOptions, PutSource};
+use ark_client::objects::{GetOptions, PutOptions, PutSource};
 use ark_client::playground::{self, Layout};
 use ark_forecast::data::EntityTable;
 use ark_forecast::history::{entity_history, write_history};
@@ -112,11 +112,15 @@ fn chunk_files(root: &Path) -> usize {
 }
 
 async fn put(pg: &Pg, node: u64, key: &str, byte: u8) {
+    put_in(pg, "data", node, key, byte).await;
+}
+
+async fn put_in(pg: &Pg, ns: &str, node: u64, key: &str, byte: u8) {
     let data = vec![byte; 600 * 1024];
     pg.client()
         .with_endpoints(vec![pg.node(node).client_addr])
         .put_object(
-            "data",
+            ns,
             key,
             PutSource::Reader {
                 reader: Box::new(std::io::Cursor::new(data)),
@@ -266,5 +270,80 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
         before_on_2 + own_on_2,
         "a new copy was placed on the node at risk"
     );
+
+    // Pre-staging: an object with a single copy, read repeatedly, is warmed into the cache
+    // of the follower most likely to take over (not node 2, which is at risk); with its only
+    // holder killed, that follower still serves it, verified.
+    c.create_namespace(
+        "hot",
+        NamespacePolicy {
+            copies: 1,
+            min_sites: 1,
+            mode: DurabilityMode::Async as i32,
+            versions_kept: 1,
+            ..NamespacePolicy::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let successor = loop {
+        let s = leader_status(&pg).await;
+        if s.prestage_node != 0 || Instant::now() > deadline {
+            // Before any read there is no hot set, so nothing is pre-staged yet: pick the
+            // successor the way the leader will, from the status.
+            break s.prestage_node;
+        }
+        let eligible: Vec<u64> = s
+            .nodes
+            .iter()
+            .filter(|n| Some(n.id) != s.leader_id && !n.at_risk && n.role == "voter")
+            .map(|n| n.id)
+            .collect();
+        if eligible.len() == 1 {
+            break eligible[0];
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(successor == 1 || successor == 3, "successor {successor}");
+    let holder = 4 - successor; // the other of nodes 1 and 3
+    put_in(&pg, "hot", holder, "weights", 0xAB).await;
+    let via_holder = c.with_endpoints(vec![pg.node(holder).client_addr]);
+    for _ in 0..5 {
+        let mut out = Vec::new();
+        via_holder
+            .get_object("hot", "weights", &GetOptions::default(), &mut out)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = leader_status(&pg).await;
+        let fetched = pg.metric(successor, "ark_prestage_chunks_total{result=\"fetched\"}");
+        if s.prestage_node == successor && s.prestage_objects >= 1 && fetched >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hot object never pre-staged on node {successor}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut pg = pg;
+    pg.kill(holder);
+    let mut out = Vec::new();
+    c.with_endpoints(vec![pg.node(successor).client_addr])
+        .get_object(
+            "hot",
+            "weights",
+            &GetOptions {
+                stale: true,
+                ..GetOptions::default()
+            },
+            &mut out,
+        )
+        .await
+        .expect("the successor serves the pre-staged object without its holder");
+    assert_eq!(out, vec![0xAB; 600 * 1024]);
     drop(pg);
 }

@@ -9,6 +9,12 @@
 //! its work and to keep new copies off nodes at risk, and writes back the head of its queue;
 //! `ark status` shows both, and `ark_node_failure_risk{node}` exports them.
 //!
+//! The leader also pre-stages the cluster's hot set: every node reports its most read
+//! objects with its telemetry ([`HotReads`]); the leader sums them and asks the follower most
+//! likely to take over ([`successor`]: a live voter not at risk, lowest failure probability)
+//! to read the chunks of the hottest objects that it does not hold into its chunk cache, so
+//! that after a failover it serves them without a remote fetch.
+//!
 //! A node without SMART series (no `smartctl`, a virtual disk) has no probability: the queue
 //! treats it as no evidence (0), never as at risk. Everything here is held only while this
 //! node leads; a follower answers with nothing.
@@ -71,6 +77,10 @@ struct State {
     risks: BTreeMap<NodeId, NodeRisk>,
     head: Vec<QueueEntry>,
     queue_chunks: u64,
+    /// Where and what the hot set was last pre-staged.
+    prestaged: Option<(NodeId, Vec<(String, String)>)>,
+    /// Intervals since the last pre-stage request.
+    since_prestage: u32,
 }
 
 /// The leader's risk view, shared by the risk loop, the repair queue and `Cluster.Status`.
@@ -134,12 +144,19 @@ impl Risk {
         }
     }
 
+    /// The node the hot set was last pre-staged on, and how many objects.
+    pub fn prestaged(&self) -> Option<(NodeId, usize)> {
+        let s = self.state.lock().ok()?;
+        s.prestaged.as_ref().map(|(n, o)| (*n, o.len()))
+    }
+
     fn clear(&self) {
         if let Ok(mut s) = self.state.lock() {
             // Weights stay: they are the same cluster object whoever leads.
             s.risks.clear();
             s.head.clear();
             s.queue_chunks = 0;
+            s.prestaged = None;
         }
     }
 }
@@ -153,6 +170,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut exported: Vec<NodeId> = Vec::new();
+    let prestaging = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -211,7 +229,60 @@ pub async fn run(
         if let Ok(mut s) = risk.state.lock() {
             s.risks = risks;
         }
+        if !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
+            prestage(&risk, &dp, &telemetry, &prestaging);
+        }
     }
+}
+
+/// Hot objects pre-staged on the likely successor.
+const PRESTAGE_OBJECTS: usize = 16;
+/// The same hot set is re-sent this often (intervals), to cover chunks evicted since.
+const PRESTAGE_REFRESH_INTERVALS: u32 = 30;
+
+/// Sends the cluster's hot set to the follower most likely to take over, when either
+/// changed or every [`PRESTAGE_REFRESH_INTERVALS`]; the request runs in the background
+/// (`busy` is set meanwhile).
+fn prestage(risk: &Arc<Risk>, dp: &Arc<DataPlane>, telemetry: &Telemetry, busy: &Arc<std::sync::atomic::AtomicBool>) {
+    let hot = merge_hot(&telemetry.hot_reports(), PRESTAGE_OBJECTS);
+    let Some(target) = successor(
+        dp.id,
+        &dp.voter_ids(),
+        |n| dp.recently_alive(n),
+        |n| risk.probability(n) >= risk.cfg.at_risk_probability,
+        |n| risk.probability(n),
+    ) else {
+        return;
+    };
+    let Some(peer) = dp.members().into_iter().find(|m| m.id == target) else {
+        return;
+    };
+    {
+        let Ok(mut s) = risk.state.lock() else { return };
+        s.since_prestage += 1;
+        let same = s.prestaged.as_ref().is_some_and(|(n, o)| *n == target && *o == hot);
+        if hot.is_empty() || (same && s.since_prestage < PRESTAGE_REFRESH_INTERVALS) {
+            return;
+        }
+        s.since_prestage = 0;
+        s.prestaged = Some((target, hot.clone()));
+    }
+    busy.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (dp, busy) = (dp.clone(), busy.clone());
+    tokio::spawn(async move {
+        match dp.prestage_on(&peer, hot).await {
+            Ok(a) => tracing::debug!(
+                node = peer.id,
+                fetched = a.fetched,
+                cached = a.cached,
+                local = a.local,
+                failed = a.failed,
+                "hot set pre-staged"
+            ),
+            Err(e) => tracing::warn!(node = peer.id, error = %e, "pre-staging the hot set failed"),
+        }
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 /// The last `n` rows of a daily map, oldest first.
@@ -321,9 +392,148 @@ pub fn probabilities(risks: &BTreeMap<NodeId, NodeRisk>) -> HashMap<NodeId, f64>
     risks.iter().map(|(n, r)| (*n, r.probability)).collect()
 }
 
+/// Hot objects `(namespace, key, decayed reads)`, most read first.
+pub type HotList = Vec<(String, String, f64)>;
+
+/// Objects kept in a node's read counter; beyond this the least read are forgotten.
+const HOT_TRACKED_MAX: usize = 4096;
+/// Hot objects a node reports to the leader per telemetry interval.
+pub const HOT_REPORTED_MAX: usize = 32;
+/// Half-life of read counts.
+const HOT_HALF_LIFE: Duration = Duration::from_secs(600);
+
+/// A node's read counts per object (`namespace`, `key`), exponentially decayed, bounded.
+#[derive(Default)]
+pub struct HotReads {
+    counts: Mutex<HashMap<(String, String), (f64, std::time::Instant)>>,
+}
+
+fn decayed(count: f64, since: std::time::Instant, now: std::time::Instant) -> f64 {
+    let dt = now.saturating_duration_since(since).as_secs_f64();
+    count * 0.5f64.powf(dt / HOT_HALF_LIFE.as_secs_f64())
+}
+
+impl HotReads {
+    /// Counts one read of `ns/key`.
+    pub fn record(&self, ns: &str, key: &str) {
+        self.record_at(ns, key, std::time::Instant::now());
+    }
+
+    fn record_at(&self, ns: &str, key: &str, now: std::time::Instant) {
+        let Ok(mut c) = self.counts.lock() else { return };
+        if c.len() >= HOT_TRACKED_MAX && !c.contains_key(&(ns.to_string(), key.to_string())) {
+            // Forget the least read tenth.
+            let mut v: Vec<((String, String), f64)> =
+                c.iter().map(|(k, (n, t))| (k.clone(), decayed(*n, *t, now))).collect();
+            v.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+            for (k, _) in v.into_iter().take(HOT_TRACKED_MAX / 10) {
+                c.remove(&k);
+            }
+        }
+        let e = c.entry((ns.to_string(), key.to_string())).or_insert((0.0, now));
+        *e = (decayed(e.0, e.1, now) + 1.0, now);
+    }
+
+    /// The `n` most read objects, most read first: `(namespace, key, decayed reads)`.
+    pub fn top(&self, n: usize) -> HotList {
+        self.top_at(n, std::time::Instant::now())
+    }
+
+    fn top_at(&self, n: usize, now: std::time::Instant) -> HotList {
+        let Ok(c) = self.counts.lock() else { return Vec::new() };
+        let mut v: Vec<(String, String, f64)> = c
+            .iter()
+            .map(|((ns, k), (cnt, t))| (ns.clone(), k.clone(), decayed(*cnt, *t, now)))
+            .collect();
+        v.sort_by(|a, b| {
+            b.2.partial_cmp(&a.2)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.1.cmp(&b.1))
+        });
+        v.truncate(n);
+        v
+    }
+}
+
+/// The cluster's hot set from every node's report: reads summed per object, most read
+/// first, at most `n`.
+pub fn merge_hot(reports: &[HotList], n: usize) -> Vec<(String, String)> {
+    let mut sum: HashMap<(String, String), f64> = HashMap::new();
+    for r in reports {
+        for (ns, key, reads) in r {
+            *sum.entry((ns.clone(), key.clone())).or_default() += reads;
+        }
+    }
+    let mut v: Vec<((String, String), f64)> = sum.into_iter().collect();
+    v.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
+    v.into_iter().take(n).map(|(k, _)| k).collect()
+}
+
+/// The follower most likely to take over: a live voter other than the leader, not at risk,
+/// with the lowest failure probability (then the lowest id). `None` when there is none.
+pub fn successor(
+    leader: NodeId,
+    voters: &[NodeId],
+    alive: impl Fn(NodeId) -> bool,
+    at_risk: impl Fn(NodeId) -> bool,
+    probability: impl Fn(NodeId) -> f64,
+) -> Option<NodeId> {
+    voters
+        .iter()
+        .copied()
+        .filter(|&n| n != leader && alive(n) && !at_risk(n))
+        .min_by(|&a, &b| {
+            probability(a)
+                .partial_cmp(&probability(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hot_reads_decay_rank_and_stay_bounded() {
+        let h = HotReads::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            h.record_at("ns", "a", t0);
+        }
+        h.record_at("ns", "b", t0);
+        let top = h.top_at(10, t0);
+        assert_eq!(top[0].1, "a");
+        assert!((top[0].2 - 3.0).abs() < 1e-9);
+        // One half-life later a's 3 reads count 1.5; two fresh reads of b (0.5 + 2) win.
+        let t1 = t0 + HOT_HALF_LIFE;
+        h.record_at("ns", "b", t1);
+        h.record_at("ns", "b", t1);
+        let top = h.top_at(1, t1);
+        assert_eq!((top[0].1.as_str(), top.len()), ("b", 1));
+        assert!((top[0].2 - 2.5).abs() < 1e-9);
+        for i in 0..HOT_TRACKED_MAX + 10 {
+            h.record_at("ns", &format!("k{i}"), t1);
+        }
+        assert!(h.counts.lock().unwrap_or_else(|e| e.into_inner()).len() <= HOT_TRACKED_MAX);
+    }
+
+    #[test]
+    fn hot_set_sums_nodes_and_successor_avoids_risk() {
+        let r1 = vec![("n".to_string(), "x".to_string(), 2.0), ("n".into(), "y".into(), 1.0)];
+        let r2 = vec![("n".to_string(), "y".to_string(), 5.0)];
+        assert_eq!(merge_hot(&[r1, r2], 1), vec![("n".to_string(), "y".to_string())]);
+        let p = |n: NodeId| [0.0, 0.1, 0.95, 0.2][n as usize];
+        // Leader 1; node 2 is at risk; node 3 remains.
+        assert_eq!(successor(1, &[1, 2, 3], |_| true, |n| p(n) >= 0.9, p), Some(3));
+        assert_eq!(successor(1, &[1, 2, 3], |n| n != 3, |n| p(n) >= 0.9, p), None);
+        // Lowest probability wins among the eligible.
+        assert_eq!(successor(2, &[1, 2, 3], |_| true, |_| false, p), Some(1));
+    }
 
     #[test]
     fn expected_loss_multiplies_holders_and_ages() {

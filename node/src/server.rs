@@ -117,6 +117,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight);
     let fence = Arc::new(ReadFence::new(raft.clone()));
     let risk = Arc::new(crate::risk::Risk::new(cfg.risk.clone()));
+    let hot = Arc::new(crate::risk::HotReads::default());
     let data_plane = Arc::new(DataPlane::new(
         id,
         cfg.site.clone(),
@@ -130,6 +131,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
         cache.clone(),
         risk.clone(),
+        hot.clone(),
     ));
     let telemetry = Arc::new(Telemetry::new(
         id,
@@ -139,6 +141,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         raft.clone(),
         fsync_stats,
         cfg.data_dir.clone(),
+        hot,
     )?);
     let peer_service = Arc::new(PeerRouter::new(
         RaftPeerService::new(raft.clone()),

@@ -129,6 +129,10 @@ impl Cluster for ClusterService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
+        let (prestage_node, prestage_objects) = match self.risk.prestaged() {
+            Some((n, o)) if is_leader => (n, o as u32),
+            _ => (0, 0),
+        };
         let (queue_head, queue_chunks, queue_ordering, risk_model) = if is_leader {
             let (head, chunks) = self.risk.queue_head();
             let ordering = match self.risk.config().ordering {
@@ -167,6 +171,8 @@ impl Cluster for ClusterService {
             queue_chunks,
             queue_ordering,
             risk_model,
+            prestage_node,
+            prestage_objects,
         }))
     }
 

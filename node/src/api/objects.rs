@@ -588,6 +588,7 @@ impl Objects for ObjectsService {
                 r.namespace, r.key, entry.version
             )));
         }
+        self.dp.hot.record(&r.namespace, &r.key);
         let compress = self
             .dp
             .reader

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ark_proto::v1::{
-    peer_request, peer_response, ChunkGet, ChunkIds, ChunkPull, ChunkPut, ChunkState, ChunkStates, PeerAddr,
-    PeerRequest, PeerResponse, RaftCodec, ReadIndex,
+    peer_request, peer_response, ChunkGet, ChunkIds, ChunkPull, ChunkPut, ChunkState, ChunkStates, ObjectRef, PeerAddr,
+    PeerRequest, PeerResponse, Prestage, PrestageAck, RaftCodec, ReadIndex,
 };
 use bytes::Bytes;
 use tonic::Status;
@@ -74,6 +74,11 @@ pub enum DataError {
     NoGoodCopy(String),
 }
 
+/// Objects one prestage request may name.
+pub const PRESTAGE_OBJECTS_MAX: usize = 64;
+/// Deadline of a prestage request (it may fetch several MiB).
+const PRESTAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Deadline of one chunk RPC carrying `len` bytes: a fixed part plus 1 MiB/s.
 fn chunk_timeout(base: Duration, len: usize) -> Duration {
     base * 5 + Duration::from_millis((len / 1024) as u64)
@@ -104,6 +109,8 @@ pub struct DataPlane {
     pub(crate) lag: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Node failure forecasts (read by the queue) and the queue's head (written by it).
     pub risk: Arc<crate::risk::Risk>,
+    /// Reads served per object, for the hot set.
+    pub hot: Arc<crate::risk::HotReads>,
 }
 
 impl DataPlane {
@@ -122,6 +129,7 @@ impl DataPlane {
         rpc_timeout: Duration,
         cache: Arc<ChunkCache>,
         risk: Arc<crate::risk::Risk>,
+        hot: Arc<crate::risk::HotReads>,
     ) -> Self {
         Self {
             id,
@@ -138,6 +146,7 @@ impl DataPlane {
             cache,
             lag: Default::default(),
             risk,
+            hot,
         }
     }
 
@@ -155,6 +164,80 @@ impl DataPlane {
 
     fn member(&self, id: NodeId) -> Option<Peer> {
         self.members().into_iter().find(|p| p.id == id)
+    }
+
+    /// Current voters.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Asks `p` to warm its chunk cache with `objects` (see [`Self::prestage`]).
+    pub async fn prestage_on(&self, p: &Peer, objects: Vec<(String, String)>) -> Result<PrestageAck, DataError> {
+        let body = peer_request::Body::Prestage(Prestage {
+            objects: objects
+                .into_iter()
+                .map(|(namespace, key)| ObjectRef { namespace, key })
+                .collect(),
+        });
+        match self.call(p, body, PRESTAGE_TIMEOUT).await? {
+            peer_response::Body::PrestageAck(a) => Ok(a),
+            _ => Err(DataError::Remote {
+                node: p.id,
+                msg: "unexpected answer to prestage".into(),
+            }),
+        }
+    }
+
+    /// Reads the chunks of the latest versions of `objects` that this node does not hold
+    /// into its chunk cache (each verified on arrival, like any read), so that this node
+    /// serves them locally if it takes over. Bounded by [`PRESTAGE_OBJECTS_MAX`].
+    pub async fn prestage(&self, objects: &[ObjectRef]) -> PrestageAck {
+        let mut ack = PrestageAck::default();
+        for o in objects.iter().take(PRESTAGE_OBJECTS_MAX) {
+            let Ok(Some(entry)) = self.reader.get(&o.namespace, &o.key, 0) else {
+                continue;
+            };
+            if entry.record.deleted {
+                continue;
+            }
+            let compress = self
+                .reader
+                .namespace(&o.namespace)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.policy.compress);
+            for c in &entry.record.chunks {
+                let holders = self
+                    .reader
+                    .chunk(&c.id)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.holders)
+                    .unwrap_or_default();
+                let result = if holders.contains(&self.id) {
+                    ack.local += 1;
+                    "local"
+                } else if self.cache.get(&c.id).await.is_some() {
+                    ack.cached += 1;
+                    "cached"
+                } else if self.read_chunk(&c.id, &holders, compress).await.is_ok() {
+                    ack.fetched += 1;
+                    ack.bytes_fetched += u64::from(c.len);
+                    "fetched"
+                } else {
+                    ack.failed += 1;
+                    "failed"
+                };
+                metrics::counter!("ark_prestage_chunks_total", "result" => result).increment(1);
+            }
+        }
+        ack
     }
 
     /// Whether this node is the leader now.
@@ -473,6 +556,7 @@ impl DataPlane {
                 },
                 Err(st) => peer_response::Body::Failure(st.message().to_string()),
             },
+            peer_request::Body::Prestage(p) => peer_response::Body::PrestageAck(self.prestage(&p.objects).await),
             peer_request::Body::ScrubRun(_) => match self.scrub_now().await {
                 Ok(r) => peer_response::Body::Scrub(r),
                 Err(e) => peer_response::Body::Failure(e),

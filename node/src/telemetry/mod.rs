@@ -20,14 +20,14 @@
 pub mod parse;
 pub mod windows;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ark_proto::v1::{
-    peer_request, peer_response, NodeTelemetry, PeerRequest, RaftCodec, TelemetryAck, TelemetryReport,
+    peer_request, peer_response, HotObject, NodeTelemetry, PeerRequest, RaftCodec, TelemetryAck, TelemetryReport,
     TelemetryResponse, TelemetrySample, TelemetrySeries,
 };
 use tokio::sync::watch;
@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::config::TelemetryConfig;
 use crate::net::PeerPool;
 use crate::raft::{ArkRaft, NodeId};
+use crate::risk::{HotList, HotReads, HOT_REPORTED_MAX};
 use parse::CpuTimes;
 use windows::Windows;
 
@@ -289,6 +290,10 @@ pub struct Telemetry {
     windows: Mutex<Windows>,
     /// `[telemetry] smart_replay`: recorded SMART days replayed instead of `smartctl`.
     replay: Option<SmartReplay>,
+    /// This node's read counts, reported with every sample.
+    hot: Arc<HotReads>,
+    /// On the leader: each node's latest hot objects.
+    hot_reports: Mutex<BTreeMap<NodeId, HotList>>,
     /// Nodes whose window gauges the leader exported, to zero them when they go.
     exported: Mutex<BTreeSet<NodeId>>,
 }
@@ -305,6 +310,7 @@ impl Telemetry {
         raft: ArkRaft,
         fsync: LatencyStats,
         data_dir: PathBuf,
+        hot: Arc<HotReads>,
     ) -> anyhow::Result<Self> {
         let windows = Mutex::new(Windows::new(cfg.window_points as usize));
         let replay = match &cfg.smart_replay {
@@ -321,6 +327,8 @@ impl Telemetry {
             data_dir,
             windows,
             replay,
+            hot,
+            hot_reports: Mutex::default(),
             exported: Mutex::default(),
         })
     }
@@ -442,9 +450,13 @@ impl Telemetry {
         let m = self.raft.metrics().borrow().clone();
         let now_ms = crate::api::now_ms();
         let Some(leader) = m.current_leader else { return };
+        let hot = self.hot.top(HOT_REPORTED_MAX);
         if leader == self.id {
             if let Ok(mut w) = self.windows.lock() {
                 w.record(self.id, now_ms, series, Instant::now());
+            }
+            if let Ok(mut h) = self.hot_reports.lock() {
+                h.insert(self.id, hot);
             }
             return;
         }
@@ -465,6 +477,10 @@ impl Telemetry {
                 samples: series
                     .into_iter()
                     .map(|(series, value)| TelemetrySample { series, value })
+                    .collect(),
+                hot: hot
+                    .into_iter()
+                    .map(|(namespace, key, reads)| HotObject { namespace, key, reads })
                     .collect(),
             })),
         };
@@ -494,6 +510,9 @@ impl Telemetry {
         let members: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
         self.pool.link_stats().retain(|p| members.contains(&p));
         let is_leader = m.current_leader == Some(self.id);
+        if let Ok(mut h) = self.hot_reports.lock() {
+            h.retain(|n, _| is_leader && members.contains(n));
+        }
         let Ok(mut w) = self.windows.lock() else { return };
         if is_leader {
             w.retain_nodes(|n| members.contains(&n));
@@ -524,6 +543,14 @@ impl Telemetry {
             .unwrap_or_default()
     }
 
+    /// On the leader: every node's latest hot objects `(namespace, key, decayed reads)`.
+    pub fn hot_reports(&self) -> Vec<HotList> {
+        self.hot_reports
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Handles a report from node `from`: stored on the leader, refused elsewhere.
     pub fn handle_report(&self, from: NodeId, report: TelemetryReport) -> peer_response::Body {
         let m = self.raft.metrics().borrow().clone();
@@ -542,6 +569,12 @@ impl Telemetry {
         }
         if let Err(e) = windows::validate(&report, from) {
             return refuse(e.to_string(), "invalid");
+        }
+        if let Ok(mut h) = self.hot_reports.lock() {
+            h.insert(
+                from,
+                report.hot.into_iter().map(|o| (o.namespace, o.key, o.reads)).collect(),
+            );
         }
         let stored = match self.windows.lock() {
             Ok(mut w) => w.record(
@@ -771,6 +804,7 @@ mod tests {
                 .into_iter()
                 .map(|(series, value)| TelemetrySample { series, value })
                 .collect(),
+            hot: Vec::new(),
         };
         assert_eq!(windows::validate(&report, 1), Ok(()), "a node's own report passes");
     }

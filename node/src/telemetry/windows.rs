@@ -36,6 +36,11 @@ pub enum ReportError {
     /// A value is NaN or infinite.
     #[error("telemetry series {0:?} has a value that is not a finite number")]
     NotFinite(String),
+    /// The hot-object list breaks a limit.
+    #[error(
+        "telemetry report's hot objects break a limit (at most 32; names 128/1024 bytes; finite, non-negative reads)"
+    )]
+    BadHot,
     /// The same series twice in one report.
     #[error("telemetry series {0:?} appears twice in one report")]
     Duplicate(String),
@@ -56,6 +61,14 @@ pub fn validate(report: &TelemetryReport, from: u64) -> Result<(), ReportError> 
             claimed: report.node_id,
             from,
         });
+    }
+    if report.hot.len() > crate::risk::HOT_REPORTED_MAX
+        || report
+            .hot
+            .iter()
+            .any(|h| h.namespace.len() > 128 || h.key.len() > 1024 || !h.reads.is_finite() || h.reads < 0.0)
+    {
+        return Err(ReportError::BadHot);
     }
     if report.samples.len() > REPORT_SERIES_MAX {
         return Err(ReportError::TooManySeries {
@@ -293,6 +306,7 @@ mod tests {
                     value: *v,
                 })
                 .collect(),
+            hot: Vec::new(),
         }
     }
 
@@ -410,5 +424,22 @@ mod tests {
             validate(&report(3, &[("a", 1.0)]), 4),
             Err(ReportError::WrongSender { claimed: 3, from: 4 })
         ));
+        let hot = |ns: &str, key: &str, reads: f64| ark_proto::v1::HotObject {
+            namespace: ns.into(),
+            key: key.into(),
+            reads,
+        };
+        let mut r = report(3, &[("a", 1.0)]);
+        r.hot = vec![hot("ns", "k", 2.5)];
+        assert_eq!(validate(&r, 3), Ok(()));
+        for bad in [
+            vec![hot("ns", "k", f64::NAN)],
+            vec![hot("ns", "k", -1.0)],
+            vec![hot("ns", &"k".repeat(1025), 1.0)],
+            (0..33).map(|i| hot("ns", &format!("k{i}"), 1.0)).collect(),
+        ] {
+            r.hot = bad;
+            assert_eq!(validate(&r, 3), Err(ReportError::BadHot));
+        }
     }
 }
