@@ -315,6 +315,30 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The pre-staging experiment: on fresh 3-site x 2-node playgrounds with a delay between
+    /// sites, hot objects are read through the leader, then the leader's site is killed;
+    /// reports the first read of each hot object through the successor the leader chose,
+    /// with `risk.prestage` off and on, per seed.
+    Prestage {
+        /// Seeds (comma-separated); each runs with pre-staging off and on.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+        seeds: Vec<u64>,
+        /// Hot objects.
+        #[arg(long, default_value_t = 12)]
+        objects: usize,
+        /// Bytes per hot object.
+        #[arg(long, default_value_t = 2 * 1024 * 1024)]
+        object_bytes: usize,
+        /// One-way delay between sites, ms.
+        #[arg(long, default_value_t = 20)]
+        wan_delay_ms: u64,
+        /// Working directory (default: a temp dir, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point of the `ark` binary.
@@ -756,6 +780,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let reports = crate::risk_bench::run(&params, &say).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+        }
+        Cmd::Bench(BenchCmd::Prestage {
+            seeds,
+            objects,
+            object_bytes,
+            wan_delay_ms,
+            dir,
+            json,
+        }) => {
+            let tmp = tempfile::Builder::new().prefix("ark-bench-prestage-").tempdir()?;
+            let params = crate::risk_bench::PrestageParams {
+                seeds: seeds.clone(),
+                objects: *objects,
+                object_bytes: *object_bytes,
+                wan_delay_ms: *wan_delay_ms,
+                dir: dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
+            };
+            let quiet = *json;
+            let say = move |l: &str| {
+                if !quiet {
+                    outln!("{l}");
+                }
+            };
+            let reports = crate::risk_bench::run_prestage(&params, &say).await?;
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&reports)?);
             }

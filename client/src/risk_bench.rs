@@ -12,7 +12,11 @@
 //! those below policy. Each seed runs twice on the same drives and write schedule: queue
 //! ordering `fifo` (risk-blind) and `expected-loss`.
 //!
-//! Not measured here (not built yet): pre-staging of hot objects on the likely successor.
+//! `ark bench prestage` ([`run_prestage`]): 3 sites × 2 nodes with a delay between sites
+//! (each node's fault layer); hot objects (2 copies, 2 sites) written through random nodes
+//! and read through the leader; then the leader's whole site is killed and each hot object is
+//! read once through the successor the leader chose (another site, lowest id without
+//! forecasts), with `risk.prestage` off and on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -406,5 +410,265 @@ async fn drive(
         victim_at_risk_after_s: at_risk_after,
         killed_after_s,
         victim_max_risk: max_risk,
+    })
+}
+
+/// Settings of the pre-staging experiment (`ark bench prestage`).
+#[derive(Debug, Clone)]
+pub struct PrestageParams {
+    /// Seeds (object bytes and which node receives each put); each runs with and without.
+    pub seeds: Vec<u64>,
+    /// Hot objects.
+    pub objects: usize,
+    /// Bytes per hot object.
+    pub object_bytes: usize,
+    /// One-way delay between sites (the fault layer), ms.
+    pub wan_delay_ms: u64,
+    /// Working directory.
+    pub dir: PathBuf,
+}
+
+/// One pre-staging run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrestageReport {
+    /// Seed.
+    pub seed: u64,
+    /// Whether `risk.prestage` was on.
+    pub prestage: bool,
+    /// The leader whose site was killed, and the follower the leader warmed (or would have).
+    pub old_leader: u64,
+    /// The successor the reads went to.
+    pub successor: u64,
+    /// The node that won the election after the site loss.
+    pub new_leader: u64,
+    /// With pre-staging: hot chunks the successor already held (nothing to warm).
+    pub local_chunks: f64,
+    /// First read of each hot object through the successor after failover, ms, sorted.
+    pub read_ms: Vec<f64>,
+    /// Median and maximum of `read_ms`.
+    pub read_p50_ms: f64,
+    /// Maximum.
+    pub read_max_ms: f64,
+    /// Mean.
+    pub read_mean_ms: f64,
+    /// With pre-staging: hot chunks the successor fetched into its cache before the failover.
+    pub prestaged_chunks: f64,
+}
+
+/// Runs the pre-staging experiment; `say` narrates.
+pub async fn run_prestage(p: &PrestageParams, say: &dyn Fn(&str)) -> anyhow::Result<Vec<PrestageReport>> {
+    std::fs::create_dir_all(&p.dir).with_context(|| format!("creating {}", p.dir.display()))?;
+    let mut out = Vec::new();
+    for &seed in &p.seeds {
+        for prestage in [false, true] {
+            say(&format!(
+                "seed {seed}, pre-staging {}: 3 sites x 2 nodes, {} ms between sites ...",
+                if prestage { "on" } else { "off" },
+                p.wan_delay_ms
+            ));
+            let dir = p.dir.join(format!("prestage-{seed}-{prestage}"));
+            if dir.exists() {
+                let _ = playground::down(&dir, Duration::from_secs(5));
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let layout = Layout {
+                sites: 3,
+                nodes_per_site: 2,
+                settings: vec![(0, "risk".to_string(), format!("prestage = {prestage}"))],
+                ..Layout::default()
+            };
+            let (pg, mut children) = playground::up(&dir, &layout).await?;
+            let r = prestage_run(p, seed, prestage, &dir, &pg).await;
+            let _ = playground::down(&dir, Duration::from_secs(5));
+            for c in &mut children {
+                let _ = c.wait();
+            }
+            let r = r?;
+            say(&format!(
+                "  leader {} (site lost), successor {}, new leader {}; first reads through the successor p50 {:.1} ms, mean {:.1} ms, max {:.1} ms; hot chunks pre-staged {}, already held {}",
+                r.old_leader, r.successor, r.new_leader, r.read_p50_ms, r.read_mean_ms, r.read_max_ms, r.prestaged_chunks, r.local_chunks
+            ));
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn metric_sum(addr: &str, prefix: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn prestage_run(
+    p: &PrestageParams,
+    seed: u64,
+    prestage: bool,
+    dir: &Path,
+    pg: &Playground,
+) -> anyhow::Result<PrestageReport> {
+    let client = ArkClient::new(&Playground::client_config(dir)?)?;
+    // Inter-site delay through each node's fault layer.
+    for n in &pg.nodes {
+        let mut rules = String::new();
+        for o in pg.nodes.iter().filter(|o| o.site != n.site) {
+            rules.push_str(&format!(
+                "[[rule]]\npeer = \"{}\"\ndelay_ms = {}\n",
+                o.peer_addr, p.wan_delay_ms
+            ));
+        }
+        let f = n.config.parent().context("node dir")?.join("faults.toml");
+        std::fs::write(&f, rules)?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = client.status().await?.leader_id.context("no leader")?;
+    let leader_site = pg.node(leader).context("leader")?.site.clone();
+    client
+        .create_namespace(
+            "hot",
+            NamespacePolicy {
+                copies: 2,
+                min_sites: 2,
+                mode: DurabilityMode::Sync as i32,
+                versions_kept: 1,
+                ..NamespacePolicy::default()
+            },
+        )
+        .await?;
+    // Hot objects written through random nodes, so their holders vary.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = Vec::new();
+    for i in 0..p.objects {
+        let mut buf = vec![0u8; p.object_bytes];
+        rng.fill_bytes(&mut buf);
+        let via = &pg.nodes[(rng.next_u32() as usize) % pg.nodes.len()];
+        client
+            .with_endpoints(vec![via.client_addr.clone()])
+            .put_object(
+                "hot",
+                &format!("obj-{i}"),
+                PutSource::Reader {
+                    reader: Box::new(std::io::Cursor::new(buf.clone())),
+                    size: Some(buf.len() as u64),
+                },
+                &PutOptions::default(),
+            )
+            .await?;
+        data.push(buf);
+    }
+    // Serve them a few times through the leader: they become the hot set.
+    let via_leader = client.with_endpoints(vec![pg.node(leader).context("leader")?.client_addr.clone()]);
+    for _ in 0..3 {
+        for i in 0..p.objects {
+            let mut sink = Vec::new();
+            via_leader
+                .get_object(
+                    "hot",
+                    &format!("obj-{i}"),
+                    &crate::objects::GetOptions::default(),
+                    &mut sink,
+                )
+                .await?;
+        }
+    }
+    // The successor: as the leader chooses it (another site, lowest id without forecasts).
+    let successor = pg
+        .nodes
+        .iter()
+        .filter(|n| n.site != leader_site)
+        .map(|n| n.id)
+        .min()
+        .context("no other site")?;
+    let s_node = pg.node(successor).context("successor")?.clone();
+    // Let the leader learn the hot set (one telemetry interval) and, when on, warm the
+    // successor: wait until its pre-stage counters stop moving.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = -1.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = metric_sum(&s_node.metrics_addr, "ark_prestage_chunks_total");
+        let st = client
+            .status_of(&pg.node(leader).context("leader")?.client_addr)
+            .await?;
+        if prestage && st.prestage_node != 0 && st.prestage_node != successor {
+            bail!(
+                "the leader warmed node {} but the experiment expected {successor}",
+                st.prestage_node
+            );
+        }
+        if !prestage || (now > 0.0 && now == last) || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let prestaged_chunks = metric_sum(&s_node.metrics_addr, "ark_prestage_chunks_total{result=\"fetched\"}");
+    let local_chunks = metric_sum(&s_node.metrics_addr, "ark_prestage_chunks_total{result=\"local\"}");
+    // Lose the leader's site.
+    let dead: Vec<u64> = pg
+        .nodes
+        .iter()
+        .filter(|n| n.site == leader_site)
+        .map(|n| n.id)
+        .collect();
+    for id in &dead {
+        playground::signal_node(pg.node(*id).context("node")?, Signal::SIGKILL)?;
+    }
+    let via_s = client.with_endpoints(vec![s_node.client_addr.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        if let Ok(st) = via_s.status_of(&s_node.client_addr).await {
+            if let Some(l) = st.leader_id.filter(|l| !dead.contains(l)) {
+                break l;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no new leader within 30 s of losing {leader_site}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // One linearizable read first, so that the timings below are reads, not the election.
+    let mut sink = Vec::new();
+    let _ = via_s
+        .get_object("hot", "obj-0", &crate::objects::GetOptions::default(), &mut sink)
+        .await;
+    let mut read_ms = Vec::new();
+    for (i, want) in data.iter().enumerate().skip(1) {
+        let mut sink = Vec::new();
+        let t = Instant::now();
+        via_s
+            .get_object(
+                "hot",
+                &format!("obj-{i}"),
+                &crate::objects::GetOptions::default(),
+                &mut sink,
+            )
+            .await?;
+        read_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if &sink != want {
+            bail!("obj-{i} read back different bytes");
+        }
+    }
+    read_ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(PrestageReport {
+        seed,
+        prestage,
+        old_leader: leader,
+        successor,
+        new_leader,
+        local_chunks,
+        read_p50_ms: read_ms.get(read_ms.len() / 2).copied().unwrap_or(0.0),
+        read_max_ms: read_ms.last().copied().unwrap_or(0.0),
+        read_mean_ms: read_ms.iter().sum::<f64>() / read_ms.len().max(1) as f64,
+        read_ms,
+        prestaged_chunks,
     })
 }

@@ -238,6 +238,9 @@ pub struct RiskConfig {
     /// Ageing: every this many seconds a chunk waits adds as much to its score as a certain
     /// loss in a weight-1 namespace, so nothing starves.
     pub ageing_s: u64,
+    /// Pre-stage the cluster's most read objects in the chunk cache of the follower most
+    /// likely to take over.
+    pub prestage: bool,
 }
 
 impl Default for RiskConfig {
@@ -248,6 +251,7 @@ impl Default for RiskConfig {
             at_risk_probability: 0.9,
             day_ms: 86_400_000,
             ageing_s: 3600,
+            prestage: true,
         }
     }
 }
@@ -545,6 +549,9 @@ at_risk_probability = 0.9
 day_ms = 86400000
 # A chunk waiting this many seconds counts as much as a certain loss (no starvation).
 ageing_s = 3600
+# Warm the follower most likely to take over (another site than the leader's, not at risk)
+# with the most read objects, in its chunk cache.
+prestage = true
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

@@ -229,7 +229,7 @@ pub async fn run(
         if let Ok(mut s) = risk.state.lock() {
             s.risks = risks;
         }
-        if !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
+        if risk.cfg.prestage && !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
             prestage(&risk, &dp, &telemetry, &prestaging);
         }
     }
@@ -245,16 +245,20 @@ const PRESTAGE_REFRESH_INTERVALS: u32 = 30;
 /// (`busy` is set meanwhile).
 fn prestage(risk: &Arc<Risk>, dp: &Arc<DataPlane>, telemetry: &Telemetry, busy: &Arc<std::sync::atomic::AtomicBool>) {
     let hot = merge_hot(&telemetry.hot_reports(), PRESTAGE_OBJECTS);
+    let members = dp.members();
+    let site_of = |n: NodeId| members.iter().find(|m| m.id == n).map(|m| m.site.clone());
+    let my_site = site_of(dp.id);
     let Some(target) = successor(
         dp.id,
         &dp.voter_ids(),
+        |n| site_of(n) == my_site,
         |n| dp.recently_alive(n),
         |n| risk.probability(n) >= risk.cfg.at_risk_probability,
         |n| risk.probability(n),
     ) else {
         return;
     };
-    let Some(peer) = dp.members().into_iter().find(|m| m.id == target) else {
+    let Some(peer) = members.into_iter().find(|m| m.id == target) else {
         return;
     };
     {
@@ -474,10 +478,13 @@ pub fn merge_hot(reports: &[HotList], n: usize) -> Vec<(String, String)> {
 }
 
 /// The follower most likely to take over: a live voter other than the leader, not at risk,
-/// with the lowest failure probability (then the lowest id). `None` when there is none.
+/// preferably in another site than the leader's (the loss of the leader's site is what
+/// failover is for), with the lowest failure probability, then the lowest id. `None` when
+/// there is none.
 pub fn successor(
     leader: NodeId,
     voters: &[NodeId],
+    same_site_as_leader: impl Fn(NodeId) -> bool,
     alive: impl Fn(NodeId) -> bool,
     at_risk: impl Fn(NodeId) -> bool,
     probability: impl Fn(NodeId) -> f64,
@@ -487,9 +494,13 @@ pub fn successor(
         .copied()
         .filter(|&n| n != leader && alive(n) && !at_risk(n))
         .min_by(|&a, &b| {
-            probability(a)
-                .partial_cmp(&probability(b))
-                .unwrap_or(std::cmp::Ordering::Equal)
+            same_site_as_leader(a)
+                .cmp(&same_site_as_leader(b))
+                .then(
+                    probability(a)
+                        .partial_cmp(&probability(b))
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
                 .then(a.cmp(&b))
         })
 }
@@ -528,11 +539,14 @@ mod tests {
         let r2 = vec![("n".to_string(), "y".to_string(), 5.0)];
         assert_eq!(merge_hot(&[r1, r2], 1), vec![("n".to_string(), "y".to_string())]);
         let p = |n: NodeId| [0.0, 0.1, 0.95, 0.2][n as usize];
+        let apart = |_| false;
         // Leader 1; node 2 is at risk; node 3 remains.
-        assert_eq!(successor(1, &[1, 2, 3], |_| true, |n| p(n) >= 0.9, p), Some(3));
-        assert_eq!(successor(1, &[1, 2, 3], |n| n != 3, |n| p(n) >= 0.9, p), None);
+        assert_eq!(successor(1, &[1, 2, 3], apart, |_| true, |n| p(n) >= 0.9, p), Some(3));
+        assert_eq!(successor(1, &[1, 2, 3], apart, |n| n != 3, |n| p(n) >= 0.9, p), None);
         // Lowest probability wins among the eligible.
-        assert_eq!(successor(2, &[1, 2, 3], |_| true, |_| false, p), Some(1));
+        assert_eq!(successor(2, &[1, 2, 3], apart, |_| true, |_| false, p), Some(1));
+        // Another site than the leader's comes first, even at a higher probability.
+        assert_eq!(successor(2, &[1, 2, 3], |n| n == 1, |_| true, |_| false, p), Some(3));
     }
 
     #[test]
