@@ -91,6 +91,17 @@ pub struct RunReport {
     pub victim_max_risk: Option<f64>,
 }
 
+/// A namespace policy keeping one version.
+fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
+    NamespacePolicy {
+        copies,
+        min_sites,
+        mode: mode as i32,
+        versions_kept: 1,
+        ..NamespacePolicy::default()
+    }
+}
+
 fn arkd_forecast(arkd: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(arkd)
         .arg("forecast")
@@ -274,16 +285,7 @@ async fn drive(
         bail!("node {VICTIM} won the first election; the experiment needs it to be a follower (rerun)");
     }
     client
-        .create_namespace(
-            "_ark",
-            NamespacePolicy {
-                copies: 3,
-                min_sites: 2,
-                mode: DurabilityMode::Sync as i32,
-                versions_kept: 1,
-                ..NamespacePolicy::default()
-            },
-        )
+        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
         .await?;
     client
         .put_object(
@@ -294,16 +296,7 @@ async fn drive(
         )
         .await?;
     client
-        .create_namespace(
-            NAMESPACE,
-            NamespacePolicy {
-                copies: 2,
-                min_sites: 2,
-                mode: DurabilityMode::Async as i32,
-                versions_kept: 1,
-                ..NamespacePolicy::default()
-            },
-        )
+        .create_namespace(NAMESPACE, policy(2, 2, DurabilityMode::Async))
         .await?;
     let kill_at = started + Duration::from_millis(days * p.day_ms);
     let stop = Arc::new(AtomicBool::new(false));
@@ -533,16 +526,7 @@ async fn prestage_run(
     let leader = client.status().await?.leader_id.context("no leader")?;
     let leader_site = pg.node(leader).context("leader")?.site.clone();
     client
-        .create_namespace(
-            "hot",
-            NamespacePolicy {
-                copies: 2,
-                min_sites: 2,
-                mode: DurabilityMode::Sync as i32,
-                versions_kept: 1,
-                ..NamespacePolicy::default()
-            },
-        )
+        .create_namespace("hot", policy(2, 2, DurabilityMode::Sync))
         .await?;
     // Hot objects written through random nodes, so their holders vary.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -328,34 +328,34 @@ impl DataPlane {
     }
 
     /// Fetches chunk `id` from the first of `sources` that has a good copy, verifying it.
+    /// Sources are asked in order; when one has not answered within the RPC timeout (a
+    /// holder in a lost site answers nothing until the chunk deadline), the next one is
+    /// asked as well and the first good copy wins.
     pub async fn fetch_from(&self, id: &ChunkId, sources: &[Peer]) -> Result<Bytes, DataError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
         let mut last = None;
-        for p in sources {
-            let r = self
-                .call(
-                    p,
-                    peer_request::Body::ChunkGet(ChunkGet { id: id.to_vec() }),
-                    chunk_timeout(self.rpc_timeout, 4 << 20),
-                )
-                .await;
-            match r {
-                Ok(peer_response::Body::ChunkData(d)) => {
-                    let check = d.clone();
-                    let ok = tokio::task::spawn_blocking(move || chunk_id(&check))
-                        .await
-                        .is_ok_and(|h| &h == id);
-                    if ok {
-                        metrics::counter!("ark_replication_bytes_fetched_total").increment(d.len() as u64);
-                        return Ok(d);
-                    }
-                    // The peer verified it before sending; a mismatch here means the bytes
-                    // changed on the way or the peer is faulty: try the next one.
-                    metrics::counter!("ark_chunks_bad_from_peer_total").increment(1);
-                    last = Some(format!("node {} sent bytes that do not match the id", p.id));
+        let mut asked = sources.iter();
+        let mut running = FuturesUnordered::new();
+        loop {
+            if running.is_empty() {
+                match asked.next() {
+                    Some(p) => running.push(self.fetch_one(id, p)),
+                    None => break,
                 }
-                Ok(peer_response::Body::ChunkUnavailable(why)) => last = Some(format!("node {}: {why}", p.id)),
-                Ok(_) => last = Some(format!("node {}: unexpected answer", p.id)),
-                Err(e) => last = Some(e.to_string()),
+            }
+            let hedge = tokio::time::sleep(self.rpc_timeout);
+            tokio::select! {
+                done = running.next() => match done {
+                    Some(Ok(b)) => return Ok(b),
+                    Some(Err(why)) => last = Some(why),
+                    None => {}
+                },
+                () = hedge => {
+                    if let Some(p) = asked.next() {
+                        metrics::counter!("ark_chunk_fetch_hedged_total").increment(1);
+                        running.push(self.fetch_one(id, p));
+                    }
+                }
             }
         }
         Err(DataError::NoGoodCopy(format!(
@@ -363,6 +363,36 @@ impl DataPlane {
             to_hex(id),
             last.unwrap_or_else(|| "no holder".into())
         )))
+    }
+
+    /// One holder's verified copy of chunk `id`, or why not.
+    async fn fetch_one(&self, id: &ChunkId, p: &Peer) -> Result<Bytes, String> {
+        let r = self
+            .call(
+                p,
+                peer_request::Body::ChunkGet(ChunkGet { id: id.to_vec() }),
+                chunk_timeout(self.rpc_timeout, 4 << 20),
+            )
+            .await;
+        match r {
+            Ok(peer_response::Body::ChunkData(d)) => {
+                let check = d.clone();
+                let ok = tokio::task::spawn_blocking(move || chunk_id(&check))
+                    .await
+                    .is_ok_and(|h| &h == id);
+                if ok {
+                    metrics::counter!("ark_replication_bytes_fetched_total").increment(d.len() as u64);
+                    return Ok(d);
+                }
+                // The peer verified it before sending; a mismatch here means the bytes
+                // changed on the way or the peer is faulty: try the next one.
+                metrics::counter!("ark_chunks_bad_from_peer_total").increment(1);
+                Err(format!("node {} sent bytes that do not match the id", p.id))
+            }
+            Ok(peer_response::Body::ChunkUnavailable(why)) => Err(format!("node {}: {why}", p.id)),
+            Ok(_) => Err(format!("node {}: unexpected answer", p.id)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// A verified copy of chunk `id`: the local one, or one fetched from another holder
