@@ -499,7 +499,7 @@ fn metric_sum(addr: &str, prefix: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 async fn prestage_run(

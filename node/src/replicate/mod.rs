@@ -74,6 +74,9 @@ pub enum DataError {
     NoGoodCopy(String),
 }
 
+/// A holder that let a hedged fetch go elsewhere is asked last for this long.
+const SLOW_HOLDER_FOR: Duration = Duration::from_secs(30);
+
 /// Objects one prestage request may name.
 pub const PRESTAGE_OBJECTS_MAX: usize = 64;
 /// Deadline of a prestage request (it may fetch several MiB).
@@ -111,6 +114,9 @@ pub struct DataPlane {
     pub risk: Arc<crate::risk::Risk>,
     /// Reads served per object, for the hot set.
     pub hot: Arc<crate::risk::HotReads>,
+    /// Holders that stayed silent while another answered a chunk fetch, and when: asked
+    /// last for [`SLOW_HOLDER_FOR`].
+    slow_holders: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
 }
 
 impl DataPlane {
@@ -147,6 +153,7 @@ impl DataPlane {
             lag: Default::default(),
             risk,
             hot,
+            slow_holders: Default::default(),
         }
     }
 
@@ -323,7 +330,17 @@ impl DataPlane {
             .into_iter()
             .filter(|p| p.id != self.id && holders.contains(&p.id))
             .collect();
-        peers.sort_by_key(|p| (p.site != self.site, p.id));
+        let slow: std::collections::HashSet<NodeId> = self
+            .slow_holders
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, t)| t.elapsed() < SLOW_HOLDER_FOR)
+                    .map(|(n, _)| *n)
+                    .collect()
+            })
+            .unwrap_or_default();
+        peers.sort_by_key(|p| (slow.contains(&p.id), p.site != self.site, p.id));
         peers
     }
 
@@ -336,23 +353,44 @@ impl DataPlane {
         let mut last = None;
         let mut asked = sources.iter();
         let mut running = FuturesUnordered::new();
+        // Asked and not answered yet.
+        let mut waiting: Vec<NodeId> = Vec::new();
         loop {
             if running.is_empty() {
                 match asked.next() {
-                    Some(p) => running.push(self.fetch_one(id, p)),
+                    Some(p) => {
+                        waiting.push(p.id);
+                        running.push(self.fetch_one(id, p));
+                    }
                     None => break,
                 }
             }
             let hedge = tokio::time::sleep(self.rpc_timeout);
             tokio::select! {
                 done = running.next() => match done {
-                    Some(Ok(b)) => return Ok(b),
-                    Some(Err(why)) => last = Some(why),
+                    Some((from, Ok(b))) => {
+                        // Whoever was asked first and is still silent is slow or gone: ask
+                        // the others first for a while.
+                        waiting.retain(|n| *n != from);
+                        if !waiting.is_empty() {
+                            if let Ok(mut slow) = self.slow_holders.lock() {
+                                for n in &waiting {
+                                    slow.insert(*n, std::time::Instant::now());
+                                }
+                            }
+                        }
+                        return Ok(b);
+                    }
+                    Some((from, Err(why))) => {
+                        waiting.retain(|n| *n != from);
+                        last = Some(why);
+                    }
                     None => {}
                 },
                 () = hedge => {
                     if let Some(p) = asked.next() {
                         metrics::counter!("ark_chunk_fetch_hedged_total").increment(1);
+                        waiting.push(p.id);
                         running.push(self.fetch_one(id, p));
                     }
                 }
@@ -365,8 +403,12 @@ impl DataPlane {
         )))
     }
 
-    /// One holder's verified copy of chunk `id`, or why not.
-    async fn fetch_one(&self, id: &ChunkId, p: &Peer) -> Result<Bytes, String> {
+    /// One holder's verified copy of chunk `id`, or why not, with the holder's id.
+    async fn fetch_one(&self, id: &ChunkId, p: &Peer) -> (NodeId, Result<Bytes, String>) {
+        (p.id, self.fetch_one_inner(id, p).await)
+    }
+
+    async fn fetch_one_inner(&self, id: &ChunkId, p: &Peer) -> Result<Bytes, String> {
         let r = self
             .call(
                 p,
