@@ -524,3 +524,56 @@ async fn an_interrupted_upload_leaves_no_object_and_its_chunks_are_collected() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_is_passed_over_after_one_rpc_timeout_and_then_asked_last() {
+    use ark_client::objects::GetOptions;
+    use ark_client::playground;
+    use nix::sys::signal::Signal;
+    let pg = Pg::up(3, 20_000).await;
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(
+        &pg.ark(&[
+            "ns",
+            "create",
+            "two",
+            "--copies",
+            "2",
+            "--min-sites",
+            "2",
+            "--mode",
+            "sync",
+        ]),
+        "ns create",
+    );
+    // Through node 1: copies on node 1 and node 2 (placement: site-b first); node 3 holds
+    // none, and asks node 1 first (other site, lowest id).
+    let a = random_file(&pg.path().join("a.bin"), 3 * 1024 * 1024, 5);
+    let b = random_file(&pg.path().join("b.bin"), 3 * 1024 * 1024, 6);
+    let addr1 = pg.node(1).client_addr;
+    for (key, f) in [("two/a", "a.bin"), ("two/b", "b.bin")] {
+        ok(
+            &pg.ark(&["--endpoint", &addr1, "put", key, pg.path().join(f).to_str().unwrap()]),
+            "put",
+        );
+    }
+    assert!(chunk_files(&pg, 3).is_empty(), "node 3 must hold no copy");
+    // Node 1 goes silent (paused, its connections open): a holder in a lost site.
+    assert!(playground::signal_node(&pg.node(1), Signal::SIGSTOP).unwrap());
+    let via3 = pg.client().with_endpoints(vec![pg.node(3).client_addr]);
+    let stale = GetOptions {
+        stale: true,
+        ..GetOptions::default()
+    };
+    let mut out = Vec::new();
+    via3.get_object("two", "a", &stale, &mut out).await.unwrap();
+    assert!(out == a, "object a differs");
+    let hedged = pg.metric(3, "ark_chunk_fetch_hedged_total");
+    assert!(hedged >= 1.0, "node 3 never asked node 2 while node 1 was silent");
+    // Node 1 is now asked last: reading b needs no hedge.
+    let mut out = Vec::new();
+    via3.get_object("two", "b", &stale, &mut out).await.unwrap();
+    assert!(out == b, "object b differs");
+    assert_eq!(pg.metric(3, "ark_chunk_fetch_hedged_total"), hedged);
+    assert!(playground::signal_node(&pg.node(1), Signal::SIGCONT).unwrap());
+}
