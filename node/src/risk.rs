@@ -3,7 +3,9 @@
 //! Every telemetry interval the leader (1) makes sure it holds the failure forecaster whose
 //! weights are stored as the object `risk.model_object` (a new leader loads them at once, so
 //! it starts warm; a new version is picked up within an interval), (2) turns each node's
-//! SMART series from the telemetry windows into one row per model day (`risk.day_ms`) and
+//! SMART series from the telemetry windows into one row per model day (`risk.day_ms`),
+//! keeping the last 31 days itself while it leads (the windows hold one day at the
+//! defaults; a new leader starts from what its windows hold), and
 //! (3) asks the forecaster for the probability that the node fails within the model's
 //! horizon. The repair queue ([`crate::replicate::queue`]) reads these probabilities to order
 //! its work and to keep new copies off nodes at risk, and writes back the head of its queue;
@@ -81,6 +83,8 @@ struct State {
     prestaged: Option<(NodeId, Vec<(String, String)>)>,
     /// Intervals since the last pre-stage request.
     since_prestage: u32,
+    /// Each node's daily SMART rows, the last [`HISTORY_DAYS`].
+    daily: BTreeMap<NodeId, BTreeMap<i64, Vec<(String, f32)>>>,
 }
 
 /// The leader's risk view, shared by the risk loop, the repair queue and `Cluster.Status`.
@@ -157,6 +161,7 @@ impl Risk {
             s.head.clear();
             s.queue_chunks = 0;
             s.prestaged = None;
+            s.daily.clear();
         }
     }
 }
@@ -187,13 +192,23 @@ pub async fn run(
             .ok()
             .and_then(|s| s.model.as_ref().map(|m| m.1.clone()));
         let members: Vec<NodeId> = dp.members().iter().map(|m| m.id).collect();
+        // Daily rows outlive the telemetry windows (one day at the defaults): the leader
+        // keeps the last HISTORY_DAYS of each node's rows while it leads.
+        let days: Vec<(NodeId, Vec<DayRow>)> = {
+            let Ok(mut s) = risk.state.lock() else { continue };
+            s.daily.retain(|n, _| members.contains(n));
+            members
+                .iter()
+                .map(|&n| {
+                    let acc = s.daily.entry(n).or_default();
+                    merge_days(acc, telemetry.smart_daily(n, risk.cfg.day_ms), HISTORY_DAYS);
+                    (n, acc.iter().map(|(d, r)| (*d, r.clone())).collect())
+                })
+                .collect()
+        };
         let mut risks = BTreeMap::new();
         if let Some(model) = model {
-            let histories: Vec<(NodeId, Vec<DayRow>)> = members
-                .iter()
-                .map(|&n| (n, last_days(telemetry.smart_daily(n, risk.cfg.day_ms), HISTORY_DAYS)))
-                .filter(|(_, h)| !h.is_empty())
-                .collect();
+            let histories: Vec<(NodeId, Vec<DayRow>)> = days.into_iter().filter(|(_, h)| !h.is_empty()).collect();
             let scored = tokio::task::spawn_blocking(move || {
                 histories
                     .into_iter()
@@ -289,10 +304,13 @@ fn prestage(risk: &Arc<Risk>, dp: &Arc<DataPlane>, telemetry: &Telemetry, busy: 
     });
 }
 
-/// The last `n` rows of a daily map, oldest first.
-fn last_days(daily: BTreeMap<i64, Vec<(String, f32)>>, n: usize) -> Vec<DayRow> {
-    let skip = daily.len().saturating_sub(n);
-    daily.into_iter().skip(skip).collect()
+/// Adds `fresh` rows to `acc` (a day present in both takes the fresh row, which saw more
+/// of that day) and keeps the newest `keep` days.
+fn merge_days(acc: &mut BTreeMap<i64, Vec<(String, f32)>>, fresh: BTreeMap<i64, Vec<(String, f32)>>, keep: usize) {
+    acc.extend(fresh);
+    while acc.len() > keep {
+        acc.pop_first();
+    }
 }
 
 /// Loads the weights object when it is new or changed. Failures are logged once per version
@@ -573,9 +591,17 @@ mod tests {
     }
 
     #[test]
-    fn last_days_keeps_the_newest_rows_in_order() {
-        let daily: BTreeMap<i64, Vec<(String, f32)>> = (0..10).map(|d| (d, vec![("x".into(), d as f32)])).collect();
-        let rows = last_days(daily, 3);
-        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![7, 8, 9]);
+    fn daily_rows_outlive_the_window_and_stay_bounded() {
+        let row = |v: f32| vec![("smart_5_raw".to_string(), v)];
+        let mut acc = BTreeMap::new();
+        // The window held days 0..3, later only days 2..5: days 0 and 1 are kept.
+        merge_days(&mut acc, (0..3).map(|d| (d, row(d as f32))).collect(), 31);
+        merge_days(&mut acc, (2..5).map(|d| (d, row(10.0 + d as f32))).collect(), 31);
+        assert_eq!(acc.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(acc[&1], row(1.0));
+        assert_eq!(acc[&2], row(12.0), "a day seen again takes the fresher row");
+        merge_days(&mut acc, (5..40).map(|d| (d, row(d as f32))).collect(), 31);
+        assert_eq!(acc.len(), 31);
+        assert_eq!(acc.keys().next(), Some(&9));
     }
 }
