@@ -420,6 +420,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                             "id": n.id, "site": n.site, "role": n.role, "client_addr": n.client_addr,
                             "peer_addr": n.peer_addr, "healthy": n.healthy, "matched_index": n.matched_index,
                             "failure_risk": n.failure_risk, "risk_days": n.risk_days, "at_risk": n.at_risk,
+                            "load_bytes_per_second": n.load_bytes_per_second,
+                            "load_forecast_min": n.load_forecast_min, "load_trough_in": n.load_trough_in,
                         })
                     })
                     .collect();
@@ -497,6 +499,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                             s.risk_model.as_str()
                         }
                     );
+                    for n in &s.nodes {
+                        if let (Some(now), Some(min)) = (n.load_bytes_per_second, n.load_forecast_min) {
+                            outln!(
+                                "  node {} peer traffic {:.0} B/s, forecast low {:.0} B/s in {} intervals",
+                                n.id,
+                                now,
+                                min,
+                                n.load_trough_in
+                            );
+                        }
+                    }
                     for q in &s.queue_head {
                         outln!(
                             "  {:<40} chunk {}  {} B  holders {:?}  P(loss) {:.3}  score {:.3}",

@@ -347,3 +347,40 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     assert_eq!(out, vec![0xAB; 600 * 1024]);
     drop(pg);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_learns_every_nodes_load_and_forecasts_it() {
+    common::arkd_built();
+    // A short window and horizon: 2 x (6 + 3 + 20) = 58 one-second points to train on.
+    let layout = Layout {
+        sites: 3,
+        nodes_per_site: 1,
+        ready_timeout: Duration::from_secs(60),
+        settings: vec![
+            (0, "risk".to_string(), "load_window = 6".to_string()),
+            (0, "risk".to_string(), "load_horizon = 3".to_string()),
+        ],
+        ..Layout::default()
+    };
+    let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+    let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
+    let pg = Pg { dir, children };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let s = loop {
+        let s = leader_status(&pg).await;
+        if s.nodes.iter().all(|n| n.load_forecast_min.is_some()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no load forecast for every node: {s:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    for n in &s.nodes {
+        let (now, min) = (n.load_bytes_per_second.unwrap(), n.load_forecast_min.unwrap());
+        assert!(now.is_finite() && now >= 0.0 && min.is_finite(), "{s:?}");
+        assert!((1..=3).contains(&n.load_trough_in), "{s:?}");
+    }
+    let leader = s.leader_id.unwrap();
+    assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
+    let o = pg.ark(&["status"]);
+    assert!(common::stdout(&o).contains("forecast low"), "{}", common::stdout(&o));
+}

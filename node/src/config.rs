@@ -241,6 +241,19 @@ pub struct RiskConfig {
     /// Pre-stage the cluster's most read objects in the chunk cache of the follower most
     /// likely to take over.
     pub prestage: bool,
+    /// Defer repair batches that protect no endangered chunk while the load forecast of
+    /// their source or target shows a trough ahead (at most one horizon).
+    pub pace_into_troughs: bool,
+    /// Load forecaster: past telemetry intervals it sees.
+    pub load_window: usize,
+    /// Load forecaster: intervals it forecasts.
+    pub load_horizon: usize,
+    /// The leader retrains each node's load forecaster this often, seconds.
+    pub load_retrain_s: u64,
+    /// A trough counts when the forecast minimum is below (1 - this) x the current load.
+    pub trough_gain: f64,
+    /// Loads under this many bytes per second are never worth waiting out.
+    pub trough_floor_bytes_per_s: f64,
 }
 
 impl Default for RiskConfig {
@@ -252,6 +265,12 @@ impl Default for RiskConfig {
             day_ms: 86_400_000,
             ageing_s: 3600,
             prestage: true,
+            pace_into_troughs: true,
+            load_window: 36,
+            load_horizon: 12,
+            load_retrain_s: 3600,
+            trough_gain: 0.3,
+            trough_floor_bytes_per_s: 1_048_576.0,
         }
     }
 }
@@ -420,8 +439,16 @@ impl NodeConfig {
                 k.at_risk_probability
             ));
         }
-        if k.day_ms == 0 || k.ageing_s == 0 {
-            return bad("risk.day_ms and risk.ageing_s must be > 0".into());
+        if k.day_ms == 0 || k.ageing_s == 0 || k.load_retrain_s == 0 {
+            return bad("risk.day_ms, risk.ageing_s and risk.load_retrain_s must be > 0".into());
+        }
+        if !(2..=1000).contains(&k.load_window) || !(1..=100).contains(&k.load_horizon) {
+            return bad("risk.load_window must be 2..=1000 and risk.load_horizon 1..=100".into());
+        }
+        let gain_ok = k.trough_gain > 0.0 && k.trough_gain < 1.0;
+        let floor_ok = k.trough_floor_bytes_per_s.is_finite() && k.trough_floor_bytes_per_s >= 0.0;
+        if !gain_ok || !floor_ok {
+            return bad("risk.trough_gain must be in (0, 1) and risk.trough_floor_bytes_per_s >= 0".into());
         }
         match k.model_object.split_once('/') {
             Some((ns, key)) if !ns.is_empty() && !key.is_empty() => {}
@@ -552,6 +579,16 @@ ageing_s = 3600
 # Warm the follower most likely to take over (another site than the leader's, not at risk)
 # with the most read objects, in its chunk cache.
 prestage = true
+# The leader learns each node's peer traffic (net_bytes_per_second) with a load forecaster
+# (window and horizon in telemetry intervals, retrained every load_retrain_s) and defers
+# repairs that protect no endangered chunk while a trough below (1 - trough_gain) x the
+# current load is forecast within the horizon, for loads above trough_floor_bytes_per_s.
+pace_into_troughs = true
+load_window = 36
+load_horizon = 12
+load_retrain_s = 3600
+trough_gain = 0.3
+trough_floor_bytes_per_s = 1048576.0
 
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.

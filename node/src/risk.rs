@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ark_forecast::history::DayRow;
-use ark_forecast::FailureForecaster;
+use ark_forecast::{FailureForecaster, LoadConfig, LoadForecaster};
 use tokio::sync::watch;
 
 use crate::config::{QueueOrdering, RiskConfig};
@@ -85,21 +85,52 @@ struct State {
     since_prestage: u32,
     /// Each node's daily SMART rows, the last [`HISTORY_DAYS`].
     daily: BTreeMap<NodeId, BTreeMap<i64, Vec<(String, f32)>>>,
+    /// Each node's load forecaster and when it was trained.
+    load_models: BTreeMap<NodeId, (Arc<LoadForecaster>, std::time::Instant)>,
+    /// Each node's latest load forecast.
+    troughs: BTreeMap<NodeId, Trough>,
+    /// When a node's load training last failed (not retried for a while).
+    load_failed: BTreeMap<NodeId, std::time::Instant>,
+}
+
+/// A node's latest load forecast (peer traffic, bytes per second).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trough {
+    /// The load now.
+    pub now: f64,
+    /// The lowest forecast within the horizon.
+    pub min: f64,
+    /// Intervals until that minimum (1 = the next one).
+    pub steps: usize,
+}
+
+/// Whether work touching a node with forecast `t` is better done later: its load is worth
+/// avoiding (above `floor`) and the forecast falls below `(1 - gain)` of it within the horizon.
+pub fn trough_ahead(t: Option<&Trough>, gain: f64, floor: f64) -> bool {
+    t.is_some_and(|t| t.now > floor && t.min < (1.0 - gain) * t.now)
 }
 
 /// The leader's risk view, shared by the risk loop, the repair queue and `Cluster.Status`.
 pub struct Risk {
     cfg: RiskConfig,
+    /// The telemetry interval: one step of the load forecast.
+    step: Duration,
     state: Mutex<State>,
 }
 
 impl Risk {
-    /// An empty view under `cfg`.
-    pub fn new(cfg: RiskConfig) -> Self {
+    /// An empty view under `cfg`; `step` is the telemetry interval.
+    pub fn new(cfg: RiskConfig, step: Duration) -> Self {
         Self {
             cfg,
+            step,
             state: Mutex::default(),
         }
+    }
+
+    /// The longest a repair batch waits for a forecast trough: one horizon.
+    pub fn deferral_max(&self) -> Duration {
+        self.step * self.cfg.load_horizon as u32
     }
 
     /// The configuration.
@@ -148,6 +179,11 @@ impl Risk {
         }
     }
 
+    /// Latest load forecast per node (leader only).
+    pub fn troughs(&self) -> BTreeMap<NodeId, Trough> {
+        self.state.lock().map(|s| s.troughs.clone()).unwrap_or_default()
+    }
+
     /// The node the hot set was last pre-staged on, and how many objects.
     pub fn prestaged(&self) -> Option<(NodeId, usize)> {
         let s = self.state.lock().ok()?;
@@ -162,6 +198,7 @@ impl Risk {
             s.queue_chunks = 0;
             s.prestaged = None;
             s.daily.clear();
+            s.troughs.clear();
         }
     }
 }
@@ -176,6 +213,7 @@ pub async fn run(
 ) {
     let mut exported: Vec<NodeId> = Vec::new();
     let prestaging = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let training = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -244,10 +282,114 @@ pub async fn run(
         if let Ok(mut s) = risk.state.lock() {
             s.risks = risks;
         }
+        forecast_load(&risk, &telemetry, &members, every, &training);
         if risk.cfg.prestage && !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
             prestage(&risk, &dp, &telemetry, &prestaging);
         }
     }
+}
+
+/// A node whose load training failed is retried after this long at the earliest.
+const LOAD_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The series the load forecaster learns: a node's whole peer traffic.
+const LOAD_SERIES: &str = "net_bytes_per_second";
+
+/// Forecasts every node's load with its forecaster, and trains (in the background, one node
+/// at a time, one thread) the forecaster of a node that has none or an old one once its
+/// window holds enough points.
+fn forecast_load(
+    risk: &Arc<Risk>,
+    telemetry: &Telemetry,
+    members: &[NodeId],
+    every: Duration,
+    training: &Arc<std::sync::atomic::AtomicBool>,
+) {
+    let cfg = &risk.cfg;
+    let step_s = (every.as_secs_f64().round() as i64).max(1);
+    let series: Vec<(NodeId, Vec<(u64, f64)>)> = members
+        .iter()
+        .map(|&n| (n, telemetry.series_points(n, LOAD_SERIES)))
+        .collect();
+    let (models, failed) = risk
+        .state
+        .lock()
+        .map(|s| (s.load_models.clone(), s.load_failed.clone()))
+        .unwrap_or_default();
+    let mut troughs = BTreeMap::new();
+    for (n, pts) in &series {
+        let (Some((model, _)), Some(&(last_ms, now))) = (models.get(n), pts.last()) else {
+            continue;
+        };
+        let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        match model.forecast(&values, (last_ms / 1000) as i64) {
+            Ok(fc) if !fc.is_empty() => {
+                let (i, min) =
+                    fc.iter()
+                        .copied()
+                        .enumerate()
+                        .fold((0, f64::INFINITY), |a, (i, v)| if v < a.1 { (i, v) } else { a });
+                metrics::gauge!("ark_node_load_forecast_min_bytes_per_second", "node" => n.to_string()).set(min);
+                troughs.insert(*n, Trough { now, min, steps: i + 1 });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(node = n, error = %e, "load forecast failed"),
+        }
+    }
+    if let Ok(mut s) = risk.state.lock() {
+        s.troughs = troughs;
+        s.load_models.retain(|n, _| members.contains(n));
+    }
+    if training.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let config = LoadConfig {
+        horizon: cfg.load_horizon,
+        window: cfg.load_window,
+        ..LoadConfig::default()
+    };
+    let needed = 2 * (cfg.load_window + cfg.load_horizon + 20);
+    let retrain = Duration::from_secs(cfg.load_retrain_s);
+    let due = series.into_iter().find(|(n, pts)| {
+        pts.len() >= needed
+            && models.get(n).is_none_or(|(_, at)| at.elapsed() >= retrain)
+            && failed
+                .get(n)
+                .is_none_or(|at| at.elapsed() >= retrain.min(LOAD_RETRY_AFTER))
+    });
+    let Some((node, pts)) = due else { return };
+    training.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (risk, training) = (risk.clone(), training.clone());
+    let start_s = (pts[0].0 / 1000) as i64;
+    let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    tokio::spawn(async move {
+        let fit = ark_forecast::spawn_training(move || LoadForecaster::fit(&values, start_s, step_s, &config));
+        let outcome = match fit {
+            Ok(handle) => tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|j| j.map_err(|_| "training thread panicked".to_string()))
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok((model, report)) => {
+                tracing::info!(node, variant = %model.variant_name(), epochs = report.epochs, "load forecaster trained");
+                metrics::counter!("ark_risk_load_trainings_total", "result" => "ok").increment(1);
+                if let Ok(mut s) = risk.state.lock() {
+                    s.load_models.insert(node, (Arc::new(model), std::time::Instant::now()));
+                }
+            }
+            Err(why) => {
+                tracing::warn!(node, %why, "load forecaster training failed");
+                metrics::counter!("ark_risk_load_trainings_total", "result" => "error").increment(1);
+                if let Ok(mut s) = risk.state.lock() {
+                    s.load_failed.insert(node, std::time::Instant::now());
+                }
+            }
+        }
+        training.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 /// Hot objects pre-staged on the likely successor.
@@ -588,6 +730,21 @@ mod tests {
         let (_, starved) = expected_loss_score(&[0.0], 1.0, 4.0 * 3600.0, 3600.0);
         assert!(starved > risky);
         assert_eq!(namespace_weight(0), 1.0);
+    }
+
+    #[test]
+    fn a_trough_counts_only_when_deep_enough_and_the_load_matters() {
+        let t = |now, min| Trough { now, min, steps: 2 };
+        assert!(trough_ahead(Some(&t(10e6, 5e6)), 0.3, 1e6));
+        assert!(
+            !trough_ahead(Some(&t(10e6, 8e6)), 0.3, 1e6),
+            "20% lower is not worth waiting"
+        );
+        assert!(
+            !trough_ahead(Some(&t(0.5e6, 0.1e6)), 0.3, 1e6),
+            "an idle link is never waited out"
+        );
+        assert!(!trough_ahead(None, 0.3, 1e6), "no forecast, no waiting");
     }
 
     #[test]

@@ -116,7 +116,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight);
     let fence = Arc::new(ReadFence::new(raft.clone()));
-    let risk = Arc::new(crate::risk::Risk::new(cfg.risk.clone()));
+    let risk = Arc::new(crate::risk::Risk::new(
+        cfg.risk.clone(),
+        Duration::from_millis(cfg.telemetry.interval_ms),
+    ));
     let hot = Arc::new(crate::risk::HotReads::default());
     let data_plane = Arc::new(DataPlane::new(
         id,

@@ -87,6 +87,11 @@ impl Cluster for ClusterService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let is_leader = m.state == ServerState::Leader;
+        let troughs = if is_leader {
+            self.risk.troughs()
+        } else {
+            Default::default()
+        };
         let risks = if is_leader {
             self.risk.risks()
         } else {
@@ -119,6 +124,9 @@ impl Cluster for ClusterService {
                     failure_risk: risks.get(id).map(|r| r.probability),
                     risk_days: risks.get(id).map_or(0, |r| r.days as u32),
                     at_risk: is_leader && self.risk.at_risk(*id),
+                    load_bytes_per_second: troughs.get(id).map(|t| t.now),
+                    load_forecast_min: troughs.get(id).map(|t| t.min),
+                    load_trough_in: troughs.get(id).map_or(0, |t| t.steps as u32),
                 }
             })
             .collect();

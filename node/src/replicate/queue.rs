@@ -236,7 +236,9 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
             rank,
             target: t,
             jobs: Vec::new(),
+            loss: 0.0,
         });
+        b.loss = b.loss.max(w.loss);
         b.jobs.push((w.id, w.len, w.live.clone(), w.need.compress));
         if b.jobs.len() == PULL_BATCH || b.bytes() >= budget {
             batches.extend(open.remove(&id));
@@ -244,6 +246,23 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
     }
     batches.extend(open.into_values());
     batches.sort_by_key(|b| b.rank);
+    // Pacing into troughs: a batch that protects no endangered chunk waits while its target's
+    // or source's load is forecast to drop soon, for at most one forecast horizon.
+    if ordering == QueueOrdering::ExpectedLoss && risk.config().pace_into_troughs {
+        let troughs = risk.troughs();
+        let (gain, floor) = (risk.config().trough_gain, risk.config().trough_floor_bytes_per_s);
+        let busy = |n: NodeId| crate::risk::trough_ahead(troughs.get(&n), gain, floor);
+        let before = batches.len();
+        batches.retain(|b| {
+            let source = b.jobs.first().and_then(|j| j.2.first().copied());
+            let wait = b.loss < URGENT_LOSS && (busy(b.target.id) || source.is_some_and(busy));
+            !pacer.defer(b.target.id, wait, risk.deferral_max())
+        });
+        let deferred = before - batches.len();
+        if deferred > 0 {
+            metrics::counter!("ark_repair_deferred_batches_total").increment(deferred as u64);
+        }
+    }
     if rate > 0 {
         let mut total = 0u64;
         let keep = batches
@@ -287,6 +306,9 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
     Ok(())
 }
 
+/// A batch holding a chunk at least this likely to be lost is never deferred.
+const URGENT_LOSS: f64 = 0.5;
+
 /// Chunks shown at the head of the queue in `ark status`.
 const QUEUE_HEAD: usize = 8;
 /// With `objects.repair_mib_per_s`, the bytes of one pass: this long at that rate.
@@ -325,6 +347,8 @@ struct Batch {
     rank: usize,
     target: Peer,
     jobs: Vec<Job>,
+    /// The highest loss probability among its chunks.
+    loss: f64,
 }
 
 impl Batch {
@@ -338,6 +362,8 @@ impl Batch {
 pub struct Pacer {
     rate: u64,
     next: std::sync::Mutex<tokio::time::Instant>,
+    /// Per target: since when its batches have been waiting for a forecast trough.
+    waiting: std::sync::Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Pacer {
@@ -346,7 +372,19 @@ impl Pacer {
         Self {
             rate,
             next: std::sync::Mutex::new(tokio::time::Instant::now()),
+            waiting: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether a batch for `target` waits this pass: when `wait` (a trough is forecast), for
+    /// at most `max` in a row; the clock restarts only once no trough is forecast.
+    fn defer(&self, target: NodeId, wait: bool, max: Duration) -> bool {
+        let Ok(mut w) = self.waiting.lock() else { return false };
+        if !wait {
+            w.remove(&target);
+            return false;
+        }
+        w.entry(target).or_insert_with(std::time::Instant::now).elapsed() < max
     }
 
     async fn wait(&self, bytes: u64) {
@@ -396,5 +434,27 @@ async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
             tracing::warn!(target = target.id, error = %e, "re-replication pull failed");
             Err(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_waits_for_a_trough_at_most_the_limit_then_runs_until_it_passes() {
+        let p = Pacer::new(0);
+        let max = Duration::from_millis(50);
+        assert!(!p.defer(7, false, max), "no trough: run");
+        assert!(p.defer(7, true, max), "trough ahead: wait");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !p.defer(7, true, max),
+            "waited the limit: run although the trough is still ahead"
+        );
+        assert!(!p.defer(7, true, max), "and keep running while it is");
+        assert!(!p.defer(7, false, max));
+        assert!(p.defer(7, true, max), "a new trough may be waited for again");
+        assert!(p.defer(8, true, max), "targets wait independently");
     }
 }

@@ -141,6 +141,16 @@ impl Sample {
             out.push((format!("link_timeouts:{p}"), l.timeouts as f64));
             out.push((format!("link_errors:{p}"), l.errors as f64));
         }
+        // The node's whole peer traffic, the series the leader's load forecaster learns.
+        let rates: Vec<f64> = self
+            .links
+            .iter()
+            .flat_map(|l| [l.tx_bytes_per_second, l.rx_bytes_per_second])
+            .flatten()
+            .collect();
+        if !rates.is_empty() {
+            out.push(("net_bytes_per_second".into(), rates.iter().sum()));
+        }
         if let Some(f) = &self.fsync {
             out.push(("fsync_count".into(), f.count as f64));
             if f.count > 0 {
@@ -540,6 +550,15 @@ impl Telemetry {
         self.windows
             .lock()
             .map(|w| w.smart_daily(node, day_ms))
+            .unwrap_or_default()
+    }
+
+    /// On the leader: the points of `node`'s series `name`, oldest first.
+    pub fn series_points(&self, node: NodeId, name: &str) -> Vec<(u64, f64)> {
+        self.windows
+            .lock()
+            .ok()
+            .and_then(|w| w.series(node, name).map(|s| s.points().copied().collect()))
             .unwrap_or_default()
     }
 
