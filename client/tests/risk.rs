@@ -349,7 +349,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn leader_learns_every_nodes_load_and_forecasts_it() {
+async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm() {
     common::arkd_built();
     // A short window and horizon: 2 x (6 + 3 + 20) = 58 one-second points to train on.
     let layout = Layout {
@@ -364,7 +364,21 @@ async fn leader_learns_every_nodes_load_and_forecasts_it() {
     };
     let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
-    let pg = Pg { dir, children };
+    let mut pg = Pg { dir, children };
+    // The namespace the forecasters' weights go to (beside the failure forecaster).
+    pg.client()
+        .create_namespace(
+            "_ark",
+            NamespacePolicy {
+                copies: 3,
+                min_sites: 2,
+                mode: DurabilityMode::Sync as i32,
+                versions_kept: 1,
+                ..NamespacePolicy::default()
+            },
+        )
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     let s = loop {
         let s = leader_status(&pg).await;
@@ -383,4 +397,42 @@ async fn leader_learns_every_nodes_load_and_forecasts_it() {
     assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
     let o = pg.ark(&["status"]);
     assert!(common::stdout(&o).contains("forecast low"), "{}", common::stdout(&o));
+    // The weights are cluster objects...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = pg
+            .client()
+            .list_objects("_ark", "", false, 100, false)
+            .await
+            .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
+            .unwrap_or_default();
+        if (1..=3).all(|n| keys.contains(&format!("load-node-{n}"))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "weights not stored: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // ...so a new leader forecasts at once from them, long before it could have trained
+    // (its windows start empty and training needs 58 points).
+    pg.kill(leader);
+    let new_leader = pg.wait_leader(Some(leader), Duration::from_secs(20)).await;
+    let elected = Instant::now();
+    loop {
+        let s = leader_status(&pg).await;
+        let alive: Vec<_> = s.nodes.iter().filter(|n| n.id != leader).collect();
+        if s.leader_id == Some(new_leader) && alive.iter().all(|n| n.load_forecast_min.is_some()) {
+            break;
+        }
+        assert!(
+            elected.elapsed() < Duration::from_secs(40),
+            "new leader did not start warm: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(pg.metric(new_leader, "ark_risk_load_models_loaded_total{result=\"ok\"}") >= 2.0);
+    assert_eq!(
+        pg.metric(new_leader, "ark_risk_load_trainings_total"),
+        0.0,
+        "it loaded, not trained"
+    );
 }

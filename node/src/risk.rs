@@ -91,6 +91,8 @@ struct State {
     troughs: BTreeMap<NodeId, Trough>,
     /// When a node's load training last failed (not retried for a while).
     load_failed: BTreeMap<NodeId, std::time::Instant>,
+    /// The stored version of each node's load forecaster this leader wrote or tried.
+    load_versions: BTreeMap<NodeId, u64>,
 }
 
 /// A node's latest load forecast (peer traffic, bytes per second).
@@ -282,7 +284,8 @@ pub async fn run(
         if let Ok(mut s) = risk.state.lock() {
             s.risks = risks;
         }
-        forecast_load(&risk, &telemetry, &members, every, &training);
+        load_stored_load_models(&risk, &dp, &members).await;
+        forecast_load(&risk, &dp, &telemetry, &members, every, &training);
         if risk.cfg.prestage && !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
             prestage(&risk, &dp, &telemetry, &prestaging);
         }
@@ -300,6 +303,7 @@ const LOAD_SERIES: &str = "net_bytes_per_second";
 /// window holds enough points.
 fn forecast_load(
     risk: &Arc<Risk>,
+    dp: &Arc<DataPlane>,
     telemetry: &Telemetry,
     members: &[NodeId],
     every: Duration,
@@ -359,7 +363,7 @@ fn forecast_load(
     });
     let Some((node, pts)) = due else { return };
     training.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (risk, training) = (risk.clone(), training.clone());
+    let (risk, training, dp) = (risk.clone(), training.clone(), dp.clone());
     let start_s = (pts[0].0 / 1000) as i64;
     let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
     tokio::spawn(async move {
@@ -376,9 +380,11 @@ fn forecast_load(
             Ok((model, report)) => {
                 tracing::info!(node, variant = %model.variant_name(), epochs = report.epochs, "load forecaster trained");
                 metrics::counter!("ark_risk_load_trainings_total", "result" => "ok").increment(1);
+                let blob = model.to_bytes();
                 if let Ok(mut s) = risk.state.lock() {
                     s.load_models.insert(node, (Arc::new(model), std::time::Instant::now()));
                 }
+                store_load_model(&risk, &dp, node, blob).await;
             }
             Err(why) => {
                 tracing::warn!(node, %why, "load forecaster training failed");
@@ -390,6 +396,87 @@ fn forecast_load(
         }
         training.store(false, std::sync::atomic::Ordering::Relaxed);
     });
+}
+
+/// Where node `n`'s load forecaster is kept: beside the failure forecaster.
+fn load_model_key(risk: &Risk, n: NodeId) -> Option<(String, String)> {
+    let (ns, _) = risk.cfg.model_object.split_once('/')?;
+    Some((ns.to_string(), format!("load-node-{n}")))
+}
+
+/// Stores a freshly trained load forecaster as a cluster object, so that the next leader
+/// starts with it; without the namespace (no forecaster stored yet) it stays in memory.
+async fn store_load_model(risk: &Risk, dp: &DataPlane, node: NodeId, blob: ark_forecast::Result<Vec<u8>>) {
+    let Some((ns, key)) = load_model_key(risk, node) else {
+        return;
+    };
+    let blob = match blob {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "cannot encode the load forecaster");
+            return;
+        }
+    };
+    if !dp.reader.namespace(&ns).is_ok_and(|n| n.is_some()) {
+        tracing::debug!(namespace = %ns, "no namespace for the load forecaster's weights; kept in memory");
+        return;
+    }
+    match dp.put_small_object(&ns, &key, bytes::Bytes::from(blob)).await {
+        Ok(version) => {
+            tracing::info!(node, object = %format!("{ns}/{key}"), version, "load forecaster stored");
+            if let Ok(mut s) = risk.state.lock() {
+                s.load_versions.insert(node, version);
+            }
+        }
+        Err(why) => tracing::warn!(node, %why, "cannot store the load forecaster"),
+    }
+}
+
+/// A leader without a node's load forecaster loads the stored one (once per version).
+async fn load_stored_load_models(risk: &Risk, dp: &DataPlane, members: &[NodeId]) {
+    for &n in members {
+        let Some((ns, key)) = load_model_key(risk, n) else {
+            return;
+        };
+        let Ok(Some(entry)) = dp.reader.get(&ns, &key, 0) else {
+            continue;
+        };
+        if entry.record.deleted {
+            continue;
+        }
+        let known = risk
+            .state
+            .lock()
+            .map(|s| s.load_models.contains_key(&n) || s.load_versions.get(&n) == Some(&entry.version))
+            .unwrap_or(true);
+        if known {
+            continue;
+        }
+        let loaded = match dp.read_small_object(&entry, MODEL_BYTES_MAX).await {
+            Ok(b) => tokio::task::spawn_blocking(move || LoadForecaster::from_bytes(&b).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        let Ok(mut s) = risk.state.lock() else { return };
+        s.load_versions.insert(n, entry.version);
+        match loaded {
+            Ok(m) => {
+                tracing::info!(
+                    node = n,
+                    version = entry.version,
+                    "load forecaster loaded from the cluster"
+                );
+                metrics::counter!("ark_risk_load_models_loaded_total", "result" => "ok").increment(1);
+                s.load_models.insert(n, (Arc::new(m), std::time::Instant::now()));
+            }
+            Err(why) => {
+                tracing::warn!(node = n, %why, "cannot load the stored load forecaster");
+                metrics::counter!("ark_risk_load_models_loaded_total", "result" => "error").increment(1);
+            }
+        }
+    }
 }
 
 /// Hot objects pre-staged on the likely successor.
@@ -503,33 +590,7 @@ async fn refresh_model(risk: &Risk, dp: &DataPlane) {
 }
 
 async fn load_model(dp: &DataPlane, entry: &crate::raft::objects::ObjectEntry) -> Result<FailureForecaster, String> {
-    if entry.record.size > MODEL_BYTES_MAX {
-        return Err(format!(
-            "{} bytes is over the {MODEL_BYTES_MAX}-byte limit",
-            entry.record.size
-        ));
-    }
-    let mut bytes = Vec::with_capacity(entry.record.size as usize);
-    for c in &entry.record.chunks {
-        let holders = dp
-            .reader
-            .chunk(&c.id)
-            .map_err(|e| e.to_string())?
-            .map(|r| r.holders)
-            .unwrap_or_default();
-        let b = dp
-            .read_chunk(&c.id, &holders, false)
-            .await
-            .map_err(|s| s.message().to_string())?;
-        bytes.extend_from_slice(&b);
-    }
-    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
-        .as_ref()
-        .try_into()
-        .map_err(|_| "bad digest length".to_string())?;
-    if sha != entry.record.sha256 {
-        return Err("object bytes do not match the manifest's SHA-256".into());
-    }
+    let bytes = dp.read_small_object(entry, MODEL_BYTES_MAX).await?;
     tokio::task::spawn_blocking(move || FailureForecaster::from_bytes(&bytes).map_err(|e| e.to_string()))
         .await
         .map_err(|e| e.to_string())?

@@ -184,6 +184,105 @@ impl DataPlane {
             .collect()
     }
 
+    /// Stores `data` (one chunk at most) as a new version of `ns/key` from inside the node,
+    /// for the cluster's own small objects (e.g. model weights): the local copy (fsync), a
+    /// push to live members chosen by placement until the namespace's copies are met, then the
+    /// manifest through Raft. A sync namespace whose `min_sites` are not reached is refused
+    /// and nothing is committed. Returns the version.
+    pub async fn put_small_object(&self, ns: &str, key: &str, data: Bytes) -> Result<u64, String> {
+        let policy = self
+            .reader
+            .namespace(ns)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("namespace {ns} does not exist"))?
+            .policy;
+        if data.len() > crate::chunks::MAX_CHUNK {
+            return Err(format!("{} bytes is more than one chunk", data.len()));
+        }
+        let id = chunk_id(&data);
+        let (store, bytes, compress) = (self.store.clone(), data.clone(), policy.compress);
+        tokio::task::spawn_blocking(move || store.put_hashed(&id, &bytes, compress))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut holders = vec![self.id];
+        let live = self.live_peers(self.rpc_timeout).await;
+        let want = (policy.copies as usize).saturating_sub(1);
+        for p in placement::choose(&self.sites_of(&holders), &holders.clone(), &live, want) {
+            match self.push_chunk(&p, id, data.clone(), compress).await {
+                Ok(_) => holders.push(p.id),
+                Err(e) => tracing::debug!(node = p.id, error = %e, "small object copy failed"),
+            }
+        }
+        if policy.mode == crate::raft::objects::Mode::Sync && self.sites_of(&holders).len() < policy.min_sites as usize
+        {
+            return Err(format!(
+                "copies reached fewer than the {} sites {ns} needs",
+                policy.min_sites
+            ));
+        }
+        let op = Op {
+            request_id: Vec::new(),
+            command: crate::raft::Command::ObjPut {
+                ns: ns.to_string(),
+                key: key.to_string(),
+                manifest: crate::raft::objects::Manifest {
+                    size: data.len() as u64,
+                    // A chunk's id is the SHA-256 of its bytes: for one chunk, the object's.
+                    sha256: id,
+                    chunks: vec![crate::raft::objects::ChunkRef {
+                        id,
+                        len: data.len() as u32,
+                    }],
+                    holders,
+                    created_ms: crate::api::now_ms(),
+                },
+            },
+        };
+        let r = self
+            .propose(op, self.rpc_timeout * 10)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        match r.error {
+            Some(why) => Err(why),
+            None => Ok(r.version),
+        }
+    }
+
+    /// The bytes of a small object's version `entry`, every chunk verified and the whole
+    /// checked against the manifest; refused above `max` bytes.
+    pub async fn read_small_object(
+        &self,
+        entry: &crate::raft::objects::ObjectEntry,
+        max: u64,
+    ) -> Result<Vec<u8>, String> {
+        if entry.record.size > max {
+            return Err(format!("{} bytes is over the {max}-byte limit", entry.record.size));
+        }
+        let mut bytes = Vec::with_capacity(entry.record.size as usize);
+        for c in &entry.record.chunks {
+            let holders = self
+                .reader
+                .chunk(&c.id)
+                .map_err(|e| e.to_string())?
+                .map(|r| r.holders)
+                .unwrap_or_default();
+            let b = self
+                .read_chunk(&c.id, &holders, false)
+                .await
+                .map_err(|s| s.message().to_string())?;
+            bytes.extend_from_slice(&b);
+        }
+        let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .try_into()
+            .map_err(|_| "bad digest length".to_string())?;
+        if sha != entry.record.sha256 {
+            return Err("object bytes do not match the manifest's SHA-256".into());
+        }
+        Ok(bytes)
+    }
+
     /// Asks `p` to warm its chunk cache with `objects` (see [`Self::prestage`]).
     pub async fn prestage_on(&self, p: &Peer, objects: Vec<(String, String)>) -> Result<PrestageAck, DataError> {
         let body = peer_request::Body::Prestage(Prestage {
