@@ -80,6 +80,17 @@ fn prepare(dir: &Path) -> (std::path::PathBuf, [std::path::PathBuf; 3]) {
     (weights, [h("d1"), h("d6"), h("d7")])
 }
 
+/// A namespace policy keeping one version.
+fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
+    NamespacePolicy {
+        copies,
+        min_sites,
+        mode: mode as i32,
+        versions_kept: 1,
+        ..NamespacePolicy::default()
+    }
+}
+
 async fn leader_status(pg: &Pg) -> StatusResponse {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -167,18 +178,9 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     assert!(s.nodes.iter().all(|n| n.failure_risk.is_none() && !n.at_risk), "{s:?}");
 
     let c = pg.client();
-    c.create_namespace(
-        "_ark",
-        NamespacePolicy {
-            copies: 3,
-            min_sites: 2,
-            mode: DurabilityMode::Sync as i32,
-            versions_kept: 1,
-            ..NamespacePolicy::default()
-        },
-    )
-    .await
-    .unwrap();
+    c.create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+        .await
+        .unwrap();
     c.put_object(
         "_ark",
         "failure-model",
@@ -211,18 +213,9 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     }
 
     // Async writes through node 1 and node 2 build a backlog (1 MiB/s budget).
-    c.create_namespace(
-        "data",
-        NamespacePolicy {
-            copies: 2,
-            min_sites: 2,
-            mode: DurabilityMode::Async as i32,
-            versions_kept: 1,
-            ..NamespacePolicy::default()
-        },
-    )
-    .await
-    .unwrap();
+    c.create_namespace("data", policy(2, 2, DurabilityMode::Async))
+        .await
+        .unwrap();
     let before_on_2 = chunk_files(&pg.node(2).data_dir.join("chunks"));
     for i in 0..6u8 {
         put(&pg, 1, &format!("n1-{i}"), i).await;
@@ -274,18 +267,9 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     // Pre-staging: an object with a single copy, read repeatedly, is warmed into the cache
     // of the follower most likely to take over (not node 2, which is at risk); with its only
     // holder killed, that follower still serves it, verified.
-    c.create_namespace(
-        "hot",
-        NamespacePolicy {
-            copies: 1,
-            min_sites: 1,
-            mode: DurabilityMode::Async as i32,
-            versions_kept: 1,
-            ..NamespacePolicy::default()
-        },
-    )
-    .await
-    .unwrap();
+    c.create_namespace("hot", policy(1, 1, DurabilityMode::Async))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let successor = loop {
         let s = leader_status(&pg).await;
@@ -367,16 +351,7 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     let mut pg = Pg { dir, children };
     // The namespace the forecasters' weights go to (beside the failure forecaster).
     pg.client()
-        .create_namespace(
-            "_ark",
-            NamespacePolicy {
-                copies: 3,
-                min_sites: 2,
-                mode: DurabilityMode::Sync as i32,
-                versions_kept: 1,
-                ..NamespacePolicy::default()
-            },
-        )
+        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
