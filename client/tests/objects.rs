@@ -543,37 +543,64 @@ async fn a_silent_holder_is_passed_over_after_one_rpc_timeout_and_then_asked_las
             "2",
             "--mode",
             "sync",
+            "--versions-kept",
+            "2",
         ]),
         "ns create",
     );
-    // Through node 1: copies on node 1 and node 2 (placement: site-b first); node 3 holds
-    // none, and asks node 1 first (other site, lowest id).
+    // Two versions of one key through node 1: copies on node 1 and on one other node, the
+    // same for both versions (placement is salted with the key). The third node, `reader`,
+    // holds none and asks node 1 first (other site, lowest id).
     let a = random_file(&pg.path().join("a.bin"), 3 * 1024 * 1024, 5);
     let b = random_file(&pg.path().join("b.bin"), 3 * 1024 * 1024, 6);
     let addr1 = pg.node(1).client_addr;
-    for (key, f) in [("two/a", "a.bin"), ("two/b", "b.bin")] {
+    for f in ["a.bin", "b.bin"] {
         ok(
-            &pg.ark(&["--endpoint", &addr1, "put", key, pg.path().join(f).to_str().unwrap()]),
+            &pg.ark(&[
+                "--endpoint",
+                &addr1,
+                "put",
+                "two/x",
+                pg.path().join(f).to_str().unwrap(),
+            ]),
             "put",
         );
     }
-    assert!(chunk_files(&pg, 3).is_empty(), "node 3 must hold no copy");
+    let empty: Vec<u64> = [2, 3].into_iter().filter(|&n| chunk_files(&pg, n).is_empty()).collect();
+    assert_eq!(
+        empty.len(),
+        1,
+        "exactly one of nodes 2 and 3 must hold no copy: {empty:?}"
+    );
+    let reader = empty[0];
+    let (listed, _) = pg.client().list_objects("two", "x", true, 0, false).await.unwrap();
+    let mut versions: Vec<u64> = listed.iter().map(|o| o.version).collect();
+    versions.sort();
+    assert_eq!(versions.len(), 2, "two versions of two/x: {versions:?}");
     // Node 1 goes silent (paused, its connections open): a holder in a lost site.
     assert!(playground::signal_node(&pg.node(1), Signal::SIGSTOP).unwrap());
-    let via3 = pg.client().with_endpoints(vec![pg.node(3).client_addr]);
-    let stale = GetOptions {
+    let via = pg.client().with_endpoints(vec![pg.node(reader).client_addr]);
+    let version = |v: u64| GetOptions {
         stale: true,
+        version: v,
         ..GetOptions::default()
     };
     let mut out = Vec::new();
-    via3.get_object("two", "a", &stale, &mut out).await.unwrap();
-    assert!(out == a, "object a differs");
-    let hedged = pg.metric(3, "ark_chunk_fetch_hedged_total");
-    assert!(hedged >= 1.0, "node 3 never asked node 2 while node 1 was silent");
-    // Node 1 is now asked last: reading b needs no hedge.
+    via.get_object("two", "x", &version(versions[0]), &mut out)
+        .await
+        .unwrap();
+    assert!(out == a, "version 1 differs");
+    let hedged = pg.metric(reader, "ark_chunk_fetch_hedged_total");
+    assert!(
+        hedged >= 1.0,
+        "node {reader} never asked the other holder while node 1 was silent"
+    );
+    // Node 1 is now asked last: reading version 2 needs no hedge.
     let mut out = Vec::new();
-    via3.get_object("two", "b", &stale, &mut out).await.unwrap();
-    assert!(out == b, "object b differs");
-    assert_eq!(pg.metric(3, "ark_chunk_fetch_hedged_total"), hedged);
+    via.get_object("two", "x", &version(versions[1]), &mut out)
+        .await
+        .unwrap();
+    assert!(out == b, "version 2 differs");
+    assert_eq!(pg.metric(reader, "ark_chunk_fetch_hedged_total"), hedged);
     assert!(playground::signal_node(&pg.node(1), Signal::SIGCONT).unwrap());
 }

@@ -432,7 +432,13 @@ impl Objects for ObjectsService {
             Mode::Sync => {
                 let live = dp.live_peers(Duration::from_secs(2)).await;
                 let here: BTreeSet<String> = [dp.site.clone()].into();
-                let t = placement::choose(&here, &[dp.id], &live, policy.copies.saturating_sub(1) as usize);
+                let t = placement::choose(
+                    &here,
+                    &[dp.id],
+                    &live,
+                    policy.copies.saturating_sub(1) as usize,
+                    placement::object_salt(&header.namespace, &header.key),
+                );
                 let mut sites = here;
                 sites.extend(t.iter().map(|p| p.site.clone()));
                 if sites.len() < policy.min_sites as usize {

@@ -208,7 +208,13 @@ impl DataPlane {
         let mut holders = vec![self.id];
         let live = self.live_peers(self.rpc_timeout).await;
         let want = (policy.copies as usize).saturating_sub(1);
-        for p in placement::choose(&self.sites_of(&holders), &holders.clone(), &live, want) {
+        for p in placement::choose(
+            &self.sites_of(&holders),
+            &holders.clone(),
+            &live,
+            want,
+            placement::object_salt(ns, key),
+        ) {
             match self.push_chunk(&p, id, data.clone(), compress).await {
                 Ok(_) => holders.push(p.id),
                 Err(e) => tracing::debug!(node = p.id, error = %e, "small object copy failed"),

@@ -201,7 +201,7 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
             .max(1);
         let mut remaining = w.loss;
         let age = w.score - crate::risk::namespace_weight(w.need.priority) * w.loss;
-        for t in placement::choose(&safe_sites, &w.holders, &candidates, want) {
+        for t in placement::choose(&safe_sites, &w.holders, &candidates, want, placement::chunk_salt(&w.id)) {
             let score = crate::risk::namespace_weight(w.need.priority) * remaining + age;
             remaining *= prob(&t.id);
             copies.push((score, i, t));
