@@ -1,5 +1,6 @@
 //! Risk-aware replication end to end: a failure forecaster stored as a cluster object, a
-//! node replaying a failing drive's SMART record, and the leader acting on it.
+//! node replaying a failing drive's SMART record, and the leader acting on it; load
+//! forecasters; the hot set pre-staged on the successor.
 //!
 //! The forecaster is trained here on a synthetic table (failing drives' reallocated-sector
 //! count climbs for days before they fail), so the test needs no dataset.
@@ -409,5 +410,108 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
         pg.metric(new_leader, "ark_risk_load_trainings_total"),
         0.0,
         "it loaded, not trained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_successor_serves_the_pre_staged_hot_set_after_the_leaders_loss_without_fetching() {
+    let mut pg = Pg::up(3, 20_000).await;
+    let leader = leader_status(&pg).await.node_id;
+    // One copy, on the node that received it: once the leader dies, a hot object is readable
+    // only if the successor warmed its cache with it beforehand.
+    pg.client()
+        .create_namespace("hot", policy(1, 1, DurabilityMode::Sync))
+        .await
+        .unwrap();
+    let via_leader = pg.client().with_endpoints(vec![pg.node(leader).client_addr]);
+    let objects: Vec<(String, Vec<u8>)> = (0..3u8)
+        .map(|i| {
+            // Distinct bytes per object (no shared chunks), 2 MiB: two chunks or more.
+            let data: Vec<u8> = (0..2 * 1024 * 1024u32)
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> (8 + i)) as u8)
+                .collect();
+            (format!("hot-{i}"), data)
+        })
+        .collect();
+    for (key, data) in objects
+        .iter()
+        .chain(std::iter::once(&("cold".to_string(), vec![7u8; 100_000])))
+    {
+        via_leader
+            .put_object(
+                "hot",
+                key,
+                PutSource::Reader {
+                    reader: Box::new(std::io::Cursor::new(data.clone())),
+                    size: Some(data.len() as u64),
+                },
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        for (key, _) in &objects {
+            let mut sink = Vec::new();
+            via_leader
+                .get_object("hot", key, &GetOptions::default(), &mut sink)
+                .await
+                .unwrap();
+        }
+    }
+    // The leader names its successor in status once it has sent it the hot set; wait until
+    // that node has fetched chunks and stopped (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = -1.0;
+    let successor = loop {
+        let st = leader_status(&pg).await;
+        let fetched = if st.prestage_node != 0 {
+            pg.metric(st.prestage_node, "ark_prestage_chunks_total{result=\"fetched\"}")
+        } else {
+            0.0
+        };
+        if st.prestage_node != 0 && st.prestage_objects as usize >= objects.len() && fetched > 0.0 && fetched == last {
+            break st.prestage_node;
+        }
+        last = fetched;
+        assert!(
+            Instant::now() < deadline,
+            "the leader never pre-staged its hot set: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert_ne!(successor, leader);
+    assert_ne!(
+        pg.node(successor).site,
+        pg.node(leader).site,
+        "successor in the leader's site"
+    );
+    let fetched_before = pg.metric(successor, "ark_replication_bytes_fetched_total");
+    pg.kill(leader);
+    // Stale reads: the successor's own replica of the manifest, whatever the election does.
+    let via_s = pg.client().with_endpoints(vec![pg.node(successor).client_addr]);
+    let stale = GetOptions {
+        stale: true,
+        ..GetOptions::default()
+    };
+    for (key, want) in &objects {
+        let mut got = Vec::new();
+        via_s.get_object("hot", key, &stale, &mut got).await.unwrap();
+        assert!(&got == want, "{key} read back different bytes");
+    }
+    assert_eq!(
+        pg.metric(successor, "ark_replication_bytes_fetched_total"),
+        fetched_before,
+        "the successor fetched bytes for the hot set after the leader died"
+    );
+    // The object nobody read was not pre-staged, and its only copy died with the leader.
+    let mut sink = Vec::new();
+    let cold = via_s
+        .with_op_timeout(Duration::from_secs(20))
+        .get_object("hot", "cold", &stale, &mut sink)
+        .await;
+    assert!(
+        cold.is_err(),
+        "the cold object's only copy is gone; reading it must fail"
     );
 }
