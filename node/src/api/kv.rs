@@ -18,7 +18,7 @@ use crate::raft::{Command, Op, OpResult};
 
 /// Most entries one List answers with.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
-/// Accepted request id lengths (the SDK sends 16 random bytes).
+/// Accepted request id lengths (the SDK sends 16 bytes: microseconds, then 8 random bytes).
 const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
 
 /// The KV service.
