@@ -648,26 +648,31 @@ async fn prestage_run(
             bail!("obj-{i} read back different bytes");
         }
     }
-    read_ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let read_p50_ms = sort_and_median(&mut read_ms);
     let mut index_ms = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
         via_s.get("read-index-probe", false).await?;
         index_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    index_ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     Ok(PrestageReport {
-        read_index_ms: index_ms[index_ms.len() / 2],
+        read_index_ms: sort_and_median(&mut index_ms),
         seed,
         prestage,
         old_leader: leader,
         successor,
         new_leader,
         local_chunks,
-        read_p50_ms: read_ms.get(read_ms.len() / 2).copied().unwrap_or(0.0),
+        read_p50_ms,
         read_max_ms: read_ms.last().copied().unwrap_or(0.0),
         read_mean_ms: read_ms.iter().sum::<f64>() / read_ms.len().max(1) as f64,
         read_ms,
         prestaged_chunks,
     })
+}
+
+/// Sorts timings in place and returns their median (0 when there are none).
+fn sort_and_median(ms: &mut [f64]) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    ms.get(ms.len() / 2).copied().unwrap_or(0.0)
 }

@@ -60,6 +60,7 @@ pub fn choose(
         nodes.sort_by_key(|p| std::cmp::Reverse((rank(salt, p.id), p.id)));
     }
     let mut sites: Vec<(&str, Vec<&Peer>)> = by_site.into_iter().collect();
+    // A site's name is hashed the way an object's is (with an empty key), then ranked.
     sites.sort_by_key(|(site, _)| (rank(salt, object_salt(site, "")), *site));
     let mut out: Vec<Peer> = Vec::new();
     let mut covered: BTreeSet<String> = holders_sites.clone();
