@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ark_proto::v1::{PeerRequest, PeerResponse};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::Mutex;
 
@@ -192,25 +193,27 @@ async fn serve_stream<H: PeerHandler>(
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let buf = read_frame(&mut recv).await?;
-    let req = PeerRequest::decode(buf.as_slice())?;
+    let req = PeerRequest::decode(buf)?;
     let resp = handler.handle(req).await;
-    write_frame(&mut send, &resp.encode_to_vec()).await?;
+    write_frame(&mut send, resp.encode_to_vec().into()).await?;
     send.finish()?;
     Ok(())
 }
 
-async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> anyhow::Result<()> {
+/// Writes one length-prefixed frame. The body is handed to quinn as it is (no copy into the
+/// stream's buffer: chunk bytes are the bulk of the peer traffic).
+async fn write_frame(send: &mut quinn::SendStream, body: Bytes) -> anyhow::Result<()> {
     anyhow::ensure!(
         body.len() <= FRAME_BYTES_MAX,
         "frame of {} bytes exceeds the limit",
         body.len()
     );
-    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    send.write_all(body).await?;
+    let len = Bytes::copy_from_slice(&(body.len() as u32).to_be_bytes());
+    send.write_all_chunks(&mut [len, body]).await?;
     Ok(())
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Vec<u8>> {
+async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Bytes> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -218,9 +221,16 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Vec<u8>> {
         len <= FRAME_BYTES_MAX,
         "peer announced a frame of {len} bytes, over the limit"
     );
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await?;
-    Ok(buf)
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten. Decoding from
+    // the frozen buffer hands chunk bytes out without another copy.
+    let mut buf = BytesMut::with_capacity(len);
+    let mut body = tokio::io::AsyncReadExt::take(&mut *recv, len as u64);
+    while buf.len() < len {
+        if tokio::io::AsyncReadExt::read_buf(&mut body, &mut buf).await? == 0 {
+            anyhow::bail!("stream ended after {} of a {len}-byte frame", buf.len());
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Outcome of a handshake, shared by every call that waits for it (`Err` says why it failed).
@@ -468,7 +478,7 @@ impl PeerPool {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, NetError> {
-        let body = req.encode_to_vec();
+        let body = Bytes::from(req.encode_to_vec());
         let lane = Lane::of(req);
         let _inflight = self.links.start(id);
         let mut used: Option<(quinn::Connection, u64)> = None;
@@ -486,13 +496,13 @@ impl PeerPool {
             // link, crowd out the retries (a new leader's AppendEntries timed out for 10 s).
             let mut send = AbandonOnDrop(Some(send));
             if let Some(s) = send.0.as_mut() {
-                write_frame(s, &body).await.map_err(|e| io(e.to_string()))?;
+                write_frame(s, body.clone()).await.map_err(|e| io(e.to_string()))?;
             }
             let buf = read_frame(&mut recv).await.map_err(|e| io(e.to_string()))?;
             if let Some(mut s) = send.0.take() {
                 let _ = s.finish();
             }
-            PeerResponse::decode(buf.as_slice()).map_err(|e| io(format!("malformed response: {e}")))
+            PeerResponse::decode(buf).map_err(|e| io(format!("malformed response: {e}")))
         };
         let res = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
