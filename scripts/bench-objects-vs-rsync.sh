@@ -34,8 +34,6 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 mbps() { awk -v s="$1" -v t="$2" 'BEGIN { printf "%.0f", s / t }'; }
 
 SRC=$WORK/src.bin
-head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$SRC"
-cp "$SRC" "$WORK/src.orig"
 change_one_percent() { # one contiguous 1% region in the middle, new random bytes
   local region=$((SIZE_MIB * 1024 * 1024 / 100))
   local at=$((SIZE_MIB * 1024 * 1024 / 2 + 4097))
@@ -75,6 +73,9 @@ CFG=$WORK/ark/client.toml
 echo "# $(date -u +%FT%TZ) size=${SIZE_MIB}MiB rounds=$ROUNDS rsync=$(rsync --version | head -1 | awk '{print $3}')"
 printf "%-6s %-28s %9s %8s\n" round step seconds MB/s
 for r in $(seq 1 "$ROUNDS"); do
+  # Fresh random bytes every round: the cluster holds none of its chunks yet (a round
+  # that re-put an earlier round's bytes would measure deduplication, not a copy).
+  head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/src.orig"
   cp "$WORK/src.orig" "$SRC"
   rm -rf "$WORK/d1/"* "$WORK/d2/"*
   "$ARK" --config "$CFG" rm "bulk/r$r" >/dev/null 2>&1 || true

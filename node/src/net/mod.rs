@@ -103,12 +103,10 @@ impl PeerEndpoint {
         transport.stream_receive_window((8u32 << 20).into());
         transport.receive_window((64u32 << 20).into());
         transport.send_window(64 << 20);
-        // Path MTU discovery up to jumbo frames (data-centre links and loopback carry them;
-        // elsewhere discovery settles at what the path allows): bulk chunk traffic then
-        // costs several times fewer datagrams, syscalls and AEAD operations.
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(8952);
-        transport.mtu_discovery_config(Some(mtu));
+        // quinn's default path MTU discovery (up to 1452-byte datagrams) is kept: GSO and GRO
+        // already batch datagrams per syscall, and 8952- or 65527-byte datagrams (which need
+        // the endpoint's `max_udp_payload_size` raised too) were measured no faster on
+        // loopback (docs/benchmarks.md).
         let transport = Arc::new(transport);
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(
