@@ -603,9 +603,22 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_sixteen_bytes_and_time_ordered() {
+        let micros = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let before = micros();
         let a = new_request_id();
+        let after = micros();
         let b = new_request_id();
         assert_eq!(a.len(), 16);
+        let stamp = u64::from_be_bytes(a[..8].try_into().unwrap());
+        assert!(
+            (before..=after).contains(&stamp),
+            "the first 8 bytes are the time in microseconds: {stamp} not in {before}..={after}"
+        );
         assert_ne!(
             a, b,
             "two ids in the same microsecond still differ in their random half"

@@ -210,7 +210,7 @@ impl DataPlane {
         let want = (policy.copies as usize).saturating_sub(1);
         for p in placement::choose(
             &self.sites_of(&holders),
-            &holders.clone(),
+            &holders,
             &live,
             want,
             placement::object_salt(ns, key),
