@@ -29,7 +29,7 @@ use crate::config::NodeConfig;
 use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
 use crate::raft::network::{NetworkFactory, RaftPeerService};
 use crate::raft::objects::ObjectReader;
-use crate::raft::state_machine::{KvReader, StateMachine};
+use crate::raft::state_machine::StateMachine;
 use crate::raft::store::{open_database, LogStore};
 use crate::raft::{ArkNode, ArkRaft, NodeId};
 use crate::replicate::{DataPlane, PeerRouter};
@@ -77,10 +77,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
     let db = open_database(&cfg.data_dir)?;
-    let log_store = LogStore::new(db.clone())?;
-    let fsync_stats = log_store.fsync_stats();
     let state_machine = StateMachine::new(db.clone());
-    let reader = KvReader::new(db.clone());
+    let log_store = LogStore::open(&cfg.data_dir, db.clone())?.with_snapshot_gate(state_machine.snapshot_gate());
+    let fsync_stats = log_store.fsync_stats();
+    let reader = state_machine.reader();
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     let cache = Arc::new(
         crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)

@@ -1,5 +1,5 @@
 //! openraft's own storage conformance suite (log store and state machine, storage-v2) run
-//! against Ark's redb-backed implementation: appends, reads, truncation, purge, votes,
+//! against Ark's implementation (log segment files, redb state machine with its overlay): appends, reads, truncation, purge, votes,
 //! membership and snapshot handling must all behave as openraft requires.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let db = open_database(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
-        let log = LogStore::new(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let log = LogStore::open(dir.path(), db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
         Ok((dir, log, StateMachine::new(db)))
     }
 }

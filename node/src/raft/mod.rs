@@ -8,6 +8,7 @@ pub mod network;
 pub mod objects;
 pub mod state_machine;
 pub mod store;
+mod wal;
 
 use std::fmt;
 use std::io::Cursor;

@@ -4,16 +4,29 @@
 //! Applying is deterministic: it depends only on the entries, never on local clocks, so
 //! every replica holds the same tables after the same entries. Reads for the client API go
 //! through [`KvReader`], which opens read transactions and never writes.
+//!
+//! KV writes (the small-write hot path) are applied to an in-memory [`Overlay`] first and
+//! written to redb in one transaction per [`FLUSH_AFTER`] (or sooner when it grows), as
+//! etcd batches its backend commits: one redb commit per log entry cost more CPU than the
+//! writes themselves. Readers look in the overlay before redb, and a flush commits to redb
+//! before it empties the overlay, so every applied write is always visible. Entries with any
+//! other command (objects, namespaces) flush the overlay and are applied straight to redb in
+//! the same transaction, so the object tables need no overlay. The overlay is lost in a
+//! crash like any non-durable commit: openraft applies those entries again from the log,
+//! which keeps them until the state machine is durably past them (see `store.rs`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::objects::{self, ObjSnapshot, ObjTables};
@@ -87,11 +100,83 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
+/// KV writes and client sessions applied but not yet in redb, with the applied position
+/// they bring the state machine to.
+#[derive(Default)]
+pub(crate) struct Gen {
+    /// `None` marks a delete.
+    kv: BTreeMap<String, Option<StoredValue>>,
+    sessions: HashMap<Vec<u8>, SessionRecord>,
+    by_time: Vec<((u64, u64), Vec<u8>)>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Option<StoredMembership<NodeId, ArkNode>>,
+    /// Timestamp of the newest entry in it, for the session sweep at flush.
+    newest_ms: u64,
+    ops: usize,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Gen {
+    fn is_empty(&self) -> bool {
+        self.last_applied.is_none()
+    }
+
+    fn due(&self) -> bool {
+        self.ops >= FLUSH_OPS || self.bytes >= FLUSH_BYTES || self.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+    }
+
+    fn too_big(&self) -> bool {
+        self.ops >= 4 * FLUSH_OPS || self.bytes >= 4 * FLUSH_BYTES
+    }
+}
+
+/// What readers consult before redb: the generation being applied to, then the one being
+/// written to redb in the background (removed only once redb has committed it).
+#[derive(Default)]
+pub(crate) struct Overlay {
+    active: Gen,
+    frozen: Option<Arc<Gen>>,
+    /// A background flush failed: redb no longer follows the log, so applies fail from now
+    /// on (openraft then stops the node) rather than acknowledge writes redb may never hold.
+    failed: Option<String>,
+}
+
+impl Overlay {
+    fn kv(&self, key: &str) -> Option<&Option<StoredValue>> {
+        self.active
+            .kv
+            .get(key)
+            .or_else(|| self.frozen.as_ref().and_then(|f| f.kv.get(key)))
+    }
+}
+
+type SharedOverlay = Arc<RwLock<Overlay>>;
+
+/// The overlay is written to redb at least this often while writes keep coming.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// ... or once it holds this many writes ...
+const FLUSH_OPS: usize = 4096;
+/// ... or this many key and value bytes, which bounds its memory.
+const FLUSH_BYTES: usize = 16 << 20;
+/// Flushes commit without waiting for the disk, except one at least this often: after a
+/// crash, openraft applies again what the log holds past the durable state, so this bounds
+/// that replay (a purge of the log also commits durably first, see `store.rs`).
+const DURABLE_EVERY: Duration = Duration::from_millis(200);
+
 /// The state machine over the shared database.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    overlay: SharedOverlay,
+    /// Held by whoever writes a generation to redb; flushes run one at a time, in order.
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
     applied_since_sweep: u64,
+    /// When a flush last committed durably (see [`DURABLE_EVERY`]).
+    last_durable: Instant,
+    /// Set while a snapshot is being received, until it is installed (the log store's purge
+    /// waits for it).
+    receiving_snapshot: Arc<AtomicBool>,
 }
 
 impl StateMachine {
@@ -99,7 +184,25 @@ impl StateMachine {
     pub fn new(db: Arc<Database>) -> Self {
         Self {
             db,
+            overlay: SharedOverlay::default(),
+            flush_lock: Arc::default(),
             applied_since_sweep: 0,
+            last_durable: Instant::now(),
+            receiving_snapshot: Arc::default(),
+        }
+    }
+
+    /// The flag that is set while a snapshot is received and not yet installed, for
+    /// [`super::store::LogStore::with_snapshot_gate`].
+    pub fn snapshot_gate(&self) -> Arc<AtomicBool> {
+        self.receiving_snapshot.clone()
+    }
+
+    /// A reader of this state machine's KV records, overlay included.
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            db: self.db.clone(),
+            overlay: self.overlay.clone(),
         }
     }
 }
@@ -108,6 +211,7 @@ impl StateMachine {
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<Database>,
+    overlay: SharedOverlay,
 }
 
 /// A read failed inside the database.
@@ -120,13 +224,12 @@ fn rerr(e: impl std::fmt::Display) -> ReadError {
 }
 
 impl KvReader {
-    /// A reader over the database.
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
-    }
-
     /// One key.
     pub fn get(&self, key: &str) -> Result<Option<StoredValue>, ReadError> {
+        // The overlay first: a flush commits to redb before it empties the overlay.
+        if let Some(v) = self.overlay.read().map_err(|_| rerr("overlay lock poisoned"))?.kv(key) {
+            return Ok(v.clone());
+        }
         let tx = self.db.begin_read().map_err(rerr)?;
         let t = tx.open_table(KV).map_err(rerr)?;
         match t.get(key).map_err(rerr)? {
@@ -138,19 +241,70 @@ impl KvReader {
     /// Keys starting with `prefix`, in order, at most `limit`; the flag says whether more
     /// matched.
     pub fn list(&self, prefix: &str, limit: usize) -> Result<(Vec<(String, StoredValue)>, bool), ReadError> {
+        let newer: BTreeMap<String, Option<StoredValue>> = {
+            let ov = self.overlay.read().map_err(|_| rerr("overlay lock poisoned"))?;
+            let range = |m: &BTreeMap<String, Option<StoredValue>>| {
+                m.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            };
+            // The frozen generation is older: the active one overrides it.
+            let mut newer: BTreeMap<_, _> = ov
+                .frozen
+                .as_ref()
+                .map(|f| range(&f.kv))
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            newer.extend(range(&ov.active.kv));
+            newer
+        };
         let tx = self.db.begin_read().map_err(rerr)?;
         let t = tx.open_table(KV).map_err(rerr)?;
+        let mut stored = t.range::<&str>(prefix..).map_err(rerr)?;
+        let mut next_stored = || -> Result<Option<(String, StoredValue)>, ReadError> {
+            match stored.next() {
+                Some(item) => {
+                    let (k, v) = item.map_err(rerr)?;
+                    let k = k.value();
+                    if !k.starts_with(prefix) {
+                        return Ok(None);
+                    }
+                    Ok(Some((k.to_string(), decode(v.value()).map_err(rerr)?)))
+                }
+                None => Ok(None),
+            }
+        };
+        // Merge the two sorted sequences; the overlay wins on equal keys and its deletes hide
+        // the stored record.
         let mut out = Vec::new();
-        for item in t.range::<&str>(prefix..).map_err(rerr)? {
-            let (k, v) = item.map_err(rerr)?;
-            let k = k.value();
-            if !k.starts_with(prefix) {
-                break;
+        let mut newer = newer.into_iter().peekable();
+        let mut s = next_stored()?;
+        loop {
+            let take_newer = match (newer.peek(), &s) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((nk, _)), Some((sk, _))) => nk <= sk,
+            };
+            let item = if take_newer {
+                let Some((k, v)) = newer.next() else { break };
+                if s.as_ref().is_some_and(|(sk, _)| *sk == k) {
+                    s = next_stored()?;
+                }
+                v.map(|v| (k, v))
+            } else {
+                let item = s.take();
+                s = next_stored()?;
+                item
+            };
+            if let Some(item) = item {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(item);
             }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push((k.to_string(), decode(v.value()).map_err(rerr)?));
         }
         Ok((out, false))
     }
@@ -298,12 +452,367 @@ impl StateMachine {
     }
 }
 
+/// Whether an entry only writes KV records (or nothing), so that it can go to the overlay.
+fn overlay_ok(e: &Entry<TypeConfig>) -> bool {
+    match &e.payload {
+        EntryPayload::Normal(req) => req
+            .ops
+            .iter()
+            .all(|o| matches!(o.command, Command::Put { .. } | Command::Delete { .. })),
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+    }
+}
+
+/// The redb tables the overlay falls back to while applying, opened on first need.
+struct Stored {
+    kv: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    sessions: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+fn stored<'a>(db: &Database, s: &'a mut Option<Stored>) -> Result<&'a Stored, StorageError<NodeId>> {
+    if s.is_none() {
+        let tx: ReadTransaction = db.begin_read().map_err(sm_read_err)?;
+        *s = Some(Stored {
+            kv: tx.open_table(KV).map_err(sm_read_err)?,
+            sessions: tx.open_table(SESSIONS).map_err(sm_read_err)?,
+        });
+    }
+    s.as_ref()
+        .ok_or_else(|| sm_read_err(std::io::Error::other("state machine tables not open")))
+}
+
+/// Applies one entry straight to the redb tables (entries the overlay does not take).
+fn apply_direct(
+    t: &mut ApplyTables<'_>,
+    e: &Entry<TypeConfig>,
+    membership: &mut Option<StoredMembership<NodeId, ArkNode>>,
+) -> Result<Response, StorageError<NodeId>> {
+    Ok(match &e.payload {
+        EntryPayload::Blank => Response::default(),
+        EntryPayload::Normal(req) => {
+            let mut results = Vec::with_capacity(req.ops.len());
+            for (i, op) in req.ops.iter().enumerate() {
+                results.push(apply_op(t, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
+            }
+            let fresh = req
+                .ops
+                .iter()
+                .zip(&results)
+                .filter(|(o, r)| !r.duplicate && !o.request_id.is_empty());
+            let ids = pack_ids(fresh.map(|(o, _)| o.request_id.as_slice()));
+            if !ids.is_empty() {
+                t.by_time
+                    .insert((req.proposed_at_ms, e.log_id.index), ids.as_slice())
+                    .map_err(sm_write_err)?;
+            }
+            Response { results }
+        }
+        EntryPayload::Membership(m) => {
+            *membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+            Response::default()
+        }
+    })
+}
+
+impl StateMachine {
+    /// Applies a KV-only entry to the overlay, with the same answers [`apply_op`] gives.
+    fn apply_to_overlay(
+        &mut self,
+        overlay: &mut Overlay,
+        st: &mut Option<Stored>,
+        e: Entry<TypeConfig>,
+    ) -> Result<Response, StorageError<NodeId>> {
+        let log_id = e.log_id;
+        let (active, frozen) = (&mut overlay.active, &overlay.frozen);
+        let ov = active;
+        let older_kv = |k: &str| frozen.as_ref().and_then(|f| f.kv.get(k)).cloned();
+        let older_session = |id: &[u8]| frozen.as_ref().and_then(|f| f.sessions.get(id)).cloned();
+        let resp = match e.payload {
+            EntryPayload::Blank => Response::default(),
+            EntryPayload::Membership(m) => {
+                ov.membership = Some(StoredMembership::new(Some(log_id), m));
+                Response::default()
+            }
+            EntryPayload::Normal(req) => {
+                let at = req.proposed_at_ms;
+                let n = req.ops.len();
+                let mut results = Vec::with_capacity(n);
+                let mut fresh: Vec<Vec<u8>> = Vec::new();
+                for (i, op) in req.ops.into_iter().enumerate() {
+                    let rev = revision(log_id.index, i);
+                    if !op.request_id.is_empty() {
+                        let rec = match ov
+                            .sessions
+                            .get(&op.request_id)
+                            .cloned()
+                            .or_else(|| older_session(&op.request_id))
+                        {
+                            Some(r) => Some(r),
+                            None => match stored(&self.db, st)?
+                                .sessions
+                                .get(op.request_id.as_slice())
+                                .map_err(sm_read_err)?
+                            {
+                                Some(v) => Some(decode::<SessionRecord>(v.value()).map_err(sm_read_err)?),
+                                None => None,
+                            },
+                        };
+                        if let Some(rec) = rec.filter(|r| !session_expired(r, at)) {
+                            results.push(OpResult {
+                                duplicate: true,
+                                ..rec.response
+                            });
+                            continue;
+                        }
+                    }
+                    let result = match op.command {
+                        Command::Put { key, value } => {
+                            ov.bytes += key.len() + value.len();
+                            ov.kv.insert(key, Some(StoredValue { revision: rev, value }));
+                            OpResult {
+                                revision: rev,
+                                ..OpResult::default()
+                            }
+                        }
+                        Command::Delete { key } => {
+                            let existed = match ov.kv.get(&key).cloned().or_else(|| older_kv(&key)) {
+                                Some(v) => v.is_some(),
+                                None => stored(&self.db, st)?
+                                    .kv
+                                    .get(key.as_str())
+                                    .map_err(sm_read_err)?
+                                    .is_some(),
+                            };
+                            ov.bytes += key.len();
+                            ov.kv.insert(key, None);
+                            OpResult {
+                                revision: rev,
+                                existed,
+                                ..OpResult::default()
+                            }
+                        }
+                        _ => {
+                            return Err(sm_write_err(std::io::Error::other(
+                                "an object command reached the KV overlay",
+                            )))
+                        }
+                    };
+                    if !op.request_id.is_empty() {
+                        ov.bytes += op.request_id.len();
+                        ov.sessions.insert(
+                            op.request_id.clone(),
+                            SessionRecord {
+                                applied_at_ms: at,
+                                response: result.clone(),
+                            },
+                        );
+                        fresh.push(op.request_id);
+                    }
+                    results.push(result);
+                }
+                if !fresh.is_empty() {
+                    let ids = pack_ids(fresh.iter().map(|v| v.as_slice()));
+                    ov.by_time.push(((at, log_id.index), ids));
+                }
+                ov.ops += n;
+                ov.newest_ms = ov.newest_ms.max(at);
+                self.applied_since_sweep += n as u64;
+                Response { results }
+            }
+        };
+        ov.last_applied = Some(log_id);
+        ov.since.get_or_insert_with(Instant::now);
+        Ok(resp)
+    }
+
+    /// Whether the next flush commits durably, and the timestamp to sweep sessions at.
+    fn flush_plan(&mut self, gen: &Gen, direct: Option<&Entry<TypeConfig>>) -> (bool, Option<u64>) {
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        let mut newest = gen.newest_ms;
+        if let Some(EntryPayload::Normal(req)) = direct.map(|e| &e.payload) {
+            self.applied_since_sweep += req.ops.len() as u64;
+            newest = newest.max(req.proposed_at_ms);
+        }
+        let sweep_at = (self.applied_since_sweep >= SESSION_SWEEP_EVERY && newest > 0).then(|| {
+            self.applied_since_sweep = 0;
+            newest
+        });
+        (durable, sweep_at)
+    }
+
+    /// Starts writing the active generation to redb on a blocking thread once it is due,
+    /// unless a flush is still running (then it waits only if the generation grew too big).
+    async fn flush_in_background(&mut self) {
+        let overlay = self.overlay.clone();
+        let (due, too_big) = match overlay.read() {
+            Ok(ov) if ov.failed.is_none() => (ov.active.due(), ov.active.too_big()),
+            _ => return,
+        };
+        if !due {
+            return;
+        }
+        let guard = match self.flush_lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) if too_big => self.flush_lock.clone().lock_owned().await,
+            Err(_) => return,
+        };
+        let (gen, durable, sweep_at) = {
+            let Ok(mut ov) = overlay.write() else { return };
+            let gen = Arc::new(std::mem::take(&mut ov.active));
+            ov.frozen = Some(gen.clone());
+            let (durable, sweep_at) = self.flush_plan(&gen, None);
+            (gen, durable, sweep_at)
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = commit_gen(&db, &gen, None, durable, sweep_at);
+            if let Ok(mut ov) = overlay.write() {
+                match res {
+                    // Only now, with redb holding it, may readers stop finding it here.
+                    Ok(_) => ov.frozen = None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "state machine flush failed");
+                        ov.failed = Some(e.to_string());
+                    }
+                }
+            }
+            drop(guard);
+        });
+    }
+
+    /// Writes everything applied so far to redb and returns when it is committed (before a
+    /// snapshot reads redb).
+    async fn flush_overlay(&mut self) -> Result<(), StorageError<NodeId>> {
+        let _flushing = self.flush_lock.clone().lock_owned().await;
+        let overlay = self.overlay.clone();
+        let mut ov = overlay.write().map_err(|_| poisoned())?;
+        if let Some(e) = &ov.failed {
+            return Err(sm_write_err(std::io::Error::other(format!(
+                "an earlier state machine flush failed: {e}"
+            ))));
+        }
+        if !ov.active.is_empty() {
+            let (durable, sweep_at) = self.flush_plan(&ov.active, None);
+            commit_gen(&self.db, &ov.active, None, durable, sweep_at)?;
+            ov.active = Gen::default();
+        }
+        Ok(())
+    }
+}
+
+fn poisoned() -> StorageError<NodeId> {
+    sm_write_err(std::io::Error::other("state machine overlay lock poisoned"))
+}
+
+/// Writes one generation to redb in one transaction, with `direct` (an entry the overlay
+/// does not take) applied after it.
+fn commit_gen(
+    db: &Database,
+    gen: &Gen,
+    direct: Option<&Entry<TypeConfig>>,
+    durable: bool,
+    sweep_at: Option<u64>,
+) -> Result<Response, StorageError<NodeId>> {
+    let started = Instant::now();
+    let mut tx = db.begin_write().map_err(sm_write_err)?;
+    tx.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    });
+    let mut last = gen.last_applied;
+    let mut membership = gen.membership.clone();
+    let mut resp = Response::default();
+    {
+        let mut t = ApplyTables {
+            kv: tx.open_table(KV).map_err(sm_write_err)?,
+            sessions: tx.open_table(SESSIONS).map_err(sm_write_err)?,
+            by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
+            obj: obj_tables(&tx)?,
+        };
+        for (k, v) in &gen.kv {
+            match v {
+                Some(v) => {
+                    let b = encode(&StoredValueRef {
+                        revision: v.revision,
+                        value: &v.value,
+                    })
+                    .map_err(sm_write_err)?;
+                    t.kv.insert(k.as_str(), b.as_slice()).map_err(sm_write_err)?;
+                }
+                None => {
+                    t.kv.remove(k.as_str()).map_err(sm_write_err)?;
+                }
+            }
+        }
+        for (id, rec) in &gen.sessions {
+            let b = encode(rec).map_err(sm_write_err)?;
+            t.sessions.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
+        }
+        for (key, ids) in &gen.by_time {
+            t.by_time.insert(*key, ids.as_slice()).map_err(sm_write_err)?;
+        }
+        if let Some(e) = direct {
+            resp = apply_direct(&mut t, e, &mut membership)?;
+            last = Some(e.log_id);
+        }
+        if let Some(at) = sweep_at {
+            sweep_sessions(&mut t, at)?;
+        }
+    }
+    {
+        let mut meta = tx.open_table(SM_META).map_err(sm_write_err)?;
+        if let Some(last) = last {
+            let a = encode(&Some(last)).map_err(sm_write_err)?;
+            meta.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
+        }
+        if let Some(m) = membership {
+            let b = encode(&m).map_err(sm_write_err)?;
+            meta.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+        }
+    }
+    tx.commit().map_err(sm_write_err)?;
+    metrics::histogram!("ark_sm_flush_seconds").record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+/// The applied position committed to redb (what a read transaction sees now).
+pub(crate) fn applied_in_db(db: &Database) -> Result<Option<LogId<NodeId>>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let m = tx.open_table(SM_META).map_err(|e| e.to_string())?;
+    let v = m.get(KEY_APPLIED).map_err(|e| e.to_string())?;
+    match v {
+        Some(v) => decode::<Option<LogId<NodeId>>>(v.value()).map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ArkNode>), StorageError<NodeId>> {
+        {
+            let ov = self.overlay.read().map_err(|_| poisoned())?;
+            let frozen = ov.frozen.as_deref();
+            let applied = ov.active.last_applied.or(frozen.and_then(|f| f.last_applied));
+            if let Some(applied) = applied {
+                let membership = match ov
+                    .active
+                    .membership
+                    .as_ref()
+                    .or(frozen.and_then(|f| f.membership.as_ref()))
+                {
+                    Some(m) => m.clone(),
+                    None => self.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default(),
+                };
+                return Ok((Some(applied), membership));
+            }
+        }
         let applied = self.read_meta::<Option<LogId<NodeId>>>(KEY_APPLIED)?.flatten();
         let membership = self.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
@@ -314,62 +823,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
-        // Durable with the next log flush; after a crash openraft re-applies from the log.
-        tx.set_durability(Durability::None);
+        let overlay = self.overlay.clone();
+        let mut entries = entries.into_iter().peekable();
         let mut out = Vec::new();
-        let mut last = None;
-        let mut membership = None;
-        let mut t = ApplyTables {
-            kv: tx.open_table(KV).map_err(sm_write_err)?,
-            sessions: tx.open_table(SESSIONS).map_err(sm_write_err)?,
-            by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
-            obj: obj_tables(&tx)?,
-        };
-        for e in entries {
-            last = Some(e.log_id);
-            match &e.payload {
-                EntryPayload::Blank => out.push(Response::default()),
-                EntryPayload::Normal(req) => {
-                    let mut results = Vec::with_capacity(req.ops.len());
-                    for (i, op) in req.ops.iter().enumerate() {
-                        results.push(apply_op(&mut t, revision(e.log_id.index, i), req.proposed_at_ms, op)?);
-                    }
-                    let fresh = req
-                        .ops
-                        .iter()
-                        .zip(&results)
-                        .filter(|(o, r)| !r.duplicate && !o.request_id.is_empty());
-                    let ids = pack_ids(fresh.map(|(o, _)| o.request_id.as_slice()));
-                    if !ids.is_empty() {
-                        t.by_time
-                            .insert((req.proposed_at_ms, e.log_id.index), ids.as_slice())
-                            .map_err(sm_write_err)?;
-                    }
-                    self.applied_since_sweep += req.ops.len() as u64;
-                    if self.applied_since_sweep >= SESSION_SWEEP_EVERY {
-                        self.applied_since_sweep = 0;
-                        sweep_sessions(&mut t, req.proposed_at_ms)?;
-                    }
-                    out.push(Response { results });
+        loop {
+            {
+                // One lock for a run of KV entries: a background flush cannot retire the
+                // frozen generation meanwhile, so the redb view opened below stays complete.
+                let mut ov = overlay.write().map_err(|_| poisoned())?;
+                if let Some(e) = &ov.failed {
+                    return Err(sm_write_err(std::io::Error::other(format!(
+                        "an earlier state machine flush failed: {e}"
+                    ))));
                 }
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                    out.push(Response::default());
+                let mut stored = None;
+                while let Some(e) = entries.next_if(overlay_ok) {
+                    out.push(self.apply_to_overlay(&mut ov, &mut stored, e)?);
                 }
             }
-        }
-        drop(t);
-        {
-            let mut meta = tx.open_table(SM_META).map_err(sm_write_err)?;
-            let a = encode(&last).map_err(sm_write_err)?;
-            meta.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
-            if let Some(m) = membership {
-                let b = encode(&m).map_err(sm_write_err)?;
-                meta.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+            let Some(e) = entries.next() else { break };
+            // An object entry: everything before it goes to redb with it, in one transaction.
+            let _flushing = self.flush_lock.clone().lock_owned().await;
+            let mut ov = overlay.write().map_err(|_| poisoned())?;
+            if let Some(err) = &ov.failed {
+                return Err(sm_write_err(std::io::Error::other(format!(
+                    "an earlier state machine flush failed: {err}"
+                ))));
             }
+            let (durable, sweep_at) = self.flush_plan(&ov.active, Some(&e));
+            let r = commit_gen(&self.db, &ov.active, Some(&e), durable, sweep_at)?;
+            ov.active = Gen::default();
+            out.push(r);
         }
-        tx.commit().map_err(sm_write_err)?;
+        self.flush_in_background().await;
         Ok(out)
     }
 
@@ -378,6 +864,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        self.receiving_snapshot.store(true, Ordering::Release);
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -386,9 +873,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, ArkNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
+        let res = self.install(meta, snapshot.into_inner()).await;
+        self.receiving_snapshot.store(false, Ordering::Release);
+        res
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        self.current_snapshot()
+    }
+}
+
+impl StateMachine {
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ArkNode>,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError<NodeId>> {
         let body: SnapshotBody =
             decode(&data).map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        // The snapshot replaces everything, the overlay included; readers wait meanwhile.
+        let _flushing = self.flush_lock.clone().lock_owned().await;
+        let overlay = self.overlay.clone();
+        let mut ov = overlay.write().map_err(|_| poisoned())?;
+        *ov = Overlay::default();
         let mut tx = self.db.begin_write().map_err(sm_write_err)?;
         tx.set_durability(Durability::Immediate);
         {
@@ -425,11 +932,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
         }
         tx.commit().map_err(sm_write_err)?;
+        drop(ov);
+        self.last_durable = Instant::now();
         metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    fn current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let tx = self.db.begin_read().map_err(sm_read_err)?;
         let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
         let meta = match t.get(KEY_SNAP_META).map_err(sm_read_err)? {
@@ -449,8 +958,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // One read transaction: the tables and the applied position are one consistent view
-        // even while apply() keeps committing.
+        // Everything applied so far goes to redb first; then one read transaction gives the
+        // tables and the applied position as one consistent view even while apply() goes on.
+        self.flush_overlay().await?;
         let (meta, data) = {
             let tx = self.db.begin_read().map_err(sm_read_err)?;
             let m = tx.open_table(SM_META).map_err(sm_read_err)?;
@@ -529,6 +1039,101 @@ mod tests {
         }
     }
 
+    fn kv_entry(index: u64, id: &[u8], command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::Request {
+                proposed_at_ms: 1_000 + index,
+                ops: vec![Op {
+                    request_id: id.to_vec(),
+                    command,
+                }],
+            }),
+        }
+    }
+
+    fn put(index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
+        let id = format!("put-{index}");
+        kv_entry(
+            index,
+            id.as_bytes(),
+            Command::Put {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+            },
+        )
+    }
+
+    fn del(index: u64, key: &str) -> Entry<TypeConfig> {
+        let id = format!("del-{index}");
+        kv_entry(index, id.as_bytes(), Command::Delete { key: key.into() })
+    }
+
+    fn listing(r: &KvReader) -> Vec<(String, Vec<u8>)> {
+        let (items, more) = r.list("", 100).unwrap();
+        assert!(!more);
+        items.into_iter().map(|(k, v)| (k, v.value)).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_see_every_applied_write_whether_in_the_overlay_or_in_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::store::open_database(dir.path()).unwrap();
+        let mut sm = StateMachine::new(db.clone());
+        let r = sm.reader();
+        sm.apply(vec![put(1, "a", "1"), put(2, "b", "2"), put(3, "c", "3")])
+            .await
+            .unwrap();
+        sm.flush_overlay().await.unwrap();
+        // In redb now; the next writes stay in the overlay (well under the flush thresholds).
+        let res = sm
+            .apply(vec![del(4, "b"), put(5, "d", "5"), put(6, "a", "6"), del(7, "zz")])
+            .await
+            .unwrap();
+        assert!(res[0].results[0].existed, "b is in redb");
+        assert!(!res[3].results[0].existed, "zz was never written");
+        let want = vec![
+            ("a".to_string(), b"6".to_vec()),
+            ("c".to_string(), b"3".to_vec()),
+            ("d".to_string(), b"5".to_vec()),
+        ];
+        assert_eq!(r.get("b").unwrap(), None);
+        assert_eq!(r.get("a").unwrap().unwrap().value, b"6");
+        assert_eq!(r.get("a").unwrap().unwrap().revision, revision(6, 0));
+        assert_eq!(listing(&r), want);
+        assert!(r.list("", 2).unwrap().1, "a limit below the matches says more exist");
+        // redb alone still holds the old state until the flush...
+        let redb_only = KvReader {
+            db: db.clone(),
+            overlay: SharedOverlay::default(),
+        };
+        assert_eq!(redb_only.get("b").unwrap().unwrap().value, b"2");
+        // ...and the same state as the reader saw once flushed.
+        sm.flush_overlay().await.unwrap();
+        assert_eq!(listing(&redb_only), want);
+        assert_eq!(listing(&r), want);
+        // A retry of a write still in the overlay is a duplicate, as it is once in redb.
+        let retry = |index| {
+            kv_entry(
+                index,
+                b"put-5",
+                Command::Put {
+                    key: "d".into(),
+                    value: b"other".to_vec(),
+                },
+            )
+        };
+        let again = sm.apply(vec![retry(8)]).await.unwrap();
+        assert!(again[0].results[0].duplicate);
+        assert_eq!(again[0].results[0].revision, revision(5, 0));
+        sm.flush_overlay().await.unwrap();
+        let again = sm.apply(vec![retry(9)]).await.unwrap();
+        assert!(again[0].results[0].duplicate);
+        assert_eq!(r.get("d").unwrap().unwrap().value, b"5");
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(9));
+    }
+
     #[test]
     fn packed_ids_round_trip() {
         let ids: Vec<&[u8]> = vec![b"a", b"", b"0123456789abcdef"];
@@ -549,6 +1154,7 @@ mod tests {
         let r3 = sm.apply(vec![put_entry(3, late, b"req-1")]).await.unwrap();
         assert!(!r3[0].results[0].duplicate);
         assert_eq!(r3[0].results[0].revision, revision(3, 0));
+        sm.flush_overlay().await.unwrap();
         // The sweep drops the expired bucket but keeps the re-applied record.
         let mut tx = sm.db.begin_write().unwrap();
         tx.set_durability(Durability::None);

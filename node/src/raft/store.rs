@@ -1,32 +1,42 @@
-//! The node's one redb database: the Raft log and vote (this file) and the state machine
-//! tables (`state_machine.rs`). Keeping both in one database means their commits are
-//! ordered: a state machine that survived a crash never refers to log entries that did not.
+//! The Raft log store: entries in the append-only segment files of [`super::wal`], the vote
+//! and the purge point in the node's redb database (whose other tables hold the state
+//! machine, `state_machine.rs`).
 //!
 //! Group commit happens at two levels. openraft 0.9's core waits for each append to be
 //! flushed before it appends the next, so concurrent client writes are first folded into one
 //! log entry by `api::proposer`; here, `append` queues entries (readable at once from an
-//! in-memory map of unflushed entries) for one writer thread that commits everything queued
-//! in one redb transaction with one fsync and only then reports the entries persisted.
-//! Nothing is acknowledged before it is on disk. Votes are written durably before
-//! `save_vote` returns.
+//! in-memory map of unflushed entries) for one writer thread that writes everything queued
+//! with one `fdatasync` and only then reports the entries persisted. Nothing is acknowledged
+//! before it is on disk. Votes are written durably before `save_vote` returns.
+//!
+//! The state machine commits to redb without waiting for the disk (it is made durable every
+//! second and before every purge). After a crash it may be behind the log, and openraft
+//! applies the missing entries again. It never needs entries the log no longer holds: a purge
+//! follows a snapshot, which either the state machine built after writing itself to redb, or
+//! it received (then the purge waits until it is installed), and the purge commits redb
+//! durably before it deletes anything.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::wal::{SharedIndex, Wal};
 use super::{NodeId, TypeConfig};
 use crate::telemetry::LatencyStats;
 
+/// Where versions before the log files kept the log; read once to move it (see
+/// [`migrate_from_database`]).
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -35,6 +45,8 @@ const KEY_PURGED: &str = "last_purged";
 
 /// Most queued log writes the writer folds into one transaction (and one fsync).
 const WRITER_BATCH_MAX: usize = 4096;
+/// How long a purge waits for the state machine to install a snapshot being received.
+const PURGE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bound of the writer's queue; a full queue makes openraft wait (backpressure).
 const WRITER_QUEUE_MAX: usize = 65_536;
 
@@ -98,51 +110,94 @@ enum LogOp {
     },
 }
 
-/// Entries appended but not yet committed to redb, readable meanwhile.
+/// Entries appended but not yet synced, readable meanwhile.
 type Unflushed = Arc<RwLock<BTreeMap<u64, Entry<TypeConfig>>>>;
+type LastPurged = Arc<RwLock<Option<LogId<NodeId>>>>;
 
-/// The Raft log store over redb.
+/// The Raft log store.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     writer: std_mpsc::SyncSender<LogOp>,
     unflushed: Unflushed,
-    /// Duration of each group commit (one redb transaction, one fsync), for telemetry.
+    wal: SharedIndex,
+    last_purged: LastPurged,
+    /// Duration of each group commit (one write, one fdatasync), for telemetry.
     fsync: LatencyStats,
+    /// Set by the state machine while it receives a snapshot (see `purge`).
+    snapshot_gate: Arc<AtomicBool>,
+}
+
+/// Everything the writer thread owns.
+struct Writer {
+    wal: Wal,
+    db: Arc<Database>,
+    unflushed: Unflushed,
+    last_purged: LastPurged,
+    fsync: LatencyStats,
+    /// Set by the first failed write: from then on every write fails, since what reached
+    /// the disk is unknown (a failed fsync may have dropped pages that were never written).
+    failed: Option<String>,
+}
+
+fn entry_log_id(payload: &[u8]) -> Result<LogId<NodeId>, String> {
+    decode::<Entry<TypeConfig>>(payload)
+        .map(|e| e.log_id)
+        .map_err(|e| e.to_string())
 }
 
 impl LogStore {
-    /// Wraps the database and starts the group-commit writer thread. The thread ends when
-    /// the last clone of the store is dropped.
-    pub fn new(db: Arc<Database>) -> Result<Self, StoreError> {
+    /// Opens the log under `data_dir/raft-log` (checking every record, see [`super::wal`])
+    /// next to the database and starts the group-commit writer thread. The thread ends when
+    /// the last clone of the store is dropped. A log kept in the database by an earlier
+    /// version is moved into the log files first.
+    pub fn open(data_dir: &Path, db: Arc<Database>) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io(e.to_string());
+        let last_purged = read_purged(&db)?;
+        let dir = data_dir.join("raft-log");
+        let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id)
+            .map_err(|e| StoreError::Io(format!("cannot open raft log in {}: {e}", dir.display())))?;
+        migrate_from_database(&db, &mut wal, last_purged).map_err(StoreError::Io)?;
+        tracing::info!(dir = %dir.display(), segments = rec.segments, entries = rec.entries,
+            torn_bytes = rec.torn_bytes, "raft log opened");
         let (tx, rx) = std_mpsc::sync_channel::<LogOp>(WRITER_QUEUE_MAX);
         let unflushed: Unflushed = Arc::default();
+        let last_purged: LastPurged = Arc::new(RwLock::new(last_purged));
         let fsync = LatencyStats::default();
-        let (wdb, wcache, wfsync) = (db.clone(), unflushed.clone(), fsync.clone());
+        let shared = wal.shared();
+        let writer = Writer {
+            wal,
+            db: db.clone(),
+            unflushed: unflushed.clone(),
+            last_purged: last_purged.clone(),
+            fsync: fsync.clone(),
+            failed: None,
+        };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, wcache, rx, wfsync))
-            .map_err(|e| StoreError::Io(format!("cannot start log writer thread: {e}")))?;
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io(std::io::Error::other(format!("cannot start log writer thread: {e}"))))?;
         Ok(Self {
             db,
             writer: tx,
             unflushed,
+            wal: shared,
+            last_purged,
             fsync,
+            snapshot_gate: Arc::default(),
         })
+    }
+
+    /// Makes purges wait while the state machine owning `gate` receives a snapshot
+    /// ([`super::state_machine::StateMachine::snapshot_gate`]).
+    pub fn with_snapshot_gate(mut self, gate: Arc<AtomicBool>) -> Self {
+        self.snapshot_gate = gate;
+        self
     }
 
     /// The writer's commit (fsync) latencies since the telemetry sampler last took them.
     pub fn fsync_stats(&self) -> LatencyStats {
         self.fsync.clone()
-    }
-
-    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(META).map_err(read_err)?;
-        match t.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(v.value()).map_err(read_err)?)),
-            None => Ok(None),
-        }
     }
 
     async fn submit_and_wait(
@@ -159,77 +214,140 @@ impl LogStore {
     }
 }
 
-/// Executes queued log writes: everything queued meanwhile goes into one redb transaction
-/// with one fsync, and only then are the appends acknowledged to openraft.
-fn writer_loop(db: Arc<Database>, unflushed: Unflushed, rx: std_mpsc::Receiver<LogOp>, fsync: LatencyStats) {
-    let mut batch: Vec<LogOp> = Vec::with_capacity(256);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < WRITER_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
+    let e = |e: &dyn std::fmt::Display| StoreError::Io(e.to_string());
+    let tx = db.begin_read().map_err(|x| e(&x))?;
+    let t = tx.open_table(META).map_err(|x| e(&x))?;
+    match t.get(KEY_PURGED).map_err(|x| e(&x))? {
+        Some(v) => Ok(decode::<Option<LogId<NodeId>>>(v.value()).map_err(|x| e(&x))?),
+        None => Ok(None),
+    }
+}
+
+/// Versions before the log files kept the log in the `raft_log` table. Its entries are
+/// appended to the log files (unless those already hold entries, meaning an earlier move
+/// finished) and synced before the table is emptied.
+fn migrate_from_database(db: &Database, wal: &mut Wal, last_purged: Option<LogId<NodeId>>) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut moved = 0usize;
+    {
+        let tx = db.begin_read().map_err(|e| s(&e))?;
+        let t = tx.open_table(LOG).map_err(|e| s(&e))?;
+        if t.is_empty().map_err(|e| s(&e))? {
+            return Ok(());
+        }
+        let already = wal
+            .shared()
+            .read()
+            .map_err(|_| "raft log index lock poisoned")?
+            .last()
+            .is_some();
+        if !already {
+            for item in t.iter().map_err(|e| s(&e))? {
+                let (_, v) = item.map_err(|e| s(&e))?;
+                let id = entry_log_id(v.value())?;
+                if last_purged.is_none_or(|p| id.index > p.index) {
+                    wal.append(id, v.value()).map_err(|e| s(&e))?;
+                    moved += 1;
+                }
             }
+            wal.commit().map_err(|e| s(&e))?;
         }
-        let started = Instant::now();
-        let res = write_batch(&db, &batch);
-        let took = started.elapsed();
-        fsync.record(took);
-        metrics::histogram!("ark_raft_log_fsync_seconds").record(took.as_secs_f64());
-        metrics::histogram!("ark_raft_log_flush_batch_size").record(batch.len() as f64);
-        if let Err(e) = &res {
-            // A failed fsync means durability can no longer be promised: every waiter gets the
-            // error, which openraft turns into a fatal storage error that stops the node.
-            tracing::error!(error = %e, "raft log write failed");
-        }
-        for op in batch.drain(..) {
-            match op {
-                LogOp::Append { entries, callback } => {
-                    if res.is_ok() {
-                        if let Ok(mut c) = unflushed.write() {
-                            for (id, _) in &entries {
-                                // A later truncate + re-append may have replaced this index.
-                                if c.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                                    c.remove(&id.index);
+    }
+    let tx = db.begin_write().map_err(|e| s(&e))?;
+    tx.open_table(LOG)
+        .map_err(|e| s(&e))?
+        .retain(|_, _| false)
+        .map_err(|e| s(&e))?;
+    tx.commit().map_err(|e| s(&e))?;
+    tracing::info!(
+        entries = moved,
+        "moved the raft log from the database into the log files"
+    );
+    Ok(())
+}
+
+impl Writer {
+    /// Executes queued log writes: everything queued meanwhile is written with one
+    /// fdatasync, and only then are the appends acknowledged to openraft.
+    fn run(mut self, rx: std_mpsc::Receiver<LogOp>) {
+        let mut batch: Vec<LogOp> = Vec::with_capacity(256);
+        while let Ok(first) = rx.recv() {
+            batch.push(first);
+            while batch.len() < WRITER_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let res = match &self.failed {
+                Some(e) => Err(format!("an earlier raft log write failed: {e}")),
+                None => self.write_batch(&batch),
+            };
+            let took = started.elapsed();
+            self.fsync.record(took);
+            metrics::histogram!("ark_raft_log_fsync_seconds").record(took.as_secs_f64());
+            metrics::histogram!("ark_raft_log_flush_batch_size").record(batch.len() as f64);
+            if let Err(e) = &res {
+                // Durability can no longer be promised: every waiter gets the error, which
+                // openraft turns into a fatal storage error that stops the node.
+                tracing::error!(error = %e, "raft log write failed");
+                self.failed.get_or_insert_with(|| e.clone());
+            }
+            for op in batch.drain(..) {
+                match op {
+                    LogOp::Append { entries, callback } => {
+                        if res.is_ok() {
+                            if let Ok(mut c) = self.unflushed.write() {
+                                for (id, _) in &entries {
+                                    // A later truncate + re-append may have replaced this index.
+                                    if c.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                                        c.remove(&id.index);
+                                    }
                                 }
                             }
                         }
+                        callback.log_io_completed(res.clone().map_err(std::io::Error::other));
                     }
-                    callback.log_io_completed(res.clone().map_err(std::io::Error::other));
-                }
-                LogOp::Truncate { done, .. } | LogOp::Purge { done, .. } => {
-                    let _ = done.send(res.clone());
+                    LogOp::Truncate { done, .. } | LogOp::Purge { done, .. } => {
+                        let _ = done.send(res.clone());
+                    }
                 }
             }
         }
     }
-}
 
-fn write_batch(db: &Database, batch: &[LogOp]) -> Result<(), String> {
-    let tx = db.begin_write().map_err(|e| e.to_string())?;
-    {
-        let mut log = tx.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+    fn write_batch(&mut self, batch: &[LogOp]) -> Result<(), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
         for op in batch {
             match op {
                 LogOp::Append { entries, .. } => {
                     for (id, bytes) in entries {
-                        log.insert(id.index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        self.wal.append(*id, bytes).map_err(|e| s(&e))?;
                     }
                 }
-                LogOp::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false).map_err(|e| e.to_string())?;
-                }
+                LogOp::Truncate { from, .. } => self.wal.truncate(*from).map_err(|e| s(&e))?,
                 LogOp::Purge { upto, .. } => {
-                    let b = encode(&Some(*upto)).map_err(|e| e.to_string())?;
-                    meta.insert(KEY_PURGED, b.as_slice()).map_err(|e| e.to_string())?;
-                    log.retain_in(..=upto.index, |_, _| false).map_err(|e| e.to_string())?;
+                    // The purge point goes to the database in a durable commit, which also makes
+                    // every earlier state machine commit durable: the state machine on disk is
+                    // then at or past `upto` before the entries up to it are deleted.
+                    self.wal.commit().map_err(|e| s(&e))?;
+                    let b = encode(&Some(*upto)).map_err(|e| s(&e))?;
+                    let mut tx = self.db.begin_write().map_err(|e| s(&e))?;
+                    tx.set_durability(Durability::Immediate);
+                    tx.open_table(META)
+                        .map_err(|e| s(&e))?
+                        .insert(KEY_PURGED, b.as_slice())
+                        .map_err(|e| s(&e))?;
+                    tx.commit().map_err(|e| s(&e))?;
+                    *self.last_purged.write().map_err(|_| "purge lock poisoned")? = Some(*upto);
+                    self.wal.purge(upto.index).map_err(|e| s(&e))?;
                 }
             }
         }
+        self.wal.commit().map_err(|e| s(&e))
     }
-    // Default durability is Immediate: the commit returns after fsync.
-    tx.commit().map_err(|e| e.to_string())
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -245,21 +363,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        use std::ops::Bound;
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        // Unflushed entries first: one that is flushed and dropped from the map after this
-        // read is in redb before the read below starts.
+        // Unflushed entries first: one that is synced and dropped from the map after this
+        // read is in the log files' index before the read below starts.
         let mut merged: BTreeMap<u64, Entry<TypeConfig>> = match self.unflushed.read() {
             Ok(c) => c.range(bounds).map(|(k, v)| (*k, v.clone())).collect(),
             Err(_) => return Err(read_err(std::io::Error::other("log cache lock poisoned"))),
         };
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOG).map_err(read_err)?;
-        for item in t.range::<u64>(bounds).map_err(read_err)? {
-            let (k, v) = item.map_err(read_err)?;
-            if let std::collections::btree_map::Entry::Vacant(slot) = merged.entry(k.value()) {
-                slot.insert(decode(v.value()).map_err(read_err)?);
+        let start = match bounds.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match bounds.1 {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let wal = self
+            .wal
+            .read()
+            .map_err(|_| read_err(std::io::Error::other("raft log index lock poisoned")))?;
+        wal.read_range(start, end, |index, payload| {
+            if let std::collections::btree_map::Entry::Vacant(slot) = merged.entry(index) {
+                slot.insert(decode(payload).map_err(std::io::Error::other)?);
             }
-        }
+            Ok(())
+        })
+        .map_err(read_err)?;
+        drop(wal);
         Ok(merged.into_values().collect())
     }
 }
@@ -268,20 +401,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged: Option<LogId<NodeId>> = self.get_meta::<Option<LogId<NodeId>>>(KEY_PURGED)?.flatten();
+        let last_purged = *self
+            .last_purged
+            .read()
+            .map_err(|_| read_err(std::io::Error::other("purge lock poisoned")))?;
         let cached_last = match self.unflushed.read() {
             Ok(c) => c.last_key_value().map(|(_, e)| e.log_id),
             Err(_) => return Err(read_err(std::io::Error::other("log cache lock poisoned"))),
         };
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOG).map_err(read_err)?;
-        let stored_last = match t.last().map_err(read_err)? {
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> = decode(v.value()).map_err(read_err)?;
-                Some(e.log_id)
-            }
-            None => None,
-        };
+        let stored_last = self
+            .wal
+            .read()
+            .map_err(|_| read_err(std::io::Error::other("raft log index lock poisoned")))?
+            .last();
         let last = cached_last.max(stored_last).max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -296,7 +428,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Durable before returning: a vote forgotten in a crash could elect two leaders.
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let tx = self.db.begin_write().map_err(|e| StorageIOError::write_vote(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| StorageIOError::write_vote(&e))?;
+        tx.set_durability(Durability::Immediate);
         {
             let mut t = tx.open_table(META).map_err(|e| StorageIOError::write_vote(&e))?;
             t.insert(KEY_VOTE, bytes.as_slice())
@@ -307,7 +440,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.get_meta(KEY_VOTE)
+        let tx = self.db.begin_read().map_err(read_err)?;
+        let t = tx.open_table(META).map_err(read_err)?;
+        match t.get(KEY_VOTE).map_err(read_err)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(read_err)?)),
+            None => Ok(None),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
@@ -349,6 +487,85 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // openraft 0.9 orders the purge up to a snapshot just received from the leader right
+        // after handing the snapshot to the state machine, not after it is installed. While a
+        // snapshot is being received, the entries go only once the state machine in the
+        // database is past them, so that no crash leaves it needing purged entries. (After a
+        // local snapshot build nothing waits: the build writes the state machine out first.)
+        if self.snapshot_gate.load(Ordering::Acquire) {
+            let deadline = Instant::now() + PURGE_WAIT_MAX;
+            loop {
+                let applied =
+                    super::state_machine::applied_in_db(&self.db).map_err(|e| write_err(std::io::Error::other(e)))?;
+                if applied.is_some_and(|a| a.index >= log_id.index) || !self.snapshot_gate.load(Ordering::Acquire) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(upto = %log_id, ?applied,
+                        "purging the raft log although the state machine has not installed the snapshot yet");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
         self.submit_and_wait(|done| LogOp::Purge { upto: log_id, done }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_the_database_by_an_earlier_version_moves_to_the_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_database(dir.path()).unwrap();
+        {
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LOG).unwrap();
+                for i in 3..=7 {
+                    t.insert(i, encode(&blank(i)).unwrap().as_slice()).unwrap();
+                }
+                let purged = encode(&Some(blank(2).log_id)).unwrap();
+                tx.open_table(META)
+                    .unwrap()
+                    .insert(KEY_PURGED, purged.as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut log = LogStore::open(dir.path(), db.clone()).unwrap();
+        let got: Vec<u64> = log
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, vec![3, 4, 5, 6, 7]);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(blank(2).log_id));
+        assert_eq!(st.last_log_id, Some(blank(7).log_id));
+        let tx = db.begin_read().unwrap();
+        assert!(
+            tx.open_table(LOG).unwrap().is_empty().unwrap(),
+            "the old table is emptied"
+        );
+        drop(tx);
+        drop(log);
+        // A second start finds the entries in the files and nothing to move.
+        let mut log = LogStore::open(dir.path(), db).unwrap();
+        assert_eq!(log.try_get_log_entries(3..=7).await.unwrap().len(), 5);
     }
 }

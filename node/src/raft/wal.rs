@@ -1,0 +1,631 @@
+//! The Raft log on disk: append-only segment files under `<data_dir>/raft-log/`.
+//!
+//! A segment is named by the index its first entry has (or will have), 20 digits, `.wal`.
+//! It holds records back to back, each `[payload length: u32 LE][CRC-32 of the length bytes
+//! and the payload: u32 LE][payload]`, the payload being one encoded log entry. Appends
+//! write at the end of the newest segment and become durable with one `fdatasync` per batch;
+//! a segment past [`SEGMENT_BYTES`] is closed and a new one started. Truncation (a follower
+//! dropping a conflicting suffix) cuts the file and deletes later segments; a purge (after a
+//! snapshot) deletes segments that hold only purged entries.
+//!
+//! On open every segment is read back and checked. A bad record at the end of the newest
+//! segment is a write torn by a crash; it was never acknowledged, so the tail is cut off
+//! there. A bad record anywhere else, or a gap in the indices, is corruption: the node
+//! refuses to start rather than serve a log with holes.
+//!
+//! [`Wal`] is owned by the log writer thread; readers go through the shared [`WalIndex`],
+//! which only ever lists records that are on disk and synced.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::LogId;
+
+use super::NodeId;
+
+/// A segment is closed once it reaches this size (a single larger entry still fits).
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 8;
+const SUFFIX: &str = ".wal";
+
+/// Where one durable entry lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    seg: u64,
+    offset: u64,
+    len: u32,
+    log_id: LogId<NodeId>,
+}
+
+/// The durable entries, in index order without gaps, and the files holding them.
+#[derive(Default)]
+pub(crate) struct WalIndex {
+    segments: BTreeMap<u64, Arc<File>>,
+    locs: VecDeque<Loc>,
+}
+
+/// Readers' view of the log files.
+pub(crate) type SharedIndex = Arc<RwLock<WalIndex>>;
+
+fn crc(len: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl WalIndex {
+    /// The newest durable entry.
+    pub(crate) fn last(&self) -> Option<LogId<NodeId>> {
+        self.locs.back().map(|l| l.log_id)
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.locs.front().map(|l| l.log_id.index)
+    }
+
+    /// Position in `locs` of the first entry with an index at or above `index` (the entries
+    /// are in index order; openraft never leaves a gap, but nothing here relies on that).
+    fn pos_at_or_after(&self, index: u64) -> usize {
+        self.locs.partition_point(|l| l.log_id.index < index)
+    }
+
+    /// Calls `f` with the index and payload of every durable entry in `[start, end)`, in
+    /// order, each checked against its CRC first.
+    pub(crate) fn read_range(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for loc in self.locs.iter().skip(self.pos_at_or_after(start)) {
+            if loc.log_id.index >= end {
+                break;
+            }
+            let file = self
+                .segments
+                .get(&loc.seg)
+                .ok_or_else(|| io::Error::other(format!("raft log segment {} is missing", loc.seg)))?;
+            buf.resize(HEADER + loc.len as usize, 0);
+            file.read_exact_at(&mut buf, loc.offset)?;
+            let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let payload = &buf[HEADER..];
+            if stored != crc(loc.len, payload) {
+                return Err(corrupt(format!(
+                    "raft log entry {} (segment {}, byte {}) fails its checksum",
+                    loc.log_id.index, loc.seg, loc.offset
+                )));
+            }
+            f(loc.log_id.index, payload)?;
+        }
+        Ok(())
+    }
+}
+
+/// What opening the log found, for the startup log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Segment files read.
+    pub segments: usize,
+    /// Entries after the last purge.
+    pub entries: usize,
+    /// Bytes cut off the end of the newest segment (a write torn by a crash).
+    pub torn_bytes: u64,
+}
+
+/// The writer's side of the log files.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    shared: SharedIndex,
+    /// Size at which the active segment is closed ([`SEGMENT_BYTES`]; small in tests).
+    segment_bytes: u64,
+    active_key: u64,
+    active: Arc<File>,
+    active_len: u64,
+    active_dirty: bool,
+    /// Records encoded but not yet written to `active`.
+    buf: Vec<u8>,
+    /// Written since the last [`Wal::commit`], not yet visible to readers.
+    pending_locs: Vec<Loc>,
+    pending_segments: Vec<(u64, Arc<File>)>,
+    dirty: Vec<Arc<File>>,
+    dir_dirty: bool,
+}
+
+fn segment_path(dir: &Path, key: u64) -> PathBuf {
+    dir.join(format!("{key:020}{SUFFIX}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn lock_err() -> io::Error {
+    io::Error::other("raft log index lock poisoned")
+}
+
+impl Wal {
+    /// Opens the log under `dir` (created if missing), checks every record, cuts a torn tail
+    /// and returns the writer with the shared index. Entries at or below `last_purged` are
+    /// skipped; `id_of` reads an entry's log id from its payload.
+    pub(crate) fn open(
+        dir: &Path,
+        last_purged: Option<u64>,
+        id_of: impl Fn(&[u8]) -> Result<LogId<NodeId>, String>,
+    ) -> io::Result<(Self, Recovered)> {
+        std::fs::create_dir_all(dir)?;
+        let mut keys = Vec::new();
+        for ent in std::fs::read_dir(dir)? {
+            let name = ent?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(SUFFIX) {
+                if stem.len() == 20 {
+                    if let Ok(k) = stem.parse::<u64>() {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+        keys.sort_unstable();
+        let mut index = WalIndex::default();
+        let mut rec = Recovered::default();
+        let mut active_len = 0;
+        for (i, &key) in keys.iter().enumerate() {
+            let path = segment_path(dir, key);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let mut data = Vec::new();
+            (&file).read_to_end(&mut data)?;
+            let last_segment = i + 1 == keys.len();
+            let mut off = 0usize;
+            let bad = loop {
+                let rest = &data[off..];
+                if rest.is_empty() {
+                    break None;
+                }
+                if rest.len() < HEADER {
+                    break Some("a record header is cut short".to_string());
+                }
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let stored = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+                if len == 0 || len as usize > rest.len() - HEADER {
+                    break Some(format!("a record claims {len} bytes, {} remain", rest.len() - HEADER));
+                }
+                let payload = &rest[HEADER..HEADER + len as usize];
+                if stored != crc(len, payload) {
+                    break Some("a record fails its checksum".to_string());
+                }
+                let log_id = match id_of(payload) {
+                    Ok(id) => id,
+                    Err(e) => break Some(format!("a record does not decode: {e}")),
+                };
+                if last_purged.is_none_or(|p| log_id.index > p) {
+                    if let Some(prev) = index.last() {
+                        if log_id.index != prev.index + 1 {
+                            return Err(corrupt(format!(
+                                "raft log {} byte {off}: entry {} follows entry {}; the log has a gap",
+                                path.display(),
+                                log_id.index,
+                                prev.index
+                            )));
+                        }
+                    }
+                    index.locs.push_back(Loc {
+                        seg: key,
+                        offset: off as u64,
+                        len,
+                        log_id,
+                    });
+                }
+                off += HEADER + len as usize;
+            };
+            if let Some(why) = bad {
+                if !last_segment {
+                    return Err(corrupt(format!(
+                        "raft log {} is corrupt at byte {off}: {why}; a later segment exists, so this is \
+                         not a torn write",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(segment = %path.display(), offset = off, reason = %why,
+                    "cutting a torn write off the end of the raft log");
+                rec.torn_bytes = (data.len() - off) as u64;
+                file.set_len(off as u64)?;
+                file.sync_all()?;
+            }
+            if last_segment {
+                active_len = off as u64;
+            }
+            index.segments.insert(key, Arc::new(file));
+        }
+        if let (Some(p), Some(first)) = (last_purged, index.first_index()) {
+            if first > p + 1 {
+                return Err(corrupt(format!(
+                    "raft log in {} starts at entry {first} but only entries up to {p} were purged",
+                    dir.display()
+                )));
+            }
+        }
+        rec.segments = keys.len();
+        rec.entries = index.locs.len();
+        let (active_key, active) = match index.segments.last_key_value() {
+            Some((k, f)) => (*k, f.clone()),
+            None => {
+                let key = last_purged.map_or(0, |p| p + 1);
+                let f = Arc::new(create_segment(dir, key)?);
+                index.segments.insert(key, f.clone());
+                (key, f)
+            }
+        };
+        let wal = Self {
+            dir: dir.to_path_buf(),
+            shared: Arc::new(RwLock::new(index)),
+            segment_bytes: SEGMENT_BYTES,
+            active_key,
+            active,
+            active_len,
+            active_dirty: false,
+            buf: Vec::new(),
+            pending_locs: Vec::new(),
+            pending_segments: Vec::new(),
+            dirty: Vec::new(),
+            dir_dirty: false,
+        };
+        Ok((wal, rec))
+    }
+
+    /// The index readers use.
+    pub(crate) fn shared(&self) -> SharedIndex {
+        self.shared.clone()
+    }
+
+    /// Queues one entry; it is written, synced and visible after the next [`Wal::commit`].
+    pub(crate) fn append(&mut self, log_id: LogId<NodeId>, payload: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::other(format!("log entry of {} bytes is too large", payload.len())))?;
+        let used = self.active_len + self.buf.len() as u64;
+        if used > 0 && used + (HEADER + payload.len()) as u64 > self.segment_bytes {
+            // The closed segment is synced before the next one exists: after a crash, only the
+            // newest segment can end in a torn record.
+            self.write_buf()?;
+            if self.active_dirty {
+                self.active.sync_data()?;
+                self.dirty.retain(|f| !Arc::ptr_eq(f, &self.active));
+            }
+            let f = Arc::new(create_segment(&self.dir, log_id.index)?);
+            self.pending_segments.push((log_id.index, f.clone()));
+            self.set_active(log_id.index, f, 0);
+            self.dir_dirty = true;
+        }
+        let offset = self.active_len + self.buf.len() as u64;
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&crc(len, payload).to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pending_locs.push(Loc {
+            seg: self.active_key,
+            offset,
+            len,
+            log_id,
+        });
+        Ok(())
+    }
+
+    fn set_active(&mut self, key: u64, file: Arc<File>, len: u64) {
+        self.active_key = key;
+        self.active = file;
+        self.active_len = len;
+        self.active_dirty = false;
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.active.write_all_at(&self.buf, self.active_len)?;
+        self.active_len += self.buf.len() as u64;
+        self.buf.clear();
+        if !self.active_dirty {
+            self.active_dirty = true;
+            self.dirty.push(self.active.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs everything appended since the last commit, then makes it visible to
+    /// readers. When this returns Ok the entries survive a crash.
+    pub(crate) fn commit(&mut self) -> io::Result<()> {
+        self.write_buf()?;
+        for f in self.dirty.drain(..) {
+            f.sync_data()?;
+        }
+        self.active_dirty = false;
+        if std::mem::take(&mut self.dir_dirty) {
+            sync_dir(&self.dir)?;
+        }
+        let mut idx = self.shared.write().map_err(|_| lock_err())?;
+        for (k, f) in self.pending_segments.drain(..) {
+            idx.segments.insert(k, f);
+        }
+        idx.locs.extend(self.pending_locs.drain(..));
+        Ok(())
+    }
+
+    /// Drops every entry at or above `from`, durably.
+    pub(crate) fn truncate(&mut self, from: u64) -> io::Result<()> {
+        self.commit()?;
+        let shared = self.shared.clone();
+        let mut idx = shared.write().map_err(|_| lock_err())?;
+        let pos = idx.pos_at_or_after(from);
+        let Some(cut) = idx.locs.get(pos).copied() else {
+            return Ok(());
+        };
+        idx.locs.truncate(pos);
+        let later: Vec<u64> = idx.segments.range(cut.seg + 1..).map(|(k, _)| *k).collect();
+        for k in &later {
+            idx.segments.remove(k);
+            std::fs::remove_file(segment_path(&self.dir, *k))?;
+        }
+        let file = idx
+            .segments
+            .get(&cut.seg)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("raft log segment {} is missing", cut.seg)))?;
+        file.set_len(cut.offset)?;
+        file.sync_data()?;
+        if !later.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        drop(idx);
+        self.set_active(cut.seg, file, cut.offset);
+        Ok(())
+    }
+
+    /// Forgets every entry at or below `upto` and deletes the segments that held only such
+    /// entries. The caller records the purge durably first.
+    pub(crate) fn purge(&mut self, upto: u64) -> io::Result<()> {
+        self.commit()?;
+        let shared = self.shared.clone();
+        let mut idx = shared.write().map_err(|_| lock_err())?;
+        while idx.locs.front().is_some_and(|l| l.log_id.index <= upto) {
+            idx.locs.pop_front();
+        }
+        let keep_from = match idx.locs.front() {
+            Some(l) => l.seg,
+            None => {
+                // Everything is purged (possibly past the end, after a snapshot install): the
+                // next entry is `upto + 1`, so it starts a fresh segment of that name.
+                if self.active_len > 0 || self.active_key <= upto {
+                    let key = upto + 1;
+                    let f = Arc::new(create_segment(&self.dir, key)?);
+                    sync_dir(&self.dir)?;
+                    idx.segments.insert(key, f.clone());
+                    self.set_active(key, f, 0);
+                }
+                self.active_key
+            }
+        };
+        let old: Vec<u64> = idx.segments.range(..keep_from).map(|(k, _)| *k).collect();
+        for k in &old {
+            idx.segments.remove(k);
+            std::fs::remove_file(segment_path(&self.dir, *k))?;
+        }
+        if !old.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &Path, key: u64) -> io::Result<File> {
+    let path = segment_path(dir, key);
+    // A leftover file of the same name can only hold entries that were truncated or purged.
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create raft log segment {}: {e}", path.display()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Payload: the index, then filler, so that recovery can read the id back.
+    fn payload(index: u64, size: usize) -> Vec<u8> {
+        let mut p = index.to_le_bytes().to_vec();
+        p.resize(size.max(8), (index % 251) as u8);
+        p
+    }
+
+    fn id_of(p: &[u8]) -> Result<LogId<NodeId>, String> {
+        let b: [u8; 8] = p.get(..8).ok_or("short")?.try_into().map_err(|_| "short")?;
+        Ok(id(u64::from_le_bytes(b)))
+    }
+
+    fn read_all(w: &Wal) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        w.shared()
+            .read()
+            .unwrap()
+            .read_range(0, u64::MAX, |i, p| {
+                out.push((i, p.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn indices(w: &Wal) -> Vec<u64> {
+        read_all(w).into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// Opens with 1000-byte segments so that a few entries span several files.
+    fn open(dir: &Path, last_purged: Option<u64>) -> io::Result<(Wal, Recovered)> {
+        let (mut w, r) = Wal::open(dir, last_purged, id_of)?;
+        w.segment_bytes = 1000;
+        Ok((w, r))
+    }
+
+    fn append(w: &mut Wal, range: std::ops::Range<u64>, size: usize) {
+        for i in range {
+            w.append(id(i), &payload(i, size)).unwrap();
+        }
+        w.commit().unwrap();
+    }
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_are_invisible_until_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, rec) = open(d.path(), None).unwrap();
+        assert_eq!(rec, Recovered::default());
+        append(&mut w, 0..10, 100);
+        w.append(id(10), &payload(10, 100)).unwrap();
+        assert_eq!(indices(&w), (0..10).collect::<Vec<_>>());
+        w.commit().unwrap();
+        drop(w);
+        let (w, rec) = open(d.path(), None).unwrap();
+        assert_eq!(rec.entries, 11);
+        let all = read_all(&w);
+        assert_eq!(all.len(), 11);
+        for (i, p) in all {
+            assert_eq!(p, payload(i, 100));
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_continue_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append(&mut w, 0..5, 50);
+        drop(w);
+        let seg = segment_path(d.path(), 0);
+        let full = std::fs::metadata(&seg).unwrap().len();
+        // A crash in the middle of writing a sixth record.
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9], full).unwrap();
+        drop(f);
+        let (mut w, rec) = open(d.path(), None).unwrap();
+        assert_eq!(rec.torn_bytes, 10);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
+        append(&mut w, 5..7, 50);
+        drop(w);
+        let (w, _) = open(d.path(), None).unwrap();
+        assert_eq!(indices(&w), (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught_on_read_and_refused_on_open_when_not_at_the_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        // Two segments: big entries force a rotation.
+        let big = 500;
+        append(&mut w, 0..3, big);
+        assert_eq!(segments(d.path()), 3);
+        let first = segment_path(d.path(), 0);
+        let f = OpenOptions::new().write(true).open(&first).unwrap();
+        f.write_all_at(&[0xff], 100).unwrap();
+        let res = w.shared().read().unwrap().read_range(0, 1, |_, _| Ok(()));
+        assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        drop(w);
+        let err = open(d.path(), None).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("not a torn write"), "{err}");
+    }
+
+    #[test]
+    fn truncate_drops_the_suffix_across_segments_durably() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        let big = 330;
+        append(&mut w, 0..7, big);
+        assert!(segments(d.path()) >= 3);
+        w.truncate(2).unwrap();
+        assert_eq!(indices(&w), vec![0, 1]);
+        // The segment that began at entry 2 stays, empty, as the one appended to next.
+        assert_eq!(segments(d.path()), 2);
+        // Re-append different entries at the same indices (a new leader's suffix).
+        append(&mut w, 2..4, 10);
+        drop(w);
+        let (w, _) = open(d.path(), None).unwrap();
+        let all = read_all(&w);
+        assert_eq!(all.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(all[2].1, payload(2, 10));
+    }
+
+    #[test]
+    fn purge_deletes_old_segments_and_reopen_skips_purged_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        let big = 330;
+        append(&mut w, 0..7, big);
+        let before = segments(d.path());
+        w.purge(4).unwrap();
+        assert!(segments(d.path()) < before);
+        assert_eq!(indices(&w), vec![5, 6]);
+        drop(w);
+        let (w, rec) = open(d.path(), Some(4)).unwrap();
+        assert_eq!(rec.entries, 2);
+        assert_eq!(indices(&w), vec![5, 6]);
+    }
+
+    #[test]
+    fn purge_past_the_end_starts_a_fresh_segment_at_the_next_index() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append(&mut w, 0..3, 10);
+        // A snapshot up to 100 was installed: the log continues at 101.
+        w.purge(100).unwrap();
+        assert!(indices(&w).is_empty());
+        append(&mut w, 101..103, 10);
+        drop(w);
+        assert_eq!(segments(d.path()), 1);
+        let (w, _) = open(d.path(), Some(100)).unwrap();
+        assert_eq!(indices(&w), vec![101, 102]);
+        // Without the purge record the gap below 101 is refused.
+        drop(w);
+        let err = open(d.path(), Some(50)).err().unwrap();
+        assert!(err.to_string().contains("starts at entry 101"), "{err}");
+    }
+
+    #[test]
+    fn read_range_returns_only_the_asked_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append(&mut w, 3..20, 30);
+        let mut got = Vec::new();
+        w.shared()
+            .read()
+            .unwrap()
+            .read_range(5, 9, |i, _| {
+                got.push(i);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(got, vec![5, 6, 7, 8]);
+    }
+}
