@@ -154,7 +154,7 @@ impl Overlay {
 type SharedOverlay = Arc<RwLock<Overlay>>;
 
 /// The overlay is written to redb at least this often while writes keep coming.
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
+const FLUSH_AFTER: Duration = Duration::from_millis(100);
 /// ... or once it holds this many writes ...
 const FLUSH_OPS: usize = 4096;
 /// ... or this many key and value bytes, which bounds its memory.
