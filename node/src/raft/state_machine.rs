@@ -443,12 +443,7 @@ fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, StorageError<NodeI
 
 impl StateMachine {
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
-        let tx = self.db.begin_read().map_err(sm_read_err)?;
-        let t = tx.open_table(SM_META).map_err(sm_read_err)?;
-        match t.get(key).map_err(sm_read_err)? {
-            Some(v) => Ok(Some(decode(v.value()).map_err(sm_read_err)?)),
-            None => Ok(None),
-        }
+        super::store::read_value(&self.db, SM_META, key).map_err(|e| sm_read_err(std::io::Error::other(e)))
     }
 }
 
@@ -781,13 +776,7 @@ fn commit_gen(
 
 /// The applied position committed to redb (what a read transaction sees now).
 pub(crate) fn applied_in_db(db: &Database) -> Result<Option<LogId<NodeId>>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let m = tx.open_table(SM_META).map_err(|e| e.to_string())?;
-    let v = m.get(KEY_APPLIED).map_err(|e| e.to_string())?;
-    match v {
-        Some(v) => decode::<Option<LogId<NodeId>>>(v.value()).map_err(|e| e.to_string()),
-        None => Ok(None),
-    }
+    Ok(super::store::read_value::<Option<LogId<NodeId>>>(db, SM_META, KEY_APPLIED)?.flatten())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -214,14 +214,25 @@ impl LogStore {
     }
 }
 
-fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
-    let e = |e: &dyn std::fmt::Display| StoreError::Io(e.to_string());
-    let tx = db.begin_read().map_err(|x| e(&x))?;
-    let t = tx.open_table(META).map_err(|x| e(&x))?;
-    match t.get(KEY_PURGED).map_err(|x| e(&x))? {
-        Some(v) => Ok(decode::<Option<LogId<NodeId>>>(v.value()).map_err(|x| e(&x))?),
+/// One value of a `&str`-keyed table of the database, decoded; `None` when the key is absent.
+pub(crate) fn read_value<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let t = tx.open_table(table).map_err(|e| e.to_string())?;
+    let v = t.get(key).map_err(|e| e.to_string())?;
+    match v {
+        Some(v) => decode(v.value()).map(Some).map_err(|e| e.to_string()),
         None => Ok(None),
     }
+}
+
+fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
+    Ok(read_value::<Option<LogId<NodeId>>>(db, META, KEY_PURGED)
+        .map_err(StoreError::Io)?
+        .flatten())
 }
 
 /// Versions before the log files kept the log in the `raft_log` table. Its entries are
@@ -440,12 +451,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(META).map_err(read_err)?;
-        match t.get(KEY_VOTE).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(v.value()).map_err(read_err)?)),
-            None => Ok(None),
-        }
+        read_value(&self.db, META, KEY_VOTE).map_err(|e| read_err(std::io::Error::other(e)))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
