@@ -193,22 +193,75 @@ async fn serve_stream<H: PeerHandler>(
     let buf = read_frame(&mut recv).await?;
     let req = PeerRequest::decode(buf)?;
     let resp = handler.handle(req).await;
-    write_frame(&mut send, resp.encode_to_vec().into()).await?;
+    write_frame(&mut send, encode_response(&resp)).await?;
     send.finish()?;
     Ok(())
 }
 
-/// Writes one length-prefixed frame. The body is handed to quinn as it is (no copy into the
-/// stream's buffer: chunk bytes are the bulk of the peer traffic).
-async fn write_frame(send: &mut quinn::SendStream, body: Bytes) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        body.len() <= FRAME_BYTES_MAX,
-        "frame of {} bytes exceeds the limit",
-        body.len()
-    );
-    let len = Bytes::copy_from_slice(&(body.len() as u32).to_be_bytes());
-    send.write_all_chunks(&mut [len, body]).await?;
+/// Writes one length-prefixed frame from its pieces. The pieces are handed to quinn as they
+/// are (no copy into the stream's buffer: chunk bytes are the bulk of the peer traffic).
+async fn write_frame(send: &mut quinn::SendStream, parts: Vec<Bytes>) -> anyhow::Result<()> {
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    anyhow::ensure!(total <= FRAME_BYTES_MAX, "frame of {total} bytes exceeds the limit");
+    let mut chunks = Vec::with_capacity(parts.len() + 1);
+    chunks.push(Bytes::copy_from_slice(&(total as u32).to_be_bytes()));
+    chunks.extend(parts);
+    send.write_all_chunks(&mut chunks).await?;
     Ok(())
+}
+
+/// Protobuf field numbers that [`encode_request`] and [`encode_response`] write by hand
+/// (`proto/ark/v1/peer.proto`; the tests compare with prost's own encoding).
+const REQUEST_CHUNK_PUT_TAG: u32 = 21;
+const CHUNK_PUT_DATA_TAG: u32 = 2;
+const RESPONSE_CHUNK_DATA_TAG: u32 = 5;
+
+/// Encodes a request as the pieces of one frame body: the same bytes as `encode_to_vec`, but a
+/// chunk's bytes are not copied into the encoding. They follow it as a piece of their own:
+/// protobuf lets a field come last, and a nested message's length is known before its bytes
+/// are written. (Copying them cost the node that fans a put out to two targets 5% of its CPU.)
+fn encode_request(req: &PeerRequest) -> Vec<Bytes> {
+    use ark_proto::v1::peer_request::Body;
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    let Some(Body::ChunkPut(put)) = &req.body else {
+        return vec![req.encode_to_vec().into()];
+    };
+    if put.data.is_empty() {
+        return vec![req.encode_to_vec().into()];
+    }
+    let outer = PeerRequest {
+        body: None,
+        ..req.clone()
+    };
+    let inner = ark_proto::v1::ChunkPut {
+        data: Bytes::new(),
+        ..put.clone()
+    };
+    let data_len = put.data.len();
+    let inner_len = inner.encoded_len() + key_len(CHUNK_PUT_DATA_TAG) + encoded_len_varint(data_len as u64) + data_len;
+    let mut head = Vec::with_capacity(outer.encoded_len() + inner.encoded_len() + 32);
+    outer.encode_raw(&mut head);
+    encode_key(REQUEST_CHUNK_PUT_TAG, WireType::LengthDelimited, &mut head);
+    encode_varint(inner_len as u64, &mut head);
+    inner.encode_raw(&mut head);
+    encode_key(CHUNK_PUT_DATA_TAG, WireType::LengthDelimited, &mut head);
+    encode_varint(data_len as u64, &mut head);
+    vec![head.into(), put.data.clone()]
+}
+
+/// [`encode_request`] for answers: a served chunk's bytes follow the encoding uncopied.
+fn encode_response(resp: &PeerResponse) -> Vec<Bytes> {
+    use ark_proto::v1::peer_response::Body;
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    match &resp.body {
+        Some(Body::ChunkData(data)) if !data.is_empty() => {
+            let mut head = Vec::with_capacity(16);
+            encode_key(RESPONSE_CHUNK_DATA_TAG, WireType::LengthDelimited, &mut head);
+            encode_varint(data.len() as u64, &mut head);
+            vec![head.into(), data.clone()]
+        }
+        _ => vec![resp.encode_to_vec().into()],
+    }
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Bytes> {
@@ -476,7 +529,7 @@ impl PeerPool {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, NetError> {
-        let body = Bytes::from(req.encode_to_vec());
+        let body = encode_request(req);
         let lane = Lane::of(req);
         let _inflight = self.links.start(id);
         let mut used: Option<(quinn::Connection, u64)> = None;
@@ -552,6 +605,42 @@ mod tests {
             raft_codec: 0,
             body: Some(body),
         }
+    }
+
+    fn joined(parts: Vec<Bytes>) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn frames_built_from_pieces_are_prost_encodings() {
+        // The hand-written field numbers must match the proto: the pieces joined decode to the
+        // message and are as long as prost's encoding (the data field comes last instead of in
+        // field order), for every length class of the data (varint of 1, 2 and 3 bytes).
+        for len in [0usize, 1, 127, 128, 300, 20_000, 1 << 20] {
+            let data = Bytes::from((0..len).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+            let r = PeerRequest {
+                from: 7,
+                raft_codec: 1,
+                body: Some(Body::ChunkPut(ark_proto::v1::ChunkPut {
+                    id: vec![9; 32],
+                    data: data.clone(),
+                    compress: true,
+                })),
+            };
+            let bytes = joined(encode_request(&r));
+            assert_eq!(bytes.len(), r.encoded_len(), "request, {len} bytes");
+            assert_eq!(
+                PeerRequest::decode(Bytes::from(bytes)).unwrap(),
+                r,
+                "request, {len} bytes"
+            );
+            let a = PeerResponse {
+                body: Some(ark_proto::v1::peer_response::Body::ChunkData(data)),
+            };
+            assert_eq!(joined(encode_response(&a)), a.encode_to_vec(), "response, {len} bytes");
+        }
+        let other = req(Body::Vote(vec![1, 2, 3]));
+        assert_eq!(joined(encode_request(&other)), other.encode_to_vec());
     }
 
     #[test]
