@@ -8,6 +8,9 @@
 # when it returns) and with --fsync (durable, like Ark, which fsyncs every chunk on every
 # node before acknowledging).
 #
+# Each step prints its wall time, MB/s and the CPU seconds the whole machine spent meanwhile
+# (all processes: Ark's client and nodes, or rsync's clients and daemon).
+#
 # Usage: scripts/bench-objects-vs-rsync.sh [SIZE_MIB] [ROUNDS]
 # Needs: rsync (apt-get install rsync); a release build (cargo build --release).
 # Everything it starts is stopped and removed on exit.
@@ -32,6 +35,20 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 mbps() { awk -v s="$1" -v t="$2" 'BEGIN { printf "%.0f", s / t }'; }
+# CPU time of the whole machine (user, nice, system, irq, softirq), in clock ticks: every
+# process of a step (client, nodes, rsync daemon and clients) is counted, idle and iowait not.
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+TICK=$(getconf CLK_TCK)
+# step LABEL RATE CMD...: runs CMD and prints its wall time, MB/s (RATE=y) and CPU seconds.
+step() {
+  local label=$1 rate=$2 c0 t0 t1 c1 s
+  shift 2
+  c0=$(cpu_ticks); t0=$(now); "$@"; t1=$(now); c1=$(cpu_ticks)
+  s=$(secs "$t0" "$t1")
+  printf "%-6s %-28s %9s %8s %7s\n" "$r" "$label" "$s" "$([ "$rate" = y ] && mbps "$MB" "$s" || echo -)" \
+    "$(awk -v a="$c0" -v b="$c1" -v t="$TICK" 'BEGIN { printf "%.1f", (b - a) / t }')"
+}
+ark_put() { "$ARK" --config "$CFG" put "bulk/r$r" "$SRC" >/dev/null; }
 
 SRC=$WORK/src.bin
 change_one_percent() { # one contiguous 1% region in the middle, new random bytes
@@ -71,7 +88,7 @@ CFG=$WORK/ark/client.toml
 "$ARK" --config "$CFG" ns create bulk --mode sync --copies 3 --min-sites 2 >/dev/null
 
 echo "# $(date -u +%FT%TZ) size=${SIZE_MIB}MiB rounds=$ROUNDS rsync=$(rsync --version | head -1 | awk '{print $3}')"
-printf "%-6s %-28s %9s %8s\n" round step seconds MB/s
+printf "%-6s %-28s %9s %8s %7s\n" round step seconds MB/s cpu-s
 for r in $(seq 1 "$ROUNDS"); do
   # Fresh random bytes every round: the cluster holds none of its chunks yet (a round
   # that re-put an earlier round's bytes would measure deduplication, not a copy).
@@ -82,25 +99,19 @@ for r in $(seq 1 "$ROUNDS"); do
   sync
   MB=$((SIZE_MIB * 1048576 / 1000000))
 
-  t0=$(now); "$ARK" --config "$CFG" put "bulk/r$r" "$SRC" >/dev/null; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "ark full (3 copies, sync)" "$(secs "$t0" "$t1")" "$(mbps "$MB" "$(secs "$t0" "$t1")")"
-  t0=$(now); rsync_both; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "rsync full (2 dest)" "$(secs "$t0" "$t1")" "$(mbps "$MB" "$(secs "$t0" "$t1")")"
+  step "ark full (3 copies, sync)" y ark_put
+  step "rsync full (2 dest)" y rsync_both
   rm -rf "$WORK/d1/"* "$WORK/d2/"*; sync
-  t0=$(now); rsync_both --fsync; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "rsync --fsync full (2 dest)" "$(secs "$t0" "$t1")" "$(mbps "$MB" "$(secs "$t0" "$t1")")"
+  step "rsync --fsync full (2 dest)" y rsync_both --fsync
 
   change_one_percent
   sync
-  t0=$(now); "$ARK" --config "$CFG" put "bulk/r$r" "$SRC" >/dev/null; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "ark 1% change" "$(secs "$t0" "$t1")" "-"
+  step "ark 1% change" n ark_put
   # rsync's delta transfer needs the old file at the destination: d1/d2 hold the full
   # copy from the --fsync run above.
-  t0=$(now); rsync_both; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "rsync 1% change (2 dest)" "$(secs "$t0" "$t1")" "-"
+  step "rsync 1% change (2 dest)" n rsync_both
   cp "$WORK/src.orig" "$SRC"; rsync_both >/dev/null; change_one_percent; sync
-  t0=$(now); rsync_both --fsync; t1=$(now)
-  printf "%-6s %-28s %9s %8s\n" "$r" "rsync --fsync 1% change" "$(secs "$t0" "$t1")" "-"
+  step "rsync --fsync 1% change" n rsync_both --fsync
 done
 for n in 1 2 3; do
   m=$(awk -F'"' '/metrics_addr/ {print $4}' "$WORK/ark/playground.json" | sed -n "${n}p")
