@@ -563,7 +563,9 @@ fn write_tmp(path: &Path, bytes: &[u8], direct: &DirectIo) -> Result<(), ChunkEr
 fn write_direct(mut file: File, bytes: &[u8], direct: &DirectIo) -> io::Result<()> {
     let padded = bytes.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     let mut buf = direct.take();
-    buf.resize(padded + DIRECT_ALIGN, 0);
+    let needed = padded + DIRECT_ALIGN;
+    buf.reserve_exact(needed.saturating_sub(buf.len()));
+    buf.resize(needed, 0);
     let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
     let block = &mut buf[start..start + padded];
     block[..bytes.len()].copy_from_slice(bytes);
@@ -580,8 +582,13 @@ fn write_direct(mut file: File, bytes: &[u8], direct: &DirectIo) -> io::Result<(
 /// of every logical block size in use.
 const DIRECT_ALIGN: usize = 4096;
 
-/// Buffers kept for reuse by direct writes: enough for the chunks a node writes at once.
-const DIRECT_BUFFERS_KEPT: usize = 16;
+/// Buffers kept for reuse by direct writes: the chunks one put writes at once (8 streams).
+const DIRECT_BUFFERS_KEPT: usize = 8;
+
+/// Largest buffer kept for reuse (the chunker's default maximum chunk, 4 MiB, plus alignment
+/// slack), so what the pool holds between writes stays under 8 x 4 MiB. A buffer grown for a
+/// larger chunk is freed after its write.
+const DIRECT_BUFFER_KEPT_MAX: usize = 4 * 1024 * 1024 + 2 * DIRECT_ALIGN;
 
 /// Whether chunk writes use `O_DIRECT`, and the aligned buffers they reuse. Reuse matters:
 /// a fresh allocation is fresh pages, whose first touch is what direct I/O avoids.
@@ -605,7 +612,7 @@ impl DirectIo {
 
     fn give_back(&self, buf: Vec<u8>) {
         if let Ok(mut b) = self.buffers.lock() {
-            if b.len() < DIRECT_BUFFERS_KEPT {
+            if b.len() < DIRECT_BUFFERS_KEPT && buf.capacity() <= DIRECT_BUFFER_KEPT_MAX {
                 b.push(buf);
             }
         }
@@ -748,6 +755,20 @@ mod tests {
         let plain = store.path_of(&chunk_id(&raw)).unwrap();
         let hex = to_hex(&chunk_id(&raw));
         assert_eq!(plain, store.root().join(&hex[0..2]).join(&hex));
+    }
+
+    #[test]
+    fn direct_io_pool_keeps_a_bounded_number_of_bounded_buffers() {
+        let pool = DirectIo::new();
+        pool.give_back(Vec::with_capacity(MAX_CHUNK + DIRECT_ALIGN));
+        assert!(
+            pool.take().capacity() == 0,
+            "a buffer grown for an oversized chunk is freed"
+        );
+        for _ in 0..DIRECT_BUFFERS_KEPT + 3 {
+            pool.give_back(Vec::with_capacity(1 << 20));
+        }
+        assert_eq!(pool.buffers.lock().unwrap().len(), DIRECT_BUFFERS_KEPT);
     }
 
     #[test]
