@@ -223,12 +223,10 @@ const RESPONSE_CHUNK_DATA_TAG: u32 = 5;
 fn encode_request(req: &PeerRequest) -> Vec<Bytes> {
     use ark_proto::v1::peer_request::Body;
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-    let Some(Body::ChunkPut(put)) = &req.body else {
-        return vec![req.encode_to_vec().into()];
+    let put = match &req.body {
+        Some(Body::ChunkPut(put)) if !put.data.is_empty() => put,
+        _ => return vec![req.encode_to_vec().into()],
     };
-    if put.data.is_empty() {
-        return vec![req.encode_to_vec().into()];
-    }
     let outer = PeerRequest {
         body: None,
         ..req.clone()

@@ -143,6 +143,16 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
+    /// Refuses to go on once a background flush has failed (see `failed`).
+    fn check(&self) -> Result<(), StorageError<NodeId>> {
+        match &self.failed {
+            Some(e) => Err(sm_write_err(std::io::Error::other(format!(
+                "an earlier state machine flush failed: {e}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
     fn kv(&self, key: &str) -> Option<&Option<StoredValue>> {
         self.active
             .kv
@@ -518,8 +528,8 @@ impl StateMachine {
         e: Entry<TypeConfig>,
     ) -> Result<Response, StorageError<NodeId>> {
         let log_id = e.log_id;
-        let (active, frozen) = (&mut overlay.active, &overlay.frozen);
-        let ov = active;
+        let ov = &mut overlay.active;
+        let frozen = &overlay.frozen;
         let older_kv = |k: &str| frozen.as_ref().and_then(|f| f.kv.get(k)).cloned();
         let older_session = |id: &[u8]| frozen.as_ref().and_then(|f| f.sessions.get(id)).cloned();
         let resp = match e.payload {
@@ -684,11 +694,7 @@ impl StateMachine {
         let _flushing = self.flush_lock.clone().lock_owned().await;
         let overlay = self.overlay.clone();
         let mut ov = overlay.write().map_err(|_| poisoned())?;
-        if let Some(e) = &ov.failed {
-            return Err(sm_write_err(std::io::Error::other(format!(
-                "an earlier state machine flush failed: {e}"
-            ))));
-        }
+        ov.check()?;
         if !ov.active.is_empty() {
             let (durable, sweep_at) = self.flush_plan(&ov.active, None);
             commit_gen(&self.db, &ov.active, None, durable, sweep_at)?;
@@ -820,11 +826,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // One lock for a run of KV entries: a background flush cannot retire the
                 // frozen generation meanwhile, so the redb view opened below stays complete.
                 let mut ov = overlay.write().map_err(|_| poisoned())?;
-                if let Some(e) = &ov.failed {
-                    return Err(sm_write_err(std::io::Error::other(format!(
-                        "an earlier state machine flush failed: {e}"
-                    ))));
-                }
+                ov.check()?;
                 let mut stored = None;
                 while let Some(e) = entries.next_if(overlay_ok) {
                     out.push(self.apply_to_overlay(&mut ov, &mut stored, e)?);
@@ -834,11 +836,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // An object entry: everything before it goes to redb with it, in one transaction.
             let _flushing = self.flush_lock.clone().lock_owned().await;
             let mut ov = overlay.write().map_err(|_| poisoned())?;
-            if let Some(err) = &ov.failed {
-                return Err(sm_write_err(std::io::Error::other(format!(
-                    "an earlier state machine flush failed: {err}"
-                ))));
-            }
+            ov.check()?;
             let (durable, sweep_at) = self.flush_plan(&ov.active, Some(&e));
             let r = commit_gen(&self.db, &ov.active, Some(&e), durable, sweep_at)?;
             ov.active = Gen::default();

@@ -9,8 +9,8 @@
 //! with one `fdatasync` and only then reports the entries persisted. Nothing is acknowledged
 //! before it is on disk. Votes are written durably before `save_vote` returns.
 //!
-//! The state machine commits to redb without waiting for the disk (it is made durable every
-//! second and before every purge). After a crash it may be behind the log, and openraft
+//! The state machine commits to redb without waiting for the disk (it is made durable at
+//! least every `DURABLE_EVERY`, 200 ms, and before every purge). After a crash it may be behind the log, and openraft
 //! applies the missing entries again. It never needs entries the log no longer holds: a purge
 //! follows a snapshot, which either the state machine built after writing itself to redb, or
 //! it received (then the purge waits until it is installed), and the purge commits redb
@@ -152,7 +152,6 @@ impl LogStore {
     /// the last clone of the store is dropped. A log kept in the database by an earlier
     /// version is moved into the log files first.
     pub fn open(data_dir: &Path, db: Arc<Database>) -> Result<Self, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io(e.to_string());
         let last_purged = read_purged(&db)?;
         let dir = data_dir.join("raft-log");
         let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id)
@@ -176,7 +175,7 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| io(std::io::Error::other(format!("cannot start log writer thread: {e}"))))?;
+            .map_err(|e| StoreError::Io(format!("cannot start log writer thread: {e}")))?;
         Ok(Self {
             db,
             writer: tx,
