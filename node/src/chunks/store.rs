@@ -771,26 +771,86 @@ mod tests {
         assert_eq!(pool.buffers.lock().unwrap().len(), DIRECT_BUFFERS_KEPT);
     }
 
+    /// Whether the filesystem under `dir` takes an `O_DIRECT` write of one aligned block.
+    fn takes_direct_io(dir: &Path) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("direct-probe");
+        let ok = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+            .open(&path)
+            .and_then(|mut f| {
+                let buf = vec![0u8; 2 * DIRECT_ALIGN];
+                let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+                f.write_all(&buf[at..at + DIRECT_ALIGN])
+            })
+            .is_ok();
+        let _ = fs::remove_file(path);
+        ok
+    }
+
+    /// Whether `path`'s first page is in the page cache: a read with `RWF_NOWAIT` refuses
+    /// (EAGAIN) instead of going to the disk. Asked once per file: the refused read still
+    /// starts readahead.
+    fn first_page_cached(path: &Path) -> bool {
+        let file = File::open(path).unwrap();
+        let mut byte = [0u8; 1];
+        match rustix::io::preadv2(
+            &file,
+            &mut [io::IoSliceMut::new(&mut byte)],
+            0,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => n == 1,
+            Err(e) if e == rustix::io::Errno::AGAIN => false,
+            Err(e) => panic!("preadv2 {}: {e}", path.display()),
+        }
+    }
+
     #[test]
     fn lengths_around_the_direct_io_block_are_stored_exactly() {
         // Direct writes pad to whole blocks and cut the file back: the file must hold exactly
-        // the chunk, whatever its length, and a reused buffer must not leak earlier bytes.
-        let (_dir, store) = open_tmp();
-        for (seed, len) in [
-            (10, 1 << 20),
-            (11, 1),
-            (12, 4095),
-            (13, 4096),
-            (14, 4097),
-            (15, (1 << 20) + 3),
-        ] {
-            let data = random_bytes(seed, len);
-            let id = chunk_id(&data);
-            assert!(store.put(&id, &data, false).unwrap());
-            let path = store.path_of(&id).unwrap();
-            assert_eq!(fs::metadata(&path).unwrap().len(), len as u64, "length {len}");
-            assert_eq!(fs::read(&path).unwrap(), data, "length {len}");
-            store.verify(&id).unwrap();
+        // the chunk, whatever its length, and a reused buffer must not leak earlier bytes. Both
+        // write paths are checked: direct (where the filesystem takes it, which must then
+        // still be the path in use afterwards) and the buffered fallback.
+        for direct in [true, false] {
+            let (dir, store) = open_tmp();
+            store.inner.direct.enabled.store(direct, Ordering::Relaxed);
+            for (seed, len) in [
+                (10, 1 << 20),
+                (11, 1),
+                (12, 4095),
+                (13, 4096),
+                (14, 4097),
+                (15, (1 << 20) + 3),
+            ] {
+                let data = random_bytes(seed, len);
+                let id = chunk_id(&data);
+                assert!(store.put(&id, &data, false).unwrap());
+                let path = store.path_of(&id).unwrap();
+                // What direct I/O is for: the write leaves nothing in the page cache (and a
+                // buffered write does, which shows the probe sees the difference).
+                let bypassed = direct && takes_direct_io(dir.path());
+                assert_eq!(
+                    first_page_cached(&path),
+                    !bypassed,
+                    "length {len}, direct {direct}: page cache after the write"
+                );
+                assert_eq!(
+                    fs::metadata(&path).unwrap().len(),
+                    len as u64,
+                    "length {len}, direct {direct}"
+                );
+                assert_eq!(fs::read(&path).unwrap(), data, "length {len}, direct {direct}");
+                store.verify(&id).unwrap();
+            }
+            let used = store.inner.direct.enabled.load(Ordering::Relaxed);
+            assert_eq!(
+                used,
+                direct && takes_direct_io(dir.path()),
+                "direct I/O asked {direct}, still in use {used}"
+            );
         }
     }
 

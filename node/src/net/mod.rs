@@ -625,7 +625,13 @@ mod tests {
                     compress: true,
                 })),
             };
-            let bytes = joined(encode_request(&r));
+            let pieces = encode_request(&r);
+            if len > 0 {
+                // The point of the pieces: the chunk travels as the caller's buffer, not a copy.
+                assert_eq!(pieces.len(), 2, "request, {len} bytes");
+                assert_eq!(pieces[1].as_ptr(), data.as_ptr(), "request, {len} bytes: chunk copied");
+            }
+            let bytes = joined(pieces);
             assert_eq!(bytes.len(), r.encoded_len(), "request, {len} bytes");
             assert_eq!(
                 PeerRequest::decode(Bytes::from(bytes)).unwrap(),
@@ -633,9 +639,14 @@ mod tests {
                 "request, {len} bytes"
             );
             let a = PeerResponse {
-                body: Some(ark_proto::v1::peer_response::Body::ChunkData(data)),
+                body: Some(ark_proto::v1::peer_response::Body::ChunkData(data.clone())),
             };
-            assert_eq!(joined(encode_response(&a)), a.encode_to_vec(), "response, {len} bytes");
+            let pieces = encode_response(&a);
+            if len > 0 {
+                assert_eq!(pieces.len(), 2, "response, {len} bytes");
+                assert_eq!(pieces[1].as_ptr(), data.as_ptr(), "response, {len} bytes: chunk copied");
+            }
+            assert_eq!(joined(pieces), a.encode_to_vec(), "response, {len} bytes");
         }
         let other = req(Body::Vote(vec![1, 2, 3]));
         assert_eq!(joined(encode_request(&other)), other.encode_to_vec());
