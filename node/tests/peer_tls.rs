@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ark_node::net::{NetError, PeerEndpoint, PeerHandler, PeerPool, TlsMaterial};
+use ark_node::net::{NetError, PeerEndpoint, PeerHandler, PeerPool, TlsMaterial, PEER_UDP_PAYLOAD_MAX};
 use ark_proto::v1::{peer_response, PeerRequest, PeerResponse};
 
 struct Echo;
@@ -74,6 +74,43 @@ async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
         .unwrap_err();
     assert!(matches!(err, NetError::Unreachable { .. }), "{err}");
 
+    let _ = stop_tx.send(());
+    server.close();
+    let _ = task.await;
+}
+
+#[tokio::test]
+async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
+    // Path MTU discovery may go past quinn's default 1452 bytes up to PEER_UDP_PAYLOAD_MAX;
+    // loopback (MTU 65536) allows all of it, so bulk transfers there take fewer datagrams.
+    let cluster = tempfile::tempdir().unwrap();
+    ark_client::certs::create_ca(cluster.path()).unwrap();
+    let server = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 1)).unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let srv = server.clone();
+    let task = tokio::spawn(async move {
+        srv.serve(Arc::new(Echo), async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let pool = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
+    let mut mtu = 0;
+    // Discovery is a binary search, one probe per round trip: well under a second here.
+    for _ in 0..100 {
+        pool.call(1, &addr, &request(), Duration::from_secs(5)).await.unwrap();
+        let links = pool.link_stats().snapshot();
+        mtu = links.iter().filter_map(|l| l.conn).map(|c| c.mtu).max().unwrap_or(0);
+        if mtu >= PEER_UDP_PAYLOAD_MAX - 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mtu > 1452 && mtu <= PEER_UDP_PAYLOAD_MAX,
+        "path MTU after discovery on loopback: {mtu}"
+    );
     let _ = stop_tx.send(());
     server.close();
     let _ = task.await;

@@ -54,6 +54,8 @@ pub struct ConnSnapshot {
     pub tx_bytes: u64,
     /// UDP payload bytes received so far.
     pub rx_bytes: u64,
+    /// Largest UDP payload the connection sends now (path MTU discovery's current result).
+    pub mtu: u16,
 }
 
 /// The counters of every link this node called, shared by clones of the pool. Bounded by
@@ -133,6 +135,7 @@ impl LinkStats {
                         rtt: s.path.rtt,
                         tx_bytes: s.udp_tx.bytes,
                         rx_bytes: s.udp_rx.bytes,
+                        mtu: s.path.current_mtu,
                     }
                 }),
             })

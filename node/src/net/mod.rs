@@ -103,34 +103,32 @@ impl PeerEndpoint {
         transport.stream_receive_window((8u32 << 20).into());
         transport.receive_window((64u32 << 20).into());
         transport.send_window(64 << 20);
-        // quinn's default path MTU discovery (up to 1452-byte datagrams) is kept: GSO and GRO
-        // already batch datagrams per syscall, and 8952- or 65527-byte datagrams (which need
-        // the endpoint's `max_udp_payload_size` raised too) were measured no faster on
-        // loopback (docs/benchmarks.md).
+        // Path MTU discovery searches up to PEER_UDP_PAYLOAD_MAX (quinn's default stops at
+        // 1452): where the path allows it (loopback, jumbo frames) fewer, larger datagrams
+        // carry the same bytes, and quinn's cost is mostly per datagram.
+        let mut mtud = quinn::MtuDiscoveryConfig::default();
+        mtud.upper_bound(PEER_UDP_PAYLOAD_MAX);
+        transport.mtu_discovery_config(Some(mtud));
         let transport = Arc::new(transport);
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("QUIC client TLS config")?,
         ));
         client.transport_config(transport);
-        let mut endpoint = match faults {
-            None => quinn::Endpoint::server(server, addr)
-                .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?,
-            Some(table) => {
-                let sock = std::net::UdpSocket::bind(addr)
-                    .with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?;
-                let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-                let inner = runtime.wrap_udp_socket(sock).context("wrapping the UDP socket")?;
-                let socket = Arc::new(fault::FaultySocket::new(inner, table));
-                quinn::Endpoint::new_with_abstract_socket(
-                    quinn::EndpointConfig::default(),
-                    Some(server),
-                    socket,
-                    runtime,
-                )
-                .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?
-            }
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(PEER_UDP_PAYLOAD_MAX)
+            .context("QUIC endpoint config")?;
+        let sock =
+            std::net::UdpSocket::bind(addr).with_context(|| format!("cannot bind QUIC peer endpoint on {addr}"))?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime.wrap_udp_socket(sock).context("wrapping the UDP socket")?;
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = match faults {
+            None => socket,
+            Some(table) => Arc::new(fault::FaultySocket::new(socket, table)),
         };
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+            .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?;
         endpoint.set_default_client_config(client);
         Ok(Self { endpoint })
     }
@@ -261,6 +259,19 @@ fn encode_response(resp: &PeerResponse) -> Vec<Bytes> {
         _ => vec![resp.encode_to_vec().into()],
     }
 }
+
+/// Largest UDP payload of a peer datagram (what path MTU discovery may reach, and what the
+/// endpoint accepts). quinn hands the kernel up to 10 datagrams per `sendmsg` (GSO), and a
+/// batch must stay within one UDP datagram's 65 507 bytes: a larger one is refused with
+/// EMSGSIZE, which quinn takes for a failed MTU probe, and the whole batch is lost. That is
+/// why 8952- and 65527-byte datagrams were slower in an earlier trial (docs/benchmarks.md).
+pub const PEER_UDP_PAYLOAD_MAX: u16 = 6500;
+
+/// The most datagrams quinn 0.11 gives one `sendmsg` (its `MAX_TRANSMIT_SEGMENTS`).
+const QUINN_GSO_SEGMENTS_MAX: usize = 10;
+
+// A full GSO batch of the largest datagrams fits one UDP datagram (65 535 - 8 - 20 bytes).
+const _: () = assert!(PEER_UDP_PAYLOAD_MAX as usize * QUINN_GSO_SEGMENTS_MAX <= 65_507);
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Bytes> {
     let mut len = [0u8; 4];
