@@ -24,6 +24,41 @@ fn node_tls(ca_dir: &std::path::Path, id: u64) -> TlsMaterial {
     TlsMaterial::load(&ca_dir.join("ca.pem"), &cert, &key).unwrap()
 }
 
+/// Node 1 of the cluster whose CA is in `ca_dir`, answering every request with [`Echo`].
+struct EchoServer {
+    endpoint: PeerEndpoint,
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    fn start(ca_dir: &std::path::Path) -> Self {
+        let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(ca_dir, 1)).unwrap();
+        let addr = endpoint.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let srv = endpoint.clone();
+        let task = tokio::spawn(async move {
+            srv.serve(Arc::new(Echo), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            endpoint,
+            addr,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.endpoint.close();
+        let _ = self.task.await;
+    }
+}
+
 fn request() -> PeerRequest {
     PeerRequest {
         from: 2,
@@ -39,16 +74,8 @@ async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
     ark_client::certs::create_ca(cluster.path()).unwrap();
     ark_client::certs::create_ca(rogue.path()).unwrap();
 
-    let server = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 1)).unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let srv = server.clone();
-    let task = tokio::spawn(async move {
-        srv.serve(Arc::new(Echo), async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let server = EchoServer::start(cluster.path());
+    let addr = server.addr.clone();
 
     // A peer of the same cluster gets an answer.
     let good = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
@@ -74,9 +101,7 @@ async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
         .unwrap_err();
     assert!(matches!(err, NetError::Unreachable { .. }), "{err}");
 
-    let _ = stop_tx.send(());
-    server.close();
-    let _ = task.await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -87,16 +112,8 @@ async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
     // has MTU 1500, discovery stops at 1466 of the 1472 bytes IPv4 allows, and this fails.)
     let cluster = tempfile::tempdir().unwrap();
     ark_client::certs::create_ca(cluster.path()).unwrap();
-    let server = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 1)).unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let srv = server.clone();
-    let task = tokio::spawn(async move {
-        srv.serve(Arc::new(Echo), async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let server = EchoServer::start(cluster.path());
+    let addr = server.addr.clone();
     let pool = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
     let mut mtu = 0;
     // Discovery is a binary search, one probe per round trip: well under a second here.
@@ -113,7 +130,5 @@ async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
         mtu > 1500 && mtu <= PEER_UDP_PAYLOAD_MAX,
         "path MTU after discovery on loopback: {mtu}"
     );
-    let _ = stop_tx.send(());
-    server.close();
-    let _ = task.await;
+    server.stop().await;
 }
