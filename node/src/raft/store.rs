@@ -10,8 +10,9 @@
 //! before it is on disk. Votes are written durably before `save_vote` returns.
 //!
 //! The state machine commits to redb without waiting for the disk (it is made durable at
-//! least every `DURABLE_EVERY`, 200 ms, and before every purge). After a crash it may be behind the log, and openraft
-//! applies the missing entries again. It never needs entries the log no longer holds: a purge
+//! least every `DURABLE_EVERY`, 200 ms, and before every purge). After a crash it may be
+//! behind the log, and openraft applies the missing entries again. It never needs entries
+//! the log no longer holds: a purge
 //! follows a snapshot, which either the state machine built after writing itself to redb, or
 //! it received (then the purge waits until it is installed), and the purge commits redb
 //! durably before it deletes anything.
