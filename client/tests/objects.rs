@@ -228,6 +228,47 @@ async fn flipped_byte_is_never_served_and_scrub_repairs_it() {
     );
 }
 
+/// Deduplication trusts only verified copies: with every copy of every chunk of an object
+/// rotten on every node, a put of the same bytes under a new key stores them again (the
+/// receiving node compares what it has with the bytes at hand, the others re-hash before
+/// saying they have a chunk), and both keys read back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_of_the_same_bytes_replaces_every_rotten_copy() {
+    let pg = Pg::up(3, 20_000).await;
+    pg.wait_leader(None, Duration::from_secs(20)).await;
+    ok(
+        &pg.ark(&["ns", "create", "data", "--mode", "sync", "--copies", "3"]),
+        "ns create",
+    );
+    let src = pg.path().join("obj.bin");
+    let data = random_file(&src, 3 * 1024 * 1024 + 77, 21);
+    ok(&pg.ark(&["put", "data/a.bin", src.to_str().unwrap()]), "put a");
+    let mut rotten = Vec::new();
+    for n in 1..=3 {
+        for f in chunk_files(&pg, n) {
+            let len = std::fs::metadata(&f).unwrap().len();
+            flip_byte(&f, len / 3);
+            rotten.push((std::fs::read(&f).unwrap(), f));
+        }
+    }
+    assert!(rotten.len() >= 3, "expected chunk files on every node");
+    let dst = pg.path().join("back.bin");
+    let o = pg.ark(&["get", "data/a.bin", "-o", dst.to_str().unwrap()]);
+    assert!(!o.status.success(), "an object whose every copy is rotten was served");
+
+    ok(&pg.ark(&["put", "data/b.bin", src.to_str().unwrap()]), "put b");
+    for n in 1..=3 {
+        assert!(get_via(&pg, n, "data/b.bin", &dst) == data, "node {n}: b differs");
+        assert!(get_via(&pg, n, "data/a.bin", &dst) == data, "node {n}: a differs");
+    }
+    // Every rotten copy was replaced by the put (not only read around).
+    for (bad, f) in &rotten {
+        let now = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_ne!(&now, bad, "{} is still the rotten copy", f.display());
+    }
+    ok(&pg.ark(&["verify", "data", "--json"]), "verify");
+}
+
 /// Cuts node `id` off from every other node (both directions) through the peer
 /// transport's fault layer, or heals it.
 fn cut_off(pg: &Pg, id: u64, cut: bool) {

@@ -40,6 +40,36 @@ async fn client_with_foreign_certificate_is_refused() {
     assert!(stderr(&o).contains("not found"));
 }
 
+/// A node's certificate is for the peer plane: the client API refuses it (no operator opted
+/// in with `tls.allow_node_clients`), and the refusal says what to use instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_certificate_is_refused_on_the_client_plane() {
+    let pg = Pg::up(3, 20_000).await;
+    let cfg = pg.info();
+    let endpoints: Vec<String> = cfg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
+    let certs = pg.path().join("certs");
+    let toml = format!(
+        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
+        endpoints.join(", "),
+        certs.join("ca.pem").display(),
+        certs.join("node-2.pem").display(),
+        certs.join("node-2.key").display()
+    );
+    let node_cfg = pg.path().join("node-client.toml");
+    std::fs::write(&node_cfg, toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark"))
+        .arg("--config")
+        .arg(&node_cfg)
+        .args(["kv", "put", "from-a-node", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("ark certs client"), "{}", stderr(&o));
+    let o = pg.ark(&["kv", "get", "from-a-node"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not found"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_rejected_and_change_nothing() {
     let pg = Pg::up(3, 20_000).await;

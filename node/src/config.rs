@@ -87,6 +87,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// Whether the client API accepts node certificates as client certificates. Off: a
+    /// node's certificate is good for the peer plane only, and clients use certificates
+    /// made with `ark certs client NAME`.
+    #[serde(default)]
+    pub allow_node_clients: bool,
 }
 
 /// Raft timing. Defaults suit WAN round trips of up to ~100 ms between sites.
@@ -517,6 +522,8 @@ metrics = "127.0.0.1:7301"
 ca = "certs/ca.pem"
 cert = "certs/node-1.pem"
 key = "certs/node-1.key"
+# Accept node certificates on the client API too (off: clients need `ark certs client`).
+allow_node_clients = false
 
 [raft]
 heartbeat_interval_ms = 250

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod cache;
 pub mod chunks;
+pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod net;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
+use crate::api::client_cert::ClientCertRule;
 use crate::api::cluster::ClusterService;
 use crate::api::fence::ReadFence;
 use crate::api::kv::KvService;
@@ -27,8 +28,10 @@ use crate::api::proposer::Proposer;
 use crate::chunks::ChunkStore;
 use crate::config::NodeConfig;
 use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
+use crate::raft::log_clock::LogClock;
 use crate::raft::network::{NetworkFactory, RaftPeerService};
 use crate::raft::objects::ObjectReader;
+use crate::raft::recovery::Recovery;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::{open_database, LogStore};
 use crate::raft::{ArkNode, ArkRaft, NodeId};
@@ -38,7 +41,8 @@ use crate::telemetry::Telemetry;
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
+/// openraft's config; `elect` is off while the node recovers a damaged log (`raft::recovery`).
+fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Config>> {
     let r = &cfg.raft;
     let c = openraft::Config {
         cluster_name: "ark".into(),
@@ -49,6 +53,7 @@ fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
         max_payload_entries: 1024,
+        enable_elect: elect,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().context("raft timing config")?))
@@ -78,8 +83,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
     let db = open_database(&cfg.data_dir)?;
     let state_machine = StateMachine::new(db.clone());
+    let log_clock = Arc::new(LogClock::new(state_machine.log_time()));
     let log_store = LogStore::open(&cfg.data_dir, db.clone())?.with_snapshot_gate(state_machine.snapshot_gate());
     let fsync_stats = log_store.fsync_stats();
+    let recovery =
+        Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     let reader = state_machine.reader();
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     let cache = Arc::new(
@@ -101,7 +109,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let raft = ArkRaft::new(
         id,
-        raft_config(&cfg)?,
+        raft_config(&cfg, !recovery.damaged())?,
         NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
         log_store,
         state_machine,
@@ -114,8 +122,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight);
-    let fence = Arc::new(ReadFence::new(raft.clone()));
+    let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight, log_clock.clone());
+    let fence = Arc::new(ReadFence::new(raft.clone(), log_clock));
     let risk = Arc::new(crate::risk::Risk::new(
         cfg.risk.clone(),
         Duration::from_millis(cfg.telemetry.interval_ms),
@@ -147,7 +155,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot,
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone()),
+        RaftPeerService::new(raft.clone(), recovery),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -219,9 +227,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         telemetry.clone(),
         risk.clone(),
     ));
+    let cert_rule = ClientCertRule::new(tls.node_identity()?, cfg.tls.allow_node_clients);
     let grpc = Server::builder()
         .tls_config(tls_cfg)
         .context("client API TLS config")?
+        .layer(tonic::service::interceptor(move |req| cert_rule.check(req)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

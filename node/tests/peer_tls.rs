@@ -104,6 +104,57 @@ async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
     server.stop().await;
 }
 
+fn request_from(from: u64) -> PeerRequest {
+    PeerRequest { from, ..request() }
+}
+
+fn refused(resp: &PeerResponse) -> bool {
+    matches!(&resp.body, Some(peer_response::Body::Failure(m)) if m.starts_with("refused:"))
+}
+
+#[tokio::test]
+async fn the_peer_plane_speaks_only_to_nodes_and_believes_only_their_certificates() {
+    let cluster = tempfile::tempdir().unwrap();
+    ark_client::certs::create_ca(cluster.path()).unwrap();
+    let server = EchoServer::start(cluster.path());
+    let addr = server.addr.clone();
+
+    // A client certificate of the same CA (the playground's client.pem) is refused in the
+    // handshake: it is not a node certificate.
+    let (cert, key) = ark_client::certs::create_client(cluster.path(), cluster.path(), "client").unwrap();
+    let client_tls = TlsMaterial::load(&cluster.path().join("ca.pem"), &cert, &key).unwrap();
+    let intruder = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &client_tls).unwrap());
+    let err = intruder
+        .call(1, &addr, &request_from(4242), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::Unreachable { .. } | NetError::Io { .. }),
+        "{err}"
+    );
+
+    // Node 2 claiming to be node 4242 is refused, and so is a later request on the same
+    // connection claiming another node; its own id is answered.
+    let node2 =
+        PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
+    let resp = node2
+        .call(1, &addr, &request_from(4242), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(refused(&resp), "{resp:?}");
+    let resp = node2
+        .call(1, &addr, &request_from(2), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(resp.body, Some(peer_response::Body::Failure("echo from 2".into())));
+    let resp = node2
+        .call(1, &addr, &request_from(3), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(refused(&resp), "{resp:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
     // Path MTU discovery may go past quinn's default 1452 bytes up to PEER_UDP_PAYLOAD_MAX;

@@ -10,6 +10,8 @@ use crate::raft::ArkRaft;
 /// Fences reads on this node's Raft; one per process.
 pub struct ReadFence {
     raft: ArkRaft,
+    /// Stamps the fence entries (see `raft::log_clock`).
+    clock: std::sync::Arc<crate::raft::log_clock::LogClock>,
     /// Leader term (of this process) in which a fence entry has been committed.
     fenced_term: std::sync::atomic::AtomicU64,
     /// Serialises fencing, so that concurrent first reads commit one fence entry, not many.
@@ -18,9 +20,10 @@ pub struct ReadFence {
 
 impl ReadFence {
     /// A fence over `raft`.
-    pub fn new(raft: ArkRaft) -> Self {
+    pub fn new(raft: ArkRaft, clock: std::sync::Arc<crate::raft::log_clock::LogClock>) -> Self {
         Self {
             raft,
+            clock,
             fenced_term: std::sync::atomic::AtomicU64::new(0),
             fencing: tokio::sync::Mutex::new(()),
         }
@@ -45,7 +48,7 @@ impl ReadFence {
                 let r = self
                     .raft
                     .client_write(crate::raft::Request {
-                        proposed_at_ms: super::now_ms(),
+                        proposed_at_ms: self.clock.now_ms(),
                         ops: Vec::new(),
                     })
                     .await;

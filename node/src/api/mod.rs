@@ -4,13 +4,12 @@
 //! Owns request validation and error wording. It reaches consensus only through
 //! [`crate::raft::ArkRaft`] and reads state only through [`crate::raft::state_machine::KvReader`].
 
+pub mod client_cert;
 pub mod cluster;
 pub mod fence;
 pub mod kv;
 pub mod objects;
 pub mod proposer;
-
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::ForwardToLeader;
 use tonic::metadata::MetadataValue;
@@ -42,10 +41,8 @@ pub fn not_leader(f: &ForwardToLeader<NodeId, ArkNode>) -> Status {
     st
 }
 
-/// Milliseconds since the Unix epoch, for stamping proposals.
+/// Milliseconds since the Unix epoch by this node's wall clock ([`crate::clock`]): for
+/// metadata and lag, never for a decision every replica must make alike.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+    crate::clock::wall_ms()
 }

@@ -268,16 +268,16 @@ impl ObjectsService {
                 let failed = failed.clone();
                 async move {
                     let len = data.len();
-                    let store = dp.store.clone();
                     let d = data.clone();
+                    let dp2 = dp.clone();
                     let (id, new) = tokio::task::spawn_blocking(move || {
                         let id = chunk_id(&d);
-                        // A chunk this node already has is not rewritten (nor re-hashed here:
-                        // scrub and every read verify it).
-                        if store.has(&id) {
-                            return Ok((id, false));
-                        }
-                        store.put_hashed(&id, &d, compress).map(|new| (id, new))
+                        // Claimed before it is looked at, so garbage collection cannot take
+                        // an existing copy between this check and the manifest's commit. An
+                        // existing copy counts only if it equals these bytes (compared, not
+                        // re-hashed); a corrupt one is replaced by them.
+                        dp2.claims.claim(&id);
+                        dp2.store.put_hashed(&id, &d, compress).map(|new| (id, new))
                     })
                     .await
                     .map_err(internal)?
@@ -288,9 +288,6 @@ impl ObjectsService {
                         )),
                         e => Status::internal(format!("storing a chunk: {e}")),
                     })?;
-                    if !new {
-                        dp.touch(&id);
-                    }
                     let pushes = targets.iter().map(|t| {
                         let dp = dp.clone();
                         let failed = failed.clone();

@@ -13,7 +13,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
-use super::{not_leader, now_ms};
+use super::not_leader;
+use crate::raft::log_clock::LogClock;
 use crate::raft::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
 
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
@@ -45,9 +46,10 @@ fn op_bytes(op: &Op) -> usize {
 
 impl Proposer {
     /// Starts the proposer task for `raft`. It ends when every handle is dropped.
-    pub fn start(raft: ArkRaft, in_flight: usize) -> Self {
+    /// Entries are stamped by `clock`.
+    pub fn start(raft: ArkRaft, in_flight: usize, clock: Arc<LogClock>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx, in_flight.max(1)));
+        tokio::spawn(run(raft, rx, in_flight.max(1), clock));
         Self { tx }
     }
 
@@ -63,7 +65,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize) {
+async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize, clock: Arc<LogClock>) {
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut carry: Option<Pending> = None;
     loop {
@@ -96,15 +98,11 @@ async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize) {
         }
         metrics::histogram!("ark_raft_entry_ops").record(batch.len() as f64);
         let raft = raft.clone();
+        let proposed_at_ms = clock.now_ms();
         tokio::spawn(async move {
             let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
             let started = std::time::Instant::now();
-            let res = raft
-                .client_write(Request {
-                    proposed_at_ms: now_ms(),
-                    ops,
-                })
-                .await;
+            let res = raft.client_write(Request { proposed_at_ms, ops }).await;
             drop(permit);
             metrics::histogram!("ark_raft_entry_commit_seconds").record(started.elapsed().as_secs_f64());
             match res {

@@ -18,6 +18,9 @@
 //! loss = 0.02          # probability that a sent datagram is dropped
 //! ```
 //!
+//! A top-level `clock_offset_ms = 420000` shifts the node's wall clock (not the host's) by
+//! that much, forward or (negative) back: a clock jump.
+//!
 //! An empty or missing file means no faults.
 
 use std::fmt;
@@ -73,6 +76,10 @@ pub struct Rules {
     /// Rules, first match wins per property.
     #[serde(default)]
     pub rule: Vec<Rule>,
+    /// Shift of this node's wall clock from the host's, in ms (a clock jump; see
+    /// [`crate::clock`]).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
 }
 
 impl Rules {
@@ -112,6 +119,7 @@ impl FaultTable {
 
     /// Replaces the rules.
     pub fn set(&self, rules: Rules) {
+        crate::clock::set_offset_ms(rules.clock_offset_ms);
         if let Ok(mut r) = self.rules.write() {
             *r = rules;
         }

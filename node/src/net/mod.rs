@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ark_proto::v1::{PeerRequest, PeerResponse};
+use ark_proto::v1::{peer_response, PeerRequest, PeerResponse};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::Mutex;
@@ -71,6 +71,8 @@ pub trait PeerHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct PeerEndpoint {
     endpoint: quinn::Endpoint,
+    /// Binds each accepted connection to the node its certificate names.
+    identity: tls::NodeIdentity,
 }
 
 impl PeerEndpoint {
@@ -130,7 +132,10 @@ impl PeerEndpoint {
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
             .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?;
         endpoint.set_default_client_config(client);
-        Ok(Self { endpoint })
+        Ok(Self {
+            endpoint,
+            identity: tls.node_identity()?,
+        })
     }
 
     /// The bound local address.
@@ -150,6 +155,7 @@ impl PeerEndpoint {
                 },
             };
             let handler = handler.clone();
+            let identity = self.identity.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -161,14 +167,25 @@ impl PeerEndpoint {
                         return;
                     }
                 };
+                let chain = conn
+                    .peer_identity()
+                    .and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+                    .map(|b| *b)
+                    .unwrap_or_default();
+                let peer = Arc::new(AcceptedPeer {
+                    identity,
+                    chain,
+                    node: std::sync::OnceLock::new(),
+                });
                 loop {
                     let (send, recv) = match conn.accept_bi().await {
                         Ok(s) => s,
                         Err(_) => break,
                     };
                     let handler = handler.clone();
+                    let peer = peer.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_stream(handler, send, recv).await {
+                        if let Err(e) = serve_stream(handler, &peer, send, recv).await {
                             tracing::debug!(%remote, error = %e, "peer stream failed");
                         }
                     });
@@ -183,14 +200,50 @@ impl PeerEndpoint {
     }
 }
 
+/// An accepted peer connection: its certificate chain and, after the first request, the
+/// node it is bound to.
+struct AcceptedPeer {
+    identity: tls::NodeIdentity,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    node: std::sync::OnceLock<u64>,
+}
+
+impl AcceptedPeer {
+    /// Admits a request claiming to come from node `from` only if the connection's
+    /// certificate is that node's: the first request binds the connection to its node, and
+    /// every later one must name the same.
+    fn admit(&self, from: u64) -> Result<(), String> {
+        if self.node.get().is_none() {
+            self.identity.check_node(&self.chain, from)?;
+        }
+        let bound = *self.node.get_or_init(|| from);
+        if bound != from {
+            return Err(format!(
+                "the request claims to come from node {from}, but this connection belongs to node {bound}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 async fn serve_stream<H: PeerHandler>(
     handler: Arc<H>,
+    peer: &AcceptedPeer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let buf = read_frame(&mut recv).await?;
     let req = PeerRequest::decode(buf)?;
-    let resp = handler.handle(req).await;
+    let resp = match peer.admit(req.from) {
+        Ok(()) => handler.handle(req).await,
+        Err(why) => {
+            metrics::counter!("ark_peer_requests_refused_total").increment(1);
+            tracing::warn!(from = req.from, reason = %why, "refused a peer request");
+            PeerResponse {
+                body: Some(peer_response::Body::Failure(format!("refused: {why}"))),
+            }
+        }
+    };
     write_frame(&mut send, encode_response(&resp)).await?;
     send.finish()?;
     Ok(())

@@ -3,14 +3,23 @@
 //! One cluster CA signs every node and client certificate. Servers (QUIC peer endpoint and
 //! gRPC) require a client certificate signed by that CA; clients trust only that CA. Node
 //! certificates carry the DNS names `ark-node` (what clients verify) and `node-<id>` (what
-//! peers verify, so one node cannot answer for another's id).
+//! peers verify, so one node cannot answer for another's id), and the server-auth key usage.
+//!
+//! A node certificate is one that would pass as a TLS server certificate for `ark-node`:
+//! signed by the CA, with the server-auth extended key usage and that name. Client
+//! certificates (`ark certs client`) have neither, so the peer plane refuses them in the
+//! handshake ([`TlsMaterial::server_config`]), and [`NodeIdentity`] binds a peer connection
+//! to the one node id whose `node-<id>` name its certificate carries.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 /// DNS name every node certificate carries and clients verify.
 pub const NODE_SERVER_NAME: &str = "ark-node";
@@ -126,11 +135,25 @@ impl TlsMaterial {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 
-    /// A server config that demands a client certificate signed by the cluster CA.
-    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), Self::provider())
+    /// The check of node certificates against this cluster's CA.
+    pub fn node_identity(&self) -> Result<NodeIdentity, TlsError> {
+        let server = WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), Self::provider())
             .build()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        Ok(NodeIdentity { server })
+    }
+
+    /// The peer plane's server config: it demands a client certificate signed by the
+    /// cluster CA that is a node certificate (a client certificate is refused in the
+    /// handshake).
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+        let client = WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), Self::provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let verifier = Arc::new(NodesOnly {
+            client,
+            nodes: self.node_identity()?,
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -151,5 +174,95 @@ impl TlsMaterial {
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         Ok(cfg)
+    }
+}
+
+/// Tells node certificates of this cluster from others, and which node one names.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    server: Arc<WebPkiServerVerifier>,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeIdentity")
+    }
+}
+
+impl NodeIdentity {
+    /// Checks that `chain` (end entity first) is a node certificate of this cluster valid
+    /// for `name` (`ark-node` for any node, `node-<id>` for one).
+    fn check(&self, chain: &[CertificateDer<'_>], name: &str) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| rustls::Error::General(format!("bad node name {name}: {e}")))?;
+        self.server
+            .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+            .map(drop)
+    }
+
+    /// Whether `chain` is a node certificate of this cluster (any node).
+    pub fn is_node(&self, chain: &[CertificateDer<'_>]) -> bool {
+        self.check(chain, NODE_SERVER_NAME).is_ok()
+    }
+
+    /// Checks that `chain` is the certificate of node `id`.
+    pub fn check_node(&self, chain: &[CertificateDer<'_>], id: u64) -> Result<(), String> {
+        self.check(chain, &peer_server_name(id))
+            .map_err(|e| format!("the certificate is not node {id}'s: {e}"))
+    }
+}
+
+/// The peer plane's client-certificate check: signed by the cluster CA (as for any client)
+/// and a node certificate.
+#[derive(Debug)]
+struct NodesOnly {
+    client: Arc<dyn ClientCertVerifier>,
+    nodes: NodeIdentity,
+}
+
+impl ClientCertVerifier for NodesOnly {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.client.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.client.verify_client_cert(end_entity, intermediates, now)?;
+        let mut chain = vec![end_entity.clone()];
+        chain.extend(intermediates.iter().cloned());
+        self.nodes.check(&chain, NODE_SERVER_NAME).map_err(|e| {
+            rustls::Error::General(format!(
+                "the peer plane accepts only node certificates (server-auth usage and the name \
+                 {NODE_SERVER_NAME}): {e}"
+            ))
+        })?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.client.supported_verify_schemes()
     }
 }

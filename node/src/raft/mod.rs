@@ -4,8 +4,10 @@
 //! Owns everything that is replicated through the Raft log. It must not know about gRPC or
 //! the client API: `api` talks to it through [`ArkRaft`] and [`store::Store`]'s read methods.
 
+pub mod log_clock;
 pub mod network;
 pub mod objects;
+pub mod recovery;
 pub mod state_machine;
 pub mod store;
 mod wal;
@@ -56,8 +58,9 @@ pub const OPS_PER_ENTRY_MAX: usize = 1024;
 /// One log entry's worth of client writes, proposed together (see `api::proposer`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    /// Leader's wall clock when it proposed the entry. Used only to expire old request ids,
-    /// so every replica expires the same ones.
+    /// The log's time when the leader proposed the entry ([`log_clock`]: close to the wall
+    /// clock, but no leader's clock can make it jump). Expires old request ids, so every
+    /// replica expires the same ones, and stamps object metadata.
     pub proposed_at_ms: u64,
     /// The writes, applied in order; at most [`OPS_PER_ENTRY_MAX`].
     pub ops: Vec<Op>,

@@ -5,6 +5,8 @@
 //! The Raft messages are openraft's serde types, bincode-encoded inside the protobuf
 //! envelope (see `proto/ark/v1/peer.proto`).
 
+use std::sync::Arc;
+
 use ark_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse, RaftCodec};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
@@ -15,6 +17,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::recovery::Recovery;
 use super::store::{decode, encode};
 use super::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::net::{NetError, PeerHandler, PeerPool};
@@ -208,12 +211,14 @@ pub fn cap_entries(entries: &mut Vec<openraft::Entry<TypeConfig>>, max_bytes: u6
 /// Serves incoming peer requests with the local Raft.
 pub struct RaftPeerService {
     raft: ArkRaft,
+    /// Withholds votes while the log is damaged, and heals it (see `raft::recovery`).
+    recovery: Arc<Recovery>,
 }
 
 impl RaftPeerService {
     /// Wraps the local Raft.
-    pub fn new(raft: ArkRaft) -> Self {
-        Self { raft }
+    pub fn new(raft: ArkRaft, recovery: Arc<Recovery>) -> Self {
+        Self { raft, recovery }
     }
 }
 
@@ -244,10 +249,24 @@ impl PeerHandler for RaftPeerService {
         }
         match req.body {
             Some(peer_request::Body::AppendEntries(b)) => match decode::<AppendEntriesRequest<TypeConfig>>(&b) {
-                Ok(r) => answer(self.raft.append_entries(r).await),
+                Ok(r) => {
+                    let heal = self.recovery.heal_target(&r);
+                    let res = self.raft.append_entries(r).await;
+                    if let (Some(t), Ok(resp)) = (heal, &res) {
+                        self.recovery.after_append(&self.raft, t, resp);
+                    }
+                    answer(res)
+                }
                 Err(e) => failure(format!("malformed append-entries: {e}")),
             },
             Some(peer_request::Body::Vote(b)) => match decode::<VoteRequest<NodeId>>(&b) {
+                // Not an answer openraft could mistake for a vote: the candidate sees this
+                // node as unreachable, which is what a node missing entries should be.
+                Ok(_) if self.recovery.damaged() => failure(
+                    "this node is recovering a damaged raft log and grants no vote until a leader has \
+                     given it back every committed entry"
+                        .into(),
+                ),
                 Ok(r) => answer(self.raft.vote(r).await),
                 Err(e) => failure(format!("malformed vote: {e}")),
             },

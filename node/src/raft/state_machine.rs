@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -187,11 +187,23 @@ pub struct StateMachine {
     /// Set while a snapshot is being received, until it is installed (the log store's purge
     /// waits for it).
     receiving_snapshot: Arc<AtomicBool>,
+    /// The newest `proposed_at_ms` applied: where a new leader's [`super::log_clock`]
+    /// continues from.
+    log_time: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     /// Wraps the database (opened by [`super::store::open_database`]).
     pub fn new(db: Arc<Database>) -> Self {
+        let log_time = match newest_session_stamp(&db) {
+            Ok(t) => t,
+            Err(e) => {
+                // Only a new leader's first stamps depend on it (they then start from its
+                // wall clock): worth a warning, not a refusal to start.
+                tracing::warn!(error = %e, "cannot read the newest applied stamp");
+                0
+            }
+        };
         Self {
             db,
             overlay: SharedOverlay::default(),
@@ -199,7 +211,13 @@ impl StateMachine {
             applied_since_sweep: 0,
             last_durable: Instant::now(),
             receiving_snapshot: Arc::default(),
+            log_time: Arc::new(AtomicU64::new(log_time)),
         }
+    }
+
+    /// The newest stamp applied, for [`super::log_clock::LogClock::new`].
+    pub fn log_time(&self) -> Arc<AtomicU64> {
+        self.log_time.clone()
     }
 
     /// The flag that is set while a snapshot is received and not yet installed, for
@@ -382,6 +400,14 @@ fn apply_op(t: &mut ApplyTables<'_>, rev: u64, proposed_at_ms: u64, op: &Op) -> 
             .map_err(sm_write_err)?;
     }
     Ok(result)
+}
+
+/// The stamp of the newest entry whose request ids are recorded (0 if none).
+fn newest_session_stamp(db: &Database) -> Result<u64, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let t = tx.open_table(SESSIONS_BY_TIME).map_err(|e| e.to_string())?;
+    let last = t.last().map_err(|e| e.to_string())?;
+    Ok(last.map_or(0, |(k, _)| k.value().0))
 }
 
 fn session_expired(rec: &SessionRecord, now_ms: u64) -> bool {
@@ -819,7 +845,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let overlay = self.overlay.clone();
-        let mut entries = entries.into_iter().peekable();
+        let log_time = self.log_time.clone();
+        let mut entries = entries
+            .into_iter()
+            .inspect(|e| {
+                if let EntryPayload::Normal(req) = &e.payload {
+                    log_time.fetch_max(req.proposed_at_ms, Ordering::AcqRel);
+                }
+            })
+            .peekable();
         let mut out = Vec::new();
         loop {
             {

@@ -41,13 +41,13 @@ use crate::telemetry::LatencyStats;
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_VOTE: &str = "vote";
 const KEY_PURGED: &str = "last_purged";
 
 /// Most queued log writes the writer folds into one transaction (and one fsync).
 const WRITER_BATCH_MAX: usize = 4096;
-/// How long a purge waits for the state machine to install a snapshot being received.
-const PURGE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a purge waiting for a snapshot install says so.
+const PURGE_WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bound of the writer's queue; a full queue makes openraft wait (backpressure).
 const WRITER_QUEUE_MAX: usize = 65_536;
 
@@ -141,10 +141,10 @@ struct Writer {
     failed: Option<String>,
 }
 
+/// The log id of an encoded entry: its first field, decoded alone (bincode allows trailing
+/// bytes), so that checking a record does not decode the whole entry.
 fn entry_log_id(payload: &[u8]) -> Result<LogId<NodeId>, String> {
-    decode::<Entry<TypeConfig>>(payload)
-        .map(|e| e.log_id)
-        .map_err(|e| e.to_string())
+    decode::<LogId<NodeId>>(payload).map_err(|e| e.to_string())
 }
 
 impl LogStore {
@@ -155,11 +155,28 @@ impl LogStore {
     pub fn open(data_dir: &Path, db: Arc<Database>) -> Result<Self, StoreError> {
         let last_purged = read_purged(&db)?;
         let dir = data_dir.join("raft-log");
-        let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id)
+        let record = |d: &super::wal::Damage| {
+            let found = super::recovery::LogDamage {
+                first_lost: d.first_lost,
+                detail: format!(
+                    "{} at byte {} of {} (originals kept in {})",
+                    d.why,
+                    d.offset,
+                    d.segment.display(),
+                    d.kept_in.display()
+                ),
+            };
+            tracing::error!(first_lost = found.first_lost, detail = %found.detail,
+                "raft log corrupt: cutting it before the bad record and recovering the entries from a leader");
+            super::recovery::record_damage(&db, found)
+                .map(drop)
+                .map_err(std::io::Error::other)
+        };
+        let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id, record)
             .map_err(|e| StoreError::Io(format!("cannot open raft log in {}: {e}", dir.display())))?;
         migrate_from_database(&db, &mut wal, last_purged).map_err(StoreError::Io)?;
         tracing::info!(dir = %dir.display(), segments = rec.segments, entries = rec.entries,
-            torn_bytes = rec.torn_bytes, "raft log opened");
+            torn_bytes = rec.torn_bytes, damaged = rec.damage.is_some(), "raft log opened");
         let (tx, rx) = std_mpsc::sync_channel::<LogOp>(WRITER_QUEUE_MAX);
         let unflushed: Unflushed = Arc::default();
         let last_purged: LastPurged = Arc::new(RwLock::new(last_purged));
@@ -499,17 +516,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // database is past them, so that no crash leaves it needing purged entries. (After a
         // local snapshot build nothing waits: the build writes the state machine out first.)
         if self.snapshot_gate.load(Ordering::Acquire) {
-            let deadline = Instant::now() + PURGE_WAIT_MAX;
+            // No deadline: purging entries the state machine on disk still needs would leave a
+            // node that cannot restart. The install either finishes or fails (then openraft
+            // stops the node, and the log is intact).
+            let started = Instant::now();
+            let mut warned = Instant::now();
             loop {
                 let applied =
                     super::state_machine::applied_in_db(&self.db).map_err(|e| write_err(std::io::Error::other(e)))?;
-                if applied.is_some_and(|a| a.index >= log_id.index) || !self.snapshot_gate.load(Ordering::Acquire) {
+                if applied.is_some_and(|a| a.index >= log_id.index) {
                     break;
                 }
-                if Instant::now() >= deadline {
-                    tracing::warn!(upto = %log_id, ?applied,
-                        "purging the raft log although the state machine has not installed the snapshot yet");
-                    break;
+                if !self.snapshot_gate.load(Ordering::Acquire) {
+                    return Err(write_err(std::io::Error::other(format!(
+                        "refusing to purge the raft log up to {log_id}: the received snapshot was not installed \
+                         (the state machine is at {applied:?})"
+                    ))));
+                }
+                if warned.elapsed() >= PURGE_WAIT_LOG_EVERY {
+                    warned = Instant::now();
+                    tracing::warn!(upto = %log_id, ?applied, waited = ?started.elapsed(),
+                        "raft log purge still waiting for the received snapshot to be installed");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }

@@ -8,10 +8,15 @@
 //! dropping a conflicting suffix) cuts the file and deletes later segments; a purge (after a
 //! snapshot) deletes segments that hold only purged entries.
 //!
-//! On open every segment is read back and checked. A bad record at the end of the newest
-//! segment is a write torn by a crash; it was never acknowledged, so the tail is cut off
-//! there. A bad record anywhere else, or a gap in the indices, is corruption: the node
-//! refuses to start rather than serve a log with holes.
+//! On open every segment is read back and checked. A bad record is a write torn by a crash
+//! only if it is in the newest segment and no valid record of a later entry follows it
+//! anywhere in that file (a crash tears only the last write, which was never acknowledged):
+//! the tail is cut off there. Anything else (a bad record followed by a valid one, a bad
+//! record in an older segment, a gap in the indices, missing first segments) is damage to
+//! entries this node may have acknowledged. The log is then cut before the bad record, the
+//! original files are kept under `raft-log/damaged/`, and the caller is told first (see
+//! [`Damage`]; `store.rs` records it durably and the node abstains from votes and elections
+//! until a leader has given it the lost entries back, `raft::recovery`).
 //!
 //! [`Wal`] is owned by the log writer thread; readers go through the shared [`WalIndex`],
 //! which only ever lists records that are on disk and synced.
@@ -120,6 +125,76 @@ pub(crate) struct Recovered {
     pub entries: usize,
     /// Bytes cut off the end of the newest segment (a write torn by a crash).
     pub torn_bytes: u64,
+    /// Corruption found and cut off (see [`Damage`]).
+    pub damage: Option<Damage>,
+}
+
+/// A bad record that is not a torn tail: entries this node may have acknowledged are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// The segment holding the bad record.
+    pub segment: PathBuf,
+    /// Its byte offset there.
+    pub offset: u64,
+    /// The first entry the log no longer holds: the log now ends just before it.
+    pub first_lost: u64,
+    /// What was wrong with the record.
+    pub why: String,
+    /// Where the original files went (`raft-log/damaged/`), for a post-mortem.
+    pub kept_in: PathBuf,
+}
+
+/// Where damaged segments are kept, inside the log directory (not a segment name).
+const DAMAGED_DIR: &str = "damaged";
+
+/// Checks the record at the start of `rest`: `Ok` with its length and log id, or why not.
+fn check_record(
+    rest: &[u8],
+    id_of: &impl Fn(&[u8]) -> Result<LogId<NodeId>, String>,
+) -> Result<(u32, LogId<NodeId>), String> {
+    if rest.len() < HEADER {
+        return Err("a record header is cut short".to_string());
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let stored = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len == 0 || len as usize > rest.len() - HEADER {
+        return Err(format!("a record claims {len} bytes, {} remain", rest.len() - HEADER));
+    }
+    let payload = &rest[HEADER..HEADER + len as usize];
+    // The id first: it is cheap, and on garbage it fails before the checksum is computed.
+    let log_id = id_of(payload).map_err(|e| format!("a record does not decode: {e}"))?;
+    if stored != crc(len, payload) {
+        return Err("a record fails its checksum".to_string());
+    }
+    Ok((len, log_id))
+}
+
+/// Whether a valid record of an entry numbered from `first` on starts anywhere in
+/// `data[from..]`.
+///
+/// This decides between a torn write and corruption. A crash can only tear the last write,
+/// so nothing valid follows a torn record; a record that fails its check and is followed by
+/// a later valid entry was damaged after it was written (and possibly acknowledged). A
+/// candidate's id must fall in a window above `first` before its checksum is computed, so
+/// the scan costs little on garbage (a random id lands there once in 2^32).
+fn valid_record_after(
+    data: &[u8],
+    from: usize,
+    first: u64,
+    id_of: &impl Fn(&[u8]) -> Result<LogId<NodeId>, String>,
+) -> bool {
+    let window = first..first.saturating_add(1 << 32);
+    (from..data.len().saturating_sub(HEADER)).any(|p| {
+        let rest = &data[p..];
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == 0 || len > rest.len() - HEADER {
+            return false;
+        }
+        match id_of(&rest[HEADER..HEADER + len]) {
+            Ok(id) if window.contains(&id.index) => check_record(rest, id_of).is_ok(),
+            _ => false,
+        }
+    })
 }
 
 /// The writer's side of the log files.
@@ -154,13 +229,20 @@ fn lock_err() -> io::Error {
 }
 
 impl Wal {
-    /// Opens the log under `dir` (created if missing), checks every record, cuts a torn tail
-    /// and returns the writer with the shared index. Entries at or below `last_purged` are
-    /// skipped; `id_of` reads an entry's log id from its payload.
+    /// Opens the log under `dir` (created if missing), checks every record and returns the
+    /// writer with the shared index. Entries at or below `last_purged` are skipped; `id_of`
+    /// reads an entry's log id from its payload.
+    ///
+    /// A torn tail is cut off. Any other bad record (or a gap, or missing first segments) is
+    /// damage: `before_cut` is called with it first (the log store records it durably, so the
+    /// node abstains from elections until it has fetched the lost entries again even if it
+    /// restarts meanwhile), then the log is cut just before the bad record, the original
+    /// files being kept under `raft-log/damaged/`. If `before_cut` fails nothing is changed.
     pub(crate) fn open(
         dir: &Path,
         last_purged: Option<u64>,
         id_of: impl Fn(&[u8]) -> Result<LogId<NodeId>, String>,
+        before_cut: impl FnOnce(&Damage) -> io::Result<()>,
     ) -> io::Result<(Self, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let mut keys = Vec::new();
@@ -179,11 +261,15 @@ impl Wal {
         let mut index = WalIndex::default();
         let mut rec = Recovered::default();
         let mut active_len = 0;
+        let first_expected = last_purged.map_or(0, |p| p + 1);
+        // Where to cut: the segment's key, the offset, why, and whether it is a torn tail.
+        let mut cut: Option<(u64, usize, String, bool)> = None;
         for (i, &key) in keys.iter().enumerate() {
             let path = segment_path(dir, key);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let mut data = Vec::new();
             (&file).read_to_end(&mut data)?;
+            index.segments.insert(key, Arc::new(file));
             let last_segment = i + 1 == keys.len();
             let mut off = 0usize;
             let bad = loop {
@@ -191,31 +277,21 @@ impl Wal {
                 if rest.is_empty() {
                     break None;
                 }
-                if rest.len() < HEADER {
-                    break Some("a record header is cut short".to_string());
-                }
-                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                let stored = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-                if len == 0 || len as usize > rest.len() - HEADER {
-                    break Some(format!("a record claims {len} bytes, {} remain", rest.len() - HEADER));
-                }
-                let payload = &rest[HEADER..HEADER + len as usize];
-                if stored != crc(len, payload) {
-                    break Some("a record fails its checksum".to_string());
-                }
-                let log_id = match id_of(payload) {
-                    Ok(id) => id,
-                    Err(e) => break Some(format!("a record does not decode: {e}")),
+                let (len, log_id) = match check_record(rest, &id_of) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        let next = index.last().map_or(first_expected, |l| l.index + 1);
+                        let torn = last_segment && !valid_record_after(&data, off + 1, next, &id_of);
+                        break Some((why, torn));
+                    }
                 };
                 if last_purged.is_none_or(|p| log_id.index > p) {
                     if let Some(prev) = index.last() {
                         if log_id.index != prev.index + 1 {
-                            return Err(corrupt(format!(
-                                "raft log {} byte {off}: entry {} follows entry {}; the log has a gap",
-                                path.display(),
-                                log_id.index,
-                                prev.index
-                            )));
+                            break Some((
+                                format!("entry {} follows entry {}: the log has a gap", log_id.index, prev.index),
+                                false,
+                            ));
                         }
                     }
                     index.locs.push_back(Loc {
@@ -227,34 +303,46 @@ impl Wal {
                 }
                 off += HEADER + len as usize;
             };
-            if let Some(why) = bad {
-                if !last_segment {
-                    return Err(corrupt(format!(
-                        "raft log {} is corrupt at byte {off}: {why}; a later segment exists, so this is \
-                         not a torn write",
-                        path.display()
-                    )));
-                }
-                tracing::warn!(segment = %path.display(), offset = off, reason = %why,
-                    "cutting a torn write off the end of the raft log");
-                rec.torn_bytes = (data.len() - off) as u64;
-                file.set_len(off as u64)?;
-                file.sync_all()?;
+            if let Some((why, torn)) = bad {
+                cut = Some((key, off, why, torn));
+                break;
             }
             if last_segment {
                 active_len = off as u64;
             }
-            index.segments.insert(key, Arc::new(file));
         }
-        if let (Some(p), Some(first)) = (last_purged, index.first_index()) {
+        if let (None, Some(p), Some(first), Some(&key)) = (&cut, last_purged, index.first_index(), keys.first()) {
             if first > p + 1 {
-                return Err(corrupt(format!(
-                    "raft log in {} starts at entry {first} but only entries up to {p} were purged",
-                    dir.display()
-                )));
+                let why = format!("the log starts at entry {first} but only entries up to {p} were purged");
+                cut = Some((key, 0, why, false));
             }
         }
-        rec.segments = keys.len();
+        if let Some((key, off, why, torn)) = cut {
+            index.locs.retain(|l| (l.seg, l.offset) < (key, off as u64));
+            let path = segment_path(dir, key);
+            if torn {
+                tracing::warn!(segment = %path.display(), offset = off, reason = %why,
+                    "cutting a torn write off the end of the raft log (nothing valid follows it)");
+                let file = index.segments.get(&key).cloned().ok_or_else(|| lost_segment(key))?;
+                rec.torn_bytes = file.metadata()?.len() - off as u64;
+                file.set_len(off as u64)?;
+                file.sync_all()?;
+                active_len = off as u64;
+            } else {
+                let damage = Damage {
+                    segment: path.clone(),
+                    offset: off as u64,
+                    first_lost: index.last().map_or(first_expected, |l| l.index + 1),
+                    why,
+                    kept_in: dir.join(DAMAGED_DIR),
+                };
+                before_cut(&damage)?;
+                let later: Vec<u64> = keys.iter().copied().filter(|k| *k > key).collect();
+                active_len = cut_damaged(dir, &mut index, (key, off as u64), &later, damage.first_lost)?;
+                rec.damage = Some(damage);
+            }
+        }
+        rec.segments = index.segments.len();
         rec.entries = index.locs.len();
         let (active_key, active) = match index.segments.last_key_value() {
             Some((k, f)) => (*k, f.clone()),
@@ -424,6 +512,52 @@ impl Wal {
     }
 }
 
+fn lost_segment(key: u64) -> io::Error {
+    io::Error::other(format!("raft log segment {key} is missing"))
+}
+
+/// Cuts the log at byte `off` of segment `key` after damage, keeping the original files in
+/// `raft-log/damaged/` (a copy of the damaged segment, the later ones moved there), and
+/// returns the length of the segment now appended to. A segment cut to nothing is moved
+/// aside whole and replaced by an empty one named after `first_lost`, the next entry.
+fn cut_damaged(
+    dir: &Path,
+    index: &mut WalIndex,
+    (key, off): (u64, u64),
+    later: &[u64],
+    first_lost: u64,
+) -> io::Result<u64> {
+    let kept = dir.join(DAMAGED_DIR);
+    std::fs::create_dir_all(&kept)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = |k: u64| kept.join(format!("{k:020}{SUFFIX}.{stamp}"));
+    for &k in later {
+        index.segments.remove(&k);
+        std::fs::rename(segment_path(dir, k), aside(k))?;
+    }
+    let len = if off == 0 {
+        index.segments.remove(&key);
+        std::fs::rename(segment_path(dir, key), aside(key))?;
+        index
+            .segments
+            .insert(first_lost, Arc::new(create_segment(dir, first_lost)?));
+        0
+    } else {
+        let copy = aside(key);
+        std::fs::copy(segment_path(dir, key), &copy)?;
+        File::open(&copy)?.sync_all()?;
+        let file = index.segments.get(&key).ok_or_else(|| lost_segment(key))?;
+        file.set_len(off)?;
+        file.sync_all()?;
+        off
+    };
+    sync_dir(&kept)?;
+    sync_dir(dir)?;
+    Ok(len)
+}
+
 fn create_segment(dir: &Path, key: u64) -> io::Result<File> {
     let path = segment_path(dir, key);
     // A leftover file of the same name can only hold entries that were truncated or purged.
@@ -482,9 +616,16 @@ mod tests {
 
     /// Opens with 1000-byte segments so that a few entries span several files.
     fn open(dir: &Path, last_purged: Option<u64>) -> io::Result<(Wal, Recovered)> {
-        let (mut w, r) = Wal::open(dir, last_purged, id_of)?;
+        let (mut w, r) = Wal::open(dir, last_purged, id_of, |_| Ok(()))?;
         w.segment_bytes = 1000;
         Ok((w, r))
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
     }
 
     fn append(w: &mut Wal, range: std::ops::Range<u64>, size: usize) {
@@ -539,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_byte_is_caught_on_read_and_refused_on_open_when_not_at_the_tail() {
+    fn a_flipped_byte_is_caught_on_read_and_cut_as_damage_when_not_at_the_tail() {
         let d = tempfile::tempdir().unwrap();
         let (mut w, _) = open(d.path(), None).unwrap();
         // Two segments: big entries force a rotation.
@@ -547,14 +688,103 @@ mod tests {
         append(&mut w, 0..3, big);
         assert_eq!(segments(d.path()), 3);
         let first = segment_path(d.path(), 0);
-        let f = OpenOptions::new().write(true).open(&first).unwrap();
-        f.write_all_at(&[0xff], 100).unwrap();
+        flip(&first, 100);
         let res = w.shared().read().unwrap().read_range(0, 1, |_, _| Ok(()));
         assert_eq!(res.unwrap_err().kind(), io::ErrorKind::InvalidData);
         drop(w);
-        let err = open(d.path(), None).err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("not a torn write"), "{err}");
+        let mut told = None;
+        let (w, rec) = Wal::open(d.path(), None, id_of, |dmg| {
+            told = Some(dmg.clone());
+            Ok(())
+        })
+        .unwrap();
+        let dmg = rec.damage.expect("damage reported");
+        assert_eq!(told.as_ref(), Some(&dmg), "the caller is told before the cut");
+        assert_eq!((dmg.first_lost, dmg.offset), (0, 0));
+        assert!(indices(&w).is_empty());
+        // The originals are kept for a post-mortem: every segment, the damaged one included.
+        assert_eq!(std::fs::read_dir(d.path().join(DAMAGED_DIR)).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_damage_not_a_torn_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        append(&mut w, 0..30, 60);
+        drop(w);
+        let seg = segment_path(d.path(), 0);
+        let rec_len = (HEADER + 60) as u64;
+        // Entry 10: once in its payload, once (another run) in its length field.
+        for at in [10 * rec_len + HEADER as u64 + 20, 10 * rec_len + 1] {
+            let d2 = tempfile::tempdir().unwrap();
+            std::fs::copy(&seg, segment_path(d2.path(), 0)).unwrap();
+            flip(&segment_path(d2.path(), 0), at);
+            let mut calls = 0;
+            let (w, rec) = Wal::open(d2.path(), None, id_of, |_| {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(calls, 1, "flip at {at}");
+            assert_eq!(rec.torn_bytes, 0, "flip at {at}: not a torn write");
+            let dmg = rec.damage.unwrap();
+            assert_eq!((dmg.first_lost, dmg.offset), (10, 10 * rec_len));
+            assert_eq!(indices(&w), (0..10).collect::<Vec<_>>());
+            // The log continues right after the cut.
+            drop(w);
+            let (mut w, rec) = open(d2.path(), None).unwrap();
+            assert_eq!(rec.damage, None);
+            append(&mut w, 10..12, 60);
+            assert_eq!(indices(&w), (0..12).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_failed_report_of_damage_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        append(&mut w, 0..10, 60);
+        drop(w);
+        let seg = segment_path(d.path(), 0);
+        flip(&seg, 3 * (HEADER as u64 + 60) + 30);
+        let before = std::fs::read(&seg).unwrap();
+        let err = Wal::open(d.path(), None, id_of, |_| Err(io::Error::other("disk full")))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(std::fs::read(&seg).unwrap(), before);
+    }
+
+    #[test]
+    fn a_zero_filled_or_short_tail_is_torn() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        append(&mut w, 0..5, 60);
+        drop(w);
+        let seg = segment_path(d.path(), 0);
+        let full = std::fs::metadata(&seg).unwrap().len();
+        // The file grew but the pages of the last write never reached the disk.
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0u8; 4096], full).unwrap();
+        drop(f);
+        let (_, rec) = open(d.path(), None).unwrap();
+        assert_eq!((rec.torn_bytes, rec.damage), (4096, None));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
+    }
+
+    #[test]
+    fn a_gap_in_the_indices_is_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append(&mut w, 0..3, 20);
+        append(&mut w, 5..7, 20);
+        drop(w);
+        let (w, rec) = open(d.path(), None).unwrap();
+        assert_eq!(rec.damage.unwrap().first_lost, 3);
+        assert_eq!(indices(&w), vec![0, 1, 2]);
     }
 
     #[test]
@@ -606,10 +836,19 @@ mod tests {
         assert_eq!(segments(d.path()), 1);
         let (w, _) = open(d.path(), Some(100)).unwrap();
         assert_eq!(indices(&w), vec![101, 102]);
-        // Without the purge record the gap below 101 is refused.
+        // Without the purge record the missing entries below 101 are damage: the log is
+        // emptied and continues at 51, the first entry missing.
         drop(w);
-        let err = open(d.path(), Some(50)).err().unwrap();
-        assert!(err.to_string().contains("starts at entry 101"), "{err}");
+        let (mut w, rec) = open(d.path(), Some(50)).unwrap();
+        let dmg = rec.damage.unwrap();
+        assert!(dmg.why.contains("starts at entry 101"), "{}", dmg.why);
+        assert_eq!(dmg.first_lost, 51);
+        assert!(indices(&w).is_empty());
+        append(&mut w, 51..53, 10);
+        drop(w);
+        let (w, rec) = open(d.path(), Some(50)).unwrap();
+        assert_eq!(rec.damage, None);
+        assert_eq!(indices(&w), vec![51, 52]);
     }
 
     #[test]

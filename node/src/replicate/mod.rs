@@ -9,6 +9,7 @@
 //! (which nodes get copies), [`queue`] (the leader's re-replication loop and lag metrics),
 //! [`scrub`] (re-hashing local copies, repair, garbage collection).
 
+pub mod claims;
 pub mod placement;
 pub mod queue;
 pub mod scrub;
@@ -117,6 +118,8 @@ pub struct DataPlane {
     /// Holders that stayed silent while another answered a chunk fetch, and when: asked
     /// last for [`SLOW_HOLDER_FOR`].
     slow_holders: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+    /// Chunks about to be referred to, which garbage collection leaves alone.
+    pub claims: claims::ChunkClaims,
 }
 
 impl DataPlane {
@@ -137,6 +140,7 @@ impl DataPlane {
         risk: Arc<crate::risk::Risk>,
         hot: Arc<crate::risk::HotReads>,
     ) -> Self {
+        let claims = claims::ChunkClaims::new(Duration::from_secs(cfg.gc_grace_s));
         Self {
             id,
             site,
@@ -154,6 +158,7 @@ impl DataPlane {
             risk,
             hot,
             slow_holders: Default::default(),
+            claims,
         }
     }
 
@@ -663,26 +668,31 @@ impl DataPlane {
     /// Answers a data-plane request from a peer.
     pub async fn handle(&self, body: peer_request::Body) -> PeerResponse {
         let body = match body {
-            peer_request::Body::ChunkHave(ids) => {
-                // Chunks this node has are touched: a put is about to refer to them, so
-                // garbage collection must not take them meanwhile.
-                let missing = parse_ids(&ids.ids).map(|ids| {
-                    ids.into_iter()
-                        .filter(|id| {
-                            let have = self.store.has(id);
-                            if have {
-                                self.touch(id);
-                            }
-                            !have
-                        })
-                        .map(|id| id.to_vec())
-                        .collect()
-                });
-                match missing {
-                    Ok(ids) => peer_response::Body::ChunkIds(ChunkIds { ids }),
-                    Err(e) => peer_response::Body::Failure(e),
+            peer_request::Body::ChunkHave(ids) => match parse_ids(&ids.ids) {
+                Err(e) => peer_response::Body::Failure(e),
+                Ok(ids) => {
+                    // Claimed first: a put is about to refer to them, so garbage collection
+                    // must not take them meanwhile. A copy counts as present only if it is
+                    // intact, read and hashed now: a rotten one answered as present would
+                    // make the uploader throw away the good bytes it holds. (The upload
+                    // then pushes the chunk, and the put replaces the bad copy.)
+                    for id in &ids {
+                        self.claims.claim(id);
+                    }
+                    let store = self.store.clone();
+                    let missing = tokio::task::spawn_blocking(move || {
+                        ids.into_iter()
+                            .filter(|id| store.verify(id).is_err())
+                            .map(|id| id.to_vec())
+                            .collect()
+                    })
+                    .await;
+                    match missing {
+                        Ok(ids) => peer_response::Body::ChunkIds(ChunkIds { ids }),
+                        Err(e) => peer_response::Body::Failure(e.to_string()),
+                    }
                 }
-            }
+            },
             peer_request::Body::ChunkPut(p) => self.handle_put(p).await,
             peer_request::Body::ChunkGet(g) => match parse_id(&g.id) {
                 Err(e) => peer_response::Body::Failure(e),
@@ -757,6 +767,7 @@ impl DataPlane {
         };
         let len = p.data.len() as u64;
         let store = self.store.clone();
+        self.claims.claim(&id);
         match tokio::task::spawn_blocking(move || store.put(&id, &p.data, p.compress)).await {
             Ok(Ok(_)) => {
                 metrics::counter!("ark_replication_bytes_received_total").increment(len);
@@ -794,6 +805,7 @@ impl DataPlane {
         };
         let mut held = Vec::new();
         for id in ids {
+            self.claims.claim(&id);
             let store = self.store.clone();
             let ok = tokio::task::spawn_blocking(move || store.verify(&id).is_ok())
                 .await

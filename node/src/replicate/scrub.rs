@@ -5,12 +5,13 @@
 //! another holder, and a chunk the state machine says this node holds but whose file is gone
 //! is fetched again. A copy that cannot be repaired is dropped from the holders through
 //! Raft, so that the leader's queue re-replicates it from elsewhere. Chunk files that no
-//! object refers to and that are older than `objects.gc_grace_s` are deleted (an upload in
-//! progress has not committed its manifest yet; its files are young).
+//! object refers to are deleted once neither a claim (`claims.rs`, monotonic time) nor
+//! their age (`objects.gc_grace_s`) protects them: an upload in progress has claimed its
+//! chunks and has not committed its manifest yet.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ark_proto::v1::ScrubResult;
 use tokio::sync::watch;
@@ -45,30 +46,20 @@ pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
 }
 
 impl DataPlane {
-    /// Marks a local chunk file as just used, so that garbage collection leaves it alone
-    /// while the manifest that will refer to it is being committed.
-    pub fn touch(&self, id: &ChunkId) {
-        if let Some(p) = self.store.path_of(id) {
-            if let Ok(f) = std::fs::File::options().write(true).open(&p) {
-                let _ = f.set_modified(SystemTime::now());
-            }
-        }
-    }
-
+    /// Deletes the unreferenced chunk `id` if [`super::claims`] allows it now.
     fn gc_if_old(&self, id: &ChunkId) -> bool {
         let Some(p) = self.store.path_of(id) else {
             return false;
         };
-        let old = std::fs::metadata(&p)
+        let age = std::fs::metadata(&p)
             .and_then(|m| m.modified())
             .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= Duration::from_secs(self.cfg.gc_grace_s));
-        if old && self.store.remove(id).unwrap_or(false) {
+            .and_then(|t| t.elapsed().ok());
+        let collected = self.claims.collect(id, age, || self.store.remove(id).unwrap_or(false));
+        if collected {
             metrics::counter!("ark_chunks_collected_total").increment(1);
-            return true;
         }
-        false
+        collected
     }
 
     /// Repairs the local copy of `id` from another holder; false when none had a good copy.
