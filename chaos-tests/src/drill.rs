@@ -592,10 +592,17 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
         .await
         .context("scrub after corrupting chunks")?;
     let (corrupt, repaired) = scrub_totals(&scrub);
+    // The chunk ids (file names without `.zst`), so that a test can match each flipped copy
+    // with the node's own report of it, whichever path found it.
+    let ids: Vec<String> = hit
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str()?.split('.').next().map(str::to_string))
+        .collect();
     Ok(format!(
-        "flipped a byte in {} chunk files of node {}; scrub found {corrupt} corrupt, repaired {repaired}",
+        "flipped a byte in {} chunk files of node {} [{}]; scrub found {corrupt} corrupt, repaired {repaired}",
         hit.len(),
-        victim.id
+        victim.id,
+        ids.join(" ")
     ))
 }
 

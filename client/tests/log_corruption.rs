@@ -88,6 +88,25 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
         "the damaged segment is kept for a post-mortem"
     );
 
+    // The operator's view of the stopped node: the record, and no clearing it by accident.
+    pg.kill(corrupted);
+    let arkd = ark_client::playground::find_arkd().unwrap();
+    let config = pg.node(corrupted).config;
+    let o = std::process::Command::new(&arkd)
+        .args(["log-damage", "show", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("first entry lost"), "{out}");
+    let o = std::process::Command::new(&arkd)
+        .args(["log-damage", "clear", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "clear without --accept-data-loss must refuse");
+    pg.start(corrupted);
+
     // The old leader comes back: the cluster serves W, and the corrupted node heals.
     pg.start(leader);
     let client = pg.client().with_op_timeout(Duration::from_secs(5));

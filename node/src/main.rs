@@ -33,6 +33,65 @@ enum Command {
     /// Offline evaluation of the forecasters on trace files (JSON with --json).
     #[command(subcommand)]
     Forecast(ark_forecast::ForecastCmd),
+    /// The Raft log's damage record of a stopped node: a node whose log was found corrupt
+    /// abstains from elections until a leader gave it back every committed entry.
+    #[command(subcommand)]
+    LogDamage(LogDamageCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LogDamageCmd {
+    /// Print the record (exit 0 also when there is none).
+    Show {
+        /// The node's config file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Forget the record, so that the node votes and campaigns again at its next start.
+    /// Only for when every node that could give the entries back is lost: entries this
+    /// node acknowledged and lost may then be lost for good.
+    Clear {
+        /// The node's config file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Required: says that you accept losing the entries the record names.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+}
+
+fn log_damage(cmd: LogDamageCmd) -> Result<(), String> {
+    let (config, clear) = match cmd {
+        LogDamageCmd::Show { config } => (config, false),
+        LogDamageCmd::Clear {
+            config,
+            accept_data_loss,
+        } => {
+            if !accept_data_loss {
+                return Err(
+                    "clearing the record may lose acknowledged entries; add --accept-data-loss if every \
+                            node that could give them back is lost"
+                        .into(),
+                );
+            }
+            (config, true)
+        }
+    };
+    let cfg = ark_node::NodeConfig::load(&config).map_err(|e| e.to_string())?;
+    // redb refuses a second opener: this fails while the node runs.
+    let db = ark_node::raft::store::open_database(&cfg.data_dir)
+        .map_err(|e| format!("{e} (is the node still running? stop it first)"))?;
+    match ark_node::raft::recovery::read_damage(&db)? {
+        None => println!("no damage recorded in {}", cfg.data_dir.display()),
+        Some(d) => {
+            println!("first entry lost: {}\n{}", d.first_lost, d.detail);
+            if clear {
+                ark_node::raft::recovery::clear_damage(&db)?;
+                println!("record cleared: the node votes and campaigns again at its next start");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -46,14 +105,26 @@ fn main() -> ExitCode {
     };
     // Forecasting math (candle) must never take the cores that heartbeats need.
     ark_forecast::cap_compute_threads(1);
-    if let Some(Command::Forecast(cmd)) = cli.command {
-        return match cmd.run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+    match cli.command {
+        Some(Command::Forecast(cmd)) => {
+            return match cmd.run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Command::LogDamage(cmd)) => {
+            return match log_damage(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
     }
     if cli.print_sample_config {
         print!("{}", ark_node::config::NodeConfig::sample());

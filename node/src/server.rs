@@ -59,6 +59,9 @@ fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Co
     Ok(Arc::new(c.validate().context("raft timing config")?))
 }
 
+/// How long shutdown lets in-flight client calls finish before closing their connections.
+const CLIENT_API_STOP: Duration = Duration::from_secs(3);
+
 /// How long shutdown waits for each background loop to notice the stop signal.
 const BACKGROUND_STOP: Duration = Duration::from_millis(500);
 
@@ -286,10 +289,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     tracing::info!("shutdown: stopping client API");
     let _ = stop_tx.send(true);
     let _ = readiness.await;
-    match grpc_task.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "client API ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "client API task failed"),
-        Ok(Ok(())) => {}
+    // tonic's graceful stop waits for every client connection to close, and clients keep
+    // theirs open: bounded, or a node whose Raft core died would never exit for its
+    // supervisor to restart it (found by the fsync-eio drill).
+    let grpc_abort = grpc_task.abort_handle();
+    match tokio::time::timeout(CLIENT_API_STOP, grpc_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "client API task failed"),
+        Ok(Ok(Ok(()))) => {}
+        Err(_) => {
+            grpc_abort.abort();
+            tracing::info!("shutdown: closed client connections still open after {CLIENT_API_STOP:?}");
+        }
     }
     // The background loops stop at their next turn, but one may be in the middle of a peer
     // RPC with a deadline of seconds (a chunk pull); a leader waiting for it keeps its

@@ -68,6 +68,12 @@ pub fn read_damage(db: &Database) -> Result<Option<LogDamage>, String> {
     read_value(db, META, KEY_DAMAGE)
 }
 
+/// Forgets the damage record (`arkd log-damage clear`, on a stopped node): the operator
+/// accepts that entries it names may be lost.
+pub fn clear_damage(db: &Database) -> Result<(), String> {
+    write_damage(db, None)
+}
+
 /// Records damage durably before the log is cut; an earlier record that is not healed yet
 /// keeps the lower first lost entry.
 pub(crate) fn record_damage(db: &Database, found: LogDamage) -> Result<LogDamage, String> {
@@ -241,6 +247,8 @@ mod tests {
         assert!(r.damaged());
         let vote: Vote<NodeId> = read_value(&db, META, KEY_VOTE).unwrap().unwrap();
         assert_eq!(vote, Vote::new(4, 9), "no longer a leader's vote");
+        clear_damage(&db).unwrap();
+        assert!(!Recovery::open(db, 9).unwrap().damaged());
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Wal {
         let mut index = WalIndex::default();
         let mut rec = Recovered::default();
         let mut active_len = 0;
-        let first_expected = last_purged.map_or(0, |p| p + 1);
+        let first_expected = last_purged.map_or(0, |p| p.saturating_add(1));
         // Where to cut: the segment's key, the offset, why, and whether it is a torn tail.
         let mut cut: Option<(u64, usize, String, bool)> = None;
         for (i, &key) in keys.iter().enumerate() {
@@ -280,14 +280,20 @@ impl Wal {
                 let (len, log_id) = match check_record(rest, &id_of) {
                     Ok(r) => r,
                     Err(why) => {
-                        let next = index.last().map_or(first_expected, |l| l.index + 1);
+                        let next = index.last().map_or(first_expected, |l| l.index.saturating_add(1));
                         let torn = last_segment && !valid_record_after(&data, off + 1, next, &id_of);
                         break Some((why, torn));
                     }
                 };
+                // A segment is named after its first entry (rotation, truncation, purge and
+                // recovery all keep it so): anything else is damage, e.g. a segment emptied or
+                // replaced while a later one exists.
+                if off == 0 && log_id.index != key {
+                    break Some((format!("the segment's first entry is {}", log_id.index), false));
+                }
                 if last_purged.is_none_or(|p| log_id.index > p) {
                     if let Some(prev) = index.last() {
-                        if log_id.index != prev.index + 1 {
+                        if Some(log_id.index) != prev.index.checked_add(1) {
                             break Some((
                                 format!("entry {} follows entry {}: the log has a gap", log_id.index, prev.index),
                                 false,
@@ -307,13 +313,20 @@ impl Wal {
                 cut = Some((key, off, why, torn));
                 break;
             }
+            if data.is_empty() && !last_segment {
+                cut = Some((key, 0, "the segment is empty but a later one exists".to_string(), false));
+                break;
+            }
             if last_segment {
                 active_len = off as u64;
             }
         }
-        if let (None, Some(p), Some(first), Some(&key)) = (&cut, last_purged, index.first_index(), keys.first()) {
-            if first > p + 1 {
-                let why = format!("the log starts at entry {first} but only entries up to {p} were purged");
+        if let (None, Some(first), Some(&key)) = (&cut, index.first_index(), keys.first()) {
+            if first > first_expected {
+                let why = match last_purged {
+                    Some(p) => format!("the log starts at entry {first} but only entries up to {p} were purged"),
+                    None => format!("the log starts at entry {first} but nothing was purged"),
+                };
                 cut = Some((key, 0, why, false));
             }
         }
@@ -332,7 +345,7 @@ impl Wal {
                 let damage = Damage {
                     segment: path.clone(),
                     offset: off as u64,
-                    first_lost: index.last().map_or(first_expected, |l| l.index + 1),
+                    first_lost: index.last().map_or(first_expected, |l| l.index.saturating_add(1)),
                     why,
                     kept_in: dir.join(DAMAGED_DIR),
                 };
@@ -347,7 +360,7 @@ impl Wal {
         let (active_key, active) = match index.segments.last_key_value() {
             Some((k, f)) => (*k, f.clone()),
             None => {
-                let key = last_purged.map_or(0, |p| p + 1);
+                let key = first_expected;
                 let f = Arc::new(create_segment(dir, key)?);
                 index.segments.insert(key, f.clone());
                 (key, f)
