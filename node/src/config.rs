@@ -615,6 +615,10 @@ client_addr = "127.0.0.1:7203"
 "#;
 
 #[cfg(test)]
+#[path = "config_props.rs"]
+mod config_props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

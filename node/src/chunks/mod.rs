@@ -10,5 +10,8 @@
 pub mod cdc;
 pub mod store;
 
+#[cfg(test)]
+mod store_props;
+
 pub use cdc::{Chunker, ChunkerParams, ParamsError};
 pub use store::{chunk_id, from_hex, to_hex, ChunkError, ChunkId, ChunkStore, ObjectHasher, MAX_CHUNK};

@@ -326,9 +326,13 @@ const QUINN_GSO_SEGMENTS_MAX: usize = 10;
 // A full GSO batch of the largest datagrams fits one UDP datagram (65 535 - 8 - 20 bytes).
 const _: () = assert!(PEER_UDP_PAYLOAD_MAX as usize * QUINN_GSO_SEGMENTS_MAX <= 65_507);
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Bytes> {
+/// Reads one length-prefixed frame (a big-endian `u32` length, then the body) from a peer
+/// stream. A length over [`FRAME_BYTES_MAX`] is refused before anything is allocated for it;
+/// a stream that ends early is an error. Generic over the reader so that it is tested
+/// without sockets (`frame_props.rs`).
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(recv: &mut R) -> anyhow::Result<Bytes> {
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await?;
+    tokio::io::AsyncReadExt::read_exact(recv, &mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     anyhow::ensure!(
         len <= FRAME_BYTES_MAX,
@@ -655,6 +659,9 @@ impl PeerPool {
         res
     }
 }
+
+#[cfg(test)]
+mod frame_props;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,13 @@ pub mod state_machine;
 pub mod store;
 mod wal;
 
+#[cfg(test)]
+mod codec_props;
+#[cfg(test)]
+mod snapshot_props;
+#[cfg(test)]
+mod wal_props;
+
 use std::fmt;
 use std::io::Cursor;
 

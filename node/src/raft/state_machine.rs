@@ -30,7 +30,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition
 use serde::{Deserialize, Serialize};
 
 use super::objects::{self, ObjSnapshot, ObjTables};
-use super::store::{decode, encode};
+use super::store::{decode, decode_with_limit, encode};
 use super::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConfig};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_kv");
@@ -910,8 +910,10 @@ impl StateMachine {
         meta: &SnapshotMeta<NodeId, ArkNode>,
         data: Vec<u8>,
     ) -> Result<(), StorageError<NodeId>> {
-        let body: SnapshotBody =
-            decode(&data).map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        // A snapshot holds the whole state and may be larger than a frame: it is bounded by
+        // the bytes received, which the decoder never reads past.
+        let body: SnapshotBody = decode_with_limit(&data, data.len() as u64)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         // The snapshot replaces everything, the overlay included; readers wait meanwhile.
         let _flushing = self.flush_lock.clone().lock_owned().await;
         let overlay = self.overlay.clone();

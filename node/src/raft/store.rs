@@ -67,12 +67,45 @@ pub enum StoreError {
     Io(String),
 }
 
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
-    bincode::serialize(v)
+/// Most bytes one bincode value may take when [`decode`]d. Every such value travels in one
+/// peer frame (a Raft message, a forwarded write, a log entry in an AppendEntries) or was
+/// written by this node, so nothing legitimate is larger than a frame. Snapshots, which can
+/// be, are decoded with their own size as the limit ([`decode_with_limit`]).
+pub const DECODE_BYTES_MAX: u64 = crate::net::FRAME_BYTES_MAX as u64;
+
+/// bincode 1's `serialize`/`deserialize` format: fixed-width little-endian integers, trailing
+/// bytes allowed. Spelled out so that the format stays the same whatever bincode's defaults.
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::options().with_fixint_encoding().allow_trailing_bytes()
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(b)
+/// Encodes a value for the wire, the log or the database (bincode 1, as `bincode::serialize`).
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
+    use bincode::Options;
+    codec().serialize(v)
+}
+
+/// Decodes a value written by [`encode`], from bytes a peer or a damaged file may have made:
+/// any input gives a value or an error, never a panic, and an input over [`DECODE_BYTES_MAX`]
+/// is refused unread.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error> {
+    decode_with_limit(b, DECODE_BYTES_MAX)
+}
+
+/// [`decode`] with another limit on the input's size.
+///
+/// The limit is checked here, on the input: bincode 1.3 ignores `Options::with_limit` when it
+/// decodes from a slice (`internal::deserialize_seed` swaps in `Infinite`). What bounds the
+/// memory a slice decode allocates is the slice itself: a byte string or string is checked
+/// against the bytes left before it is allocated, and serde preallocates at most 1 MiB for a
+/// sequence whatever length it declares (`node/tests/decode_alloc.rs` measures both).
+pub fn decode_with_limit<T: DeserializeOwned>(b: &[u8], limit: u64) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    if b.len() as u64 > limit {
+        return Err(Box::new(bincode::ErrorKind::SizeLimit));
+    }
+    codec().deserialize(b)
 }
 
 /// Opens (or creates) the node's database under `data_dir`.

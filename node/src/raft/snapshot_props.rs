@@ -1,0 +1,172 @@
+//! Property tests of snapshot installation, the decoder a leader (or a damaged snapshot
+//! table) feeds a whole state machine through: random bytes and mutations of a valid
+//! snapshot are installed or refused, never a panic; a snapshot built from applied writes
+//! and installed on another node reads the same.
+//!
+//! Only openraft's public state-machine API is used (`apply`, `build_snapshot`,
+//! `begin_receiving_snapshot`, `install_snapshot`) and the public reader. One database per
+//! property: an install replaces everything, so the cases can share it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta};
+use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
+
+use super::state_machine::StateMachine;
+use super::store::open_database;
+use super::{Command, NodeId, Op, Request, TypeConfig};
+
+fn put(index: u64, key: &str, value: &[u8]) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request {
+            proposed_at_ms: 1_000 + index,
+            ops: vec![Op {
+                request_id: format!("r{index}").into_bytes(),
+                command: Command::Put {
+                    key: key.into(),
+                    value: value.to_vec(),
+                },
+            }],
+        }),
+    }
+}
+
+/// Runs `test` over `strategy` with the default config (PROPTEST_CASES applies); a failure
+/// panics with proptest's minimised case.
+fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    let mut runner = TestRunner::new(ProptestConfig {
+        // Each case is a redb write transaction with an fsync: a quarter of the default.
+        cases: ProptestConfig::default().cases.div_ceil(4),
+        ..ProptestConfig::default()
+    });
+    if let Err(e) = runner.run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    sm: StateMachine,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_database(dir.path()).unwrap();
+    Node {
+        sm: StateMachine::new(db),
+        _dir: dir,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A valid snapshot of a state machine that applied `writes`.
+async fn snapshot_of(writes: &BTreeMap<String, Vec<u8>>) -> (SnapshotMeta<NodeId, super::ArkNode>, Vec<u8>) {
+    let mut n = node();
+    let entries: Vec<_> = writes
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| put(i as u64 + 1, k, v))
+        .collect();
+    n.sm.apply(entries).await.unwrap();
+    let s = n.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    (s.meta, s.snapshot.into_inner())
+}
+
+fn arb_writes() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
+    proptest::collection::btree_map("[a-z]{1,6}", proptest::collection::vec(any::<u8>(), 0..64), 0..8)
+}
+
+#[test]
+fn random_bytes_are_refused_as_a_snapshot() {
+    let rt = rt();
+    let target = tokio::sync::Mutex::new(node());
+    let meta = rt.block_on(snapshot_of(&BTreeMap::new())).0;
+    run(proptest::collection::vec(any::<u8>(), 0..1024), |bytes| {
+        rt.block_on(async {
+            let target = &mut target.lock().await;
+            let _ = target.sm.begin_receiving_snapshot().await.unwrap();
+            // Installed or refused; either way the state machine still answers.
+            let _ = target.sm.install_snapshot(&meta, Box::new(Cursor::new(bytes))).await;
+            target.sm.reader().list("", 10).unwrap();
+        });
+        Ok(())
+    });
+}
+
+#[test]
+fn a_snapshot_round_trips_to_another_node() {
+    let rt = rt();
+    let target = tokio::sync::Mutex::new(node());
+    run(arb_writes(), |writes| {
+        rt.block_on(async {
+            let target = &mut target.lock().await;
+            let (meta, data) = snapshot_of(&writes).await;
+            let _ = target.sm.begin_receiving_snapshot().await.unwrap();
+            target
+                .sm
+                .install_snapshot(&meta, Box::new(Cursor::new(data)))
+                .await
+                .unwrap();
+            let (got, more) = target.sm.reader().list("", 100).unwrap();
+            prop_assert!(!more);
+            let got: BTreeMap<String, Vec<u8>> = got.into_iter().map(|(k, v)| (k, v.value)).collect();
+            prop_assert_eq!(got, writes);
+            Ok(())
+        })
+    });
+}
+
+#[test]
+fn a_mutated_snapshot_is_installed_or_refused() {
+    let rt = rt();
+    let target = tokio::sync::Mutex::new(node());
+    let strategy = (
+        arb_writes(),
+        any::<usize>(),
+        0u8..8,
+        any::<usize>(),
+        proptest::collection::vec(any::<u8>(), 0..16),
+        any::<usize>(),
+        prop_oneof![Just(u64::MAX), Just(1u64 << 40), Just(1u64 << 32)],
+    );
+    run(strategy, |(writes, flip_at, bit, cut, more, huge_at, huge)| {
+        rt.block_on(async {
+            let target = &mut target.lock().await;
+            let (meta, data) = snapshot_of(&writes).await;
+            let mut variants = Vec::new();
+            if !data.is_empty() {
+                let mut flipped = data.clone();
+                flipped[flip_at % data.len()] ^= 1 << bit;
+                variants.push(flipped);
+                variants.push(data[..cut % data.len()].to_vec());
+            }
+            let mut longer = data.clone();
+            longer.extend_from_slice(&more);
+            variants.push(longer);
+            if data.len() >= 8 {
+                let at = huge_at % (data.len() - 7);
+                let mut m = data.clone();
+                m[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+                variants.push(m);
+            }
+            for v in variants {
+                let _ = target.sm.begin_receiving_snapshot().await.unwrap();
+                let _ = target.sm.install_snapshot(&meta, Box::new(Cursor::new(v))).await;
+                target.sm.reader().list("", 10).unwrap();
+            }
+        });
+        Ok(())
+    });
+}
