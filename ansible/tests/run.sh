@@ -142,7 +142,13 @@ for h in node-a node-b node-c; do
     -v /sys/fs/cgroup:/sys/fs/cgroup:ro "$image" >/dev/null
 done
 for h in node-a node-b node-c; do
-  state=$(timeout 90 docker exec "${cname[$h]}" systemctl is-system-running --wait 2>/dev/null || true)
+  # Right after start systemctl cannot reach the bus yet: poll, at most 90 s.
+  state=""
+  for _ in $(seq 1 90); do
+    state=$(timeout 30 docker exec "${cname[$h]}" systemctl is-system-running --wait 2>/dev/null || true)
+    case "$state" in running | degraded) break ;; esac
+    sleep 1
+  done
   case "$state" in running | degraded) ;; *) die "systemd in ${cname[$h]} did not come up: '$state'" ;; esac
   ip[$h]=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "${cname[$h]}")
 done
