@@ -6,7 +6,8 @@
 //! chunking and the on-disk chunk store), [`replicate`] (chunk transfer, placement, the
 //! repair queue, scrub), [`cache`] (foyer cache of hot remote chunks), [`telemetry`] (per-node samples and the
 //! leader's windows of them), [`risk`] (the leader's node failure forecasts and the repair
-//! queue's head), [`api`] (tonic services) and [`metrics`] (Prometheus).
+//! queue's head), [`api`] (tonic services), [`metrics`] (Prometheus) and [`notify`] (systemd
+//! readiness).
 
 pub mod api;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod raft;
 pub mod replicate;
 pub mod risk;

@@ -4,7 +4,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+/// Set at build time (`ARK_BUILD_TAG=... cargo build`) to tell builds of one version apart:
+/// shown by `--version` and in the `ark_build_info` metric. Read here, in the binary, so
+/// that changing it relinks only `arkd`.
+const BUILD_TAG: Option<&str> = option_env!("ARK_BUILD_TAG");
+
+/// `--version`: the crate version, plus the build tag when there is one.
+fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| match BUILD_TAG {
+        Some(t) if !t.is_empty() => format!("{} (build {t})", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
 
 /// Ark node daemon.
 #[derive(Debug, Parser)]
@@ -95,7 +109,11 @@ fn log_damage(cmd: LogDamageCmd) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .version(version())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -172,6 +190,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    ark_node::metrics::set_build_tag(BUILD_TAG.unwrap_or(""));
     let result = rt.block_on(ark_node::run(cfg, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,

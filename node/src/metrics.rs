@@ -17,6 +17,14 @@ use tokio::net::TcpListener;
 use crate::raft::ArkRaft;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static BUILD_TAG: OnceLock<&'static str> = OnceLock::new();
+
+/// Names this build in `ark_build_info{build=...}` (arkd passes its compile-time
+/// `ARK_BUILD_TAG`, so an upgrade can be seen on a running node). Call before [`install`];
+/// the first call wins.
+pub fn set_build_tag(tag: &'static str) {
+    let _ = BUILD_TAG.set(tag);
+}
 
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -30,7 +38,9 @@ pub fn install() -> Option<PrometheusHandle> {
             let builder = PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS_SECONDS).ok()?;
             match builder.install_recorder() {
                 Ok(h) => {
-                    metrics::gauge!("ark_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    let build = BUILD_TAG.get().copied().unwrap_or("");
+                    metrics::gauge!("ark_build_info", "version" => env!("CARGO_PKG_VERSION"), "build" => build)
+                        .set(1.0);
                     Some(h)
                 }
                 Err(e) => {

@@ -1,7 +1,9 @@
 //! Start-up and ordered shutdown of one node.
 //!
 //! Start-up logs numbered milestones; gRPC health answers NOT_SERVING until this node knows
-//! a leader. Shutdown runs in a fixed order: stop accepting clients, stop Raft (no new log
+//! a leader, and systemd hears `READY=1` ([`crate::notify`]) at that moment, or once the
+//! client API listens on a node that is not a member yet (it has to be added by a client
+//! before it can know a leader). Shutdown runs in a fixed order: stop accepting clients, stop Raft (no new log
 //! writes), close the peer endpoint, and drop the database last so that the final flush
 //! completes.
 
@@ -211,6 +213,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .await
         .with_context(|| format!("cannot bind client API on {}", cfg.listen.client))?;
     tracing::info!(addr = %listener.local_addr()?, "[5/6] client API listening (gRPC, TLS)");
+    // A node outside any cluster learns of a leader only after `ark members add`, which needs
+    // it running: it is as ready as it can be once it listens.
+    if !raft.is_initialized().await.context("reading raft state")? {
+        crate::notify::notify("READY=1\nSTATUS=not a cluster member yet: waiting to be added");
+    }
     let healthy_within = Duration::from_millis((cfg.raft.heartbeat_interval_ms * 4).max(1000));
     // Nagle's algorithm with the client's delayed ACKs would hold small responses back by
     // up to 40 ms: every accepted socket gets TCP_NODELAY.
@@ -266,6 +273,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     reporter.set_service_status("ark.v1.Objects", st).await;
                     if serving {
                         tracing::info!("[6/6] ready: a leader is known, serving clients");
+                        crate::notify::notify("READY=1\nSTATUS=serving: a leader is known");
+                    } else {
+                        crate::notify::notify("STATUS=not serving: no leader known");
                     }
                 }
                 tokio::select! {
@@ -286,6 +296,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     if let Some(f) = &fatal {
         tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
     }
+    crate::notify::notify("STOPPING=1");
     tracing::info!("shutdown: stopping client API");
     let _ = stop_tx.send(true);
     let _ = readiness.await;
