@@ -350,12 +350,10 @@ fn configs_stay_within_the_bound() {
     assert!(peak <= (1 << 20) + 256 * nested.len(), "{peak} bytes allocated");
 }
 
-/// A chunk file larger than any chunk (a damaged file system, a stray file) costs its whole
-/// size in memory: `ChunkStore::get` reads the file with `fs::read` (`chunks/store.rs`,
-/// `read_file`) before anything compares its length with `MAX_CHUNK` (or, for `.zst`, with
-/// zstd's bound for it). Left to the rewrite of `store.rs`.
+/// A chunk file larger than any chunk (a damaged file system, a stray file) is refused by its
+/// length, before it is read (`chunks/store.rs`, `read_file`): reading it whole would cost
+/// its whole size in memory.
 #[test]
-#[ignore = "chunks/store.rs read_file reads a chunk file whole whatever its size; fixed by the store.rs rewrite"]
 fn an_oversized_chunk_file_is_refused_before_it_is_read() {
     use ark_node::chunks::{chunk_id, to_hex, ChunkStore, MAX_CHUNK};
     let _one = MEASURING.lock().unwrap();

@@ -492,12 +492,25 @@ impl ChunkStore {
 
     /// Reads a located chunk file and decompresses it if needed; no hash check.
     fn read_file(&self, id: &ChunkId, found: &Located) -> Result<Vec<u8>, ChunkError> {
-        let raw = match fs::read(&found.path) {
-            Ok(raw) => raw,
+        let mut file = match fs::File::open(&found.path) {
+            Ok(f) => f,
             // Removed between locate() and the read.
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(ChunkError::NotFound { id: to_hex(id) }),
             Err(e) => return Err(map_io(e, "reading", &found.path)),
         };
+        // A file larger than any chunk can be (a damaged file system, a stray file) is
+        // refused before it is read: reading it whole could take any amount of memory.
+        let len = file.metadata().map_err(|e| map_io(e, "reading", &found.path))?.len();
+        let max = if found.compressed {
+            zstd::zstd_safe::compress_bound(MAX_CHUNK)
+        } else {
+            MAX_CHUNK
+        };
+        if len > max as u64 {
+            return Err(self.corrupt(id, &found.path, &format!("is {len} bytes, more than any chunk file")));
+        }
+        let mut raw = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut file, &mut raw).map_err(|e| map_io(e, "reading", &found.path))?;
         let data = if found.compressed {
             // The capacity bounds what a corrupt frame can make us allocate.
             match zstd::bulk::decompress(&raw, MAX_CHUNK) {
