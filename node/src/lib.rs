@@ -14,6 +14,8 @@ pub mod cache;
 pub mod chunks;
 pub mod clock;
 pub mod config;
+#[cfg(test)]
+mod damage_props;
 pub mod metrics;
 pub mod net;
 pub mod notify;

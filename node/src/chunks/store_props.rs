@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
+
+use crate::damage_props::{damage, Damage};
 use proptest::test_runner::{TestCaseError, TestRunner};
 
 use super::store::{chunk_id, to_hex, ChunkError, ChunkStore};
@@ -38,47 +40,12 @@ fn arb_chunk() -> impl Strategy<Value = (Vec<u8>, bool)> {
     )
 }
 
-#[derive(Debug, Clone)]
-enum Damage {
-    FlipBit(usize, u8),
-    Truncate(usize),
-    Extend(Vec<u8>),
-    Overwrite(usize, Vec<u8>),
-}
-
+/// Bytes of a zstd frame or block header set to their largest values, or any.
 fn arb_damage() -> impl Strategy<Value = Damage> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(a, b)| Damage::FlipBit(a, b)),
-        any::<usize>().prop_map(Damage::Truncate),
-        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Damage::Extend),
-        // Bytes of a zstd frame or block header set to their largest values.
-        (
-            any::<usize>(),
-            prop_oneof![Just(vec![0xff; 8]), proptest::collection::vec(any::<u8>(), 1..8)]
-        )
-            .prop_map(|(a, b)| Damage::Overwrite(a, b)),
-    ]
-}
-
-fn damage(mut b: Vec<u8>, d: &Damage) -> Vec<u8> {
-    match d {
-        Damage::FlipBit(at, bit) if !b.is_empty() => {
-            let at = at % b.len();
-            b[at] ^= 1 << bit;
-        }
-        Damage::Truncate(at) if !b.is_empty() => b.truncate(at % b.len()),
-        Damage::Extend(more) => b.extend_from_slice(more),
-        Damage::Overwrite(at, x) if !b.is_empty() => {
-            let at = at % b.len();
-            for (i, v) in x.iter().enumerate() {
-                if let Some(y) = b.get_mut(at + i) {
-                    *y = *v;
-                }
-            }
-        }
-        _ => {}
-    }
-    b
+    crate::damage_props::arb_damage(prop_oneof![
+        Just(vec![0xff; 8]),
+        proptest::collection::vec(any::<u8>(), 1..8)
+    ])
 }
 
 #[test]

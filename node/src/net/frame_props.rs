@@ -14,6 +14,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::{encode_request, encode_response, read_frame, FRAME_BYTES_MAX};
+use crate::damage_props::{damage, Damage};
 
 /// One frame as it goes on the wire: the length, then the pieces joined.
 fn frame(parts: Vec<Bytes>) -> Vec<u8> {
@@ -132,57 +133,15 @@ fn arb_response() -> impl Strategy<Value = PeerResponse> {
     proptest::option::weighted(0.95, body).prop_map(|body| PeerResponse { body })
 }
 
-/// A valid encoding changed the way damage or a hostile peer would change it.
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// Flip one bit (position taken modulo the length).
-    FlipBit(usize, u8),
-    /// Keep only a prefix (length taken modulo the length).
-    Truncate(usize),
-    /// Append bytes.
-    Extend(Vec<u8>),
-    /// Overwrite bytes at a position.
-    Overwrite(usize, Vec<u8>),
-}
-
-fn arb_mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        blob(64).prop_map(Mutation::Extend),
-        // Varints at their widest: a length field set huge inside the protobuf body.
-        (
-            any::<usize>(),
-            prop_oneof![
-                blob(8),
-                Just(vec![0xff; 10]),
-                Just(vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
-                Just(vec![0x80, 0x80, 0x80, 0x80, 0x20])
-            ]
-        )
-            .prop_map(|(at, b)| Mutation::Overwrite(at, b)),
-    ]
-}
-
-fn mutate(mut b: Vec<u8>, m: &Mutation) -> Vec<u8> {
-    match m {
-        Mutation::FlipBit(at, bit) if !b.is_empty() => {
-            let at = at % b.len();
-            b[at] ^= 1 << bit;
-        }
-        Mutation::Truncate(at) if !b.is_empty() => b.truncate(at % b.len()),
-        Mutation::Extend(more) => b.extend_from_slice(more),
-        Mutation::Overwrite(at, bytes) if !b.is_empty() => {
-            let at = at % b.len();
-            for (i, x) in bytes.iter().enumerate() {
-                if let Some(y) = b.get_mut(at + i) {
-                    *y = *x;
-                }
-            }
-        }
-        _ => {}
-    }
-    b
+/// A valid encoding changed the way damage or a hostile peer would change it: overwrites
+/// put varints at their widest (a length field set huge inside the protobuf body).
+fn arb_mutation() -> impl Strategy<Value = Damage> {
+    crate::damage_props::arb_damage(prop_oneof![
+        blob(8),
+        Just(vec![0xff; 10]),
+        Just(vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
+        Just(vec![0x80, 0x80, 0x80, 0x80, 0x20])
+    ])
 }
 
 /// Reads a frame and decodes it both ways, as the endpoint and a caller do. Panics only if a
@@ -225,17 +184,17 @@ proptest! {
 
     #[test]
     fn mutated_request_frames_are_a_value_or_an_error(req in arb_request(), m in arb_mutation()) {
-        read_and_decode(&mutate(frame(encode_request(&req)), &m));
+        read_and_decode(&damage(frame(encode_request(&req)), &m));
         // The body alone too: a mutation of the length prefix above mostly ends in a short read.
         let body = encode_request(&req).concat();
-        let _ = PeerRequest::decode(mutate(body, &m).as_slice());
+        let _ = PeerRequest::decode(damage(body, &m).as_slice());
     }
 
     #[test]
     fn mutated_response_frames_are_a_value_or_an_error(resp in arb_response(), m in arb_mutation()) {
-        read_and_decode(&mutate(frame(encode_response(&resp)), &m));
+        read_and_decode(&damage(frame(encode_response(&resp)), &m));
         let body = encode_response(&resp).concat();
-        let _ = PeerResponse::decode(mutate(body, &m).as_slice());
+        let _ = PeerResponse::decode(damage(body, &m).as_slice());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::path::Path;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use proptest::prelude::*;
 
+use crate::damage_props::{damage, Damage};
+
 use super::store::{decode, encode};
 use super::wal::Wal;
 use super::{NodeId, Request, TypeConfig};
@@ -93,48 +95,17 @@ fn write_log(dir: &Path, n: u64, body: usize) -> Vec<(u64, Vec<u8>)> {
     written
 }
 
-#[derive(Debug, Clone)]
-enum Damage {
-    FlipBit(usize, u8),
-    Truncate(usize),
-    Extend(Vec<u8>),
-    /// A record's length field (or any 4 bytes) overwritten.
-    Overwrite(usize, [u8; 4]),
-}
-
+/// A record's length field (or any 4 bytes) overwritten.
 fn arb_damage() -> impl Strategy<Value = Damage> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(a, b)| Damage::FlipBit(a, b)),
-        any::<usize>().prop_map(Damage::Truncate),
-        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Damage::Extend),
-        (
-            any::<usize>(),
-            prop_oneof![
-                Just(u32::MAX.to_le_bytes()),
-                Just(0u32.to_le_bytes()),
-                Just((64u32 << 20).to_le_bytes()),
-                any::<[u8; 4]>()
-            ]
-        )
-            .prop_map(|(a, b)| Damage::Overwrite(a, b)),
-    ]
-}
-
-fn damage(mut b: Vec<u8>, d: &Damage) -> Vec<u8> {
-    match d {
-        Damage::FlipBit(at, bit) if !b.is_empty() => {
-            let at = at % b.len();
-            b[at] ^= 1 << bit;
-        }
-        Damage::Truncate(at) if !b.is_empty() => b.truncate(at % b.len()),
-        Damage::Extend(more) => b.extend_from_slice(more),
-        Damage::Overwrite(at, x) if b.len() >= 4 => {
-            let at = at % (b.len() - 3);
-            b[at..at + 4].copy_from_slice(x);
-        }
-        _ => {}
-    }
-    b
+    crate::damage_props::arb_damage(
+        prop_oneof![
+            Just(u32::MAX.to_le_bytes()),
+            Just(0u32.to_le_bytes()),
+            Just((64u32 << 20).to_le_bytes()),
+            any::<[u8; 4]>()
+        ]
+        .prop_map(|b| b.to_vec()),
+    )
 }
 
 /// A log of `n` entries in two segments written by hand (the writer only starts a second
