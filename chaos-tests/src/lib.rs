@@ -14,6 +14,8 @@ pub mod deployed;
 pub mod diskfull;
 pub mod drill;
 pub mod history;
+pub mod lazyfs;
+pub mod lazyfs_fuse;
 pub mod linearizability;
 pub mod netfault;
 pub mod netns;
