@@ -2,7 +2,8 @@
 //! network namespace, or all on loopback), the recorded workload of [`crate::workload`], a
 //! seeded fault schedule, and the report.
 //!
-//! Owns the playground's faults (processes, network, chunk files). It judges nothing itself:
+//! Owns the playground's faults (processes, network, chunk files, full disks, power cuts and
+//! failed fsyncs on [`crate::lazyfs_fuse`] mounts). It judges nothing itself:
 //! [`crate::workload`] records and hands the history to the checkers. Process faults are
 //! signals; network faults go through [`crate::netfault::NetFaults`]: in netns mode
 //! ([`crate::netns`]) partitions and one-way drops are nftables drops in each node's
