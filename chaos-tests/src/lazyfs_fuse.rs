@@ -209,7 +209,8 @@ impl Filesystem for LazyFsFuse {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc_s_ifmt() != libc_s_ifreg() {
+        use nix::sys::stat::SFlag;
+        if mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
             // Only regular files: arkd makes no fifos, sockets or devices here.
             return reply.error(Errno::ENOSYS);
         }
@@ -454,14 +455,6 @@ impl Filesystem for LazyFsFuse {
                 .with(|fs| fs.allocate(ino.0, offset, length, mode & KEEP_SIZE != 0)),
         );
     }
-}
-
-fn libc_s_ifmt() -> u32 {
-    nix::sys::stat::SFlag::S_IFMT.bits()
-}
-
-fn libc_s_ifreg() -> u32 {
-    nix::sys::stat::SFlag::S_IFREG.bits()
 }
 
 /// A model holding a copy of the tree at `dir` (regular files and directories, permission
