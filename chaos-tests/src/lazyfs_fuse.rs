@@ -40,6 +40,8 @@ const THREADS: usize = 4;
 /// never finds anything unsynced; with it, writes in flight are the norm under load, as on a
 /// real disk.
 pub const SYNC_LATENCY: Duration = Duration::from_millis(5);
+/// Longest wait for a session to end after its mount is detached.
+const UNMOUNT_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Polling step of [`Mounted::freeze_when_dirty`].
 const DIRTY_POLL: Duration = Duration::from_millis(1);
 /// Nothing is cached by the kernel: see the module doc.
@@ -657,12 +659,26 @@ impl Mounted {
         self.stop()
     }
 
+    /// Detaches the mount and waits (at most [`UNMOUNT_WAIT_MAX`]) for the session to end,
+    /// which it does once no process holds a file there any more.
     fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.session.take() {
-            s.umount_and_join()
-                .with_context(|| format!("unmounting {}", self.path.display()))?;
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("lazyfs-unmount".to_owned())
+            .spawn(move || {
+                let _ = tx.send(s.umount_and_join());
+            })
+            .context("starting the unmount thread")?;
+        match rx.recv_timeout(UNMOUNT_WAIT_MAX) {
+            Ok(r) => r.with_context(|| format!("unmounting {}", self.path.display())),
+            Err(_) => bail!(
+                "the power-loss filesystem at {} was detached but its session did not end within {UNMOUNT_WAIT_MAX:?}: a process still holds a file there",
+                self.path.display()
+            ),
         }
-        Ok(())
     }
 }
 
