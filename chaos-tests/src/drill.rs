@@ -680,15 +680,18 @@ async fn power_cut(
     power: &mut crate::report::PowerFaults,
 ) -> anyhow::Result<String> {
     use nix::sys::signal::Signal;
-    // Each victim's power fails at its first moment with writes in flight (within
-    // `POWER_CUT_WAIT_MAX`; under load a few ms), the others meanwhile running on.
-    for node in victims {
-        let disk = disk_of(disks, node.id)?;
-        let disk = std::sync::Arc::clone(disk);
-        tokio::task::spawn_blocking(move || disk.freeze_when_dirty(POWER_CUT_WAIT_MAX))
-            .await
-            .context("waiting for writes in flight")?;
-    }
+    // The victims' power fails at once, at the first moment at which each has writes in
+    // flight (within `POWER_CUT_WAIT_MAX`; under load a few ms).
+    let held: Vec<_> = victims
+        .iter()
+        .map(|n| disk_of(disks, n.id).map(std::sync::Arc::clone))
+        .collect::<anyhow::Result<_>>()?;
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&crate::lazyfs_fuse::Mounted> = held.iter().map(|d| &**d).collect();
+        crate::lazyfs_fuse::Mounted::freeze_all_when_dirty(&refs, POWER_CUT_WAIT_MAX)
+    })
+    .await
+    .context("waiting for writes in flight")?;
     for node in victims {
         playground::signal_node(node, Signal::SIGKILL)?;
     }

@@ -42,7 +42,7 @@ const THREADS: usize = 4;
 pub const SYNC_LATENCY: Duration = Duration::from_millis(5);
 /// Longest wait for a session to end after its mount is detached.
 const UNMOUNT_WAIT_MAX: Duration = Duration::from_secs(10);
-/// Polling step of [`Mounted::freeze_when_dirty`].
+/// Polling step of [`Mounted::freeze_all_when_dirty`].
 const DIRTY_POLL: Duration = Duration::from_millis(1);
 /// Nothing is cached by the kernel: see the module doc.
 const TTL: Duration = Duration::ZERO;
@@ -617,20 +617,24 @@ impl Mounted {
         self.shared.lock().frozen = true;
     }
 
-    /// Waits (at most `within`) for a moment at which this filesystem holds unsynced writes,
-    /// and freezes it then: the power fails while writes are in flight, the moment that tests
-    /// a node's fsync ordering. Freezes anyway when `within` runs out; answers whether
-    /// anything was in flight.
-    pub fn freeze_when_dirty(&self, within: Duration) -> bool {
+    /// Waits (at most `within`) for a moment at which every one of `disks` holds unsynced
+    /// writes, and freezes them all at that instant: the power of a node, a site or a cluster
+    /// fails while writes are in flight everywhere, the moment that tests fsync ordering.
+    /// Freezes them anyway when `within` runs out; answers, per disk, whether anything was in
+    /// flight.
+    pub fn freeze_all_when_dirty(disks: &[&Mounted], within: Duration) -> Vec<bool> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            let mut st = self.shared.lock();
-            let dirty = st.fs.unsynced_bytes() > 0;
-            if dirty || std::time::Instant::now() >= deadline {
-                st.frozen = true;
+            // Only this function holds more than one of these locks at a time.
+            let mut states: Vec<MutexGuard<'_, State>> = disks.iter().map(|d| d.shared.lock()).collect();
+            let dirty: Vec<bool> = states.iter().map(|st| st.fs.unsynced_bytes() > 0).collect();
+            if dirty.iter().all(|d| *d) || std::time::Instant::now() >= deadline {
+                for st in &mut states {
+                    st.frozen = true;
+                }
                 return dirty;
             }
-            drop(st);
+            drop(states);
             std::thread::sleep(DIRTY_POLL);
         }
     }
