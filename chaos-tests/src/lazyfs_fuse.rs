@@ -109,8 +109,23 @@ fn has_flag(flags: i32, flag: nix::fcntl::OFlag) -> bool {
     flags & flag.bits() == flag.bits()
 }
 
+/// One directory listing: `.`, `..`, then the entries.
+type Listing = Vec<(std::ffi::OsString, Ino, Kind)>;
+
+/// Listings of open directory handles: a listing is taken at `opendir` (and again when a
+/// reader starts over at offset 0), so entries created or removed meanwhile neither shift
+/// the offsets of the others nor make a reader skip or repeat one.
+#[derive(Debug, Default)]
+struct Listings {
+    next_fh: u64,
+    open: std::collections::HashMap<u64, Listing>,
+}
+
+/// Directory handles open at once per mount (EMFILE beyond).
+const DIR_HANDLES_MAX: usize = 4096;
+
 /// The FUSE face of one model.
-struct LazyFsFuse(Arc<Shared>);
+struct LazyFsFuse(Arc<Shared>, Mutex<Listings>);
 
 impl LazyFsFuse {
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -118,6 +133,22 @@ impl LazyFsFuse {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// `.`, `..` and the entries of directory `ino`, as they are now.
+    fn listing(&self, ino: Ino) -> Result<Listing, Errno> {
+        self.0.with(|fs| {
+            let mut l: Listing = vec![
+                (OsStr::new(".").to_owned(), ino, Kind::Dir),
+                (OsStr::new("..").to_owned(), fs.parent_of(ino)?, Kind::Dir),
+            ];
+            l.extend(fs.readdir(ino)?);
+            Ok(l)
+        })
+    }
+
+    fn listings(&self) -> MutexGuard<'_, Listings> {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A sync that takes [`SYNC_LATENCY`], during which the file stays volatile (other
@@ -382,33 +413,49 @@ impl Filesystem for LazyFsFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.with(|fs| fs.parent_of(ino.0)) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let r = self.0.with(|fs| Ok((fs.parent_of(ino.0)?, fs.readdir(ino.0)?)));
-        let (parent, entries) = match r {
-            Ok(x) => x,
+        let listing = match self.listing(ino.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let dots = [
-            (OsStr::new(".").to_owned(), ino.0, Kind::Dir),
-            (OsStr::new("..").to_owned(), parent, Kind::Dir),
-        ];
+        let mut ls = self.listings();
+        if ls.open.len() >= DIR_HANDLES_MAX {
+            return reply.error(Errno::EMFILE);
+        }
+        ls.next_fh += 1;
+        let fh = ls.next_fh;
+        ls.open.insert(fh, listing);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut ls = self.listings();
+        if offset == 0 || !ls.open.contains_key(&fh.0) {
+            match self.listing(ino.0) {
+                Ok(l) => {
+                    ls.open.insert(fh.0, l);
+                }
+                Err(e) => return reply.error(e),
+            }
+        }
+        let Some(listing) = ls.open.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         // The offset of an entry is its position + 1; the kernel hands back the last one seen.
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(skip) {
+        for (i, (name, child, kind)) in listing.iter().enumerate().skip(skip) {
             let kind = match kind {
                 Kind::File => FileType::RegularFile,
                 Kind::Dir => FileType::Directory,
             };
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, kind, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.listings().open.remove(&fh.0);
         reply.ok();
     }
 
@@ -569,7 +616,12 @@ impl Mounted {
             MountOption::NoAtime,
         ];
         config.n_threads = Some(THREADS);
-        let session = fuser::spawn_mount(LazyFsFuse(shared.clone()), path, &config).with_context(|| {
+        let session = fuser::spawn_mount(
+            LazyFsFuse(shared.clone(), Mutex::new(Listings::default())),
+            path,
+            &config,
+        )
+        .with_context(|| {
             format!(
                 "mounting the power-loss filesystem at {} (is /dev/fuse there?)",
                 path.display()
@@ -832,6 +884,30 @@ ark-chaos-lazyfs /tmp/other/node-2/data fuse.lazyfs rw 0 0
         m.freeze();
         m.cut();
         assert_eq!(std::fs::read(at("raft-log/1.wal")).unwrap(), b"acknowledged\0");
+
+        // A listing is stable while entries come and go: none skipped, none repeated.
+        std::fs::create_dir(at("ab")).unwrap();
+        // More entries than one readdir request carries (the kernel asks for up to 32 KiB).
+        for i in 0..3000 {
+            std::fs::write(at(&format!("ab/c{i:04}")), b"").unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, e) in std::fs::read_dir(at("ab")).unwrap().enumerate() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(seen.insert(name.clone()), "{name} listed twice");
+            if n == 10 {
+                // Entries before the reader's position go away: offsets by position in the
+                // current entries would now point 1000 further on.
+                for i in 0..1000 {
+                    std::fs::remove_file(at(&format!("ab/c{i:04}"))).unwrap();
+                }
+            }
+        }
+        assert!(
+            (1000..3000).all(|i| seen.contains(&format!("c{i:04}"))),
+            "{} seen",
+            seen.len()
+        );
         m.unmount().unwrap();
         assert!(mounts_under(d.path()).is_empty());
     }
