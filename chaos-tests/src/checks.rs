@@ -258,6 +258,26 @@ pub fn availability(history: &History, fault: FaultWindow) -> Availability {
     result
 }
 
+/// Writes and deletes that were invoked inside one of `windows` (start, end in ns since the
+/// run began) and acknowledged before it ended. In a window in which no majority of the nodes
+/// can make anything durable (their fsyncs fail), a write invoked in it cannot have been on a
+/// majority's disks before it began, so any such acknowledgement means some node answered as
+/// if data it could not sync were durable.
+pub fn mutations_acked_within(history: &History, windows: &[(u64, u64)]) -> Vec<OpId> {
+    history
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| op.kind.is_mutation() && op.outcome.is_ok())
+        .filter(|(_, op)| {
+            windows
+                .iter()
+                .any(|(start, end)| op.invoke_ns >= *start && op.complete_ns.is_some_and(|c| c <= *end))
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
 /// RTO: nanoseconds from the fault's start to the completion of the first acknowledged write or
 /// delete invoked at or after it; `None` when no write succeeded after the fault began. Writes
 /// invoked before the fault do not count: they may have been committed before it hit.
@@ -290,6 +310,19 @@ mod tests {
     fn w(key: &str, v: &str, t0: u64, t1: u64, outcome: Outcome) -> Op {
         let t1 = (outcome != Outcome::Unknown).then_some(t1);
         op(1, key, OpKind::Write { value: v.into() }, t0, t1, outcome)
+    }
+    #[test]
+    fn only_writes_invoked_and_acknowledged_inside_a_window_count() {
+        let mut h = History::new();
+        h.push(w("k", "before", 50, 150, Outcome::ok())); // invoked before the window
+        h.push(w("k", "inside", 120, 180, Outcome::ok())); // the violation
+        h.push(w("k", "failed", 120, 180, Outcome::Fail));
+        h.push(w("k", "unknown", 120, 0, Outcome::Unknown));
+        h.push(w("k", "after", 150, 250, Outcome::ok())); // acknowledged after it ended
+        h.push(op(1, "k", OpKind::Read, 120, Some(130), Outcome::read(None)));
+        h.push(op(1, "k", OpKind::Delete, 300, Some(310), Outcome::ok())); // second window
+        assert_eq!(mutations_acked_within(&h, &[(100, 200), (300, 400)]), vec![1, 6]);
+        assert!(mutations_acked_within(&h, &[]).is_empty());
     }
     fn finals(entries: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<Value>> {
         entries

@@ -2,7 +2,8 @@
 //! network namespace, or all on loopback), the recorded workload of [`crate::workload`], a
 //! seeded fault schedule, and the report.
 //!
-//! Owns the playground's faults (processes, network, chunk files). It judges nothing itself:
+//! Owns the playground's faults (processes, network, chunk files, full disks, power cuts and
+//! failed fsyncs on [`crate::lazyfs_fuse`] mounts). It judges nothing itself:
 //! [`crate::workload`] records and hands the history to the checkers. Process faults are
 //! signals; network faults go through [`crate::netfault::NetFaults`]: in netns mode
 //! ([`crate::netns`]) partitions and one-way drops are nftables drops in each node's
@@ -73,6 +74,22 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "one node's data dir on a tmpfs (root needed) shrunk to what it holds (full: ENOSPC) for 4 s, then grown back, every 3-5 s; the node is started again if it stopped",
     ),
     (
+        "power-loss-node",
+        "every data dir on the power-loss filesystem (FUSE, root needed); power cut of one node (leader and a follower in turn) every 3-5 s: kill -9 and every write it had not fsynced dropped, restarted 1.5 s later",
+    ),
+    (
+        "power-loss-site",
+        "3 sites x 2 nodes on the power-loss filesystem; power cut of every node of the leader's site at once, restarted 2 s later, every 3-5 s",
+    ),
+    (
+        "power-loss-all",
+        "every node on the power-loss filesystem; power cut of all nodes at once under write load, restarted 2 s later, every 3-5 s",
+    ),
+    (
+        "fsync-eio",
+        "every node on the power-loss filesystem; every fsync of the leader and one follower (a majority) fails with EIO for 3 s, the unsynced pages lost as on Linux; no write may be acknowledged meanwhile; then their power is cut and they are restarted",
+    ),
+    (
         "chunk-corruption",
         "one byte flipped in 3 chunk files of a random node every 3-5 s (a failing disk), a scrub 1-2 s later, under object puts and gets through every node",
     ),
@@ -97,12 +114,16 @@ enum Fault {
     Corrupt,
     /// One node's disk full, then freed.
     DiskFull,
+    /// kill -9 of the victims and everything they had not synced dropped, then start again.
+    PowerCut,
+    /// Every sync of a majority fails with EIO for a while, then their power is cut.
+    FsyncEio,
 }
 
 /// The playground a scenario runs on.
 fn layout_for(scenario: &str) -> Layout {
     match scenario {
-        "site-partition" | "site-kill" => Layout {
+        "site-partition" | "site-kill" | "power-loss-site" => Layout {
             sites: 3,
             nodes_per_site: 2,
             ..Layout::default()
@@ -214,9 +235,13 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
         }
     };
     let net = netns.as_ref().map(|n| format!("{}, names {}*", n.subnet(), n.prefix()));
+    let mut disks = Disks::new();
     let result = match NetFaults::new(dir, net.map_err(Clone::clone)) {
         Ok(mut faults) => {
-            let report = drive(spec, dir, history_out, &mut faults).await;
+            let report = tokio::select! {
+                r = drive(spec, dir, history_out, &mut faults, &mut disks) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the drill cleaned up after itself")),
+            };
             let healed = faults.heal().await.context("healing the network after the drill");
             report.and_then(|r| healed.map(|()| r))
         }
@@ -227,9 +252,23 @@ pub async fn run(spec: &DrillSpec, dir: &Path, history_out: &Path) -> anyhow::Re
         let _ = c.kill();
         let _ = c.wait();
     }
-    // `disk-full` leaves a tmpfs under the dir; the nodes are down now.
+    // `disk-full` leaves a tmpfs under the dir, the power-loss scenarios a FUSE mount per
+    // node; the nodes are down now.
     let unmounted = crate::diskfull::unmount_all(dir).context("unmounting the drill's tmpfs");
     let result = result.and_then(|r| unmounted.map(|()| r));
+    let mut lazy_unmounted = Ok(());
+    for (id, m) in disks.drain(..) {
+        let unmounted = match std::sync::Arc::try_unwrap(m) {
+            Ok(m) => m.unmount(),
+            // Still shared (a task that waited for writes in flight): dropped with it.
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = unmounted {
+            lazy_unmounted = Err(e.context(format!("unmounting node {id}'s power-loss filesystem")));
+        }
+    }
+    let swept = crate::lazyfs_fuse::unmount_all(dir).context("detaching leftover power-loss mounts");
+    let result = result.and_then(|r| lazy_unmounted.and(swept).map(|()| r));
     drop(registered);
     let torn_down = match &netns {
         Ok(n) => n.teardown(),
@@ -380,6 +419,9 @@ impl ProcessPlan {
             "chunk-corruption" => (Fault::Corrupt, Duration::ZERO),
             "disk-full" => (Fault::DiskFull, DISK_FULL_HOLD),
             "site-kill" => (Fault::SiteKill, Duration::from_secs(2)),
+            "power-loss-node" => (Fault::PowerCut, Duration::from_millis(1500)),
+            "power-loss-site" | "power-loss-all" => (Fault::PowerCut, Duration::from_secs(2)),
+            "fsync-eio" => (Fault::FsyncEio, EIO_HOLD),
             // Down for longer than a follower waits before it may campaign with the WAN timing
             // (leader lease 2 s + election timeout 1-2 s): a leader back after 1.5 s would
             // resume its term, and the RTO would measure a restart, not a failover.
@@ -407,11 +449,13 @@ async fn process_schedule(
     dir: &Path,
     client: &ArkClient,
     t0: Instant,
+    disks: &Disks,
 ) -> anyhow::Result<Timeline> {
     let ProcessPlan { fault, heal_after, .. } = plan;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut tl = Timeline::default();
     let mut rolled = 0usize;
+    let mut power = crate::report::PowerFaults::default();
     tokio::time::sleep(plan.start_after).await;
     while t0.elapsed() + heal_after + Duration::from_secs(2) < spec.duration && tl.starts.len() < plan.faults_max {
         let st = client.status().await.context("status before a fault")?;
@@ -452,15 +496,61 @@ async fn process_schedule(
                 rolled += 1;
                 vec![pg.node(v).cloned().context("victim not in playground.json")?]
             }
-            "site-kill" => {
+            "site-kill" | "power-loss-site" => {
                 let site = pg
                     .node(leader)
                     .map(|n| n.site.clone())
                     .context("leader not in playground.json")?;
                 pg.nodes.iter().filter(|n| n.site == site).cloned().collect()
             }
+            "power-loss-node" => {
+                // The leader and a follower in turn: a leader's unsynced tail and a
+                // follower's acknowledged appends are both at stake.
+                rolled += 1;
+                if rolled % 2 == 1 {
+                    vec![pg.node(leader).cloned().context("victim not in playground.json")?]
+                } else {
+                    let followers: Vec<&PlaygroundNode> = pg.nodes.iter().filter(|n| n.id != leader).collect();
+                    vec![followers[rng.gen_range(0..followers.len())].clone()]
+                }
+            }
+            "power-loss-all" => pg.nodes.clone(),
+            "fsync-eio" => {
+                // The leader and one follower: a majority, so no write can become durable on
+                // a majority while the fault lasts.
+                let followers: Vec<&PlaygroundNode> = pg.nodes.iter().filter(|n| n.id != leader).collect();
+                let leader_node = pg.node(leader).cloned().context("leader not in playground.json")?;
+                vec![leader_node, followers[rng.gen_range(0..followers.len())].clone()]
+            }
             _ => vec![pg.node(leader).cloned().context("victim not in playground.json")?],
         };
+        if let Fault::PowerCut | Fault::FsyncEio = fault {
+            let start = ns_since(t0);
+            tl.starts.push(start);
+            let ids: Vec<u64> = victims.iter().map(|n| n.id).collect();
+            let event = if let Fault::FsyncEio = fault {
+                let (event, window) = fsync_eio(client, dir, disks, &victims, t0, &mut power).await?;
+                tl.no_durable_majority.push(window);
+                event
+            } else {
+                let cuts = power_cut(disks, &victims, &mut power).await?;
+                tokio::time::sleep(heal_after).await;
+                format!("power cut: {cuts}")
+            };
+            for node in &victims {
+                let (_, child) = playground::start_node(dir, node.id)?;
+                drop(child);
+            }
+            let end = ns_since(t0);
+            tl.last_heal = Some(end);
+            tl.events.push(format!(
+                "{}-{} ms: nodes {ids:?} (leader {leader}): {event}; restarted",
+                start / 1_000_000,
+                end / 1_000_000,
+            ));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
         let start = ns_since(t0);
         tl.starts.push(start);
         use nix::sys::signal::Signal;
@@ -476,8 +566,13 @@ async fn process_schedule(
                 Fault::Restart => {
                     playground::signal_node(node, Signal::SIGTERM)?;
                 }
-                Fault::Membership | Fault::Partition | Fault::Corrupt | Fault::DiskFull => {
-                    unreachable!("not a process fault")
+                Fault::Membership
+                | Fault::Partition
+                | Fault::Corrupt
+                | Fault::DiskFull
+                | Fault::PowerCut
+                | Fault::FsyncEio => {
+                    unreachable!("not a signal fault")
                 }
             }
         }
@@ -492,8 +587,13 @@ async fn process_schedule(
                 Fault::Pause => {
                     playground::signal_node(node, Signal::SIGCONT)?;
                 }
-                Fault::Membership | Fault::Partition | Fault::Corrupt | Fault::DiskFull => {
-                    unreachable!("not a process fault")
+                Fault::Membership
+                | Fault::Partition
+                | Fault::Corrupt
+                | Fault::DiskFull
+                | Fault::PowerCut
+                | Fault::FsyncEio => {
+                    unreachable!("not a signal fault")
                 }
                 Fault::Kill | Fault::SiteKill | Fault::Restart => {
                     let deadline = Instant::now() + Duration::from_secs(10);
@@ -515,7 +615,198 @@ async fn process_schedule(
         ));
         tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
     }
+    if !disks.is_empty() {
+        tl.power = Some(power);
+    }
     Ok(tl)
+}
+
+/// Each node's power-loss filesystem, by node id (power-loss and fsync-eio scenarios only).
+type Disks = Vec<(u64, std::sync::Arc<crate::lazyfs_fuse::Mounted>)>;
+
+/// Whether a scenario runs every node on the power-loss filesystem.
+fn on_lazyfs(scenario: &str) -> bool {
+    scenario.starts_with("power-loss-") || scenario == "fsync-eio"
+}
+
+/// Longest wait for a victim's writes in flight before its power is cut regardless.
+const POWER_CUT_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// How long every sync of the `fsync-eio` victims fails.
+const EIO_HOLD: Duration = Duration::from_secs(3);
+
+/// Stops every node, moves each data dir onto its own power-loss filesystem
+/// ([`crate::lazyfs_fuse`], the current content durable) and starts the nodes again.
+async fn disks_on_lazyfs(dir: &Path, disks: &mut Disks) -> anyhow::Result<()> {
+    use nix::sys::signal::Signal;
+    if !crate::lazyfs_fuse::can_mount() {
+        bail!(
+            "the power-loss drills mount a FUSE filesystem and need root (run them as root or pick another scenario)"
+        );
+    }
+    let pg = Playground::load(dir)?;
+    for n in &pg.nodes {
+        playground::signal_node(n, Signal::SIGTERM)?;
+    }
+    for n in &pg.nodes {
+        wait_exit(n, Duration::from_secs(10)).await?;
+    }
+    for n in &pg.nodes {
+        let m = crate::lazyfs_fuse::Mounted::take_over(&n.data_dir)
+            .with_context(|| format!("putting node {}'s data dir on the power-loss filesystem", n.id))?;
+        disks.push((n.id, std::sync::Arc::new(m)));
+    }
+    for n in &pg.nodes {
+        let (_, child) = playground::start_node(dir, n.id)?;
+        drop(child);
+    }
+    playground::wait_ready(dir, &Playground::load(dir)?, Duration::from_secs(30)).await
+}
+
+fn disk_of(disks: &Disks, id: u64) -> anyhow::Result<&std::sync::Arc<crate::lazyfs_fuse::Mounted>> {
+    disks
+        .iter()
+        .find(|(n, _)| *n == id)
+        .map(|(_, m)| m)
+        .with_context(|| format!("node {id} has no power-loss filesystem"))
+}
+
+/// The power of `victims` goes off: their filesystems freeze (every request fails from now
+/// on, so nothing a dying node still sends lands after the cut), the processes are killed,
+/// and each filesystem drops what was not synced. Answers a line for the fault log.
+async fn power_cut(
+    disks: &Disks,
+    victims: &[PlaygroundNode],
+    power: &mut crate::report::PowerFaults,
+) -> anyhow::Result<String> {
+    use nix::sys::signal::Signal;
+    // The victims' power fails at once, at the first moment at which each has writes in
+    // flight (within `POWER_CUT_WAIT_MAX`; under load a few ms).
+    let held: Vec<_> = victims
+        .iter()
+        .map(|n| disk_of(disks, n.id).map(std::sync::Arc::clone))
+        .collect::<anyhow::Result<_>>()?;
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&crate::lazyfs_fuse::Mounted> = held.iter().map(|d| &**d).collect();
+        crate::lazyfs_fuse::Mounted::freeze_all_when_dirty(&refs, POWER_CUT_WAIT_MAX)
+    })
+    .await
+    .context("waiting for writes in flight")?;
+    for node in victims {
+        playground::signal_node(node, Signal::SIGKILL)?;
+    }
+    for node in victims {
+        wait_exit(node, Duration::from_secs(10)).await?;
+    }
+    let mut parts = Vec::new();
+    for node in victims {
+        let cut = disk_of(disks, node.id)?.cut();
+        power.cuts += 1;
+        power.bytes_dropped += cut.bytes_dropped;
+        power.entries_reverted += cut.entries_reverted;
+        if cut.bytes_dropped == 0 && cut.entries_reverted == 0 {
+            power.cuts_without_drop += 1;
+        }
+        parts.push(format!(
+            "node {} dropped {} unsynced bytes in {} files and {} directory entries",
+            node.id, cut.bytes_dropped, cut.files_reverted, cut.entries_reverted
+        ));
+    }
+    Ok(parts.join(", "))
+}
+
+/// One round of `fsync-eio`: every sync of `victims` (a majority) fails with EIO for
+/// [`EIO_HOLD`]; which of them stopped by themselves is noted; then the fault is cleared and
+/// their power cut (what the failed syncs lost is gone for good). Answers a line for the fault
+/// log and the window (ns since `t0`) in which no write may be acknowledged.
+async fn fsync_eio(
+    client: &ArkClient,
+    dir: &Path,
+    disks: &Disks,
+    victims: &[PlaygroundNode],
+    t0: Instant,
+    power: &mut crate::report::PowerFaults,
+) -> anyhow::Result<(String, (u64, u64))> {
+    let before: Vec<u64> = victims
+        .iter()
+        .map(|n| disk_of(disks, n.id).map(|d| d.stats().syncs_failed))
+        .collect::<anyhow::Result<_>>()?;
+    for node in victims {
+        disk_of(disks, node.id)?.set_fail_sync(true);
+    }
+    // From here no victim can sync: a write invoked from now on cannot reach a majority's disks.
+    let armed = ns_since(t0);
+    let deadline = Instant::now() + EIO_HOLD;
+    let probes = tokio::spawn(probe_writes(client.clone(), deadline, armed));
+    let mut stopped_at: Vec<Option<u64>> = vec![None; victims.len()];
+    while Instant::now() < deadline {
+        let pg = Playground::load(dir)?;
+        for (i, node) in victims.iter().enumerate() {
+            let pid = pg.node(node.id).map_or(node.pid, |n| n.pid);
+            if stopped_at[i].is_none() && !playground::process_alive(pid) {
+                stopped_at[i] = Some(ns_since(t0) - armed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (sent, acked) = probes.await.context("probe writes")?;
+    let cleared = ns_since(t0);
+    for node in victims {
+        disk_of(disks, node.id)?.set_fail_sync(false);
+    }
+    power.eio_probes_sent += sent;
+    power.eio_probes_acked += acked;
+    let mut parts = Vec::new();
+    for (i, node) in victims.iter().enumerate() {
+        let failed = disk_of(disks, node.id)?.stats().syncs_failed - before[i];
+        power.syncs_failed += failed;
+        let fate = match stopped_at[i] {
+            Some(ns) => {
+                power.eio_nodes_stopped += 1;
+                format!(
+                    "stopped by itself {} ms after the first failure could occur",
+                    ns / 1_000_000
+                )
+            }
+            None => {
+                power.eio_nodes_kept_running += 1;
+                "kept running".to_owned()
+            }
+        };
+        parts.push(format!("node {} answered {failed} syncs with EIO and {fate}", node.id));
+    }
+    let cuts = power_cut(disks, victims, power).await?;
+    Ok((
+        format!(
+            "every sync failed with EIO for {} ms: {}; {acked} of {sent} probe writes acknowledged meanwhile; then power cut: {cuts}",
+            EIO_HOLD.as_millis(),
+            parts.join(", ")
+        ),
+        (armed, cleared),
+    ))
+}
+
+/// Timeout of each probe write of `fsync-eio`: it ends inside the EIO window.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Writes to keys of their own (not the workload's) while no majority can sync, until
+/// `deadline`, each started after the fault was armed and ended before it is cleared: none
+/// may be acknowledged. The workload's clients may all be waiting on writes sent before the
+/// fault (their timeout is longer than the window), so the drill asks itself. Answers
+/// (sent, acknowledged).
+async fn probe_writes(client: ArkClient, deadline: Instant, tag: u64) -> (u64, u64) {
+    let client = client.with_op_timeout(PROBE_TIMEOUT);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while Instant::now() + PROBE_TIMEOUT + Duration::from_millis(100) < deadline {
+        let key = format!("eio-probe-{tag}-{sent}");
+        sent += 1;
+        let started = Instant::now();
+        if client.put(&key, b"must not be acknowledged").await.is_ok() {
+            acked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
+    }
+    (sent, acked)
 }
 
 /// How long the disk of `disk-full` stays full.
@@ -702,7 +993,13 @@ async fn change_membership(
     Ok(())
 }
 
-async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut NetFaults) -> anyhow::Result<Report> {
+async fn drive(
+    spec: &DrillSpec,
+    dir: &Path,
+    history_out: &Path,
+    faults: &mut NetFaults,
+    disks: &mut Disks,
+) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
     // WAN links for the whole run, installed before the first operation.
     let wan = if spec.scenario == "wan" {
@@ -726,6 +1023,9 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Ne
             .await
             .with_context(|| format!("putting node {}'s data dir on a tmpfs", victim.id))?;
     }
+    if on_lazyfs(&spec.scenario) {
+        disks_on_lazyfs(dir, disks).await?;
+    }
     let pg = Playground::load(dir)?;
     let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
     crate::objects::create_namespace(&client, copies).await?;
@@ -747,7 +1047,7 @@ async fn drive(spec: &DrillSpec, dir: &Path, history_out: &Path, faults: &mut Ne
         ),
         None => {
             let plan = ProcessPlan::for_scenario(spec);
-            (plan.fault, process_schedule(plan, spec, dir, &client, t0).await)
+            (plan.fault, process_schedule(plan, spec, dir, &client, t0, disks).await)
         }
     };
     let timeline = match timeline {

@@ -104,9 +104,42 @@ pub struct Report {
     /// objects' share of `lost_acked` come from its reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects: Option<ObjectOps>,
+    /// Writes acknowledged in a window in which no majority of the nodes could make anything
+    /// durable (`fsync-eio`); must be 0. `null` in scenarios without such windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_without_durable_majority: Option<u64>,
+    /// Writes sent in those windows (what makes "none acknowledged" meaningful).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_sent_without_durable_majority: Option<u64>,
+    /// The power-loss filesystem's own counts (power-loss and fsync-eio scenarios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerFaults>,
     /// Explanations for a human: violations, undecided keys, recorder overflow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// What the power-loss filesystem did during a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerFaults {
+    /// Power cuts, one per node per round.
+    pub cuts: u64,
+    /// Cuts that found nothing unsynced to drop (the fault did not really bite).
+    pub cuts_without_drop: u64,
+    /// Unsynced bytes (4 KiB pages) dropped by all cuts.
+    pub bytes_dropped: u64,
+    /// Directory entries reverted by all cuts.
+    pub entries_reverted: u64,
+    /// fsync/fdatasync calls answered with EIO.
+    pub syncs_failed: u64,
+    /// Nodes that were still running at the end of an EIO window (each round, each node).
+    pub eio_nodes_kept_running: u64,
+    /// Nodes that stopped by themselves during an EIO window.
+    pub eio_nodes_stopped: u64,
+    /// Writes the drill itself sent while no majority could sync (`fsync-eio`).
+    pub eio_probes_sent: u64,
+    /// Of those, acknowledged: must be 0.
+    pub eio_probes_acked: u64,
 }
 
 /// Who ran: the scenario, seed and mode.
@@ -204,6 +237,9 @@ impl Report {
             rto_ms: results.rto_ns.map(|ns| ns as f64 / 1e6),
             availability: results.availability.into(),
             rto_ms_each: Vec::new(),
+            acked_without_durable_majority: None,
+            writes_sent_without_durable_majority: None,
+            power: None,
             objects: None,
             notes,
         }
@@ -224,6 +260,16 @@ impl Report {
         }
         if let Some(n) = self.objects.as_ref().and_then(|o| o.unrepaired).filter(|n| *n > 0) {
             out.push(format!("{n} objects still below their policy after the final scrub"));
+        }
+        if let Some(n) = self.acked_without_durable_majority.filter(|n| *n > 0) {
+            out.push(format!(
+                "{n} writes acknowledged while no majority of the nodes could sync (a node carried on as if unsynced data were durable)"
+            ));
+        }
+        if let Some(n) = self.power.as_ref().map(|p| p.eio_probes_acked).filter(|n| *n > 0) {
+            out.push(format!(
+                "{n} probe writes acknowledged while no majority of the nodes could sync"
+            ));
         }
         if self.rto_ms.is_none() {
             out.push("no write was acknowledged after the fault began (no recovery)".to_owned());

@@ -54,6 +54,11 @@ pub struct Timeline {
     pub last_heal: Option<u64>,
     /// One line per fault, for the report.
     pub events: Vec<String>,
+    /// Windows (ns since the start) in which no majority of the nodes could make a write
+    /// durable (`fsync-eio`): no write invoked in one may be acknowledged before it ends.
+    pub no_durable_majority: Vec<(u64, u64)>,
+    /// The power-loss filesystem's counts, in the scenarios that use it.
+    pub power: Option<crate::report::PowerFaults>,
 }
 
 /// A running workload.
@@ -175,6 +180,30 @@ impl Workload {
             },
         );
         report.objects = Some(object_ops);
+        report.power = timeline.power.clone();
+        if !timeline.no_durable_majority.is_empty() {
+            let windows = &timeline.no_durable_majority;
+            let acked = checks::mutations_acked_within(&history, windows);
+            // Without writes sent meanwhile, "none acknowledged" would prove nothing.
+            let tried = history
+                .ops
+                .iter()
+                .filter(|op| {
+                    op.kind.is_mutation() && windows.iter().any(|(s, e)| op.invoke_ns >= *s && op.invoke_ns <= *e)
+                })
+                .count();
+            report.writes_sent_without_durable_majority = Some(tried as u64);
+            if let Some(first) = acked.first() {
+                let op = &history.ops[*first];
+                report.notes.push(format!(
+                    "{} writes acknowledged while no majority could sync, the first op #{first} on key {:?} at {} ms",
+                    acked.len(),
+                    op.key,
+                    op.complete_ns.unwrap_or(0) / 1_000_000
+                ));
+            }
+            report.acked_without_durable_majority = Some(acked.len() as u64);
+        }
         // Per fault: recovery measured up to the next fault only, so one slow recovery is not
         // hidden by a later fault's quick one.
         report.rto_ms_each = kills

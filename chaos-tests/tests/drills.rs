@@ -345,6 +345,113 @@ fn disk_full_drill_passes() {
     );
 }
 
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
+        .unwrap()
+}
+
+/// A drill on the power-loss filesystem: without root it must say so and fail; as root it
+/// must pass, every cut must really have dropped unsynced data, and no mount may outlive it.
+/// `None` without root.
+fn power_drill_passes(scenario: &str) -> Option<serde_json::Value> {
+    if !is_root() {
+        let out = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
+            .args([
+                "run",
+                "--scenario",
+                scenario,
+                "--duration",
+                "5",
+                "--mode",
+                "loopback",
+                "--out",
+            ])
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("need root"));
+        return None;
+    }
+    let (r, out) = drill_passes_kept(scenario, "loopback");
+    let p = &r["power"];
+    let cuts = p["cuts"].as_u64().unwrap();
+    assert!(cuts > 0, "{r}");
+    // Every cut bit: it found writes the node had not synced and dropped them.
+    assert_eq!(p["cuts_without_drop"], 0, "{r}");
+    assert!(p["bytes_dropped"].as_u64().unwrap() > 0, "{r}");
+    let log = fault_log(&r);
+    assert_eq!(log.matches("dropped ").count() as u64, cuts, "{log}");
+    assert!(!log.contains("dropped 0 unsynced bytes in 0 files and 0"), "{log}");
+    // Every FUSE mount of the drill is gone with it.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = out.path().to_str().unwrap();
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.starts_with("ark-chaos-lazyfs ") && l.contains(dir)),
+        "{mounts}"
+    );
+    Some(r)
+}
+
+#[test]
+fn power_loss_node_drill_passes() {
+    if let Some(r) = power_drill_passes("power-loss-node") {
+        assert!(r["power"]["cuts"].as_u64().unwrap() >= 2, "{r}");
+    }
+}
+
+#[test]
+fn power_loss_site_drill_passes() {
+    if let Some(r) = power_drill_passes("power-loss-site") {
+        // Both nodes of a site each time.
+        let cuts = r["power"]["cuts"].as_u64().unwrap();
+        assert_eq!(cuts % 2, 0, "{r}");
+    }
+}
+
+#[test]
+fn power_loss_all_drill_passes() {
+    if let Some(r) = power_drill_passes("power-loss-all") {
+        let cuts = r["power"]["cuts"].as_u64().unwrap();
+        assert_eq!(cuts % 3, 0, "{r}");
+    }
+}
+
+#[test]
+fn fsync_eio_drill_passes() {
+    let Some(r) = power_drill_passes("fsync-eio") else {
+        return;
+    };
+    let p = &r["power"];
+    let rounds = p["cuts"].as_u64().unwrap() / 2;
+    assert!(rounds >= 1, "{r}");
+    // The fault happened: the victims' syncs failed, in every round.
+    assert!(p["syncs_failed"].as_u64().unwrap() >= 2 * rounds, "{r}");
+    let log = fault_log(&r);
+    assert!(!log.contains("answered 0 syncs with EIO"), "{log}");
+    // No node carried on as if unsynced data were durable: nothing was acknowledged while a
+    // majority could not sync, and (after the power cut that makes such a lie visible) the
+    // verdict holds.
+    assert_eq!(r["acked_without_durable_majority"], 0, "{r}");
+    // The drill's own writes in those windows (the workload's clients may all be waiting
+    // on writes sent before): sent, none acknowledged. The refusal was tested, not assumed.
+    assert!(p["eio_probes_sent"].as_u64().unwrap() >= 2 * rounds, "{r}");
+    assert_eq!(p["eio_probes_acked"], 0, "{r}");
+    // Every victim either stopped or ran on refusing writes (the check above); the report
+    // says which. (arkd's leader today logs its shutdown after the log's EIO but does not
+    // exit: docs/drills.md, findings.)
+    let stopped = p["eio_nodes_stopped"].as_u64().unwrap();
+    let running = p["eio_nodes_kept_running"].as_u64().unwrap();
+    assert_eq!(stopped + running, 2 * rounds, "{r}");
+}
+
 #[test]
 fn unknown_scenario_is_a_clear_error() {
     let out = tempfile::tempdir().unwrap();
