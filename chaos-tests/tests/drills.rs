@@ -445,8 +445,8 @@ fn fsync_eio_drill_passes() {
     assert!(p["eio_probes_sent"].as_u64().unwrap() >= 2 * rounds, "{r}");
     assert_eq!(p["eio_probes_acked"], 0, "{r}");
     // Every victim either stopped or ran on refusing writes (the check above); the report
-    // says which. (arkd's leader today logs its shutdown after the log's EIO but does not
-    // exit: docs/drills.md, findings.)
+    // says which. A victim whose first failed sync came late in the window, or was a chunk
+    // write (which fails the put, not the node), may still be running when it closes.
     let stopped = p["eio_nodes_stopped"].as_u64().unwrap();
     let running = p["eio_nodes_kept_running"].as_u64().unwrap();
     assert_eq!(stopped + running, 2 * rounds, "{r}");

@@ -304,13 +304,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // theirs open: bounded, or a node whose Raft core died would never exit for its
     // supervisor to restart it (found by the fsync-eio drill).
     let grpc_abort = grpc_task.abort_handle();
-    match tokio::time::timeout(CLIENT_API_STOP, grpc_task).await {
+    // After a fatal stop no call can succeed any more: no reason to wait for them.
+    let grace = if fatal.is_some() {
+        Duration::from_millis(200)
+    } else {
+        CLIENT_API_STOP
+    };
+    match tokio::time::timeout(grace, grpc_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "client API task failed"),
         Ok(Ok(Ok(()))) => {}
         Err(_) => {
             grpc_abort.abort();
-            tracing::info!("shutdown: closed client connections still open after {CLIENT_API_STOP:?}");
+            tracing::info!("shutdown: closed client connections still open after {grace:?}");
         }
     }
     // The background loops stop at their next turn, but one may be in the middle of a peer
