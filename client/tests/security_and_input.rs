@@ -5,39 +5,51 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{stderr, stdout, Pg};
+
+/// `ark kv put KEY x` against the playground, presenting the certificate `cert`/`key`;
+/// asserts that it failed (exit 1) and wrote nothing, and answers its stderr.
+fn put_refused_with(pg: &Pg, cert: &Path, key: &Path, key_name: &str) -> String {
+    let endpoints: Vec<String> = pg
+        .info()
+        .nodes
+        .iter()
+        .map(|n| format!("\"{}\"", n.client_addr))
+        .collect();
+    let toml = format!(
+        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
+        endpoints.join(", "),
+        pg.path().join("certs/ca.pem").display(),
+        cert.display(),
+        key.display()
+    );
+    let cfg = pg.path().join(format!("client-{key_name}.toml"));
+    std::fs::write(&cfg, toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["kv", "put", key_name, "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    // Nothing was written.
+    let get = pg.ark(&["kv", "get", key_name]);
+    assert_eq!(get.status.code(), Some(1));
+    assert!(stderr(&get).contains("not found"));
+    stderr(&o)
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_with_foreign_certificate_is_refused() {
     let pg = Pg::up(3, 20_000).await;
     let rogue = tempfile::tempdir().unwrap();
     ark_client::certs::create_ca(rogue.path()).unwrap();
-    ark_client::certs::create_client(rogue.path(), rogue.path(), "mallory").unwrap();
-    let cfg = pg.info();
-    let endpoints: Vec<String> = cfg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
-    let toml = format!(
-        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
-        endpoints.join(", "),
-        pg.path().join("certs/ca.pem").display(),
-        rogue.path().join("mallory.pem").display(),
-        rogue.path().join("mallory.key").display()
-    );
-    let bad_cfg = rogue.path().join("client.toml");
-    std::fs::write(&bad_cfg, toml).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ark"))
-        .arg("--config")
-        .arg(&bad_cfg)
-        .args(["kv", "put", "intruder", "x"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
-    assert!(stderr(&o).contains("unavailable"), "{}", stderr(&o));
-    // Nothing was written.
-    let o = pg.ark(&["kv", "get", "intruder"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not found"));
+    let (cert, key) = ark_client::certs::create_client(rogue.path(), rogue.path(), "mallory").unwrap();
+    let err = put_refused_with(&pg, &cert, &key, "intruder");
+    assert!(err.contains("unavailable"), "{err}");
 }
 
 /// A node's certificate is for the peer plane: the client API refuses it (no operator opted
@@ -45,29 +57,9 @@ async fn client_with_foreign_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_certificate_is_refused_on_the_client_plane() {
     let pg = Pg::up(3, 20_000).await;
-    let cfg = pg.info();
-    let endpoints: Vec<String> = cfg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
     let certs = pg.path().join("certs");
-    let toml = format!(
-        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
-        endpoints.join(", "),
-        certs.join("ca.pem").display(),
-        certs.join("node-2.pem").display(),
-        certs.join("node-2.key").display()
-    );
-    let node_cfg = pg.path().join("node-client.toml");
-    std::fs::write(&node_cfg, toml).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ark"))
-        .arg("--config")
-        .arg(&node_cfg)
-        .args(["kv", "put", "from-a-node", "x"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
-    assert!(stderr(&o).contains("ark certs client"), "{}", stderr(&o));
-    let o = pg.ark(&["kv", "get", "from-a-node"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not found"));
+    let err = put_refused_with(&pg, &certs.join("node-2.pem"), &certs.join("node-2.key"), "from-a-node");
+    assert!(err.contains("ark certs client"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
