@@ -183,3 +183,24 @@ async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
     );
     server.stop().await;
 }
+
+#[test]
+fn pem_files_without_the_expected_item_or_with_bad_pem_are_clear_errors() {
+    let cluster = tempfile::tempdir().unwrap();
+    ark_client::certs::create_ca(cluster.path()).unwrap();
+    let (cert, key) = ark_client::certs::create_node(cluster.path(), cluster.path(), 1, &[]).unwrap();
+    let ca = cluster.path().join("ca.pem");
+    assert!(TlsMaterial::load(&ca, &cert, &key).is_ok());
+    // A certificate where the key should be: no private key in it.
+    let err = TlsMaterial::load(&ca, &cert, &cert).unwrap_err().to_string();
+    assert!(
+        err.contains("contains no PEM private key") && err.contains("ark certs"),
+        "{err}"
+    );
+    // A section that never ends.
+    let broken = cluster.path().join("broken.pem");
+    let text = std::fs::read_to_string(&cert).unwrap();
+    std::fs::write(&broken, &text[..text.len() / 2]).unwrap();
+    let err = TlsMaterial::load(&ca, &broken, &key).unwrap_err().to_string();
+    assert!(err.contains("cannot read certificate"), "{err}");
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -78,15 +79,20 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// A file's PEM that does not parse, as the error `load` reports.
+fn bad_pem(what: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    TlsError::Read {
+        what,
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(what, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            what,
-            path: path.display().to_string(),
-            source,
-        })?;
+        .map_err(|e| bad_pem(what, path, e))?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
             what,
@@ -103,17 +109,17 @@ impl TlsMaterial {
         let ca_certs = certs("CA certificate", ca)?;
         let chain = certs("certificate", cert)?;
         let key_pem = read("private key", key)?;
-        let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|source| TlsError::Read {
-                what: "private key",
-                path: key.display().to_string(),
-                source,
-            })?
-            .ok_or_else(|| TlsError::Empty {
-                what: "private key",
-                path: key.display().to_string(),
-                expected: "PEM private key",
-            })?;
+        let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(k) => k,
+            Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+                return Err(TlsError::Empty {
+                    what: "private key",
+                    path: key.display().to_string(),
+                    expected: "PEM private key",
+                })
+            }
+            Err(e) => return Err(bad_pem("private key", key, e)),
+        };
         Ok(Self {
             ca: ca_certs,
             chain,
