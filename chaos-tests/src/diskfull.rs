@@ -90,28 +90,29 @@ pub fn free(data_dir: &Path) -> anyhow::Result<()> {
     .map(|_| ())
 }
 
-/// The drill's tmpfs mounts under `dir`, from /proc/self/mounts.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+/// The mounts under `dir` whose source is `source` (each drill tags its own), from
+/// /proc/self/mounts. Shared with the power-loss drill's FUSE mounts (`lazyfs_fuse`).
+pub(crate) fn mounts_under(dir: &Path, source: &str) -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    parse_mounts(&mounts, dir)
+    parse_mounts(&mounts, dir, source)
 }
 
-fn parse_mounts(mounts: &str, dir: &Path) -> Vec<PathBuf> {
+fn parse_mounts(mounts: &str, dir: &Path, source: &str) -> Vec<PathBuf> {
     mounts
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            let (source, target) = (f.next()?, f.next()?);
+            let (src, target) = (f.next()?, f.next()?);
             // Spaces in paths are escaped as \040 in /proc/self/mounts.
             let target = PathBuf::from(target.replace("\\040", " "));
-            (source == SOURCE && target.starts_with(dir)).then_some(target)
+            (src == source && target.starts_with(dir)).then_some(target)
         })
         .collect()
 }
 
 /// Unmounts every tmpfs this drill mounted under `dir` (the nodes must be stopped).
 pub fn unmount_all(dir: &Path) -> anyhow::Result<()> {
-    for m in mounts_under(dir) {
+    for m in mounts_under(dir, SOURCE) {
         run(Command::new("umount").arg(&m))?;
     }
     Ok(())
@@ -128,13 +129,18 @@ ark-chaos-disk /tmp/d/cluster/node-2/data tmpfs rw,size=2097152k 0 0
 tmpfs /tmp/d/cluster/node-1/data tmpfs rw 0 0
 ark-chaos-disk /tmp/other/node-2/data tmpfs rw 0 0
 ark-chaos-disk /tmp/d/with\\040space/data tmpfs rw 0 0
+ark-chaos-lazyfs /tmp/d/cluster/node-3/data fuse.lazyfs rw 0 0
 ";
         assert_eq!(
-            parse_mounts(mounts, Path::new("/tmp/d")),
+            parse_mounts(mounts, Path::new("/tmp/d"), SOURCE),
             vec![
                 PathBuf::from("/tmp/d/cluster/node-2/data"),
                 PathBuf::from("/tmp/d/with space/data")
             ]
+        );
+        assert_eq!(
+            parse_mounts(mounts, Path::new("/tmp/d"), crate::lazyfs_fuse::SOURCE),
+            vec![PathBuf::from("/tmp/d/cluster/node-3/data")]
         );
     }
 }

@@ -744,22 +744,9 @@ impl Drop for Mounted {
     }
 }
 
-/// The drill's FUSE mounts under `dir`, from /proc/self/mounts.
+/// The drill's FUSE mounts under `dir`.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    parse_mounts(&mounts, dir)
-}
-
-fn parse_mounts(mounts: &str, dir: &Path) -> Vec<PathBuf> {
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (source, target) = (f.next()?, f.next()?);
-            let target = PathBuf::from(target.replace("\\040", " "));
-            (source == SOURCE && target.starts_with(dir)).then_some(target)
-        })
-        .collect()
+    crate::diskfull::mounts_under(dir, SOURCE)
 }
 
 /// Detaches every power-loss mount under `dir` that is still there (a session that could not
@@ -786,19 +773,6 @@ pub fn unmount_all(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn only_the_drills_own_fuse_mounts_under_its_dir_are_found() {
-        let mounts = "\
-ark-chaos-lazyfs /tmp/d/cluster/node-2/data fuse.lazyfs rw 0 0
-ark-chaos-disk /tmp/d/cluster/node-1/data tmpfs rw 0 0
-ark-chaos-lazyfs /tmp/other/node-2/data fuse.lazyfs rw 0 0
-";
-        assert_eq!(
-            parse_mounts(mounts, Path::new("/tmp/d")),
-            vec![PathBuf::from("/tmp/d/cluster/node-2/data")]
-        );
-    }
 
     /// The mount itself, through the kernel: what the drills rely on.
     #[test]
