@@ -299,31 +299,9 @@ fn chunk_corruption_drill_passes() {
 
 #[test]
 fn disk_full_drill_passes() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap();
-    if !root {
+    if !is_root() {
         // Without root the drill cannot mount its tmpfs: it must say so and fail, not pass.
-        let out = tempfile::tempdir().unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
-            .args([
-                "run",
-                "--scenario",
-                "disk-full",
-                "--duration",
-                "5",
-                "--mode",
-                "loopback",
-                "--out",
-            ])
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("needs root"));
+        fails_without_root("disk-full", "needs root");
         return;
     }
     let (r, out) = drill_passes_kept("disk-full", "loopback");
@@ -354,28 +332,34 @@ fn is_root() -> bool {
         .unwrap()
 }
 
+/// Runs `scenario` for 5 s and asserts that it fails (exit 1) with a message containing
+/// `says`: what a drill that needs root must do without it.
+fn fails_without_root(scenario: &str, says: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
+        .args([
+            "run",
+            "--scenario",
+            scenario,
+            "--duration",
+            "5",
+            "--mode",
+            "loopback",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(says));
+}
+
 /// A drill on the power-loss filesystem: without root it must say so and fail; as root it
 /// must pass, every cut must really have dropped unsynced data, and no mount may outlive it.
 /// `None` without root.
 fn power_drill_passes(scenario: &str) -> Option<serde_json::Value> {
     if !is_root() {
-        let out = tempfile::tempdir().unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_ark-chaos"))
-            .args([
-                "run",
-                "--scenario",
-                scenario,
-                "--duration",
-                "5",
-                "--mode",
-                "loopback",
-                "--out",
-            ])
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("need root"));
+        fails_without_root(scenario, "need root");
         return None;
     }
     let (r, out) = drill_passes_kept(scenario, "loopback");
