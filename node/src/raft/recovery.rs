@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::{LogId, Vote};
-use redb::{Database, Durability};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::store::{encode, read_value, META};
+use super::store::{read_value, write_value_durably, META};
 use super::{ArkRaft, NodeId, TypeConfig};
 
 const KEY_DAMAGE: &str = "log_damage";
@@ -45,22 +45,7 @@ pub struct LogDamage {
 }
 
 fn write_damage(db: &Database, d: Option<&LogDamage>) -> Result<(), String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    let mut tx = db.begin_write().map_err(|e| s(&e))?;
-    tx.set_durability(Durability::Immediate);
-    {
-        let mut t = tx.open_table(META).map_err(|e| s(&e))?;
-        match d {
-            Some(d) => {
-                let b = encode(d).map_err(|e| s(&e))?;
-                t.insert(KEY_DAMAGE, b.as_slice()).map_err(|e| s(&e))?;
-            }
-            None => {
-                t.remove(KEY_DAMAGE).map_err(|e| s(&e))?;
-            }
-        }
-    }
-    tx.commit().map_err(|e| s(&e))
+    write_value_durably(db, META, KEY_DAMAGE, d)
 }
 
 /// The damage recorded in `db`, if any.
@@ -112,15 +97,7 @@ impl Recovery {
         if let Some(d) = &damage {
             let vote: Option<Vote<NodeId>> = read_value(&db, META, KEY_VOTE)?;
             if let Some(v) = vote.and_then(|v| demoted(v, me)) {
-                let s = |e: &dyn std::fmt::Display| e.to_string();
-                let b = encode(&v).map_err(|e| s(&e))?;
-                let mut tx = db.begin_write().map_err(|e| s(&e))?;
-                tx.set_durability(Durability::Immediate);
-                tx.open_table(META)
-                    .map_err(|e| s(&e))?
-                    .insert(KEY_VOTE, b.as_slice())
-                    .map_err(|e| s(&e))?;
-                tx.commit().map_err(|e| s(&e))?;
+                write_value_durably(&db, META, KEY_VOTE, Some(&v))?;
             }
             tracing::warn!(first_lost = d.first_lost, detail = %d.detail,
                 "raft log damaged: this node keeps its vote but neither votes nor campaigns until a leader \
@@ -221,10 +198,7 @@ mod tests {
     fn damage_survives_reopen_and_keeps_the_lowest_loss() {
         let d = tempfile::tempdir().unwrap();
         let db = super::super::store::open_database(d.path()).unwrap();
-        let v = encode(&Vote::<NodeId>::new_committed(4, 9)).unwrap();
-        let tx = db.begin_write().unwrap();
-        tx.open_table(META).unwrap().insert(KEY_VOTE, v.as_slice()).unwrap();
-        tx.commit().unwrap();
+        write_value_durably(&db, META, KEY_VOTE, Some(&Vote::<NodeId>::new_committed(4, 9))).unwrap();
         assert!(!Recovery::open(db.clone(), 9).unwrap().damaged());
         record_damage(
             &db,

@@ -279,6 +279,32 @@ pub(crate) fn read_value<T: DeserializeOwned>(
     }
 }
 
+/// Writes (or, with `None`, removes) one value of a `&str`-keyed table in a durable commit:
+/// when this returns Ok, the change survives a crash.
+pub(crate) fn write_value_durably<T: Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: Option<&T>,
+) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut tx = db.begin_write().map_err(|e| s(&e))?;
+    tx.set_durability(Durability::Immediate);
+    {
+        let mut t = tx.open_table(table).map_err(|e| s(&e))?;
+        match value {
+            Some(v) => {
+                let b = encode(v).map_err(|e| s(&e))?;
+                t.insert(key, b.as_slice()).map_err(|e| s(&e))?;
+            }
+            None => {
+                t.remove(key).map_err(|e| s(&e))?;
+            }
+        }
+    }
+    tx.commit().map_err(|e| s(&e))
+}
+
 fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
     Ok(read_value::<Option<LogId<NodeId>>>(db, META, KEY_PURGED)
         .map_err(StoreError::Io)?
@@ -394,14 +420,7 @@ impl Writer {
                     // every earlier state machine commit durable: the state machine on disk is
                     // then at or past `upto` before the entries up to it are deleted.
                     self.wal.commit().map_err(|e| s(&e))?;
-                    let b = encode(&Some(*upto)).map_err(|e| s(&e))?;
-                    let mut tx = self.db.begin_write().map_err(|e| s(&e))?;
-                    tx.set_durability(Durability::Immediate);
-                    tx.open_table(META)
-                        .map_err(|e| s(&e))?
-                        .insert(KEY_PURGED, b.as_slice())
-                        .map_err(|e| s(&e))?;
-                    tx.commit().map_err(|e| s(&e))?;
+                    write_value_durably(&self.db, META, KEY_PURGED, Some(&Some(*upto)))?;
                     *self.last_purged.write().map_err(|_| "purge lock poisoned")? = Some(*upto);
                     self.wal.purge(upto.index).map_err(|e| s(&e))?;
                 }
@@ -488,16 +507,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Durable before returning: a vote forgotten in a crash could elect two leaders.
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let mut tx = self.db.begin_write().map_err(|e| StorageIOError::write_vote(&e))?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut t = tx.open_table(META).map_err(|e| StorageIOError::write_vote(&e))?;
-            t.insert(KEY_VOTE, bytes.as_slice())
-                .map_err(|e| StorageIOError::write_vote(&e))?;
-        }
-        tx.commit().map_err(|e| StorageIOError::write_vote(&e))?;
-        Ok(())
+        write_value_durably(&self.db, META, KEY_VOTE, Some(vote))
+            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
