@@ -29,11 +29,10 @@ use openraft::{LogId, Vote};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::store::{read_value, write_value_durably, META};
+use super::store::{read_value, write_value_durably, KEY_VOTE, META};
 use super::{ArkRaft, NodeId, TypeConfig};
 
 const KEY_DAMAGE: &str = "log_damage";
-const KEY_VOTE: &str = super::store::KEY_VOTE;
 
 /// The durable record of a damaged log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
