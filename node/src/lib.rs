@@ -14,6 +14,7 @@ pub mod cache;
 pub mod chunks;
 pub mod clock;
 pub mod config;
+pub mod latency;
 #[cfg(test)]
 mod damage_props;
 pub mod metrics;

@@ -12,7 +12,7 @@
 //! `ark status` shows both, and `ark_node_failure_risk{node}` exports them.
 //!
 //! The leader also pre-stages the cluster's hot set: every node reports its most read
-//! objects with its telemetry ([`HotReads`]); the leader sums them and asks the follower most
+//! objects with its telemetry ([`crate::telemetry::hot::HotReads`]); the leader sums them and asks the follower most
 //! likely to take over ([`successor`]: a live voter not at risk, lowest failure probability)
 //! to read the chunks of the hottest objects that it does not hold into its chunk cache, so
 //! that after a failover it serves them without a remote fetch.
@@ -34,7 +34,9 @@ use tokio::sync::watch;
 
 use crate::config::{QueueOrdering, RiskConfig};
 use crate::raft::NodeId;
+use crate::replicate::plan::{RiskSource, RiskView, Trough};
 use crate::replicate::DataPlane;
+use crate::telemetry::hot::HotList;
 use crate::telemetry::Telemetry;
 
 /// Largest model blob the leader loads (weights of a small MLP ensemble are a few KiB).
@@ -43,23 +45,6 @@ const MODEL_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Daily rows handed to the forecaster: its change features look back `window_days` (7 by
 /// default); a month covers any sensible window.
 const HISTORY_DAYS: usize = 31;
-
-/// One entry at the head of the repair queue, as `ark status` shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueEntry {
-    /// An object that uses the chunk (`namespace/key`).
-    pub object: String,
-    /// The chunk, hex.
-    pub chunk: String,
-    /// Its bytes.
-    pub bytes: u64,
-    /// Its live holders.
-    pub holders: Vec<NodeId>,
-    /// Probability that every live holder fails within the horizon.
-    pub loss_probability: f64,
-    /// The queue's score (expected loss times weight, plus ageing; or age for FIFO).
-    pub score: f64,
-}
 
 /// A node's failure forecast.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,8 +62,6 @@ struct State {
     /// Versions that failed to load, not retried.
     bad_model: Option<(String, String, u64)>,
     risks: BTreeMap<NodeId, NodeRisk>,
-    head: Vec<QueueEntry>,
-    queue_chunks: u64,
     /// Where and what the hot set was last pre-staged.
     prestaged: Option<(NodeId, Vec<(String, String)>)>,
     /// Intervals since the last pre-stage request.
@@ -93,23 +76,6 @@ struct State {
     load_failed: BTreeMap<NodeId, std::time::Instant>,
     /// The stored version of each node's load forecaster this leader wrote or tried.
     load_versions: BTreeMap<NodeId, u64>,
-}
-
-/// A node's latest load forecast (peer traffic, bytes per second).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Trough {
-    /// The load now.
-    pub now: f64,
-    /// The lowest forecast within the horizon.
-    pub min: f64,
-    /// Intervals until that minimum (1 = the next one).
-    pub steps: usize,
-}
-
-/// Whether work touching a node with forecast `t` is better done later: its load is worth
-/// avoiding (above `floor`) and the forecast falls below `(1 - gain)` of it within the horizon.
-pub fn trough_ahead(t: Option<&Trough>, gain: f64, floor: f64) -> bool {
-    t.is_some_and(|t| t.now > floor && t.min < (1.0 - gain) * t.now)
 }
 
 /// The leader's risk view, shared by the risk loop, the repair queue and `Cluster.Status`.
@@ -165,22 +131,6 @@ impl Risk {
         s.model.as_ref().map(|((ns, key, v), _)| format!("{ns}/{key}@{v}"))
     }
 
-    /// Head of the repair queue and its length, as the last pass left them.
-    pub fn queue_head(&self) -> (Vec<QueueEntry>, u64) {
-        self.state
-            .lock()
-            .map(|s| (s.head.clone(), s.queue_chunks))
-            .unwrap_or_default()
-    }
-
-    /// Written by the repair queue after ordering its work.
-    pub fn set_queue_head(&self, head: Vec<QueueEntry>, chunks: u64) {
-        if let Ok(mut s) = self.state.lock() {
-            s.head = head;
-            s.queue_chunks = chunks;
-        }
-    }
-
     /// Latest load forecast per node (leader only).
     pub fn troughs(&self) -> BTreeMap<NodeId, Trough> {
         self.state.lock().map(|s| s.troughs.clone()).unwrap_or_default()
@@ -196,11 +146,25 @@ impl Risk {
         if let Ok(mut s) = self.state.lock() {
             // Weights stay: they are the same cluster object whoever leads.
             s.risks.clear();
-            s.head.clear();
-            s.queue_chunks = 0;
             s.prestaged = None;
             s.daily.clear();
             s.troughs.clear();
+        }
+    }
+}
+
+impl RiskSource for Risk {
+    fn view(&self) -> RiskView {
+        RiskView {
+            ordering: self.cfg.ordering,
+            ageing_s: self.cfg.ageing_s as f64,
+            probability: self.risks().into_iter().map(|(n, r)| (n, r.probability)).collect(),
+            at_risk_probability: self.cfg.at_risk_probability,
+            troughs: self.troughs(),
+            pace_into_troughs: self.cfg.pace_into_troughs,
+            trough_gain: self.cfg.trough_gain,
+            trough_floor_bytes_per_s: self.cfg.trough_floor_bytes_per_s,
+            deferral_max: self.deferral_max(),
         }
     }
 }
@@ -221,7 +185,7 @@ pub async fn run(
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !dp.is_leader() {
+        if !dp.members.is_leader() {
             risk.clear();
             continue;
         }
@@ -231,7 +195,7 @@ pub async fn run(
             .lock()
             .ok()
             .and_then(|s| s.model.as_ref().map(|m| m.1.clone()));
-        let members: Vec<NodeId> = dp.members().iter().map(|m| m.id).collect();
+        let members: Vec<NodeId> = dp.members.all().iter().map(|m| m.id).collect();
         // Daily rows outlive the telemetry windows (one day at the defaults): the leader
         // keeps the last HISTORY_DAYS of each node's rows while it leads.
         let days: Vec<(NodeId, Vec<DayRow>)> = {
@@ -406,7 +370,7 @@ fn load_model_key(risk: &Risk, n: NodeId) -> Option<(String, String)> {
 
 /// Stores a freshly trained load forecaster as a cluster object, so that the next leader
 /// starts with it; without the namespace (no forecaster stored yet) it stays in memory.
-async fn store_load_model(risk: &Risk, dp: &DataPlane, node: NodeId, blob: ark_forecast::Result<Vec<u8>>) {
+async fn store_load_model(risk: &Risk, dp: &Arc<DataPlane>, node: NodeId, blob: ark_forecast::Result<Vec<u8>>) {
     let Some((ns, key)) = load_model_key(risk, node) else {
         return;
     };
@@ -489,12 +453,12 @@ const PRESTAGE_REFRESH_INTERVALS: u32 = 30;
 /// (`busy` is set meanwhile).
 fn prestage(risk: &Arc<Risk>, dp: &Arc<DataPlane>, telemetry: &Telemetry, busy: &Arc<std::sync::atomic::AtomicBool>) {
     let hot = merge_hot(&telemetry.hot_reports(), PRESTAGE_OBJECTS);
-    let members = dp.members();
+    let members = dp.members.all();
     let site_of = |n: NodeId| members.iter().find(|m| m.id == n).map(|m| m.site.clone());
     let my_site = site_of(dp.id);
     let Some(target) = successor(
         dp.id,
-        &dp.voter_ids(),
+        &dp.members.voter_ids(),
         |n| site_of(n) == my_site,
         |n| dp.recently_alive(n),
         |n| risk.probability(n) >= risk.cfg.at_risk_probability,
@@ -596,90 +560,6 @@ async fn load_model(dp: &DataPlane, entry: &crate::raft::objects::ObjectEntry) -
         .map_err(|e| e.to_string())?
 }
 
-/// Expected-loss score of a chunk: `weight × Π p(holder)` plus its age in units of
-/// `ageing_s`. With no forecast (every p = 0) this is pure age, i.e. FIFO.
-pub fn expected_loss_score(holder_probs: &[f64], weight: f64, age_s: f64, ageing_s: f64) -> (f64, f64) {
-    let loss = if holder_probs.is_empty() {
-        0.0
-    } else {
-        holder_probs.iter().map(|p| p.clamp(0.0, 1.0)).product()
-    };
-    (loss, weight * loss + age_s.max(0.0) / ageing_s.max(1.0))
-}
-
-/// Weight of a namespace in the expected loss: 1 + its priority.
-pub fn namespace_weight(priority: u32) -> f64 {
-    1.0 + f64::from(priority)
-}
-
-/// Per-node probabilities as a plain map, for the queue.
-pub fn probabilities(risks: &BTreeMap<NodeId, NodeRisk>) -> HashMap<NodeId, f64> {
-    risks.iter().map(|(n, r)| (*n, r.probability)).collect()
-}
-
-/// Hot objects `(namespace, key, decayed reads)`, most read first.
-pub type HotList = Vec<(String, String, f64)>;
-
-/// Objects kept in a node's read counter; beyond this the least read are forgotten.
-const HOT_TRACKED_MAX: usize = 4096;
-/// Hot objects a node reports to the leader per telemetry interval.
-pub const HOT_REPORTED_MAX: usize = 32;
-/// Half-life of read counts.
-const HOT_HALF_LIFE: Duration = Duration::from_secs(600);
-
-/// A node's read counts per object (`namespace`, `key`), exponentially decayed, bounded.
-#[derive(Default)]
-pub struct HotReads {
-    counts: Mutex<HashMap<(String, String), (f64, std::time::Instant)>>,
-}
-
-fn decayed(count: f64, since: std::time::Instant, now: std::time::Instant) -> f64 {
-    let dt = now.saturating_duration_since(since).as_secs_f64();
-    count * 0.5f64.powf(dt / HOT_HALF_LIFE.as_secs_f64())
-}
-
-impl HotReads {
-    /// Counts one read of `ns/key`.
-    pub fn record(&self, ns: &str, key: &str) {
-        self.record_at(ns, key, std::time::Instant::now());
-    }
-
-    fn record_at(&self, ns: &str, key: &str, now: std::time::Instant) {
-        let Ok(mut c) = self.counts.lock() else { return };
-        if c.len() >= HOT_TRACKED_MAX && !c.contains_key(&(ns.to_string(), key.to_string())) {
-            // Forget the least read tenth.
-            let mut v: Vec<((String, String), f64)> =
-                c.iter().map(|(k, (n, t))| (k.clone(), decayed(*n, *t, now))).collect();
-            v.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
-            for (k, _) in v.into_iter().take(HOT_TRACKED_MAX / 10) {
-                c.remove(&k);
-            }
-        }
-        let e = c.entry((ns.to_string(), key.to_string())).or_insert((0.0, now));
-        *e = (decayed(e.0, e.1, now) + 1.0, now);
-    }
-
-    /// The `n` most read objects, most read first: `(namespace, key, decayed reads)`.
-    pub fn top(&self, n: usize) -> HotList {
-        self.top_at(n, std::time::Instant::now())
-    }
-
-    fn top_at(&self, n: usize, now: std::time::Instant) -> HotList {
-        let Ok(c) = self.counts.lock() else { return Vec::new() };
-        let mut v: Vec<(String, String, f64)> = c
-            .iter()
-            .map(|((ns, k), (cnt, t))| (ns.clone(), k.clone(), decayed(*cnt, *t, now)))
-            .collect();
-        v.sort_by(|a, b| {
-            b.2.partial_cmp(&a.2)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.1.cmp(&b.1))
-        });
-        v.truncate(n);
-        v
-    }
-}
-
 /// The cluster's hot set from every node's report: reads summed per object, most read
 /// first, at most `n`.
 pub fn merge_hot(reports: &[HotList], n: usize) -> Vec<(String, String)> {
@@ -731,30 +611,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hot_reads_decay_rank_and_stay_bounded() {
-        let h = HotReads::default();
-        let t0 = std::time::Instant::now();
-        for _ in 0..3 {
-            h.record_at("ns", "a", t0);
-        }
-        h.record_at("ns", "b", t0);
-        let top = h.top_at(10, t0);
-        assert_eq!(top[0].1, "a");
-        assert!((top[0].2 - 3.0).abs() < 1e-9);
-        // One half-life later a's 3 reads count 1.5; two fresh reads of b (0.5 + 2) win.
-        let t1 = t0 + HOT_HALF_LIFE;
-        h.record_at("ns", "b", t1);
-        h.record_at("ns", "b", t1);
-        let top = h.top_at(1, t1);
-        assert_eq!((top[0].1.as_str(), top.len()), ("b", 1));
-        assert!((top[0].2 - 2.5).abs() < 1e-9);
-        for i in 0..HOT_TRACKED_MAX + 10 {
-            h.record_at("ns", &format!("k{i}"), t1);
-        }
-        assert!(h.counts.lock().unwrap_or_else(|e| e.into_inner()).len() <= HOT_TRACKED_MAX);
-    }
-
-    #[test]
     fn hot_set_sums_nodes_and_successor_avoids_risk() {
         let r1 = vec![("n".to_string(), "x".to_string(), 2.0), ("n".into(), "y".into(), 1.0)];
         let r2 = vec![("n".to_string(), "y".to_string(), 5.0)];
@@ -768,44 +624,6 @@ mod tests {
         assert_eq!(successor(2, &[1, 2, 3], apart, |_| true, |_| false, p), Some(1));
         // Another site than the leader's comes first, even at a higher probability.
         assert_eq!(successor(2, &[1, 2, 3], |n| n == 1, |_| true, |_| false, p), Some(3));
-    }
-
-    #[test]
-    fn expected_loss_multiplies_holders_and_ages() {
-        // One holder at 0.9: 0.9 × weight 2 + 60 s / 600 s.
-        let (loss, score) = expected_loss_score(&[0.9], 2.0, 60.0, 600.0);
-        assert!((loss - 0.9).abs() < 1e-12);
-        assert!((score - 1.9).abs() < 1e-12);
-        // Two holders: both must fail.
-        let (loss, _) = expected_loss_score(&[0.9, 0.1], 1.0, 0.0, 600.0);
-        assert!((loss - 0.09).abs() < 1e-12);
-        // No forecast: age alone, so older first.
-        let (_, old) = expected_loss_score(&[0.0], 1.0, 100.0, 600.0);
-        let (_, new) = expected_loss_score(&[0.0], 1.0, 10.0, 600.0);
-        assert!(old > new);
-        // A chunk on a failing node outranks one an hour older on a healthy node.
-        let (_, risky) = expected_loss_score(&[0.95], 1.0, 0.0, 3600.0);
-        let (_, aged) = expected_loss_score(&[0.01], 1.0, 3000.0, 3600.0);
-        assert!(risky > aged);
-        // ...but waiting long enough wins eventually: nothing starves.
-        let (_, starved) = expected_loss_score(&[0.0], 1.0, 4.0 * 3600.0, 3600.0);
-        assert!(starved > risky);
-        assert_eq!(namespace_weight(0), 1.0);
-    }
-
-    #[test]
-    fn a_trough_counts_only_when_deep_enough_and_the_load_matters() {
-        let t = |now, min| Trough { now, min, steps: 2 };
-        assert!(trough_ahead(Some(&t(10e6, 5e6)), 0.3, 1e6));
-        assert!(
-            !trough_ahead(Some(&t(10e6, 8e6)), 0.3, 1e6),
-            "20% lower is not worth waiting"
-        );
-        assert!(
-            !trough_ahead(Some(&t(0.5e6, 0.1e6)), 0.3, 1e6),
-            "an idle link is never waited out"
-        );
-        assert!(!trough_ahead(None, 0.3, 1e6), "no forecast, no waiting");
     }
 
     #[test]

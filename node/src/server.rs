@@ -23,21 +23,24 @@ use tonic_health::ServingStatus;
 
 use crate::api::client_cert::ClientCertRule;
 use crate::api::cluster::ClusterService;
-use crate::api::fence::ReadFence;
 use crate::api::kv::KvService;
 use crate::api::objects::ObjectsService;
-use crate::api::proposer::Proposer;
 use crate::chunks::ChunkStore;
 use crate::config::NodeConfig;
 use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
+use crate::raft::fence::ReadFence;
+use crate::raft::front::Front;
 use crate::raft::log_clock::LogClock;
+use crate::raft::members::Members;
 use crate::raft::network::{NetworkFactory, RaftPeerService};
 use crate::raft::objects::ObjectReader;
+use crate::raft::proposer::Proposer;
 use crate::raft::recovery::Recovery;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::store::{open_database, LogStore};
 use crate::raft::{ArkNode, ArkRaft, NodeId};
-use crate::replicate::{DataPlane, PeerRouter};
+use crate::replicate::serve::PeerRouter;
+use crate::replicate::DataPlane;
 use crate::telemetry::Telemetry;
 
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
@@ -133,21 +136,25 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         cfg.risk.clone(),
         Duration::from_millis(cfg.telemetry.interval_ms),
     ));
-    let hot = Arc::new(crate::risk::HotReads::default());
+    let hot = Arc::new(crate::telemetry::hot::HotReads::default());
+    let front = Arc::new(Front::new(
+        Members::new(id, raft.clone()),
+        raft.clone(),
+        proposer.clone(),
+        fence.clone(),
+        pool.clone(),
+        Duration::from_millis(cfg.raft.rpc_timeout_ms),
+    ));
     let data_plane = Arc::new(DataPlane::new(
-        id,
         cfg.site.clone(),
         chunk_store,
         pool.clone(),
-        raft.clone(),
+        front,
         ObjectReader::new(db.clone()),
-        proposer.clone(),
-        fence.clone(),
         cfg.objects.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
         cache.clone(),
         risk.clone(),
-        hot.clone(),
     ));
     let telemetry = Arc::new(Telemetry::new(
         id,
@@ -157,7 +164,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         raft.clone(),
         fsync_stats,
         cfg.data_dir.clone(),
-        hot,
+        hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
         RaftPeerService::new(raft.clone(), recovery),
@@ -226,7 +233,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let kv = KvServer::new(KvService::new(reader, proposer, fence))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone()))
+    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(
@@ -236,6 +243,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         healthy_within,
         telemetry.clone(),
         risk.clone(),
+        data_plane.clone(),
     ));
     let cert_rule = ClientCertRule::new(tls.node_identity()?, cfg.tls.allow_node_clients);
     let grpc = Server::builder()

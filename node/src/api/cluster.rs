@@ -15,10 +15,11 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
-use super::not_leader;
 use crate::config::QueueOrdering;
 use crate::net::PeerPool;
+use crate::raft::error::ConsensusError;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
+use crate::replicate::DataPlane;
 use crate::risk::Risk;
 use crate::telemetry::Telemetry;
 
@@ -31,6 +32,7 @@ pub struct ClusterService {
     healthy_within: Duration,
     telemetry: Arc<Telemetry>,
     risk: Arc<Risk>,
+    dp: Arc<DataPlane>,
 }
 
 impl ClusterService {
@@ -42,6 +44,7 @@ impl ClusterService {
         healthy_within: Duration,
         telemetry: Arc<Telemetry>,
         risk: Arc<Risk>,
+        dp: Arc<DataPlane>,
     ) -> Self {
         Self {
             raft,
@@ -50,13 +53,14 @@ impl ClusterService {
             healthy_within,
             telemetry,
             risk,
+            dp,
         }
     }
 }
 
 fn map_write_err(e: RaftError<NodeId, ClientWriteError<NodeId, ArkNode>>) -> Status {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::not_leader(&f).into(),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Status::failed_precondition(format!("membership change refused: {e}"))
         }
@@ -142,7 +146,7 @@ impl Cluster for ClusterService {
             _ => (0, 0),
         };
         let (queue_head, queue_chunks, queue_ordering, risk_model) = if is_leader {
-            let (head, chunks) = self.risk.queue_head();
+            let (head, chunks) = self.dp.queue_head();
             let ordering = match self.risk.config().ordering {
                 QueueOrdering::ExpectedLoss => "expected-loss",
                 QueueOrdering::Fifo => "fifo",
@@ -196,10 +200,11 @@ impl Cluster for ClusterService {
                         .find(|(id, _)| **id == l)
                         .map(|(_, n)| n.clone())
                 });
-                Err(not_leader(&ForwardToLeader {
+                Err(ConsensusError::not_leader(&ForwardToLeader {
                     leader_id: m.current_leader,
                     leader_node,
-                }))
+                })
+                .into())
             }
         }
     }

@@ -10,16 +10,16 @@ use ark_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::fence::ReadFence;
-use super::proposer::Proposer;
+use super::check_request_id;
 use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
+use crate::raft::error::ConsensusError;
+use crate::raft::fence::ReadFence;
+use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::KvReader;
 use crate::raft::{Command, Op, OpResult};
 
 /// Most entries one List answers with.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
-/// Accepted request id lengths (the SDK sends 16 bytes: microseconds, then 8 random bytes).
-const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
 
 /// The KV service.
 pub struct KvService {
@@ -39,24 +39,17 @@ impl KvService {
     }
 
     async fn write(&self, op: &'static str, request_id: Vec<u8>, command: Command) -> Result<OpResult, Status> {
-        if !REQUEST_ID_BYTES.contains(&request_id.len()) {
-            return Err(Status::invalid_argument(format!(
-                "request_id must be {} to {} bytes (got {}); the SDK fills it in",
-                REQUEST_ID_BYTES.start(),
-                REQUEST_ID_BYTES.end(),
-                request_id.len()
-            )));
-        }
+        check_request_id(&request_id)?;
         let started = Instant::now();
         let res = self.proposer.propose(Op { request_id, command }).await;
         let result = match &res {
             Ok(_) => "ok",
-            Err(st) if st.metadata().get(super::LEADER_ID_HEADER).is_some() => "not_leader",
+            Err(ConsensusError::NotLeader { leader_id: Some(_), .. }) => "not_leader",
             Err(_) => "error",
         };
         metrics::counter!("ark_kv_requests_total", "op" => op, "result" => result).increment(1);
         metrics::histogram!("ark_kv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
-        res
+        Ok(res?)
     }
 }
 

@@ -1,17 +1,14 @@
 //! The `ark.v1.Objects` service: namespaces, streamed object puts and gets, listing,
 //! deletion, verification and scrub.
 //!
-//! Put path: the upload is cut into content-defined chunks as it arrives; each chunk is
-//! hashed and stored locally (fsync) and, in a sync namespace, pushed to the placement
-//! targets in other sites, a few chunks in flight at a time so memory stays bounded. Only
-//! when the stream ended cleanly, the size and hash match what the client announced, and
-//! enough sites hold every chunk, is the manifest committed through Raft (forwarded to the
-//! leader from a follower). Anything short of that leaves no visible object; the orphaned
-//! chunk files are collected by the scrubber after the grace period.
+//! Put path: the request stream is validated here and fed to the data plane's one upload
+//! pipeline ([`crate::replicate::upload`]), which chunks, stores, pushes and checks; the
+//! manifest it hands back is committed through consensus. Reads go through the data
+//! plane's verified chunk reads. Owns validation and status codes only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ark_proto::v1::objects_server::Objects;
@@ -22,20 +19,20 @@ use ark_proto::v1::{
     Namespace, NamespacePolicy, NamespaceResponse, NodeScrub, ObjectInfo, ObjectReport, PutObjectRequest,
     PutObjectResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest, VerifyRequest, VerifyResponse,
 };
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::now_ms;
-use crate::chunks::{chunk_id, to_hex, ChunkError, Chunker, ChunkerParams, ObjectHasher};
-use crate::raft::objects::{ChunkRef, Manifest, Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
+use crate::clock::wall_ms as now_ms;
+use super::check_request_id;
+use crate::chunks::to_hex;
+use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
-use crate::replicate::{placement, DataPlane, Peer};
+use crate::replicate::upload::{Expected, Upload};
+use crate::replicate::DataPlane;
+use crate::telemetry::hot::HotReads;
 
-/// Accepted request id lengths.
-const REQUEST_ID_BYTES: std::ops::RangeInclusive<usize> = 8..=64;
 /// Bytes per data message sent to clients (under tonic's default 4 MiB decoding limit).
 const SEND_PIECE: usize = 1024 * 1024;
 /// How long a write may look for a leader before it fails.
@@ -44,29 +41,19 @@ const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 /// The object service.
 pub struct ObjectsService {
     dp: Arc<DataPlane>,
+    /// Reads served per object (reported with telemetry, for the leader's hot set).
+    hot: Arc<HotReads>,
 }
 
 impl ObjectsService {
     /// A service over the node's data plane.
-    pub fn new(dp: Arc<DataPlane>) -> Self {
-        Self { dp }
+    pub fn new(dp: Arc<DataPlane>, hot: Arc<HotReads>) -> Self {
+        Self { dp, hot }
     }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
-}
-
-fn check_request_id(id: &[u8]) -> Result<(), Status> {
-    if !REQUEST_ID_BYTES.contains(&id.len()) {
-        return Err(Status::invalid_argument(format!(
-            "request_id must be {} to {} bytes (got {}); the SDK fills it in",
-            REQUEST_ID_BYTES.start(),
-            REQUEST_ID_BYTES.end(),
-            id.len()
-        )));
-    }
-    Ok(())
 }
 
 fn check_ns(name: &str) -> Result<(), Status> {
@@ -162,17 +149,9 @@ fn refused(r: &OpResult) -> Result<(), Status> {
     }
 }
 
-/// Progress of one upload's chunk pipeline.
-#[derive(Default)]
-struct Uploaded {
-    chunks: Vec<ChunkRef>,
-    new_local: u64,
-    replicated: u64,
-}
-
 impl ObjectsService {
     async fn write(&self, request_id: Vec<u8>, command: Command) -> Result<OpResult, Status> {
-        let r = self.dp.propose(Op { request_id, command }, PROPOSE_DEADLINE).await?;
+        let r = self.dp.front.propose(Op { request_id, command }, PROPOSE_DEADLINE).await?;
         refused(&r)?;
         Ok(r)
     }
@@ -224,7 +203,7 @@ impl ObjectsService {
                     .map(|r| r.holders)
                     .unwrap_or_default();
                 if holders.len() < policy.copies as usize
-                    || self.dp.sites_of(&holders).len() < policy.min_sites as usize
+                    || self.dp.members.sites_of(&holders).len() < policy.min_sites as usize
                 {
                     short = true;
                     break;
@@ -248,94 +227,6 @@ impl ObjectsService {
             behind,
             lag_ms,
         })
-    }
-
-    /// Processes the chunks of one upload: store locally, push to `targets` (a target that
-    /// fails once is dropped for the rest of the object).
-    async fn store_chunks(
-        dp: Arc<DataPlane>,
-        rx: mpsc::Receiver<Bytes>,
-        targets: Vec<Peer>,
-        compress: bool,
-    ) -> Result<(Uploaded, Vec<NodeId>), Status> {
-        let failed: Arc<Mutex<BTreeMap<NodeId, String>>> = Arc::default();
-        let streams = dp.cfg.streams.max(1);
-        let mut out = Uploaded::default();
-        let mut results = ReceiverStream::new(rx)
-            .map(|data: Bytes| {
-                let dp = dp.clone();
-                let targets = targets.clone();
-                let failed = failed.clone();
-                async move {
-                    let len = data.len();
-                    let d = data.clone();
-                    let dp2 = dp.clone();
-                    let (id, new) = tokio::task::spawn_blocking(move || {
-                        let id = chunk_id(&d);
-                        // Claimed before it is looked at, so garbage collection cannot take
-                        // an existing copy between this check and the manifest's commit. An
-                        // existing copy counts only if it equals these bytes (compared, not
-                        // re-hashed); a corrupt one is replaced by them.
-                        dp2.claims.claim(&id);
-                        dp2.store.put_hashed(&id, &d, compress).map(|new| (id, new))
-                    })
-                    .await
-                    .map_err(internal)?
-                    .map_err(|e| match e {
-                        ChunkError::DiskFull => Status::resource_exhausted(format!(
-                            "node {}: disk full while storing the upload; nothing was committed",
-                            dp.id
-                        )),
-                        e => Status::internal(format!("storing a chunk: {e}")),
-                    })?;
-                    let pushes = targets.iter().map(|t| {
-                        let dp = dp.clone();
-                        let failed = failed.clone();
-                        let data = data.clone();
-                        async move {
-                            if failed.lock().map(|f| f.contains_key(&t.id)).unwrap_or(true) {
-                                return 0;
-                            }
-                            match dp.push_chunk(t, id, data, compress).await {
-                                Ok(n) => n,
-                                Err(e) => {
-                                    tracing::warn!(target = t.id, error = %e, "push failed; target dropped for this object");
-                                    if let Ok(mut f) = failed.lock() {
-                                        f.insert(t.id, e.to_string());
-                                    }
-                                    0
-                                }
-                            }
-                        }
-                    });
-                    let sent: u64 = futures::future::join_all(pushes).await.into_iter().sum();
-                    Ok::<_, Status>((
-                        ChunkRef {
-                            id,
-                            len: len as u32,
-                        },
-                        new,
-                        sent,
-                    ))
-                }
-            })
-            .buffered(streams);
-        while let Some(r) = results.next().await {
-            let (c, new, sent) = r?;
-            out.chunks.push(c);
-            out.new_local += new as u64;
-            out.replicated += sent;
-        }
-        let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
-        for (node, why) in &failed {
-            tracing::warn!(node, why, "copy on this node is missing; the repair queue will add it");
-        }
-        let ok: Vec<NodeId> = targets
-            .iter()
-            .map(|t| t.id)
-            .filter(|t| !failed.contains_key(t))
-            .collect();
-        Ok((out, ok))
     }
 }
 
@@ -391,7 +282,7 @@ impl Objects for ObjectsService {
         &self,
         _request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
-        self.dp.linearize().await?;
+        self.dp.front.linearize().await?;
         let mut namespaces = Vec::new();
         for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
             namespaces.push(self.namespace_view(&name, &rec.policy)?);
@@ -422,49 +313,25 @@ impl Objects for ObjectsService {
         }
         let policy = self.policy(&header.namespace).await?;
         let dp = self.dp.clone();
-
-        // Placement: sync namespaces push to targets while receiving.
-        let targets = match policy.mode {
-            Mode::Async => Vec::new(),
-            Mode::Sync => {
-                let live = dp.live_peers(Duration::from_secs(2)).await;
-                let here: BTreeSet<String> = [dp.site.clone()].into();
-                let t = placement::choose(
-                    &here,
-                    &[dp.id],
-                    &live,
-                    policy.copies.saturating_sub(1) as usize,
-                    placement::object_salt(&header.namespace, &header.key),
-                );
-                let mut sites = here;
-                sites.extend(t.iter().map(|p| p.site.clone()));
-                if sites.len() < policy.min_sites as usize {
-                    return Err(Status::failed_precondition(format!(
-                        "namespace {} is sync and needs copies in {} sites; only {} reachable from node {} ({:?})",
-                        header.namespace,
-                        policy.min_sites,
-                        sites.len(),
-                        dp.id,
-                        sites
-                    )));
-                }
-                t
-            }
+        let targets = dp
+            .place_upload(&header.namespace, &header.key, &policy, false, Duration::from_secs(2))
+            .await?;
+        let expected = Expected {
+            size: header.size,
+            sha256: match header.sha256.as_slice() {
+                [] => None,
+                s => Some(s.try_into().map_err(|_| Status::invalid_argument("sha256 must be 32 bytes when given"))?),
+            },
         };
 
         // Counted when the handler ends, however it ends (a cancelled upload drops it).
         let mut outcome = PutOutcome("aborted");
-        let params = ChunkerParams::default();
-        let mut chunker = Chunker::new(params).map_err(internal)?;
-        let (tx, rx) = mpsc::channel::<Bytes>(2);
-        let worker = tokio::spawn(Self::store_chunks(dp.clone(), rx, targets.clone(), policy.compress));
-        let mut hasher = ObjectHasher::new();
-        let mut size: u64 = 0;
+        let mut upload = Upload::start(dp.clone(), policy, targets, expected)?;
         let received: Result<(), Status> = async {
             loop {
                 let msg = match stream.message().await {
                     Ok(Some(m)) => m,
-                    Ok(None) => break,
+                    Ok(None) => return Ok(()),
                     Err(st) => {
                         return Err(Status::aborted(format!(
                             "upload interrupted ({}); nothing was committed",
@@ -476,80 +343,27 @@ impl Objects for ObjectsService {
                     Some(put_object_request::Part::Data(d)) => d,
                     _ => return Err(Status::invalid_argument("only data messages may follow the header")),
                 };
-                size += data.len() as u64;
-                if header.size.is_some_and(|s| size > s) {
-                    return Err(Status::invalid_argument(format!(
-                        "upload is longer than the announced {} bytes; nothing was committed",
-                        header.size.unwrap_or(0)
-                    )));
-                }
-                hasher.update(&data);
-                for c in chunker.push(&data) {
-                    if tx.send(c).await.is_err() {
-                        return Ok(()); // the worker failed; its error is reported below
-                    }
-                }
+                upload.write(&data).await?;
             }
-            for c in chunker.finish() {
-                if tx.send(c).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Ok(())
         }
         .await;
-        drop(tx);
         if let Err(st) = received {
-            worker.abort();
+            upload.abort();
             return Err(st);
         }
-        let (uploaded, ok_targets) = worker.await.map_err(internal)??;
-        if let Some(want) = header.size {
-            if want != size {
-                return Err(Status::invalid_argument(format!(
-                    "upload ended after {size} of the announced {want} bytes (truncated); nothing was committed"
-                )));
-            }
-        }
-        let sha = hasher.finish();
-        if !header.sha256.is_empty() && header.sha256.as_slice() != sha {
-            return Err(Status::invalid_argument(format!(
-                "upload hashes to {} but the client announced {}; nothing was committed",
-                to_hex(&sha),
-                hex_of(&header.sha256)
-            )));
-        }
-        let mut holders = vec![dp.id];
-        holders.extend(ok_targets);
-        if policy.mode == Mode::Sync {
-            let sites = dp.sites_of(&holders);
-            if sites.len() < policy.min_sites as usize {
-                return Err(Status::failed_precondition(format!(
-                    "copies reached only {} of the {} sites the sync namespace needs ({:?}); nothing was committed",
-                    sites.len(),
-                    policy.min_sites,
-                    sites
-                )));
-            }
-        }
-        let chunks = uploaded.chunks.len() as u64;
-        let manifest = Manifest {
-            size,
-            sha256: sha,
-            chunks: uploaded.chunks,
-            holders,
-            created_ms: now_ms(),
-        };
-        let res = self
-            .write(
+        let stored = upload.finish().await?;
+        let (size, sha) = (stored.manifest.size, stored.manifest.sha256);
+        let chunks = stored.manifest.chunks.len() as u64;
+        let res = dp
+            .commit_object(
                 header.request_id,
-                Command::ObjPut {
-                    ns: header.namespace.clone(),
-                    key: header.key.clone(),
-                    manifest,
-                },
+                &header.namespace,
+                &header.key,
+                stored.manifest,
+                PROPOSE_DEADLINE,
             )
             .await?;
+        refused(&res)?;
         outcome.0 = "ok";
         metrics::counter!("ark_object_put_bytes_total").increment(size);
         Ok(Response::new(PutObjectResponse {
@@ -564,8 +378,8 @@ impl Objects for ObjectsService {
                 deleted: false,
             }),
             chunks,
-            chunks_new: uploaded.new_local,
-            bytes_replicated: uploaded.replicated,
+            chunks_new: stored.new_local,
+            bytes_replicated: stored.replicated,
             duplicate: res.duplicate,
         }))
     }
@@ -577,7 +391,7 @@ impl Objects for ObjectsService {
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
         if !r.stale {
-            self.dp.linearize().await?;
+            self.dp.front.linearize().await?;
         }
         let entry = self
             .dp
@@ -591,7 +405,7 @@ impl Objects for ObjectsService {
                 r.namespace, r.key, entry.version
             )));
         }
-        self.dp.hot.record(&r.namespace, &r.key);
+        self.hot.record(&r.namespace, &r.key);
         let compress = self
             .dp
             .reader
@@ -617,7 +431,7 @@ impl Objects for ObjectsService {
                         .map_err(internal)?
                         .map(|r| r.holders)
                         .unwrap_or_default();
-                    dp.read_chunk(&c.id, &holders, compress).await
+                    Ok::<_, Status>(dp.read_chunk(&c.id, &holders, compress).await?)
                 }
             }))
             .buffered(2);
@@ -653,7 +467,7 @@ impl Objects for ObjectsService {
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         if !r.stale {
-            self.dp.linearize().await?;
+            self.dp.front.linearize().await?;
         }
         if self.dp.reader.namespace(&r.namespace).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("namespace {} does not exist", r.namespace)));
@@ -698,7 +512,7 @@ impl Objects for ObjectsService {
 
     async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
         let r = request.into_inner();
-        self.dp.linearize().await?;
+        self.dp.front.linearize().await?;
         let dp = &self.dp;
         let namespaces: Vec<(String, NsPolicy)> = dp
             .reader
@@ -739,7 +553,7 @@ impl Objects for ObjectsService {
                 holders_of.insert(c.id, holders);
             }
         }
-        let members = dp.members();
+        let members = dp.members.all();
         let checks = per_node.into_iter().map(|(node, (ids, bytes))| {
             let peer = members.iter().find(|m| m.id == node).cloned();
             async move {
@@ -801,7 +615,7 @@ impl Objects for ObjectsService {
                     }
                 }
                 min_copies = min_copies.min(good.len() as u32);
-                min_sites = min_sites.min(dp.sites_of(&good).len() as u32);
+                min_sites = min_sites.min(dp.members.sites_of(&good).len() as u32);
             }
             if distinct.is_empty() {
                 min_copies = policy.copies;
@@ -828,7 +642,7 @@ impl Objects for ObjectsService {
     async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubResponse>, Status> {
         let r = request.into_inner();
         let dp = self.dp.clone();
-        let members = dp.members();
+        let members = dp.members.all();
         let run = {
             let dp = dp.clone();
             async move {
@@ -864,8 +678,4 @@ impl Objects for ObjectsService {
             Ok(Response::new(ScrubResponse { nodes: Vec::new() }))
         }
     }
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::NetError;
 
 /// Counters of one peer link.
 #[derive(Default)]
@@ -81,6 +80,17 @@ impl Drop for InflightGuard {
     }
 }
 
+/// How a call ended, as the counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    /// Answered.
+    Ok,
+    /// No answer within its deadline.
+    Timeout,
+    /// Any other failure.
+    Error,
+}
+
 impl LinkStats {
     fn lock(&self) -> Option<MutexGuard<'_, HashMap<u64, Link>>> {
         // A poisoned lock only loses telemetry, never a call.
@@ -100,14 +110,14 @@ impl LinkStats {
         }
     }
 
-    /// A call to `peer` ended with `res`, on `conn` if it got that far.
-    pub(crate) fn finish<T>(&self, peer: u64, res: &Result<T, NetError>, conn: Option<&quinn::Connection>) {
+    /// A call to `peer` ended with `outcome`, on `conn` if it got that far.
+    pub(crate) fn finish(&self, peer: u64, outcome: CallOutcome, conn: Option<&quinn::Connection>) {
         let Some(mut m) = self.lock() else { return };
         let l = m.entry(peer).or_default();
-        match res {
-            Ok(_) => {}
-            Err(NetError::Timeout { .. }) => l.timeouts_total += 1,
-            Err(_) => l.errors_total += 1,
+        match outcome {
+            CallOutcome::Ok => {}
+            CallOutcome::Timeout => l.timeouts_total += 1,
+            CallOutcome::Error => l.errors_total += 1,
         }
         if let Some(c) = conn {
             if l.conn.as_ref().map(|o| o.stable_id()) != Some(c.stable_id()) {
@@ -172,17 +182,9 @@ mod tests {
             "peak since the last snapshot"
         );
         assert_eq!(s.snapshot()[0].inflight_peak, 1, "a snapshot restarts the peak");
-        let timeout: Result<(), NetError> = Err(NetError::Timeout {
-            addr: "x".into(),
-            after: Duration::from_secs(1),
-        });
-        let io: Result<(), NetError> = Err(NetError::Io {
-            addr: "x".into(),
-            reason: "broken".into(),
-        });
-        s.finish(2, &timeout, None);
-        s.finish(2, &io, None);
-        s.finish(2, &Ok::<(), NetError>(()), None);
+        s.finish(2, CallOutcome::Timeout, None);
+        s.finish(2, CallOutcome::Error, None);
+        s.finish(2, CallOutcome::Ok, None);
         drop(b);
         let snap = s.snapshot();
         assert_eq!(snap.len(), 1);

@@ -628,7 +628,12 @@ impl PeerPool {
                 after: timeout,
             }),
         };
-        self.links.finish(id, &res, used.as_ref().map(|(c, _)| c));
+        let outcome = match &res {
+            Ok(_) => link_stats::CallOutcome::Ok,
+            Err(NetError::Timeout { .. }) => link_stats::CallOutcome::Timeout,
+            Err(_) => link_stats::CallOutcome::Error,
+        };
+        self.links.finish(id, outcome, used.as_ref().map(|(c, _)| c));
         match (&res, used) {
             (Err(NetError::Io { .. }), Some((conn, _))) => self.forget(id, lane, &conn).await,
             (Err(NetError::Timeout { .. }), Some((conn, rx_before))) => {

@@ -4,9 +4,14 @@
 //! Owns everything that is replicated through the Raft log. It must not know about gRPC or
 //! the client API: `api` talks to it through [`ArkRaft`] and [`store::Store`]'s read methods.
 
+pub mod error;
+pub mod fence;
+pub mod front;
 pub mod log_clock;
+pub mod members;
 pub mod network;
 pub mod objects;
+pub mod proposer;
 pub mod recovery;
 pub mod state_machine;
 pub mod store;

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::wal::{SharedIndex, Wal};
 use super::{NodeId, TypeConfig};
-use crate::telemetry::LatencyStats;
+use crate::latency::LatencyStats;
 
 /// Where versions before the log files kept the log; read once to move it (see
 /// [`migrate_from_database`]).

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::Peer;
+use crate::raft::members::Peer;
 use crate::raft::NodeId;
 
 /// The salt for an object's copies: the same for every version of `ns`/`key`.

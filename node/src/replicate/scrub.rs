@@ -99,8 +99,8 @@ impl DataPlane {
                 remove: vec![*id],
             },
         };
-        if let Err(st) = self.propose(op, Duration::from_secs(10)).await {
-            tracing::warn!(chunk = %to_hex(id), error = %st.message(), "cannot drop this node from the holders");
+        if let Err(st) = self.front.propose(op, Duration::from_secs(10)).await {
+            tracing::warn!(chunk = %to_hex(id), error = %st, "cannot drop this node from the holders");
         }
     }
 

@@ -17,12 +17,12 @@
 //! was written in the interval); `disk_free_bytes`, `disk_total_bytes`; `cpu_load1`,
 //! `cpu_busy_ratio`; `smart_raw:ID` (ATA) or `smart_raw:nvme_KEY` (NVMe health log).
 
+pub mod hot;
 pub mod parse;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,10 @@ use ark_proto::v1::{
 use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
+pub use crate::latency::{LatencyStats, LatencySummary};
 use crate::net::PeerPool;
 use crate::raft::{ArkRaft, NodeId};
-use crate::risk::{HotList, HotReads, HOT_REPORTED_MAX};
+use hot::{HotList, HotReads, HOT_REPORTED_MAX};
 use parse::CpuTimes;
 use windows::Windows;
 
@@ -44,55 +45,6 @@ use windows::Windows;
 const SMART_REFRESH: Duration = Duration::from_secs(60);
 /// Deadline of one `smartctl` run.
 const SMART_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Durations of an operation (the log writer's commit and fsync), accumulated between two
-/// samples. Lock-free: the writer thread only does three atomic updates per commit.
-#[derive(Default, Clone)]
-pub struct LatencyStats {
-    inner: Arc<LatencyInner>,
-}
-
-#[derive(Default)]
-struct LatencyInner {
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-    max_ns: AtomicU64,
-}
-
-/// Count, mean and maximum of the durations recorded in one interval.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LatencySummary {
-    /// Operations.
-    pub count: u64,
-    /// Mean duration.
-    pub mean: Duration,
-    /// Longest duration.
-    pub max: Duration,
-}
-
-impl LatencyStats {
-    /// Records one duration.
-    pub fn record(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.inner.count.fetch_add(1, Ordering::Relaxed);
-        self.inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.inner.max_ns.fetch_max(ns, Ordering::Relaxed);
-    }
-
-    /// What was recorded since the last call, and starts afresh. (A record racing with
-    /// this call may land half in this interval and half in the next; telemetry tolerates
-    /// that.)
-    pub fn take(&self) -> LatencySummary {
-        let count = self.inner.count.swap(0, Ordering::Relaxed);
-        let sum = self.inner.sum_ns.swap(0, Ordering::Relaxed);
-        let max = self.inner.max_ns.swap(0, Ordering::Relaxed);
-        LatencySummary {
-            count,
-            mean: Duration::from_nanos(sum.checked_div(count).unwrap_or(0)),
-            max: Duration::from_nanos(max),
-        }
-    }
-}
 
 /// Per peer link, in one sample.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -458,7 +410,7 @@ impl Telemetry {
     /// The leader records its own sample; any other node sends it to the leader it knows.
     async fn deliver(&self, series: Vec<(String, f64)>) {
         let m = self.raft.metrics().borrow().clone();
-        let now_ms = crate::api::now_ms();
+        let now_ms = crate::clock::wall_ms();
         let Some(leader) = m.current_leader else { return };
         let hot = self.hot.top(HOT_REPORTED_MAX);
         if leader == self.id {
@@ -734,6 +686,12 @@ async fn read_smart(data_dir: &Path) -> Result<Vec<(String, f64)>, String> {
     // smartctl's exit status is a bit mask that is non-zero also for a healthy answer with
     // warnings: the JSON decides.
     parse::parse_smartctl(&String::from_utf8_lossy(&out.stdout))
+}
+
+impl crate::replicate::serve::ReportInbox for Telemetry {
+    fn handle_report(&self, from: NodeId, report: TelemetryReport) -> peer_response::Body {
+        Telemetry::handle_report(self, from, report)
+    }
 }
 
 #[cfg(test)]

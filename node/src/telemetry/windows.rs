@@ -62,7 +62,7 @@ pub fn validate(report: &TelemetryReport, from: u64) -> Result<(), ReportError> 
             from,
         });
     }
-    if report.hot.len() > crate::risk::HOT_REPORTED_MAX
+    if report.hot.len() > super::hot::HOT_REPORTED_MAX
         || report
             .hot
             .iter()

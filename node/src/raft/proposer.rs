@@ -11,11 +11,9 @@ use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::Status;
-
-use super::not_leader;
-use crate::raft::log_clock::LogClock;
-use crate::raft::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
+use super::error::ConsensusError;
+use super::log_clock::LogClock;
+use super::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
 
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
@@ -24,7 +22,7 @@ const QUEUE_MAX: usize = 16 * 1024;
 
 struct Pending {
     op: Op,
-    reply: oneshot::Sender<Result<OpResult, Status>>,
+    reply: oneshot::Sender<Result<OpResult, ConsensusError>>,
 }
 
 /// Handle for submitting writes.
@@ -36,10 +34,10 @@ pub struct Proposer {
 fn op_bytes(op: &Op) -> usize {
     op.request_id.len()
         + match &op.command {
-            crate::raft::Command::Put { key, value } => key.len() + value.len(),
-            crate::raft::Command::Delete { key } => key.len(),
-            crate::raft::Command::ObjPut { ns, key, manifest } => ns.len() + key.len() + manifest.chunks.len() * 36,
-            crate::raft::Command::ChunkHolders { add, remove, .. } => (add.len() + remove.len()) * 32,
+            super::Command::Put { key, value } => key.len() + value.len(),
+            super::Command::Delete { key } => key.len(),
+            super::Command::ObjPut { ns, key, manifest } => ns.len() + key.len() + manifest.chunks.len() * 36,
+            super::Command::ChunkHolders { add, remove, .. } => (add.len() + remove.len()) * 32,
             _ => 64,
         }
 }
@@ -54,14 +52,16 @@ impl Proposer {
     }
 
     /// Proposes one write and waits for its answer.
-    pub async fn propose(&self, op: Op) -> Result<OpResult, Status> {
+    pub async fn propose(&self, op: Op) -> Result<OpResult, ConsensusError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { op, reply })
             .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
+            .map_err(|_| ConsensusError::Unavailable("node is shutting down".into()))?;
         rx.await
-            .map_err(|_| Status::unavailable("node is shutting down; the write may or may not have been applied"))?
+            .map_err(|_| {
+                ConsensusError::Unavailable("node is shutting down; the write may or may not have been applied".into())
+            })?
     }
 }
 
@@ -112,15 +112,15 @@ async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize, c
                     for reply in replies {
                         let answer = results
                             .next()
-                            .ok_or_else(|| Status::internal("state machine returned too few results"));
+                            .ok_or_else(|| ConsensusError::Internal("state machine returned too few results".into()));
                         let _ = reply.send(answer);
                     }
                 }
                 Err(e) => {
                     let st = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
-                        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
-                        RaftError::Fatal(e) => Status::unavailable(format!("node cannot serve writes: {e}")),
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::not_leader(&f),
+                        RaftError::APIError(e) => ConsensusError::Refused(e.to_string()),
+                        RaftError::Fatal(e) => ConsensusError::Unavailable(format!("node cannot serve writes: {e}")),
                     };
                     for reply in replies {
                         let _ = reply.send(Err(st.clone()));

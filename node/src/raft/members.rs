@@ -1,0 +1,92 @@
+//! The membership view: who is in the cluster (voters and learners, with their sites and
+//! peer addresses) and who leads, as this node's Raft sees it now.
+//!
+//! Owns reading the membership out of Raft's metrics. Must not touch: changing membership
+//! (the `Cluster` gRPC service does that through Raft), the network.
+
+use std::collections::BTreeSet;
+
+use super::{ArkRaft, NodeId};
+
+/// A cluster member as the layers above consensus see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Node id.
+    pub id: NodeId,
+    /// Site.
+    pub site: String,
+    /// QUIC peer address.
+    pub addr: String,
+}
+
+/// This node's view of the membership; cheap to clone.
+#[derive(Clone)]
+pub struct Members {
+    id: NodeId,
+    raft: ArkRaft,
+}
+
+impl Members {
+    /// The view of node `id` over its Raft.
+    pub fn new(id: NodeId, raft: ArkRaft) -> Self {
+        Self { id, raft }
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Current members (voters and learners) with their sites and peer addresses.
+    pub fn all(&self) -> Vec<Peer> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.nodes()
+            .map(|(id, n)| Peer {
+                id: *id,
+                site: n.site.clone(),
+                addr: n.peer_addr.clone(),
+            })
+            .collect()
+    }
+
+    /// Member `id`, if it is one.
+    pub fn get(&self, id: NodeId) -> Option<Peer> {
+        self.all().into_iter().find(|p| p.id == id)
+    }
+
+    /// Current voters.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// Sites of the given nodes (a node that is not a member counts as a site of its own).
+    pub fn sites_of(&self, nodes: &[NodeId]) -> BTreeSet<String> {
+        let members = self.all();
+        nodes
+            .iter()
+            .map(|n| {
+                members
+                    .iter()
+                    .find(|m| m.id == *n)
+                    .map(|m| m.site.clone())
+                    .unwrap_or_else(|| format!("?node-{n}"))
+            })
+            .collect()
+    }
+}

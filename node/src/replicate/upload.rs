@@ -1,0 +1,397 @@
+//! The upload pipeline, the one way an object's bytes enter the cluster: the gRPC put and
+//! every internal small-object put (the forecasters' weights) go through it.
+//!
+//! Placement first ([`DataPlane::place_upload`]): a sync namespace (and an internal put,
+//! which pushes in any mode) picks targets in other sites among the members that answer now,
+//! and an upload that cannot reach `min_sites` sites is refused before any byte is read.
+//! Then ([`Upload`]) the bytes are cut into content-defined chunks as they arrive while the
+//! whole-object SHA-256 is computed; each chunk is claimed (so garbage collection leaves it
+//! alone), stored locally (fsync; an existing copy counts only if it equals these bytes)
+//! and pushed to every target, `objects.streams` chunks in flight, so memory stays bounded
+//! whatever the object size; a target that fails once is dropped for the rest of the
+//! object. [`Upload::finish`] checks the size and hash the caller announced and that the
+//! holders that got every chunk span `min_sites` sites, and only then hands back the
+//! manifest, which [`DataPlane::commit_object`] commits through consensus (forwarded to the
+//! leader from a follower). Anything short of a commit leaves no visible object; the
+//! orphaned chunk files are collected by the scrubber after the grace period.
+//!
+//! Owns chunking, local storage and pushes of one upload, and the checks before a commit.
+//! Must not touch: gRPC (errors are [`UploadError`]s).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{placement, DataPlane, Peer};
+use crate::chunks::{chunk_id, to_hex, ChunkError, Chunker, ChunkerParams, ObjectHasher};
+use crate::raft::error::ConsensusError;
+use crate::raft::objects::{ChunkRef, Manifest, Mode, NsPolicy};
+use crate::raft::{Command, NodeId, Op, OpResult};
+
+/// Chunks cut but not yet taken by the storing worker (backpressure on the sender).
+const CHUNKS_QUEUED_MAX: usize = 2;
+
+/// Why an upload was refused; in every case nothing was committed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The bytes do not match what the caller announced (longer, shorter, another hash).
+    #[error("{0}; nothing was committed")]
+    Mismatch(String),
+    /// Copies cannot reach (or did not reach) the sites the namespace needs.
+    #[error("{0}; nothing was committed")]
+    TooFewSites(String),
+    /// This node's disk is full.
+    #[error("node {0}: disk full while storing the upload; nothing was committed")]
+    DiskFull(NodeId),
+    /// This node failed to store a chunk (other than a full disk).
+    #[error("storing a chunk: {0}")]
+    Store(String),
+    /// Committing the manifest through consensus failed.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+}
+
+/// What the caller announced about the bytes, checked before the commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expected {
+    /// Exact size in bytes.
+    pub size: Option<u64>,
+    /// SHA-256 of the whole object.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// A finished upload, not committed yet.
+#[derive(Debug)]
+pub struct Stored {
+    /// The manifest to commit: size, hash, chunks and the holders that got every chunk.
+    pub manifest: Manifest,
+    /// Chunks this node did not hold before.
+    pub new_local: u64,
+    /// Bytes pushed to targets.
+    pub replicated: u64,
+}
+
+/// Progress of one upload's chunk pipeline.
+#[derive(Default)]
+struct Uploaded {
+    chunks: Vec<ChunkRef>,
+    new_local: u64,
+    replicated: u64,
+}
+
+type Worker = JoinHandle<Result<(Uploaded, Vec<NodeId>), UploadError>>;
+
+/// One upload in progress: feed it bytes with [`Upload::write`], then [`Upload::finish`].
+pub struct Upload {
+    dp: Arc<DataPlane>,
+    policy: NsPolicy,
+    expected: Expected,
+    chunker: Chunker,
+    hasher: ObjectHasher,
+    size: u64,
+    tx: mpsc::Sender<Bytes>,
+    /// `None` once awaited (after it failed during [`Upload::write`]).
+    worker: Option<Worker>,
+}
+
+impl DataPlane {
+    /// The targets an upload of `ns/key` pushes to while it is received: none for an async
+    /// namespace unless `push_async` (then the repair queue adds the copies), otherwise up
+    /// to `copies - 1` members in other sites first that answer a probe within `probe`.
+    /// Refused when the namespace is sync and the reachable sites are fewer than `min_sites`.
+    pub async fn place_upload(
+        &self,
+        ns: &str,
+        key: &str,
+        policy: &NsPolicy,
+        push_async: bool,
+        probe: Duration,
+    ) -> Result<Vec<Peer>, UploadError> {
+        if policy.mode == Mode::Async && !push_async {
+            return Ok(Vec::new());
+        }
+        let live = self.live_peers(probe).await;
+        let here: BTreeSet<String> = [self.site.clone()].into();
+        let targets = placement::choose(
+            &here,
+            &[self.id],
+            &live,
+            policy.copies.saturating_sub(1) as usize,
+            placement::object_salt(ns, key),
+        );
+        let mut sites = here;
+        sites.extend(targets.iter().map(|p| p.site.clone()));
+        if policy.mode == Mode::Sync && sites.len() < policy.min_sites as usize {
+            return Err(UploadError::TooFewSites(format!(
+                "namespace {ns} is sync and needs copies in {} sites; only {} reachable from node {} ({sites:?})",
+                policy.min_sites,
+                sites.len(),
+                self.id,
+            )));
+        }
+        Ok(targets)
+    }
+
+    /// Commits an upload's manifest as a new version of `ns/key` (with the caller's request
+    /// id, so a retried upload returns the committed version).
+    pub async fn commit_object(
+        &self,
+        request_id: Vec<u8>,
+        ns: &str,
+        key: &str,
+        manifest: Manifest,
+        deadline: Duration,
+    ) -> Result<OpResult, ConsensusError> {
+        let op = Op {
+            request_id,
+            command: Command::ObjPut {
+                ns: ns.to_string(),
+                key: key.to_string(),
+                manifest,
+            },
+        };
+        self.front.propose(op, deadline).await
+    }
+
+    /// Stores `data` as a new version of `ns/key` from inside the node (the cluster's own
+    /// small objects, e.g. forecaster weights), through the same pipeline as a client's
+    /// upload, pushing copies whatever the namespace's mode. Returns the version.
+    pub async fn put_small_object(self: &Arc<Self>, ns: &str, key: &str, data: Bytes) -> Result<u64, String> {
+        let policy = self
+            .reader
+            .namespace(ns)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("namespace {ns} does not exist"))?
+            .policy;
+        let targets = self
+            .place_upload(ns, key, &policy, true, self.rpc_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let expected = Expected {
+            size: Some(data.len() as u64),
+            sha256: None,
+        };
+        let mut upload = Upload::start(self.clone(), policy, targets, expected).map_err(|e| e.to_string())?;
+        upload.write(&data).await.map_err(|e| e.to_string())?;
+        let stored = upload.finish().await.map_err(|e| e.to_string())?;
+        let r = self
+            .commit_object(Vec::new(), ns, key, stored.manifest, self.rpc_timeout * 10)
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.error {
+            Some(why) => Err(why),
+            None => Ok(r.version),
+        }
+    }
+}
+
+impl Upload {
+    /// Starts the storing worker of an upload under `policy`, pushing to `targets`.
+    pub fn start(
+        dp: Arc<DataPlane>,
+        policy: NsPolicy,
+        targets: Vec<Peer>,
+        expected: Expected,
+    ) -> Result<Self, UploadError> {
+        let chunker = Chunker::new(ChunkerParams::default()).map_err(|e| UploadError::Store(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED_MAX);
+        let worker = tokio::spawn(store_chunks(dp.clone(), rx, targets, policy.compress));
+        Ok(Self {
+            dp,
+            policy,
+            expected,
+            chunker,
+            hasher: ObjectHasher::new(),
+            size: 0,
+            tx,
+            worker: Some(worker),
+        })
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Takes the next bytes of the object. Refused when they go past the announced size,
+    /// and with the storing worker's error as soon as it failed (a full disk), so that the
+    /// caller stops reading the rest of the upload.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        self.size += data.len() as u64;
+        if let Some(want) = self.expected.size.filter(|want| self.size > *want) {
+            return Err(UploadError::Mismatch(format!(
+                "upload is longer than the announced {want} bytes"
+            )));
+        }
+        self.hasher.update(data);
+        for c in self.chunker.push(data) {
+            if self.tx.send(c).await.is_err() {
+                return Err(self.worker_failure().await);
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the worker stopped taking chunks.
+    async fn worker_failure(&mut self) -> UploadError {
+        match self.worker.take() {
+            Some(w) => match w.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => UploadError::Store("the storing worker ended early".into()),
+                Err(e) => UploadError::Store(e.to_string()),
+            },
+            None => UploadError::Store("the storing worker failed".into()),
+        }
+    }
+
+    /// Ends the upload: the last chunk, the worker's result, then the checks against what
+    /// was announced and the namespace's `min_sites`.
+    pub async fn finish(self) -> Result<Stored, UploadError> {
+        let Upload {
+            dp,
+            policy,
+            expected,
+            chunker,
+            hasher,
+            size,
+            tx,
+            worker,
+        } = self;
+        for c in chunker.finish() {
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let worker = worker.ok_or_else(|| UploadError::Store("the storing worker failed".into()))?;
+        let (uploaded, ok_targets) = worker.await.map_err(|e| UploadError::Store(e.to_string()))??;
+        if let Some(want) = expected.size.filter(|want| *want != size) {
+            return Err(UploadError::Mismatch(format!(
+                "upload ended after {size} of the announced {want} bytes (truncated)"
+            )));
+        }
+        let sha = hasher.finish();
+        if let Some(want) = expected.sha256.filter(|want| *want != sha) {
+            return Err(UploadError::Mismatch(format!(
+                "upload hashes to {} but the client announced {}",
+                to_hex(&sha),
+                to_hex(&want)
+            )));
+        }
+        let mut holders = vec![dp.id];
+        holders.extend(ok_targets);
+        if policy.mode == Mode::Sync {
+            let sites = dp.members.sites_of(&holders);
+            if sites.len() < policy.min_sites as usize {
+                return Err(UploadError::TooFewSites(format!(
+                    "copies reached only {} of the {} sites the sync namespace needs ({sites:?})",
+                    sites.len(),
+                    policy.min_sites,
+                )));
+            }
+        }
+        Ok(Stored {
+            manifest: Manifest {
+                size,
+                sha256: sha,
+                chunks: uploaded.chunks,
+                holders,
+                created_ms: crate::clock::wall_ms(),
+            },
+            new_local: uploaded.new_local,
+            replicated: uploaded.replicated,
+        })
+    }
+
+    /// Gives up: stops the worker; nothing is committed.
+    pub fn abort(self) {
+        if let Some(w) = self.worker {
+            w.abort();
+        }
+    }
+}
+
+/// Processes the chunks of one upload: claim, store locally, push to `targets` (a target
+/// that fails once is dropped for the rest of the object). Returns what was stored and the
+/// targets that got every chunk.
+async fn store_chunks(
+    dp: Arc<DataPlane>,
+    rx: mpsc::Receiver<Bytes>,
+    targets: Vec<Peer>,
+    compress: bool,
+) -> Result<(Uploaded, Vec<NodeId>), UploadError> {
+    let failed: Arc<Mutex<BTreeMap<NodeId, String>>> = Arc::default();
+    let streams = dp.cfg.streams.max(1);
+    let mut out = Uploaded::default();
+    let mut results = ReceiverStream::new(rx)
+        .map(|data: Bytes| {
+            let dp = dp.clone();
+            let targets = targets.clone();
+            let failed = failed.clone();
+            async move {
+                let len = data.len();
+                let d = data.clone();
+                let dp2 = dp.clone();
+                let (id, new) = tokio::task::spawn_blocking(move || {
+                    let id = chunk_id(&d);
+                    // Claimed before it is looked at, so garbage collection cannot take an
+                    // existing copy between this check and the manifest's commit. An existing
+                    // copy counts only if it equals these bytes (compared, not re-hashed); a
+                    // corrupt one is replaced by them.
+                    dp2.claims.claim(&id);
+                    dp2.store.put_hashed(&id, &d, compress).map(|new| (id, new))
+                })
+                .await
+                .map_err(|e| UploadError::Store(e.to_string()))?
+                .map_err(|e| match e {
+                    ChunkError::DiskFull => UploadError::DiskFull(dp.id),
+                    e => UploadError::Store(e.to_string()),
+                })?;
+                let pushes = targets.iter().map(|t| {
+                    let dp = dp.clone();
+                    let failed = failed.clone();
+                    let data = data.clone();
+                    async move {
+                        if failed.lock().map(|f| f.contains_key(&t.id)).unwrap_or(true) {
+                            return 0;
+                        }
+                        match dp.push_chunk(t, id, data, compress).await {
+                            Ok(n) => n,
+                            Err(e) => {
+                                tracing::warn!(target = t.id, error = %e, "push failed; target dropped for this object");
+                                if let Ok(mut f) = failed.lock() {
+                                    f.insert(t.id, e.to_string());
+                                }
+                                0
+                            }
+                        }
+                    }
+                });
+                let sent: u64 = futures::future::join_all(pushes).await.into_iter().sum();
+                Ok::<_, UploadError>((ChunkRef { id, len: len as u32 }, new, sent))
+            }
+        })
+        .buffered(streams);
+    while let Some(r) = results.next().await {
+        let (c, new, sent) = r?;
+        out.chunks.push(c);
+        out.new_local += new as u64;
+        out.replicated += sent;
+    }
+    let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
+    for (node, why) in &failed {
+        tracing::warn!(node, why, "copy on this node is missing; the repair queue will add it");
+    }
+    let ok: Vec<NodeId> = targets
+        .iter()
+        .map(|t| t.id)
+        .filter(|t| !failed.contains_key(t))
+        .collect();
+    Ok((out, ok))
+}
