@@ -102,7 +102,9 @@ fn paths_in(code: &str) -> Vec<String> {
     let mut i = 0;
     while i < b.len() {
         let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b':');
-        if boundary && (code[i..].starts_with("crate::") || code[i..].starts_with("super::") || code[i..].starts_with("self::")) {
+        if boundary
+            && (code[i..].starts_with("crate::") || code[i..].starts_with("super::") || code[i..].starts_with("self::"))
+        {
             let (paths, end) = parse_path(code, i);
             out.extend(paths);
             i = end;
@@ -168,7 +170,8 @@ fn parse_path(code: &str, start: usize) -> (Vec<String>, usize) {
                     }
                 }
             }
-        } else if code[i..].starts_with("::") && i + 2 < b.len() && (b[i + 2].is_ascii_alphabetic() || b[i + 2] == b'_') {
+        } else if code[i..].starts_with("::") && i + 2 < b.len() && (b[i + 2].is_ascii_alphabetic() || b[i + 2] == b'_')
+        {
             prefix.push_str("::");
             i += 2;
         } else {
@@ -257,11 +260,19 @@ fn name(m: &[String]) -> String {
 
 #[test]
 fn no_module_imports_from_a_higher_layer() {
-    let layer_of = |m: &[String]| LAYERS.iter().position(|l| m.first().is_some_and(|top| l.contains(&top.as_str())));
+    let layer_of = |m: &[String]| {
+        LAYERS
+            .iter()
+            .position(|l| m.first().is_some_and(|top| l.contains(&top.as_str())))
+    };
     let mut wrong = Vec::new();
     for (from, tos) in graph() {
         let Some(lf) = layer_of(&from) else {
-            assert!(from.is_empty(), "module {} is in no layer of this test's LAYERS", name(&from));
+            assert!(
+                from.is_empty(),
+                "module {} is in no layer of this test's LAYERS",
+                name(&from)
+            );
             continue;
         };
         for to in tos {
@@ -366,16 +377,40 @@ fn the_checker_sees_imports_and_circles() {
     let paths = paths_in(&code);
     assert_eq!(
         paths,
-        ["crate::raft::store::decode", "crate::raft::store::encode", "crate::raft::NodeId", "super::plan"]
+        [
+            "crate::raft::store::decode",
+            "crate::raft::store::encode",
+            "crate::raft::NodeId",
+            "super::plan"
+        ]
     );
-    let modules: BTreeSet<Vec<String>> = [vec!["raft".to_string()], vec!["raft".into(), "store".into()], vec!["replicate".into()], vec!["replicate".into(), "plan".into()]].into();
+    let modules: BTreeSet<Vec<String>> = [
+        vec!["raft".to_string()],
+        vec!["raft".into(), "store".into()],
+        vec!["replicate".into()],
+        vec!["replicate".into(), "plan".into()],
+    ]
+    .into();
     let from = vec!["replicate".to_string(), "queue".to_string()];
-    assert_eq!(resolve(&from, "crate::raft::store::decode", &modules), Some(vec!["raft".into(), "store".into()]));
-    assert_eq!(resolve(&from, "crate::raft::NodeId", &modules), Some(vec!["raft".into()]));
-    assert_eq!(resolve(&from, "super::plan", &modules), Some(vec!["replicate".into(), "plan".into()]));
-    assert_eq!(resolve(&from, "super::DataPlane", &modules), Some(vec!["replicate".into()]));
+    assert_eq!(
+        resolve(&from, "crate::raft::store::decode", &modules),
+        Some(vec!["raft".into(), "store".into()])
+    );
+    assert_eq!(
+        resolve(&from, "crate::raft::NodeId", &modules),
+        Some(vec!["raft".into()])
+    );
+    assert_eq!(
+        resolve(&from, "super::plan", &modules),
+        Some(vec!["replicate".into(), "plan".into()])
+    );
+    assert_eq!(
+        resolve(&from, "super::DataPlane", &modules),
+        Some(vec!["replicate".into()])
+    );
     // And the graph of the real tree has the edges we know are there.
     let g = graph();
     assert!(g[&vec!["server".to_string()]].contains(&vec!["raft".to_string()]));
-    assert!(g[&vec!["replicate".to_string(), "queue".to_string()]].contains(&vec!["replicate".to_string(), "plan".to_string()]));
+    assert!(g[&vec!["replicate".to_string(), "queue".to_string()]]
+        .contains(&vec!["replicate".to_string(), "plan".to_string()]));
 }

@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::clock::wall_ms as now_ms;
 use super::check_request_id;
 use crate::chunks::to_hex;
+use crate::clock::wall_ms as now_ms;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
 use crate::replicate::upload::{Expected, Upload};
@@ -151,7 +151,11 @@ fn refused(r: &OpResult) -> Result<(), Status> {
 
 impl ObjectsService {
     async fn write(&self, request_id: Vec<u8>, command: Command) -> Result<OpResult, Status> {
-        let r = self.dp.front.propose(Op { request_id, command }, PROPOSE_DEADLINE).await?;
+        let r = self
+            .dp
+            .front
+            .propose(Op { request_id, command }, PROPOSE_DEADLINE)
+            .await?;
         refused(&r)?;
         Ok(r)
     }
@@ -320,7 +324,10 @@ impl Objects for ObjectsService {
             size: header.size,
             sha256: match header.sha256.as_slice() {
                 [] => None,
-                s => Some(s.try_into().map_err(|_| Status::invalid_argument("sha256 must be 32 bytes when given"))?),
+                s => Some(
+                    s.try_into()
+                        .map_err(|_| Status::invalid_argument("sha256 must be 32 bytes when given"))?,
+                ),
             },
         };
 

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-
 /// Counters of one peer link.
 #[derive(Default)]
 struct Link {

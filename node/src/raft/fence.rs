@@ -1,10 +1,10 @@
 //! The read fence: what makes a read on the leader linearizable, shared by the KV and object
 //! services and by followers that ask the leader for a read index.
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use super::error::ConsensusError;
 use super::log_clock::LogClock;
 use super::ArkRaft;
+use openraft::error::{CheckIsLeaderError, RaftError};
 
 /// Fences reads on this node's Raft; one per process.
 pub struct ReadFence {

@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::error::ConsensusError;
 use super::log_clock::LogClock;
 use super::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
@@ -58,10 +58,9 @@ impl Proposer {
             .send(Pending { op, reply })
             .await
             .map_err(|_| ConsensusError::Unavailable("node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| {
-                ConsensusError::Unavailable("node is shutting down; the write may or may not have been applied".into())
-            })?
+        rx.await.map_err(|_| {
+            ConsensusError::Unavailable("node is shutting down; the write may or may not have been applied".into())
+        })?
     }
 }
 

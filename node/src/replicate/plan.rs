@@ -332,8 +332,7 @@ pub fn plan(s: &Snapshot, risk: &RiskView, batch_bytes_max: u64) -> Plan {
         }
         let age_s = s.now_ms.saturating_sub(c.since_ms) as f64 / 1000.0;
         let holder_probs: Vec<f64> = live.iter().map(|h| risk.probability(*h)).collect();
-        let (loss, score) =
-            expected_loss_score(&holder_probs, namespace_weight(n.priority), age_s, risk.ageing_s);
+        let (loss, score) = expected_loss_score(&holder_probs, namespace_weight(n.priority), age_s, risk.ageing_s);
         work.push(Work {
             id: c.id,
             len: c.len,
@@ -555,13 +554,21 @@ mod tests {
         let s = snapshot(&[(1, now - 1_000_000, &[1]), (2, now - 100_000, &[3])]);
         let r = risk(QueueOrdering::ExpectedLoss, &[(3, 0.95)]);
         let p = plan(&s, &r, u64::MAX);
-        assert_eq!(head_chunks(&p), ["02", "01"], "expected loss: the endangered chunk first");
+        assert_eq!(
+            head_chunks(&p),
+            ["02", "01"],
+            "expected loss: the endangered chunk first"
+        );
         assert_eq!(p.batches[0].jobs[0].id, id(2), "and its copy is pulled first");
         assert!((p.head[0].loss_probability - 0.95).abs() < 1e-12);
 
         let r = risk(QueueOrdering::Fifo, &[(3, 0.95)]);
         let p = plan(&s, &r, u64::MAX);
-        assert_eq!(head_chunks(&p), ["01", "02"], "fifo: the oldest first, whatever the forecast");
+        assert_eq!(
+            head_chunks(&p),
+            ["01", "02"],
+            "fifo: the oldest first, whatever the forecast"
+        );
         assert_eq!(p.batches[0].jobs[0].id, id(1));
     }
 
@@ -577,7 +584,11 @@ mod tests {
         s.namespaces.insert("hi".into(), urgent);
         s.objects[1].ns = "hi".into();
         let p = plan(&s, &RiskView::blind(QueueOrdering::Fifo, 3600.0), u64::MAX);
-        assert_eq!(head_chunks(&p), ["02", "01"], "the higher priority first although newer");
+        assert_eq!(
+            head_chunks(&p),
+            ["02", "01"],
+            "the higher priority first although newer"
+        );
     }
 
     #[test]
@@ -620,8 +631,15 @@ mod tests {
         assert_eq!(p.queued, 1);
         assert_eq!(p.lag["ns"].0, 0, "on live holders it is within policy, so no lag");
         for b in &p.batches {
-            assert!(!r.at_risk(b.target.id), "a new copy went to node {} at risk", b.target.id);
-            assert_ne!(b.target.site, "a", "the new copy goes to another site than the safe one");
+            assert!(
+                !r.at_risk(b.target.id),
+                "a new copy went to node {} at risk",
+                b.target.id
+            );
+            assert_ne!(
+                b.target.site, "a",
+                "the new copy goes to another site than the safe one"
+            );
         }
         assert!(!p.batches.is_empty());
         // Under FIFO forecasts are ignored: two copies in two sites suffice.
@@ -635,10 +653,18 @@ mod tests {
         s.alive.remove(&4);
         let p = plan(&s, &RiskView::blind(QueueOrdering::ExpectedLoss, 3600.0), u64::MAX);
         assert_eq!(p.lost, 1, "chunk 3's only holder is down");
-        assert_eq!(p.lag["ns"], (3, s.now_ms - 1_000), "three objects behind, the oldest's age");
+        assert_eq!(
+            p.lag["ns"],
+            (3, s.now_ms - 1_000),
+            "three objects behind, the oldest's age"
+        );
         let mut jobs: Vec<ChunkId> = p.batches.iter().flat_map(|b| b.jobs.iter().map(|j| j.id)).collect();
         jobs.sort();
-        assert_eq!(jobs, [id(1), id(2)], "one new copy each in another site; nothing for the lost one");
+        assert_eq!(
+            jobs,
+            [id(1), id(2)],
+            "one new copy each in another site; nothing for the lost one"
+        );
         for b in &p.batches {
             assert!(b.jobs.len() <= PULL_BATCH);
             assert_ne!(b.target.id, 4, "no copy to a node that did not answer");
@@ -648,7 +674,11 @@ mod tests {
     #[test]
     fn the_budget_keeps_the_batches_that_start_within_it_and_at_least_one() {
         let s = snapshot(&[(1, 0, &[1]), (2, 1, &[2]), (3, 2, &[3])]);
-        let p = plan(&s, &RiskView::blind(QueueOrdering::ExpectedLoss, 3600.0), u64::from(MIB));
+        let p = plan(
+            &s,
+            &RiskView::blind(QueueOrdering::ExpectedLoss, 3600.0),
+            u64::from(MIB),
+        );
         assert_eq!(p.batches.len(), 3, "a 1 MiB budget closes a batch after each chunk");
         let kept = within_budget(p.batches.clone(), u64::from(MIB) + 1);
         assert_eq!(kept.len(), 2, "the second starts before the budget is spent");
@@ -666,7 +696,16 @@ mod tests {
         r.trough_floor_bytes_per_s = 1e6;
         // Every node's load is forecast to halve soon.
         r.troughs = (1..=6)
-            .map(|n| (n, Trough { now: 10e6, min: 5e6, steps: 2 }))
+            .map(|n| {
+                (
+                    n,
+                    Trough {
+                        now: 10e6,
+                        min: 5e6,
+                        steps: 2,
+                    },
+                )
+            })
             .collect();
         let p = plan(&s, &r, u64::from(MIB));
         for b in &p.batches {
@@ -681,10 +720,16 @@ mod tests {
         assert!(!d.defer(7, false, max, t0), "no trough: run");
         assert!(d.defer(7, true, max, t0), "trough ahead: wait");
         assert!(d.defer(7, true, max, t0 + Duration::from_secs(59)));
-        assert!(!d.defer(7, true, max, t0 + max), "waited the limit: run although the trough is still ahead");
+        assert!(
+            !d.defer(7, true, max, t0 + max),
+            "waited the limit: run although the trough is still ahead"
+        );
         assert!(!d.defer(7, true, max, t0 + max * 2), "and keep running while it is");
         assert!(!d.defer(7, false, max, t0 + max * 2));
-        assert!(d.defer(7, true, max, t0 + max * 2), "a new trough may be waited for again");
+        assert!(
+            d.defer(7, true, max, t0 + max * 2),
+            "a new trough may be waited for again"
+        );
         assert!(d.defer(8, true, max, t0 + max * 3), "targets wait independently");
     }
 
@@ -725,5 +770,4 @@ mod tests {
         );
         assert!(!trough_ahead(None, 0.3, 1e6), "no forecast, no waiting");
     }
-
 }

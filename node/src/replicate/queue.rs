@@ -84,7 +84,12 @@ fn snapshot(dp: &DataPlane) -> Result<Snapshot, String> {
         })
         .collect();
     s.members = dp.members.all();
-    s.alive = s.members.iter().map(|m| m.id).filter(|n| dp.recently_alive(*n)).collect();
+    s.alive = s
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|n| dp.recently_alive(*n))
+        .collect();
     Ok(s)
 }
 
@@ -209,7 +214,12 @@ async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
     let mut src_ids: Vec<NodeId> = b.jobs.iter().flat_map(|j| j.sources.iter().copied()).collect();
     src_ids.sort_unstable();
     src_ids.dedup();
-    let mut sources: Vec<Peer> = dp.members.all().into_iter().filter(|m| src_ids.contains(&m.id)).collect();
+    let mut sources: Vec<Peer> = dp
+        .members
+        .all()
+        .into_iter()
+        .filter(|m| src_ids.contains(&m.id))
+        .collect();
     sources.sort_by_key(|s| (s.site != target.site, s.id));
     let compress = b.jobs.iter().any(|j| j.compress);
     match dp.pull_to(target, &ids, &sources, compress, b.bytes()).await {
@@ -236,4 +246,3 @@ async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
         }
     }
 }
-

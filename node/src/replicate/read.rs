@@ -13,7 +13,6 @@ use crate::chunks::{to_hex, ChunkError, ChunkId};
 use crate::raft::NodeId;
 
 impl DataPlane {
-
     /// A verified copy of chunk `id`: the local one, or one fetched from another holder
     /// (which also repairs the local copy when this node is a holder). Fails rather than
     /// return bytes that do not match the id.

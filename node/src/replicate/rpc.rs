@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use ark_proto::v1::{
-    peer_request, peer_response, ChunkGet, ChunkIds, ChunkPull, ChunkPut, ChunkState, ObjectRef, PeerAddr,
-    PeerRequest, Prestage, PrestageAck, RaftCodec,
+    peer_request, peer_response, ChunkGet, ChunkIds, ChunkPull, ChunkPut, ChunkState, ObjectRef, PeerAddr, PeerRequest,
+    Prestage, PrestageAck, RaftCodec,
 };
 use bytes::Bytes;
 
@@ -18,7 +18,6 @@ use crate::chunks::{chunk_id, to_hex, ChunkError, ChunkId};
 use crate::raft::NodeId;
 
 impl DataPlane {
-
     pub(super) async fn call(
         &self,
         p: &Peer,

@@ -26,7 +26,6 @@ pub trait ReportInbox: Send + Sync {
 }
 
 impl DataPlane {
-
     /// Answers a data-plane request from a peer.
     pub async fn handle(&self, body: peer_request::Body) -> PeerResponse {
         let body = match body {

@@ -97,5 +97,4 @@ mod tests {
         }
         assert!(h.counts.lock().unwrap_or_else(|e| e.into_inner()).len() <= HOT_TRACKED_MAX);
     }
-
 }
