@@ -10,8 +10,9 @@
 //! would either be counted (and fail the bound) or fail to allocate (and abort the binary):
 //! both fail the test.
 //!
-//! The bound for bincode and protobuf decodes is [`SLACK_BYTES`] plus [`AMPLIFICATION`]
-//! times the input: serde caps the preallocation of each sequence at 1 MiB whatever length it
+//! The bound for the serde codec's decodes (tagged postcard, and the legacy bincode 1 layout
+//! of older data dirs) and protobuf decodes is [`SLACK_BYTES`] plus [`AMPLIFICATION`] times
+//! the input: serde caps the preallocation of each sequence at 1 MiB whatever length it
 //! declares, and a hostile input can hold one such buffer per nesting level at once (an
 //! AppendEntries' entries, an entry's ops, an op's chunk list); everything else a decoded
 //! value holds was paid for by input bytes, times the in-memory size of what they decode to.
@@ -150,7 +151,19 @@ fn entries() -> Vec<Entry<TypeConfig>> {
 /// A message's name, a valid encoding of it, and its decoder (true when it decodes).
 type Sample = (&'static str, Vec<u8>, fn(&[u8]) -> bool);
 
-/// A valid encoding of every kind of bincode message, and the decoder for it.
+/// A legacy (bincode 1 layout) value from the fixtures older data dirs are checked against.
+fn legacy(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/bincode1/{name}.hex", env!("CARGO_MANIFEST_DIR"));
+    let hex = std::fs::read_to_string(&path).unwrap();
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A valid encoding of every kind of serde-encoded message and stored value (tagged, and
+/// the legacy layout a data dir may still hold), and the decoder for it.
 fn corpus() -> Vec<Sample> {
     fn ok<T: DeserializeOwned>(b: &[u8]) -> bool {
         decode::<T>(b).is_ok()
@@ -195,28 +208,51 @@ fn corpus() -> Vec<Sample> {
         ("log entry", encode(&entries()[1]).unwrap(), ok::<Entry<TypeConfig>>),
         ("forwarded write", encode(&ops()[1]).unwrap(), ok::<Op>),
         ("op result", encode(&result).unwrap(), ok::<OpResult>),
+        ("legacy log entry", legacy("entry_normal"), ok::<Entry<TypeConfig>>),
+        (
+            "legacy membership entry",
+            legacy("entry_membership"),
+            ok::<Entry<TypeConfig>>,
+        ),
+        ("legacy request", legacy("request"), ok::<Request>),
     ]
 }
 
-/// Length fields are u64 LE in this format.
+/// Values a hostile length field holds.
 const HUGE: [u64; 5] = [u64::MAX, 1 << 62, 1 << 40, 1 << 32, FRAME_BYTES_MAX as u64 + 1];
 
+/// [`HUGE`] as lengths are written: a varint (postcard) and a u64 LE (the legacy layout).
+fn huge_patterns() -> Vec<Vec<u8>> {
+    HUGE.iter()
+        .flat_map(|&h| {
+            let mut varint = Vec::new();
+            let mut v = h;
+            while v >= 0x80 {
+                varint.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            varint.push(v as u8);
+            [varint, h.to_le_bytes().to_vec()]
+        })
+        .collect()
+}
+
 #[test]
-fn bincode_messages_with_huge_length_fields_stay_within_the_bound() {
+fn serde_messages_with_huge_length_fields_stay_within_the_bound() {
     let _one = MEASURING.lock().unwrap();
     // Every offset of every message, every huge value: wherever it lands, the decode stays
     // within the bound (where it lands on a length field, it is also an error).
     let mut worst = (0usize, "");
     for (name, bytes, decode_it) in corpus() {
         assert!(decode_it(&bytes), "{name}: the valid encoding does not decode");
-        for at in 0..bytes.len() - 7 {
-            for huge in HUGE {
+        for huge in huge_patterns() {
+            for at in 0..bytes.len() - (huge.len() - 1) {
                 let mut m = bytes.clone();
-                m[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+                m[at..at + huge.len()].copy_from_slice(&huge);
                 let (_, peak) = peak_during(|| decode_it(&m));
                 assert!(
                     peak <= bound(m.len()),
-                    "{name}: {huge} at byte {at} made the decoder allocate {peak} bytes"
+                    "{name}: {huge:02x?} at byte {at} made the decoder allocate {peak} bytes"
                 );
                 if peak > worst.0 {
                     worst = (peak, name);
@@ -228,7 +264,7 @@ fn bincode_messages_with_huge_length_fields_stay_within_the_bound() {
 }
 
 #[test]
-fn mutated_and_random_bincode_stays_within_the_bound() {
+fn mutated_and_random_serde_encodings_stay_within_the_bound() {
     let _one = MEASURING.lock().unwrap();
     let corpus = corpus();
     let n = corpus.len();
@@ -337,7 +373,7 @@ fn configs_stay_within_the_bound() {
     let mut runner = TestRunner::new(ProptestConfig::default());
     let res = runner.run(&"(?s).{0,2048}", |text| {
         let (_, peak) = peak_during(|| NodeConfig::parse(&text));
-        // TOML keeps spans and decoration for every item: a larger factor than bincode's.
+        // TOML keeps spans and decoration for every item: a larger factor than the serde codec's.
         prop_assert!(peak <= (1 << 20) + 256 * text.len(), "{} bytes allocated", peak);
         Ok(())
     });

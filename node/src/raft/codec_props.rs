@@ -1,10 +1,10 @@
-//! Property tests of the bincode codec ([`super::store::decode`]) on every message a peer can
-//! send inside a peer frame (Raft AppendEntries / Vote / InstallSnapshot requests and their
+//! Property tests of the codec ([`super::codec::decode`]) on every message a peer can send
+//! inside a peer frame (Raft AppendEntries / Vote / InstallSnapshot requests and their
 //! answers, forwarded client writes) and every value the node reads back from its log and
-//! database: random bytes and mutated valid encodings give a value or an error, never a
-//! panic; valid values round-trip to the same bytes; `encode` writes what `bincode::serialize`
-//! wrote and `decode` reads what `bincode::deserialize` read, so the wire and disk format did
-//! not change; and an input over the limit is refused.
+//! database: random bytes and mutated valid encodings, in the tagged postcard format and in
+//! the legacy bincode 1 layout of older data dirs (the fixtures of `codec/legacy_tests.rs`),
+//! give a value or an error, never a panic; valid values round-trip to the same bytes; and an
+//! input over the limit is refused.
 //!
 //! Allocation bounds are checked in `node/tests/decode_alloc.rs`.
 
@@ -22,9 +22,9 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::{decode, decode_with_limit, encode, DECODE_BYTES_MAX, TAG};
 use super::objects::{ChunkRecord, ChunkRef, Manifest, Mode, NsPolicy, NsRecord, ObjectRecord};
 use super::state_machine::StoredValue;
-use super::store::{decode, decode_with_limit, encode, DECODE_BYTES_MAX};
 use super::{ArkNode, Command, NodeId, Op, OpResult, Request, Response, TypeConfig};
 
 fn blob(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -283,27 +283,15 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 
 /// Decodes `b` as `T`, and if that works, checks that the value survives a round trip (it
 /// may encode to other bytes than `b`: a set decoded from a damaged list with a repeat is
-/// shorter) and that `bincode::deserialize`, which the node used before, agrees. Panics only
-/// if a decoder does or the two disagree.
+/// shorter, legacy bytes come back tagged). Panics only if the decoder does.
 fn try_decode<T: Serialize + DeserializeOwned>(b: &[u8]) {
-    let limited = decode::<T>(b);
-    let legacy = bincode::deserialize::<T>(b);
-    match (&limited, &legacy) {
-        (Ok(v), Ok(w)) => {
-            let again = encode(v).unwrap();
-            assert_eq!(
-                encode(&decode::<T>(&again).unwrap()).unwrap(),
-                again,
-                "a decoded value does not round-trip"
-            );
-            assert_eq!(again, encode(w).unwrap(), "the new and the legacy decoder disagree");
-        }
-        (Err(_), Err(_)) => {}
-        _ => panic!(
-            "the limited decoder says {:?}, the legacy one {:?}",
-            limited.as_ref().err(),
-            legacy.as_ref().err()
-        ),
+    if let Ok(v) = decode::<T>(b) {
+        let again = encode(&v).unwrap();
+        assert_eq!(
+            encode(&decode::<T>(&again).unwrap()).unwrap(),
+            again,
+            "a decoded value does not round-trip"
+        );
     }
 }
 
@@ -360,12 +348,23 @@ fn bytes_of(e: &Encoded) -> &[u8] {
     }
 }
 
-/// Length fields are u64 LE in this format: values that a damaged or hostile length holds.
+/// Values that a damaged or hostile length holds.
 const HUGE: [u64; 5] = [u64::MAX, 1 << 62, 1 << 40, 1 << 32, DECODE_BYTES_MAX + 1];
+
+/// Every way [`HUGE`] can be written where a length is read: a varint (postcard) and a u64
+/// LE (the legacy layout).
+fn huge_patterns() -> Vec<Vec<u8>> {
+    HUGE.iter()
+        .flat_map(|&h| [postcard::to_stdvec(&h).unwrap(), h.to_le_bytes().to_vec()])
+        .collect()
+}
 
 fn round_trips<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &T) -> Result<(), TestCaseError> {
     let b = encode(v).unwrap();
-    prop_assert_eq!(&b, &bincode::serialize(v).unwrap(), "the encoding changed");
+    prop_assert!(
+        b.starts_with(&TAG),
+        "a value written without the tag would be read as legacy"
+    );
     let back: T = decode(&b).unwrap();
     prop_assert_eq!(&back, v);
     Ok(())
@@ -446,17 +445,23 @@ proptest! {
 
     #[test]
     fn an_input_over_the_limit_is_refused_unread(len in 0u64..4096, extra in 1u64..64) {
-        // A value exactly at the limit decodes, one byte more does not. (Vec<u8> with a u64
-        // length prefix: 8 + len bytes.)
+        // A value exactly at the limit decodes, one byte more does not.
         let v = vec![7u8; len as usize];
         let b = encode(&v).unwrap();
-        prop_assert_eq!(decode_with_limit::<Vec<u8>>(&b, 8 + len).unwrap(), v);
-        prop_assert!(decode_with_limit::<Vec<u8>>(&b, 8 + len - 1).is_err());
+        let n = b.len() as u64;
+        prop_assert_eq!(n, super::codec::encoded_len(&v).unwrap() as u64);
+        prop_assert_eq!(decode_with_limit::<Vec<u8>>(&b, n).unwrap(), v.clone());
+        prop_assert!(decode_with_limit::<Vec<u8>>(&b, n - 1).is_err());
         // A length past the limit with the bytes missing is an error too (it runs out of
-        // input before anything is allocated for it).
-        let mut declared = b.clone();
-        declared[..8].copy_from_slice(&(DECODE_BYTES_MAX + extra).to_le_bytes());
+        // input before anything is allocated for it), tagged or legacy.
+        let huge = DECODE_BYTES_MAX + extra;
+        let mut declared = TAG.to_vec();
+        declared.extend(postcard::to_stdvec(&huge).unwrap());
+        declared.extend(&v);
         prop_assert!(decode::<Vec<u8>>(&declared).is_err());
+        let mut legacy = huge.to_le_bytes().to_vec();
+        legacy.extend(&v);
+        prop_assert!(decode::<Vec<u8>>(&legacy).is_err());
     }
 }
 
@@ -488,11 +493,60 @@ proptest! {
         // refuse it (without allocating, see decode_alloc.rs); elsewhere anything goes but a
         // panic.
         let b = bytes_of(&e);
-        for at in 0..b.len().saturating_sub(7) {
-            for huge in HUGE {
+        for huge in huge_patterns() {
+            for at in 0..b.len().saturating_sub(huge.len() - 1) {
                 let mut m = b.to_vec();
-                m[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+                m[at..at + huge.len()].copy_from_slice(&huge);
                 decode_as_its_type(&e, &m);
+            }
+        }
+    }
+}
+
+/// A fixture's name and the decoder of its type.
+type LegacySample = (&'static str, fn(&[u8]));
+
+/// Legacy values as older data dirs hold them (bincode 1 fixtures), as the type each is.
+const LEGACY: [LegacySample; 6] = [
+    ("entry_normal", try_decode::<Entry<TypeConfig>>),
+    ("entry_membership", try_decode::<Entry<TypeConfig>>),
+    ("membership", try_decode::<StoredMembership<NodeId, ArkNode>>),
+    ("object_record", try_decode::<ObjectRecord>),
+    ("chunk_record", try_decode::<ChunkRecord>),
+    ("stored_value", try_decode::<StoredValue>),
+];
+
+proptest! {
+    #[test]
+    fn flipped_cut_or_extended_legacy_values_are_a_value_or_an_error(
+        which in 0..LEGACY.len(),
+        at in any::<usize>(),
+        bit in 0u8..8,
+        more in blob(32),
+    ) {
+        let (name, decode_it) = LEGACY[which];
+        let b = super::codec::legacy_tests::fixture(name);
+        let at = at % b.len();
+        let mut flipped = b.clone();
+        flipped[at] ^= 1 << bit;
+        decode_it(&flipped);
+        decode_as_everything(&flipped);
+        decode_it(&b[..at]);
+        let mut longer = b.clone();
+        longer.extend_from_slice(&more);
+        decode_it(&longer);
+    }
+}
+
+#[test]
+fn huge_length_fields_anywhere_in_legacy_values_give_a_value_or_an_error() {
+    for (name, decode_it) in LEGACY {
+        let b = super::codec::legacy_tests::fixture(name);
+        for huge in huge_patterns() {
+            for at in 0..b.len().saturating_sub(huge.len() - 1) {
+                let mut m = b.clone();
+                m[at..at + huge.len()].copy_from_slice(&huge);
+                decode_it(&m);
             }
         }
     }

@@ -2,8 +2,8 @@
 //! vote / append-entries / install-snapshot calls become [`PeerPool`] calls, and incoming
 //! [`PeerRequest`]s are handed to the local [`ArkRaft`].
 //!
-//! The Raft messages are openraft's serde types, bincode-encoded inside the protobuf
-//! envelope (see `proto/ark/v1/peer.proto`).
+//! The Raft messages are openraft's serde types, encoded with `raft::codec` inside the
+//! protobuf envelope (see `proto/ark/v1/peer.proto`), whose codec tag is [`RAFT_CODEC`].
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::{decode, encode, encoded_len};
 use super::recovery::Recovery;
-use super::store::{decode, encode};
 use super::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::net::{NetError, PeerHandler, PeerPool};
 
@@ -80,7 +80,7 @@ impl PeerClient {
     {
         let req = PeerRequest {
             from: self.self_id,
-            raft_codec: RaftCodec::BincodeOpenraft09 as i32,
+            raft_codec: RAFT_CODEC as i32,
             body: Some(body),
         };
         let timeout = option.hard_ttl();
@@ -195,7 +195,7 @@ pub fn cap_entries(entries: &mut Vec<openraft::Entry<TypeConfig>>, max_bytes: u6
     let mut total = 0u64;
     let mut keep = entries.len();
     for (i, e) in entries.iter().enumerate() {
-        total = total.saturating_add(bincode::serialized_size(e).unwrap_or(u64::MAX));
+        total = total.saturating_add(encoded_len(e).map_or(u64::MAX, |n| n as u64));
         if total > max_bytes && i > 0 {
             keep = i;
             break;
@@ -236,6 +236,29 @@ fn answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> PeerResponse {
     PeerResponse { body: Some(body) }
 }
 
+/// The envelope's codec tag for the Raft messages this release sends and accepts.
+pub const RAFT_CODEC: RaftCodec = RaftCodec::PostcardOpenraft09;
+
+/// Why a request in another codec is refused: which one it was, which one this node speaks
+/// and what the operator should do (nodes of releases before postcard send bincode).
+pub fn codec_mismatch(got: i32) -> String {
+    let name = RaftCodec::try_from(got).map_or_else(|_| format!("unknown ({got})"), |c| c.as_str_name().to_string());
+    format!(
+        "unsupported raft codec {name}: this node speaks {} only; the sender runs another Ark release, \
+         upgrade every node to the same release (see docs/operations.md, 'Upgrading across the codec change')",
+        RAFT_CODEC.as_str_name()
+    )
+}
+
+/// Refuses a Raft request in another codec than [`RAFT_CODEC`] before its body is read.
+fn check_codec(req: &PeerRequest) -> Result<(), PeerResponse> {
+    if req.raft_codec == RAFT_CODEC as i32 {
+        Ok(())
+    } else {
+        Err(failure(codec_mismatch(req.raft_codec)))
+    }
+}
+
 fn failure(msg: String) -> PeerResponse {
     PeerResponse {
         body: Some(peer_response::Body::Failure(msg)),
@@ -244,8 +267,8 @@ fn failure(msg: String) -> PeerResponse {
 
 impl PeerHandler for RaftPeerService {
     async fn handle(&self, req: PeerRequest) -> PeerResponse {
-        if req.raft_codec != RaftCodec::BincodeOpenraft09 as i32 {
-            return failure(format!("unsupported raft codec {}", req.raft_codec));
+        if let Err(refused) = check_codec(&req) {
+            return refused;
         }
         match req.body {
             Some(peer_request::Body::AppendEntries(b)) => match decode::<AppendEntriesRequest<TypeConfig>>(&b) {
@@ -293,9 +316,37 @@ mod tests {
         }
     }
 
+    fn refusal(raft_codec: i32) -> Option<String> {
+        let req = PeerRequest {
+            from: 2,
+            raft_codec,
+            body: Some(peer_request::Body::Vote(encode(&1u64).unwrap())),
+        };
+        match check_codec(&req) {
+            Ok(()) => None,
+            Err(PeerResponse {
+                body: Some(peer_response::Body::Failure(msg)),
+            }) => Some(msg),
+            Err(other) => panic!("refused without a failure message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_in_another_codec_is_refused_naming_both() {
+        assert_eq!(refusal(RaftCodec::PostcardOpenraft09 as i32), None);
+        // A node of a release before postcard.
+        let old = refusal(RaftCodec::BincodeOpenraft09 as i32).unwrap();
+        assert!(old.contains("RAFT_CODEC_BINCODE_OPENRAFT_09"), "{old}");
+        assert!(old.contains("speaks RAFT_CODEC_POSTCARD_OPENRAFT_09"), "{old}");
+        assert!(old.contains("docs/operations.md"), "{old}");
+        // No codec, or one from a release this one does not know.
+        assert!(refusal(0).unwrap().contains("RAFT_CODEC_UNSPECIFIED"));
+        assert!(refusal(9).unwrap().contains("unknown (9)"));
+    }
+
     #[test]
     fn entries_are_capped_by_encoded_size_but_never_to_nothing() {
-        let one = bincode::serialized_size(&blank(1)).unwrap();
+        let one = encoded_len(&blank(1)).unwrap() as u64;
         let mut entries: Vec<_> = (1..=10).map(blank).collect();
         // Under the cap: untouched.
         assert_eq!(cap_entries(&mut entries, one * 10), None);

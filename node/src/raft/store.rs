@@ -67,46 +67,9 @@ pub enum StoreError {
     Io(String),
 }
 
-/// Most bytes one bincode value may take when [`decode`]d. Every such value travels in one
-/// peer frame (a Raft message, a forwarded write, a log entry in an AppendEntries) or was
-/// written by this node, so nothing legitimate is larger than a frame. Snapshots, which can
-/// be, are decoded with their own size as the limit ([`decode_with_limit`]).
-pub const DECODE_BYTES_MAX: u64 = crate::net::FRAME_BYTES_MAX as u64;
-
-/// bincode 1's `serialize`/`deserialize` format: fixed-width little-endian integers, trailing
-/// bytes allowed. Spelled out so that the format stays the same whatever bincode's defaults.
-fn codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::options().with_fixint_encoding().allow_trailing_bytes()
-}
-
-/// Encodes a value for the wire, the log or the database (bincode 1, as `bincode::serialize`).
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
-    use bincode::Options;
-    codec().serialize(v)
-}
-
-/// Decodes a value written by [`encode`], from bytes a peer or a damaged file may have made:
-/// any input gives a value or an error, never a panic, and an input over [`DECODE_BYTES_MAX`]
-/// is refused unread.
-pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error> {
-    decode_with_limit(b, DECODE_BYTES_MAX)
-}
-
-/// [`decode`] with another limit on the input's size.
-///
-/// The limit is checked here, on the input: bincode 1.3 ignores `Options::with_limit` when it
-/// decodes from a slice (`internal::deserialize_seed` swaps in `Infinite`). What bounds the
-/// memory a slice decode allocates is the slice itself: a byte string or string is checked
-/// against the bytes left before it is allocated, and serde preallocates at most 1 MiB for a
-/// sequence whatever length it declares (`node/tests/decode_alloc.rs` measures both).
-pub fn decode_with_limit<T: DeserializeOwned>(b: &[u8], limit: u64) -> Result<T, bincode::Error> {
-    use bincode::Options;
-    if b.len() as u64 > limit {
-        return Err(Box::new(bincode::ErrorKind::SizeLimit));
-    }
-    codec().deserialize(b)
-}
+// The codec moved to `super::codec`; its functions keep their old path here for the modules
+// that import them from the store.
+pub use super::codec::{decode, decode_with_limit, encode, CodecError, DECODE_BYTES_MAX};
 
 /// Opens (or creates) the node's database under `data_dir`.
 pub fn open_database(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
@@ -174,7 +137,7 @@ struct Writer {
     failed: Option<String>,
 }
 
-/// The log id of an encoded entry: its first field, decoded alone (bincode allows trailing
+/// The log id of an encoded entry: its first field, decoded alone (the codec allows trailing
 /// bytes), so that checking a record does not decode the whole entry.
 fn entry_log_id(payload: &[u8]) -> Result<LogId<NodeId>, String> {
     decode::<LogId<NodeId>>(payload).map_err(|e| e.to_string())
