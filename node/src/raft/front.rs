@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use ark_proto::v1::{peer_request, peer_response, PeerRequest, RaftCodec, ReadIndex};
 
+use super::codec::{decode, encode};
 use super::error::ConsensusError;
 use super::fence::ReadFence;
 use super::members::{Members, Peer};
 use super::proposer::Proposer;
-use super::store::{decode, encode};
 use super::{ArkRaft, Op, OpResult};
 use crate::net::PeerPool;
 

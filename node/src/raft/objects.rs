@@ -13,145 +13,18 @@ use std::collections::BTreeSet;
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::store::{decode, encode};
+use super::codec::{decode, encode};
 use super::{NodeId, OpResult};
 
-/// SHA-256 of a chunk's uncompressed bytes.
-pub type ChunkId = [u8; 32];
+pub use super::types::{
+    ChunkId, ChunkRecord, ChunkRef, Manifest, Mode, NsPolicy, NsRecord, ObjectRecord, NS_NAME_MAX, OBJECT_KEY_MAX,
+};
 
 pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("obj_namespaces");
 /// (namespace, key, version) → [`ObjectRecord`].
 pub(crate) const OBJECTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("obj_objects");
 /// chunk id → [`ChunkRecord`].
 pub(crate) const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("obj_chunks");
-
-/// Longest namespace name.
-pub const NS_NAME_MAX: usize = 128;
-/// Longest object key.
-pub const OBJECT_KEY_MAX: usize = 1024;
-
-/// Whether a put waits for remote copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Mode {
-    /// Acknowledged after durable copies exist in `min_sites` sites.
-    #[default]
-    Sync,
-    /// Acknowledged after the local copy; the rest is queued.
-    Async,
-}
-
-/// A namespace's replication policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NsPolicy {
-    /// Copies of every chunk.
-    pub copies: u32,
-    /// Sites that must hold a copy.
-    pub min_sites: u32,
-    /// Sync or async.
-    pub mode: Mode,
-    /// Async: lag above which the namespace is behind its policy.
-    pub max_lag_ms: u64,
-    /// Higher is replicated first.
-    pub priority: u32,
-    /// Versions of each key kept (tombstones included), at least 1.
-    pub versions_kept: u32,
-    /// Store chunks zstd-compressed when smaller.
-    pub compress: bool,
-}
-
-impl Default for NsPolicy {
-    fn default() -> Self {
-        Self {
-            copies: 3,
-            min_sites: 2,
-            mode: Mode::Sync,
-            max_lag_ms: 60_000,
-            priority: 0,
-            versions_kept: 1,
-            compress: false,
-        }
-    }
-}
-
-impl NsPolicy {
-    /// Why this policy is unusable, if it is.
-    pub fn problem(&self) -> Option<String> {
-        if self.copies == 0 || self.copies > 16 {
-            return Some(format!("copies must be 1..=16, not {}", self.copies));
-        }
-        if self.min_sites == 0 || self.min_sites > self.copies {
-            return Some(format!(
-                "min_sites must be 1..=copies ({}), not {}",
-                self.copies, self.min_sites
-            ));
-        }
-        if self.versions_kept == 0 || self.versions_kept > 10_000 {
-            return Some(format!("versions_kept must be 1..=10000, not {}", self.versions_kept));
-        }
-        None
-    }
-}
-
-/// One chunk of an object, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRef {
-    /// SHA-256 of the chunk.
-    pub id: ChunkId,
-    /// Uncompressed length.
-    pub len: u32,
-}
-
-/// What a put commits: the object's layout and where its chunks already are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Total bytes.
-    pub size: u64,
-    /// SHA-256 of the whole object.
-    pub sha256: [u8; 32],
-    /// Chunks in order (a chunk may repeat).
-    pub chunks: Vec<ChunkRef>,
-    /// Nodes holding a durable, verified copy of every chunk.
-    pub holders: Vec<NodeId>,
-    /// Proposer's clock, ms since the epoch.
-    pub created_ms: u64,
-}
-
-/// One stored version of an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectRecord {
-    /// Total bytes (0 for a tombstone).
-    pub size: u64,
-    /// SHA-256 of the whole object.
-    pub sha256: [u8; 32],
-    /// Chunks in order.
-    pub chunks: Vec<ChunkRef>,
-    /// When it was written (proposer's clock).
-    pub created_ms: u64,
-    /// A tombstone.
-    pub deleted: bool,
-}
-
-/// Where a chunk is and how many object versions use it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRecord {
-    /// Object versions referring to the chunk.
-    pub refs: u64,
-    /// Nodes holding a verified copy, sorted.
-    pub holders: Vec<NodeId>,
-    /// Uncompressed length.
-    pub len: u32,
-    /// When the chunk was first committed (proposer's clock), for the lag metric.
-    pub since_ms: u64,
-}
-
-/// A namespace as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NsRecord {
-    /// Policy.
-    pub policy: NsPolicy,
-    /// Creation time (proposer's clock).
-    pub created_ms: u64,
-}
 
 /// The tables the object commands write.
 pub(crate) struct ObjTables<'t> {

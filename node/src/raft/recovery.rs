@@ -29,7 +29,7 @@ use openraft::{LogId, Vote};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::store::{read_value, write_value_durably, KEY_VOTE, META};
+use super::db::{read_value, write_value_durably, KEY_VOTE, META};
 use super::{ArkRaft, NodeId, TypeConfig};
 
 const KEY_DAMAGE: &str = "log_damage";

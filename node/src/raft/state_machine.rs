@@ -29,8 +29,8 @@ use openraft::{
 use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::codec::{decode, decode_with_limit, encode};
 use super::objects::{self, ObjSnapshot, ObjTables};
-use super::store::{decode, decode_with_limit, encode};
 use super::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConfig};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_kv");
@@ -479,7 +479,7 @@ fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, StorageError<NodeI
 
 impl StateMachine {
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
-        super::store::read_value(&self.db, SM_META, key).map_err(|e| sm_read_err(std::io::Error::other(e)))
+        super::db::read_value(&self.db, SM_META, key).map_err(|e| sm_read_err(std::io::Error::other(e)))
     }
 }
 
@@ -808,7 +808,7 @@ fn commit_gen(
 
 /// The applied position committed to redb (what a read transaction sees now).
 pub(crate) fn applied_in_db(db: &Database) -> Result<Option<LogId<NodeId>>, String> {
-    Ok(super::store::read_value::<Option<LogId<NodeId>>>(db, SM_META, KEY_APPLIED)?.flatten())
+    Ok(super::db::read_value::<Option<LogId<NodeId>>>(db, SM_META, KEY_APPLIED)?.flatten())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -28,10 +28,9 @@ use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::db::{read_value, write_value_durably, KEY_VOTE, META};
 use super::wal::{SharedIndex, Wal};
 use super::{NodeId, TypeConfig};
 use crate::latency::LatencyStats;
@@ -39,9 +38,6 @@ use crate::latency::LatencyStats;
 /// Where versions before the log files kept the log; read once to move it (see
 /// [`migrate_from_database`]).
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-
-pub(crate) const KEY_VOTE: &str = "vote";
 const KEY_PURGED: &str = "last_purged";
 
 /// Most queued log writes the writer folds into one transaction (and one fsync).
@@ -225,47 +221,6 @@ impl LogStore {
             .map_err(|_| write_err(std::io::Error::other("log writer thread has stopped")))?
             .map_err(|e| write_err(std::io::Error::other(e)))
     }
-}
-
-/// One value of a `&str`-keyed table of the database, decoded; `None` when the key is absent.
-pub(crate) fn read_value<T: DeserializeOwned>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-) -> Result<Option<T>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let t = tx.open_table(table).map_err(|e| e.to_string())?;
-    let v = t.get(key).map_err(|e| e.to_string())?;
-    match v {
-        Some(v) => decode(v.value()).map(Some).map_err(|e| e.to_string()),
-        None => Ok(None),
-    }
-}
-
-/// Writes (or, with `None`, removes) one value of a `&str`-keyed table in a durable commit:
-/// when this returns Ok, the change survives a crash.
-pub(crate) fn write_value_durably<T: Serialize>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-    value: Option<&T>,
-) -> Result<(), String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    let mut tx = db.begin_write().map_err(|e| s(&e))?;
-    tx.set_durability(Durability::Immediate);
-    {
-        let mut t = tx.open_table(table).map_err(|e| s(&e))?;
-        match value {
-            Some(v) => {
-                let b = encode(v).map_err(|e| s(&e))?;
-                t.insert(key, b.as_slice()).map_err(|e| s(&e))?;
-            }
-            None => {
-                t.remove(key).map_err(|e| s(&e))?;
-            }
-        }
-    }
-    tx.commit().map_err(|e| s(&e))
 }
 
 fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
