@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cache::ChunkCache;
-use crate::chunks::{ChunkId, ChunkStore};
+use ark_proto::v1::ChunkState;
+
+use crate::chunks::{ChunkError, ChunkId, ChunkStore};
 use crate::config::ObjectsConfig;
 use crate::net::{NetError, PeerPool};
 use crate::raft::front::Front;
@@ -156,6 +158,22 @@ impl DataPlane {
             slow_holders: Default::default(),
             claims,
         }
+    }
+
+    /// Re-hashes this node's copies of `ids`: intact, missing or corrupt, in order.
+    pub async fn verify_local(&self, ids: Vec<ChunkId>) -> Result<Vec<ChunkState>, DataError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|id| match store.verify(id) {
+                    Ok(()) => ChunkState::Ok,
+                    Err(ChunkError::NotFound { .. }) => ChunkState::Missing,
+                    Err(_) => ChunkState::Corrupt,
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| DataError::Local(e.to_string()))
     }
 
     /// Head of the repair queue and its length, as the last pass on this leader left them

@@ -14,7 +14,7 @@ use ark_proto::v1::{
 use bytes::Bytes;
 
 use super::{chunk_timeout, parse_ids, DataError, DataPlane, Peer, PRESTAGE_TIMEOUT};
-use crate::chunks::{chunk_id, to_hex, ChunkError, ChunkId};
+use crate::chunks::{chunk_id, to_hex, ChunkId};
 use crate::raft::NodeId;
 
 impl DataPlane {
@@ -217,22 +217,7 @@ impl DataPlane {
     /// Asks node `p` to re-hash `ids`.
     pub async fn verify_on(&self, p: &Peer, ids: &[ChunkId], bytes: u64) -> Result<Vec<ChunkState>, DataError> {
         if p.id == self.id {
-            let store = self.store.clone();
-            let ids = ids.to_vec();
-            return tokio::task::spawn_blocking(move || {
-                ids.iter()
-                    .map(|id| match store.verify(id) {
-                        Ok(()) => ChunkState::Ok,
-                        Err(ChunkError::NotFound { .. }) => ChunkState::Missing,
-                        Err(_) => ChunkState::Corrupt,
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(|e| DataError::Remote {
-                node: self.id,
-                msg: e.to_string(),
-            });
+            return self.verify_local(ids.to_vec()).await;
         }
         let body = peer_request::Body::ChunkVerify(ChunkIds {
             ids: ids.iter().map(|i| i.to_vec()).collect(),

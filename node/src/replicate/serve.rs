@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use ark_proto::v1::{
-    peer_request, peer_response, ChunkIds, ChunkPull, ChunkPut, ChunkState, ChunkStates, ObjectRef, PeerAddr,
-    PeerRequest, PeerResponse, PrestageAck, TelemetryReport,
+    peer_request, peer_response, ChunkIds, ChunkPull, ChunkPut, ChunkStates, ObjectRef, PeerAddr, PeerRequest,
+    PeerResponse, PrestageAck, TelemetryReport,
 };
 
 use super::{parse_id, parse_ids, DataPlane, Peer, PRESTAGE_OBJECTS_MAX};
@@ -68,23 +68,12 @@ impl DataPlane {
             },
             peer_request::Body::ChunkVerify(ids) => match parse_ids(&ids.ids) {
                 Err(e) => peer_response::Body::Failure(e),
-                Ok(ids) => {
-                    let store = self.store.clone();
-                    let states = tokio::task::spawn_blocking(move || {
-                        ids.iter()
-                            .map(|id| match store.verify(id) {
-                                Ok(()) => ChunkState::Ok as i32,
-                                Err(ChunkError::NotFound { .. }) => ChunkState::Missing as i32,
-                                Err(_) => ChunkState::Corrupt as i32,
-                            })
-                            .collect()
-                    })
-                    .await;
-                    match states {
-                        Ok(states) => peer_response::Body::ChunkStates(ChunkStates { states }),
-                        Err(e) => peer_response::Body::Failure(e.to_string()),
-                    }
-                }
+                Ok(ids) => match self.verify_local(ids).await {
+                    Ok(states) => peer_response::Body::ChunkStates(ChunkStates {
+                        states: states.into_iter().map(|s| s as i32).collect(),
+                    }),
+                    Err(e) => peer_response::Body::Failure(e.to_string()),
+                },
             },
             peer_request::Body::ChunkPull(p) => self.handle_pull(p).await,
             peer_request::Body::ForwardWrite(b) => self.front.serve_forwarded_write(&b).await,
