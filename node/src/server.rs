@@ -172,15 +172,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     bootstrap(&cfg, &raft).await?;
     tracing::info!("[4/6] raft started");
 
-    let metrics_task = match (cfg.listen.metrics, prom) {
-        (Some(addr), Some(handle)) => {
+    // `/readyz` answers what gRPC health answers: set with it below.
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let metrics_task = match cfg.listen.metrics {
+        Some(addr) => {
             let l = crate::metrics::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind metrics listener on {addr}"))?;
-            Some(tokio::spawn(crate::metrics::serve(l, handle, stopped(stop_rx.clone()))))
+            let serve = crate::metrics::serve(l, prom.clone(), ready_rx, stopped(stop_rx.clone()));
+            Some(tokio::spawn(serve))
         }
-        _ => None,
+        None => None,
     };
+    let upkeep_task = prom.map(|h| tokio::spawn(crate::metrics::upkeep(h, stopped(stop_rx.clone()))));
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
@@ -271,6 +275,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     reporter.set_service_status("", st).await;
                     reporter.set_service_status("ark.v1.Kv", st).await;
                     reporter.set_service_status("ark.v1.Objects", st).await;
+                    ready_tx.send_replace(serving);
                     if serving {
                         tracing::info!("[6/6] ready: a leader is known, serving clients");
                         crate::notify::notify("READY=1\nSTATUS=serving: a leader is known");
@@ -279,10 +284,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     }
                 }
                 tokio::select! {
-                    c = rx.changed() => if c.is_err() { return },
-                    _ = stop.wait_for(|s| *s) => return,
+                    c = rx.changed() => if c.is_err() { break },
+                    _ = stop.wait_for(|s| *s) => break,
                 }
             }
+            // A stopping node is not ready, whatever it knew last.
+            ready_tx.send_replace(false);
         })
     };
 
@@ -337,6 +344,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     endpoint.close();
     let _ = peer_task.await;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = upkeep_task {
         let _ = t.await;
     }
     drop(raft);

@@ -869,3 +869,18 @@ impl Objects for ObjectsService {
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once by
+/// [`crate::metrics::install`].
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_object_puts_total",
+        "Object uploads, by result (ok, or aborted when the upload failed or the client went away)."
+    );
+    describe_counter!(
+        "ark_object_put_bytes_total",
+        Unit::Bytes,
+        "Bytes of objects stored by successful uploads (before compression)."
+    );
+}

@@ -978,3 +978,49 @@ impl PeerHandler for PeerRouter {
         }
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once by
+/// [`crate::metrics::install`].
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_prestage_chunks_total",
+        "Chunks of hot objects pre-staged on this node, by result (fetched, cached, local, failed)."
+    );
+    describe_counter!(
+        "ark_replication_bytes_sent_total",
+        Unit::Bytes,
+        "Chunk bytes pushed to peers."
+    );
+    describe_counter!("ark_replication_chunks_sent_total", "Chunks pushed to peers.");
+    describe_counter!(
+        "ark_chunk_fetch_hedged_total",
+        "Chunk fetches that asked a second holder because the first was slow."
+    );
+    describe_counter!(
+        "ark_replication_bytes_fetched_total",
+        Unit::Bytes,
+        "Verified chunk bytes fetched from peers."
+    );
+    describe_counter!(
+        "ark_chunks_bad_from_peer_total",
+        "Chunks fetched from a peer whose bytes did not match their id."
+    );
+    describe_counter!(
+        "ark_chunks_repaired_total",
+        "Missing or corrupt local chunks rewritten from a good copy, by (read, scrub)."
+    );
+    describe_counter!(
+        "ark_object_reads_failed_total",
+        "Chunk reads for an object that no holder could serve."
+    );
+    describe_counter!(
+        "ark_replication_bytes_received_total",
+        Unit::Bytes,
+        "Chunk bytes received from peers and stored."
+    );
+    describe_counter!(
+        "ark_replication_chunks_refused_total",
+        "Chunks pushed by a peer that this node refused to store."
+    );
+}
