@@ -88,3 +88,127 @@ impl ChunkCache {
         }
     }
 }
+
+/// foyer 0.12's metric names that break Prometheus conventions, and the names Ark exports
+/// them under: a counter without `_total` (which `promtool check metrics` refuses) and
+/// durations and sizes without their unit. foyer records them itself, so
+/// [`crate::metrics`] renames them on their way into the recorder.
+const FOYER_RENAMES: &[(&str, &str)] = &[
+    ("foyer_memory_usage", "foyer_memory_usage_bytes"),
+    ("foyer_storage_op_duration", "foyer_storage_op_duration_seconds"),
+    (
+        "foyer_storage_inner_op_duration",
+        "foyer_storage_inner_op_duration_seconds",
+    ),
+    ("foyer_storage_disk_io_bytes", "foyer_storage_disk_io_bytes_total"),
+    (
+        "foyer_storage_disk_io_duration",
+        "foyer_storage_disk_io_duration_seconds",
+    ),
+    (
+        "foyer_storage_entry_serde_duration",
+        "foyer_storage_entry_serde_duration_seconds",
+    ),
+    ("foyer_hybrid_op_duration", "foyer_hybrid_op_duration_seconds"),
+];
+
+/// The name Ark exports foyer's metric `name` under, if foyer's own does not follow
+/// Prometheus conventions.
+pub(crate) fn foyer_metric_name(name: &str) -> Option<&'static str> {
+    if !name.starts_with("foyer_") {
+        return None;
+    }
+    FOYER_RENAMES.iter().find(|(from, _)| *from == name).map(|(_, to)| *to)
+}
+
+/// foyer's histograms (after [`foyer_metric_name`]), all durations in seconds; their
+/// operations take microseconds in memory up to milliseconds on disk.
+pub(crate) const FOYER_HISTOGRAMS: &[&str] = &[
+    "foyer_storage_op_duration_seconds",
+    "foyer_storage_inner_op_duration_seconds",
+    "foyer_storage_disk_io_duration_seconds",
+    "foyer_storage_entry_serde_duration_seconds",
+    "foyer_hybrid_op_duration_seconds",
+];
+
+/// Describes this module's metrics and foyer's (which foyer 0.12 leaves undescribed; every
+/// family carries the label `name`, the cache's name `ark-chunks`) to the recorder; called
+/// once at start-up by `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("ark_cache_misses_total", "Chunk cache lookups that found nothing.");
+    describe_counter!(
+        "ark_cache_corrupt_total",
+        "Chunk cache hits whose bytes did not match their id (dropped)."
+    );
+    describe_counter!(
+        "ark_cache_hits_total",
+        "Chunk cache lookups served with verified bytes."
+    );
+    describe_counter!("ark_cache_inserts_total", "Chunks inserted into the chunk cache.");
+
+    describe_counter!(
+        "foyer_memory_op_total",
+        "foyer memory tier operations, by op (insert, replace, hit, miss, remove, evict, reinsert, release, queue, fetch)."
+    );
+    describe_gauge!(
+        "foyer_memory_usage_bytes",
+        Unit::Bytes,
+        "Weight of the entries in foyer's memory tier (chunk bytes plus 32 per entry)."
+    );
+    describe_counter!(
+        "foyer_storage_op_total",
+        "foyer disk tier operations, by op (enqueue, hit, miss, delete)."
+    );
+    describe_histogram!(
+        "foyer_storage_op_duration_seconds",
+        Unit::Seconds,
+        "Duration of foyer disk tier operations, by op (enqueue, hit, miss, delete)."
+    );
+    describe_counter!(
+        "foyer_storage_inner_op_total",
+        "foyer disk tier internal operations, by op (queue_rotate, queue_drop)."
+    );
+    describe_histogram!(
+        "foyer_storage_inner_op_duration_seconds",
+        Unit::Seconds,
+        "Duration of foyer disk tier internal operations, by op (queue_rotate)."
+    );
+    describe_counter!(
+        "foyer_storage_disk_io_total",
+        "foyer disk tier I/O calls, by op (write, read, flush)."
+    );
+    describe_counter!(
+        "foyer_storage_disk_io_bytes_total",
+        Unit::Bytes,
+        "Bytes foyer's disk tier wrote and read, by op (write, read)."
+    );
+    describe_histogram!(
+        "foyer_storage_disk_io_duration_seconds",
+        Unit::Seconds,
+        "Duration of foyer disk tier I/O calls, by op (write, read, flush)."
+    );
+    describe_gauge!(
+        "foyer_storage_region",
+        "foyer disk tier regions, by type (total, clean, evictable)."
+    );
+    describe_gauge!(
+        "foyer_storage_region_size_bytes",
+        Unit::Bytes,
+        "Size of one foyer disk tier region."
+    );
+    describe_histogram!(
+        "foyer_storage_entry_serde_duration_seconds",
+        Unit::Seconds,
+        "Time foyer spends encoding and decoding entries for its disk tier, by op (serialize, deserialize)."
+    );
+    describe_counter!(
+        "foyer_hybrid_op_total",
+        "foyer hybrid cache operations, by op (insert, hit, miss, remove)."
+    );
+    describe_histogram!(
+        "foyer_hybrid_op_duration_seconds",
+        Unit::Seconds,
+        "Duration of foyer hybrid cache operations, by op (insert, hit, miss, remove, fetch)."
+    );
+}

@@ -606,6 +606,32 @@ pub fn successor(
         })
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "ark_node_failure_risk",
+        "Forecast probability that the node's drive fails, by node (leader only; 0 without evidence)."
+    );
+    describe_gauge!(
+        "ark_node_load_forecast_min_bytes_per_second",
+        "Lowest forecast peer traffic of the node over the load horizon, by node (leader only)."
+    );
+    describe_counter!(
+        "ark_risk_load_trainings_total",
+        "Load forecaster trainings on the leader, by result (ok, error)."
+    );
+    describe_counter!(
+        "ark_risk_load_models_loaded_total",
+        "Stored load forecasters loaded by a new leader, by result (ok, error)."
+    );
+    describe_counter!(
+        "ark_risk_model_loads_total",
+        "Failure forecaster loads from the cluster object risk.model_object, by result (ok, error)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,7 @@ async fn stop_within(name: &str, task: tokio::task::JoinHandle<()>) {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let id = cfg.node_id;
     tracing::info!(node_id = id, site = %cfg.site, "[1/6] config loaded");
-    let prom = crate::metrics::install();
+    let prom = crate::metrics::install(describe_all_metrics);
 
     let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
     let db = open_database(&cfg.data_dir)?;
@@ -179,15 +179,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     bootstrap(&cfg, &raft).await?;
     tracing::info!("[4/6] raft started");
 
-    let metrics_task = match (cfg.listen.metrics, prom) {
-        (Some(addr), Some(handle)) => {
+    // `/readyz` answers what gRPC health answers: set with it below.
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let metrics_task = match cfg.listen.metrics {
+        Some(addr) => {
             let l = crate::metrics::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind metrics listener on {addr}"))?;
-            Some(tokio::spawn(crate::metrics::serve(l, handle, stopped(stop_rx.clone()))))
+            let serve = crate::metrics::serve(l, prom.clone(), ready_rx, stopped(stop_rx.clone()));
+            Some(tokio::spawn(serve))
         }
-        _ => None,
+        None => None,
     };
+    let upkeep_task = prom.map(|h| tokio::spawn(crate::metrics::upkeep(h, stopped(stop_rx.clone()))));
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
@@ -279,6 +283,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     reporter.set_service_status("", st).await;
                     reporter.set_service_status("ark.v1.Kv", st).await;
                     reporter.set_service_status("ark.v1.Objects", st).await;
+                    ready_tx.send_replace(serving);
                     if serving {
                         tracing::info!("[6/6] ready: a leader is known, serving clients");
                         crate::notify::notify("READY=1\nSTATUS=serving: a leader is known");
@@ -287,10 +292,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     }
                 }
                 tokio::select! {
-                    c = rx.changed() => if c.is_err() { return },
-                    _ = stop.wait_for(|s| *s) => return,
+                    c = rx.changed() => if c.is_err() { break },
+                    _ = stop.wait_for(|s| *s) => break,
                 }
             }
+            // A stopping node is not ready, whatever it knew last.
+            ready_tx.send_replace(false);
         })
     };
 
@@ -345,6 +352,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     endpoint.close();
     let _ = peer_task.await;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = upkeep_task {
         let _ = t.await;
     }
     drop(raft);
@@ -402,4 +412,29 @@ async fn bootstrap(cfg: &NodeConfig, raft: &ArkRaft) -> anyhow::Result<()> {
     tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
     raft.initialize(members).await.context("initialising the cluster")?;
     Ok(())
+}
+
+/// Describes every metric the node records, each by the module that records it (passed to
+/// [`crate::metrics::install`]).
+pub(crate) fn describe_all_metrics() {
+    crate::api::client_cert::describe_metrics();
+    crate::api::cluster::describe_metrics();
+    crate::api::kv::describe_metrics();
+    crate::api::objects::describe_metrics();
+    crate::raft::proposer::describe_metrics();
+    crate::cache::describe_metrics();
+    crate::chunks::store::describe_metrics();
+    crate::net::describe_metrics();
+    crate::net::fault::describe_metrics();
+    crate::raft::network::describe_metrics();
+    crate::raft::recovery::describe_metrics();
+    crate::raft::state_machine::describe_metrics();
+    crate::raft::store::describe_metrics();
+    crate::replicate::read::describe_metrics();
+    crate::replicate::rpc::describe_metrics();
+    crate::replicate::serve::describe_metrics();
+    crate::replicate::queue::describe_metrics();
+    crate::replicate::scrub::describe_metrics();
+    crate::risk::describe_metrics();
+    crate::telemetry::describe_metrics();
 }

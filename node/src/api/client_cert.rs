@@ -43,3 +43,13 @@ impl ClientCertRule {
         Ok(req)
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_client_node_certificates_refused_total",
+        "Client API calls refused because they came with a node certificate (tls.allow_node_clients is off)."
+    );
+}

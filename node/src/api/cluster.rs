@@ -270,3 +270,13 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership_response(res)))
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_membership_changes_total",
+        "Membership changes committed through this node, by op (add_learner, promote, remove)."
+    );
+}

@@ -151,3 +151,18 @@ impl Kv for KvService {
         }))
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "ark_kv_requests_total",
+        "KV requests, by op and result (ok, not_leader, error); reads are counted once answered."
+    );
+    describe_histogram!(
+        "ark_kv_request_duration_seconds",
+        Unit::Seconds,
+        "Time from receiving a KV write to its commit and apply, by op."
+    );
+}

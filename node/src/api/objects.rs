@@ -686,3 +686,18 @@ impl Objects for ObjectsService {
         }
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_object_puts_total",
+        "Object uploads, by result (ok, or aborted when the upload failed or the client went away)."
+    );
+    describe_counter!(
+        "ark_object_put_bytes_total",
+        Unit::Bytes,
+        "Bytes of objects stored by successful uploads (before compression)."
+    );
+}

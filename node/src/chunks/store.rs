@@ -676,6 +676,26 @@ fn fanout_byte(dir: &Path) -> Option<u8> {
     u8::from_str_radix(name, 16).ok()
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use ::metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_chunks_put_existing_total",
+        "Chunk writes skipped because an intact copy was already on disk."
+    );
+    describe_counter!("ark_chunks_written_total", "Chunk files written and made durable.");
+    describe_counter!(
+        "ark_chunks_written_bytes_total",
+        Unit::Bytes,
+        "Bytes of chunk files written (after compression)."
+    );
+    describe_counter!(
+        "ark_chunks_corrupt_total",
+        "Chunk files found corrupt on read (hash or format mismatch)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

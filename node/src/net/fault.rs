@@ -274,6 +274,16 @@ impl AsyncUdpSocket for FaultySocket {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_fault_datagrams_dropped_total",
+        "Peer UDP datagrams dropped by the configured fault rules, by dir (out, in, loss); drills only."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

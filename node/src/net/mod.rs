@@ -665,6 +665,28 @@ impl PeerPool {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_peer_connections_refused_total",
+        "Incoming peer connections refused in the TLS handshake (no certificate from the cluster CA)."
+    );
+    describe_counter!(
+        "ark_peer_requests_refused_total",
+        "Peer requests refused because their sender is not the node the connection's certificate names."
+    );
+    describe_counter!(
+        "ark_peer_connects_total",
+        "Outgoing peer connection attempts, by result (ok, error)."
+    );
+    describe_counter!(
+        "ark_peer_rpc_timeouts_kept_total",
+        "Peer RPC timeouts after which the connection was kept because the peer was still sending."
+    );
+}
+
 #[cfg(test)]
 mod frame_props;
 

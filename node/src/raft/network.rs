@@ -303,6 +303,25 @@ impl PeerHandler for RaftPeerService {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_histogram!(
+        "ark_peer_rpc_duration_seconds",
+        Unit::Seconds,
+        "Duration of Raft RPCs to peers, by kind (vote, append_entries, install_snapshot)."
+    );
+    describe_counter!(
+        "ark_peer_rpc_total",
+        "Raft RPCs to peers, by kind and result (ok, error)."
+    );
+    describe_counter!(
+        "ark_raft_append_entries_capped_total",
+        "AppendEntries RPCs cut to raft.append_entries_max_bytes (the rest follows in the next RPC)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

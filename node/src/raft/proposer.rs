@@ -129,3 +129,19 @@ async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize, c
         });
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_histogram, Unit};
+    describe_histogram!(
+        "ark_raft_entry_ops",
+        Unit::Count,
+        "Client writes folded into one Raft log entry (1 up to OPS_PER_ENTRY_MAX)."
+    );
+    describe_histogram!(
+        "ark_raft_entry_commit_seconds",
+        Unit::Seconds,
+        "Time from proposing a log entry to its commit and apply."
+    );
+}

@@ -164,6 +164,16 @@ pub struct HealTarget {
     last_sent: Option<LogId<NodeId>>,
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_gauge;
+    describe_gauge!(
+        "ark_raft_log_damaged",
+        "1 while this node's Raft log is damaged and it neither votes nor campaigns, else 0."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -1039,6 +1039,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_histogram!(
+        "ark_sm_flush_seconds",
+        Unit::Seconds,
+        "Time to flush the state machine's in-memory overlay to the database."
+    );
+    describe_counter!(
+        "ark_raft_snapshots_installed_total",
+        "Raft snapshots received from a leader and installed."
+    );
+    describe_counter!("ark_raft_snapshots_built_total", "Raft snapshots built by this node.");
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::{CommittedLeaderId, LogId};

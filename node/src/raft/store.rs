@@ -507,6 +507,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_histogram, Unit};
+    describe_histogram!(
+        "ark_raft_log_fsync_seconds",
+        Unit::Seconds,
+        "Time of one Raft log group commit (write and fdatasync)."
+    );
+    describe_histogram!(
+        "ark_raft_log_flush_batch_size",
+        Unit::Count,
+        "Log operations in one group commit (1 up to 4096)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -246,3 +246,38 @@ async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
         }
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "ark_chunks_without_live_copy",
+        "Chunks none of whose holders is a live member (leader only; last repair pass)."
+    );
+    describe_gauge!(
+        "ark_namespace_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest object in the namespace not yet at its full copy count (leader only)."
+    );
+    describe_gauge!(
+        "ark_namespace_behind_objects",
+        "Objects in the namespace not yet at their full copy count (leader only)."
+    );
+    describe_gauge!(
+        "ark_replication_queue_chunks",
+        "Chunks in the leader's re-replication queue."
+    );
+    describe_gauge!(
+        "ark_replication_queue_head_loss_probability",
+        "Probability of loss of the chunk at the head of the repair queue (0 when empty)."
+    );
+    describe_counter!(
+        "ark_repair_deferred_batches_total",
+        "Repair batches deferred into a forecast load trough."
+    );
+    describe_counter!(
+        "ark_replication_repaired_chunks_total",
+        "Chunk copies added by the leader's repair queue."
+    );
+}

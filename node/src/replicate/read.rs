@@ -117,3 +117,17 @@ impl DataPlane {
         peers
     }
 }
+
+/// Describes this file's metrics (HELP text and unit) to the recorder; called once at
+/// start-up by `server`.
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_chunks_repaired_total",
+        "Missing or corrupt local chunks rewritten from a good copy, by (read, scrub)."
+    );
+    describe_counter!(
+        "ark_object_reads_failed_total",
+        "Chunk reads for an object that no holder could serve."
+    );
+}

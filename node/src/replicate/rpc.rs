@@ -274,3 +274,28 @@ impl DataPlane {
         }
     }
 }
+
+/// Describes this file's metrics (HELP text and unit) to the recorder; called once at
+/// start-up by `server`.
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_replication_bytes_sent_total",
+        Unit::Bytes,
+        "Chunk bytes pushed to peers."
+    );
+    describe_counter!("ark_replication_chunks_sent_total", "Chunks pushed to peers.");
+    describe_counter!(
+        "ark_chunk_fetch_hedged_total",
+        "Chunk fetches that asked a second holder because the first was slow."
+    );
+    describe_counter!(
+        "ark_replication_bytes_fetched_total",
+        Unit::Bytes,
+        "Verified chunk bytes fetched from peers."
+    );
+    describe_counter!(
+        "ark_chunks_bad_from_peer_total",
+        "Chunks fetched from a peer whose bytes did not match their id."
+    );
+}

@@ -166,3 +166,22 @@ impl DataPlane {
         Ok(r)
     }
 }
+
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_chunks_collected_total",
+        "Unreferenced chunk files removed by garbage collection."
+    );
+    describe_counter!(
+        "ark_scrub_chunks_checked_total",
+        "Chunk files re-hashed by the scrubber."
+    );
+    describe_counter!("ark_scrub_corrupt_total", "Chunk files the scrubber found corrupt.");
+    describe_counter!(
+        "ark_scrub_missing_total",
+        "Chunks the metadata says this node holds but that are not on its disk."
+    );
+}

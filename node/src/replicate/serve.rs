@@ -246,3 +246,22 @@ impl PeerHandler for PeerRouter {
         }
     }
 }
+
+/// Describes this file's metrics (HELP text and unit) to the recorder; called once at
+/// start-up by `server`.
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, Unit};
+    describe_counter!(
+        "ark_prestage_chunks_total",
+        "Chunks of hot objects pre-staged on this node, by result (fetched, cached, local, failed)."
+    );
+    describe_counter!(
+        "ark_replication_bytes_received_total",
+        Unit::Bytes,
+        "Chunk bytes received from peers and stored."
+    );
+    describe_counter!(
+        "ark_replication_chunks_refused_total",
+        "Chunks pushed by a peer that this node refused to store."
+    );
+}

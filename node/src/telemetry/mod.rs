@@ -694,6 +694,83 @@ impl crate::replicate::serve::ReportInbox for Telemetry {
     }
 }
 
+/// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
+/// `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "ark_link_rtt_seconds",
+        Unit::Seconds,
+        "Round-trip time of the QUIC connection to the peer, by peer (latest sample)."
+    );
+    describe_gauge!(
+        "ark_link_bytes_per_second",
+        "Traffic on the link to the peer in bytes per second, by peer and direction (tx, rx)."
+    );
+    describe_gauge!(
+        "ark_link_inflight_rpcs",
+        "RPCs to the peer in flight when sampled, by peer."
+    );
+    describe_gauge!(
+        "ark_link_inflight_peak_rpcs",
+        "Most RPCs to the peer in flight at once during the last interval, by peer."
+    );
+    describe_counter!(
+        "ark_link_rpc_timeouts_total",
+        "RPCs to the peer that timed out, by peer."
+    );
+    describe_counter!(
+        "ark_link_rpc_errors_total",
+        "RPCs to the peer that failed other than by timeout, by peer."
+    );
+    describe_gauge!(
+        "ark_log_fsync_max_seconds",
+        Unit::Seconds,
+        "Longest Raft log group commit in the last interval with log writes."
+    );
+    describe_gauge!(
+        "ark_log_fsync_mean_seconds",
+        Unit::Seconds,
+        "Mean Raft log group commit in the last interval with log writes."
+    );
+    describe_gauge!(
+        "ark_disk_free_bytes",
+        Unit::Bytes,
+        "Free space of the filesystem holding the data dir."
+    );
+    describe_gauge!(
+        "ark_disk_total_bytes",
+        Unit::Bytes,
+        "Size of the filesystem holding the data dir."
+    );
+    describe_gauge!("ark_cpu_load1", "One-minute load average of the host.");
+    describe_gauge!(
+        "ark_cpu_busy_ratio",
+        "Share of CPU time busy over the last interval (0..1)."
+    );
+    describe_gauge!(
+        "ark_smart_attribute_raw",
+        "Raw value of a SMART attribute of the data dir's drive, by id (ATA id or nvme_KEY)."
+    );
+    describe_counter!(
+        "ark_telemetry_reports_sent_total",
+        "Telemetry reports sent to the leader, by result (ok, refused, error)."
+    );
+    describe_gauge!(
+        "ark_telemetry_window_points",
+        "Points the leader holds over all series of the node, by node (0 once it left)."
+    );
+    describe_gauge!(
+        "ark_telemetry_report_age_seconds",
+        Unit::Seconds,
+        "Time since the leader last stored a report from the node, by node."
+    );
+    describe_counter!(
+        "ark_telemetry_reports_received_total",
+        "Telemetry reports received, by result (ok, not_leader, not_member, invalid, internal)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
