@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 
-use crate::client::ArkClient;
-use crate::playground::{self, Layout, Playground};
+use ark_client::ArkClient;
+use ark_playground::playground::{self, Layout, Playground};
 
 /// Outcome of one demo run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -170,7 +170,7 @@ async fn tour(dir: &std::path::Path, pg: &Playground, say: &dyn Fn(&str)) -> any
     ));
     let mut lost = 0;
     for (k, v) in &acked {
-        match client.get(k, false).await? {
+        match client.get(k, &ark_client::ReadOptions::LINEARIZABLE).await? {
             Some(got) if &got.value == v => {}
             _ => lost += 1,
         }

@@ -7,18 +7,16 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ark_client::objects::{GetOptions, PutOptions, PutSource};
-use ark_client::playground::{self, Layout};
+use ark_client::{ClusterStatus, DurabilityMode, NamespacePolicy};
 use ark_forecast::data::EntityTable;
 use ark_forecast::history::{entity_history, write_history};
 use ark_forecast::{FailureConfig, FailureForecaster};
-use ark_proto::v1::{DurabilityMode, NamespacePolicy, StatusResponse};
-use common::Pg;
+use ark_playground::playground::{self, Layout};
+use ark_playground::testkit::Pg;
 
 /// Milliseconds per replayed (and model) day.
 const DAY_MS: u64 = 500;
@@ -86,13 +84,13 @@ fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy 
     NamespacePolicy {
         copies,
         min_sites,
-        mode: mode as i32,
+        mode,
         versions_kept: 1,
         ..NamespacePolicy::default()
     }
 }
 
-async fn leader_status(pg: &Pg) -> StatusResponse {
+async fn leader_status(pg: &Pg) -> ClusterStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(s) = pg.client().status().await {
@@ -146,29 +144,25 @@ async fn put_in(pg: &Pg, ns: &str, node: u64, key: &str, byte: u8) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_flags_a_failing_node_and_moves_its_data_first() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     let work = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let (weights, histories) = prepare(work.path());
-    let mut settings = vec![
+    let settings = vec![
         (0, "risk".to_string(), format!("day_ms = {DAY_MS}")),
         (0, "telemetry".to_string(), format!("smart_replay_day_ms = {DAY_MS}")),
         // A small budget, so that the queue has a visible backlog.
         (0, "objects".to_string(), "repair_mib_per_s = 1".to_string()),
     ];
-    for (i, h) in histories.iter().enumerate() {
-        settings.push((
-            i as u64 + 1,
-            "telemetry".into(),
-            format!("smart_replay = {:?}", h.display().to_string()),
-        ));
-    }
-    let layout = Layout {
+    let mut layout = Layout {
         sites: 3,
         nodes_per_site: 1,
         ready_timeout: Duration::from_secs(60),
         settings,
         ..Layout::default()
     };
+    for (i, h) in histories.iter().enumerate() {
+        layout.replay_smart(i as u64 + 1, h);
+    }
     let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
     let pg = Pg { dir, children };
@@ -274,10 +268,10 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let successor = loop {
         let s = leader_status(&pg).await;
-        if s.prestage_node != 0 || Instant::now() > deadline {
+        if s.prestage_node.is_some() || Instant::now() > deadline {
             // Before any read there is no hot set, so nothing is pre-staged yet: pick the
             // successor the way the leader will, from the status.
-            break s.prestage_node;
+            break s.prestage_node.unwrap_or(0);
         }
         let eligible: Vec<u64> = s
             .nodes
@@ -305,7 +299,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     loop {
         let s = leader_status(&pg).await;
         let fetched = pg.metric(successor, "ark_prestage_chunks_total{result=\"fetched\"}");
-        if s.prestage_node == successor && s.prestage_objects >= 1 && fetched >= 1.0 {
+        if s.prestage_node == Some(successor) && s.prestage_objects >= 1 && fetched >= 1.0 {
             break;
         }
         assert!(
@@ -335,7 +329,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     // A short window and horizon: 2 x (6 + 3 + 20) = 58 one-second points to train on.
     let layout = Layout {
         sites: 3,
@@ -372,13 +366,23 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     let leader = s.leader_id.unwrap();
     assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
     let o = pg.ark(&["status"]);
-    assert!(common::stdout(&o).contains("forecast low"), "{}", common::stdout(&o));
+    assert!(
+        ark_playground::testkit::stdout(&o).contains("forecast low"),
+        "{}",
+        ark_playground::testkit::stdout(&o)
+    );
     // The weights are cluster objects...
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let keys: Vec<String> = pg
             .client()
-            .list_objects("_ark", "", false, 100, false)
+            .list_objects(
+                "_ark",
+                &ark_client::ListObjectsOptions {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
             .unwrap_or_default();
@@ -465,13 +469,15 @@ async fn the_successor_serves_the_pre_staged_hot_set_after_the_leaders_loss_with
     let mut last = -1.0;
     let successor = loop {
         let st = leader_status(&pg).await;
-        let fetched = if st.prestage_node != 0 {
-            pg.metric(st.prestage_node, "ark_prestage_chunks_total{result=\"fetched\"}")
-        } else {
-            0.0
+        let fetched = match st.prestage_node {
+            Some(n) => pg.metric(n, "ark_prestage_chunks_total{result=\"fetched\"}"),
+            None => 0.0,
         };
-        if st.prestage_node != 0 && st.prestage_objects as usize >= objects.len() && fetched > 0.0 && fetched == last {
-            break st.prestage_node;
+        if let Some(n) = st
+            .prestage_node
+            .filter(|_| st.prestage_objects as usize >= objects.len() && fetched > 0.0 && fetched == last)
+        {
+            break n;
         }
         last = fetched;
         assert!(

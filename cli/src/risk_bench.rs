@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_proto::v1::{DurabilityMode, NamespacePolicy};
+use ark_client::{DurabilityMode, NamespacePolicy};
 use nix::sys::signal::Signal;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::client::ArkClient;
-use crate::objects::{PutOptions, PutSource};
-use crate::playground::{self, Layout, Playground};
+use ark_client::objects::{PutOptions, PutSource};
+use ark_client::ArkClient;
+use ark_playground::playground::{self, Layout, Playground};
 
 /// The node that replays the failing drive and is killed.
 const VICTIM: u64 = 2;
@@ -96,7 +96,7 @@ fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy 
     NamespacePolicy {
         copies,
         min_sites,
-        mode: mode as i32,
+        mode,
         versions_kept: 1,
         ..NamespacePolicy::default()
     }
@@ -229,7 +229,7 @@ async fn run_one(
         let _ = playground::down(&dir, Duration::from_secs(5));
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    let mut settings = vec![
+    let settings = vec![
         (0, "risk".to_string(), format!("ordering = \"{ordering}\"")),
         (0, "risk".to_string(), format!("day_ms = {}", p.day_ms)),
         (
@@ -243,20 +243,15 @@ async fn run_one(
             format!("smart_replay_day_ms = {}", p.day_ms),
         ),
     ];
-    for (i, (path, _)) in drives.iter().enumerate() {
-        let abs = std::fs::canonicalize(path)?;
-        settings.push((
-            i as u64 + 1,
-            "telemetry".to_string(),
-            format!("smart_replay = {:?}", abs.display().to_string()),
-        ));
-    }
-    let layout = Layout {
+    let mut layout = Layout {
         sites: 3,
         nodes_per_site: 1,
         settings,
         ..Layout::default()
     };
+    for (i, (path, _)) in drives.iter().enumerate() {
+        layout.replay_smart(i as u64 + 1, &std::fs::canonicalize(path)?);
+    }
     let (pg, mut children) = playground::up(&dir, &layout).await?;
     let started = Instant::now();
     let result = drive(p, seed, ordering, drives, days, weights, &dir, &pg, started).await;
@@ -374,7 +369,7 @@ async fn drive(
     let by_key: std::collections::HashMap<String, (u32, bool)> = report
         .objects
         .iter()
-        .filter_map(|o| o.object.as_ref().map(|i| (i.key.clone(), (o.copies, o.at_policy))))
+        .map(|o| (o.object.key.clone(), (o.copies, o.at_policy)))
         .collect();
     let (mut objects_lost, mut bytes_lost, mut below) = (0, 0, 0);
     for (key, size) in &acked {
@@ -567,7 +562,7 @@ async fn prestage_run(
                 .get_object(
                     "hot",
                     &format!("obj-{i}"),
-                    &crate::objects::GetOptions::default(),
+                    &ark_client::objects::GetOptions::default(),
                     &mut sink,
                 )
                 .await?;
@@ -592,11 +587,8 @@ async fn prestage_run(
         let st = client
             .status_of(&pg.node(leader).context("leader")?.client_addr)
             .await?;
-        if prestage && st.prestage_node != 0 && st.prestage_node != successor {
-            bail!(
-                "the leader warmed node {} but the experiment expected {successor}",
-                st.prestage_node
-            );
+        if let Some(warmed) = st.prestage_node.filter(|&n| prestage && n != successor) {
+            bail!("the leader warmed node {warmed} but the experiment expected {successor}");
         }
         if !prestage || (now > 0.0 && now == last) || Instant::now() > deadline {
             break;
@@ -632,9 +624,9 @@ async fn prestage_run(
     // (and the successor has applied everything the new leader committed).
     let mut sink = Vec::new();
     let _ = via_s
-        .get_object("hot", "obj-0", &crate::objects::GetOptions::default(), &mut sink)
+        .get_object("hot", "obj-0", &ark_client::objects::GetOptions::default(), &mut sink)
         .await;
-    let stale = crate::objects::GetOptions {
+    let stale = ark_client::objects::GetOptions {
         stale: true,
         ..Default::default()
     };
@@ -652,7 +644,9 @@ async fn prestage_run(
     let mut index_ms = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        via_s.get("read-index-probe", false).await?;
+        via_s
+            .get("read-index-probe", &ark_client::ReadOptions::LINEARIZABLE)
+            .await?;
         index_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(PrestageReport {
