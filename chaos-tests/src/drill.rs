@@ -1039,7 +1039,7 @@ async fn drive(
     let pg = Playground::load(dir)?;
     let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
     crate::objects::create_namespace(&client, copies).await?;
-    let endpoints: Vec<String> = pg.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let endpoints = pg.client_addrs(|_| true);
     let workload = Workload::start(
         &client,
         &endpoints,

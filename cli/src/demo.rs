@@ -149,12 +149,7 @@ async fn tour(dir: &std::path::Path, pg: &Playground, say: &dyn Fn(&str)) -> any
     for w in writers {
         let _ = w.await;
     }
-    let survivors: Vec<String> = pg
-        .nodes
-        .iter()
-        .filter(|n| n.site != lost_site)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let survivors = pg.client_addrs(|n| n.site != lost_site);
     let client = client.with_endpoints(survivors);
     let status = client.status().await?;
     let new_leader = status.leader_id.context("no leader after failover")?;

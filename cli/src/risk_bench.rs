@@ -91,17 +91,6 @@ pub struct RunReport {
     pub victim_max_risk: Option<f64>,
 }
 
-/// A namespace policy keeping one version.
-fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
-    NamespacePolicy {
-        copies,
-        min_sites,
-        mode,
-        versions_kept: 1,
-        ..NamespacePolicy::default()
-    }
-}
-
 fn arkd_forecast(arkd: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(arkd)
         .arg("forecast")
@@ -280,7 +269,7 @@ async fn drive(
         bail!("node {VICTIM} won the first election; the experiment needs it to be a follower (rerun)");
     }
     client
-        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+        .create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await?;
     client
         .put_object(
@@ -291,7 +280,7 @@ async fn drive(
         )
         .await?;
     client
-        .create_namespace(NAMESPACE, policy(2, 2, DurabilityMode::Async))
+        .create_namespace(NAMESPACE, NamespacePolicy::replicated(2, 2, DurabilityMode::Async))
         .await?;
     let kill_at = started + Duration::from_millis(days * p.day_ms);
     let stop = Arc::new(AtomicBool::new(false));
@@ -354,12 +343,7 @@ async fn drive(
         let _ = w.await;
     }
     // Verify through the survivors; node 2's copies no longer answer.
-    let survivors: Vec<String> = pg
-        .nodes
-        .iter()
-        .filter(|n| n.id != VICTIM)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let survivors = pg.client_addrs(|n| n.id != VICTIM);
     let report = client
         .with_endpoints(survivors)
         .with_op_timeout(Duration::from_secs(60))
@@ -529,7 +513,7 @@ async fn prestage_run(
     let leader = client.status().await?.leader_id.context("no leader")?;
     let leader_site = pg.node(leader).context("leader")?.site.clone();
     client
-        .create_namespace("hot", policy(2, 2, DurabilityMode::Sync))
+        .create_namespace("hot", NamespacePolicy::replicated(2, 2, DurabilityMode::Sync))
         .await?;
     client.put("read-index-probe", b"x").await?;
     // Hot objects written through random nodes, so their holders vary.

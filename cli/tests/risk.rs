@@ -79,17 +79,6 @@ fn prepare(dir: &Path) -> (std::path::PathBuf, [std::path::PathBuf; 3]) {
     (weights, [h("d1"), h("d6"), h("d7")])
 }
 
-/// A namespace policy keeping one version.
-fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
-    NamespacePolicy {
-        copies,
-        min_sites,
-        mode,
-        versions_kept: 1,
-        ..NamespacePolicy::default()
-    }
-}
-
 async fn leader_status(pg: &Pg) -> ClusterStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -173,7 +162,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     assert!(s.nodes.iter().all(|n| n.failure_risk.is_none() && !n.at_risk), "{s:?}");
 
     let c = pg.client();
-    c.create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+    c.create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await
         .unwrap();
     c.put_object(
@@ -208,7 +197,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     }
 
     // Async writes through node 1 and node 2 build a backlog (1 MiB/s budget).
-    c.create_namespace("data", policy(2, 2, DurabilityMode::Async))
+    c.create_namespace("data", NamespacePolicy::replicated(2, 2, DurabilityMode::Async))
         .await
         .unwrap();
     let before_on_2 = chunk_files(&pg.node(2).data_dir.join("chunks"));
@@ -262,7 +251,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     // Pre-staging: an object with a single copy, read repeatedly, is warmed into the cache
     // of the follower most likely to take over (not node 2, which is at risk); with its only
     // holder killed, that follower still serves it, verified.
-    c.create_namespace("hot", policy(1, 1, DurabilityMode::Async))
+    c.create_namespace("hot", NamespacePolicy::replicated(1, 1, DurabilityMode::Async))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -346,7 +335,7 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     let mut pg = Pg { dir, children };
     // The namespace the forecasters' weights go to (beside the failure forecaster).
     pg.client()
-        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+        .create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -424,7 +413,7 @@ async fn the_successor_serves_the_pre_staged_hot_set_after_the_leaders_loss_with
     // One copy, on the node that received it: once the leader dies, a hot object is readable
     // only if the successor warmed its cache with it beforehand.
     pg.client()
-        .create_namespace("hot", policy(1, 1, DurabilityMode::Sync))
+        .create_namespace("hot", NamespacePolicy::replicated(1, 1, DurabilityMode::Sync))
         .await
         .unwrap();
     let via_leader = pg.client().with_endpoints(vec![pg.node(leader).client_addr]);

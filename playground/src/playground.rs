@@ -244,6 +244,16 @@ impl Playground {
     pub fn node(&self, id: u64) -> Option<&PlaygroundNode> {
         self.nodes.iter().find(|n| n.id == id)
     }
+
+    /// The gRPC addresses of the nodes `keep` selects (e.g. the survivors of a lost site),
+    /// in the recorded order: an endpoint list for `ArkClient::with_endpoints`.
+    pub fn client_addrs(&self, keep: impl Fn(&PlaygroundNode) -> bool) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| keep(n))
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
 }
 
 struct NodeSpec<'a> {

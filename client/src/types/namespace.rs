@@ -32,6 +32,20 @@ pub struct NamespacePolicy {
     pub compress: bool,
 }
 
+impl NamespacePolicy {
+    /// `copies` copies of every chunk in at least `min_sites` sites, acknowledged as `mode`
+    /// says, one version of each key kept; the cluster's defaults for the rest.
+    pub fn replicated(copies: u32, min_sites: u32, mode: DurabilityMode) -> Self {
+        Self {
+            copies,
+            min_sites,
+            mode,
+            versions_kept: 1,
+            ..Self::default()
+        }
+    }
+}
+
 /// A namespace with its policy and replication state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceInfo {
