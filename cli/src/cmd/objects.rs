@@ -2,7 +2,8 @@
 //! `verify` and `scrub`. Parses their arguments, calls the SDK and prints; progress bars go
 //! to stderr, and only when stderr is a terminal.
 //!
-//! Holds no transfer or restore logic: that belongs to the SDK (`objects.rs`, `restore.rs`).
+//! Holds no transfer or restore logic: that belongs to the SDK (`ark_client::objects`,
+//! `ark_client::restore`).
 //! Exit codes follow the CLI's: 0 success, 1 failure (including an object below its policy
 //! in `verify` or an object that failed in `restore`), 2 usage error.
 
