@@ -103,7 +103,7 @@ fi
 # the upgrade. Each set gets the SHA256SUMS file the roles verify against.
 log "binaries: release set and upgrade set"
 command -v cargo >/dev/null || die "cargo needed to relink arkd with ARK_BUILD_TAG"
-(cd "$repo" && env -u ARK_BUILD_TAG cargo build -q -p ark-node --bin arkd -p ark-client --bin ark -p ark-chaos --bin ark-chaos) ||
+(cd "$repo" && env -u ARK_BUILD_TAG cargo build -q -p ark-node --bin arkd -p ark-cli --bin ark -p ark-chaos --bin ark-chaos) ||
   die "cargo build of arkd, ark, ark-chaos"
 stage() { # stage DIR: copies the three binaries into DIR and writes SHA256SUMS
   mkdir -p "$1"

@@ -607,7 +607,7 @@ async fn view(client: &ArkClient, endpoints: &[String]) -> Option<ClusterView> {
         let (client, ep) = (client.clone(), ep.clone());
         asks.spawn(async move { client.status_of(&ep).await.ok() });
     }
-    let mut best: Option<ark_proto::v1::StatusResponse> = None;
+    let mut best: Option<ark_client::ClusterStatus> = None;
     while let Some(answer) = asks.join_next().await {
         if let Ok(Some(st)) = answer {
             let leads = st.leader_id == Some(st.node_id);

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_client::playground::{self, Layout, Playground, PlaygroundNode};
 use ark_client::ArkClient;
+use ark_playground::playground::{self, Layout, Playground, PlaygroundNode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -879,7 +879,7 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
     tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2000))).await;
     let scrub = client
         .with_object_timeout(Some(Duration::from_secs(60)))
-        .scrub(true)
+        .scrub(&ark_client::ScrubOptions { wait: true })
         .await
         .context("scrub after corrupting chunks")?;
     let (corrupt, repaired) = scrub_totals(&scrub);
@@ -898,7 +898,7 @@ async fn corrupt_then_scrub(client: &ArkClient, dir: &Path, rng: &mut StdRng) ->
 }
 
 /// Corrupt copies found and copies repaired by a scrub, over every node.
-fn scrub_totals(scrub: &ark_proto::v1::ScrubResponse) -> (u64, u64) {
+fn scrub_totals(scrub: &ark_client::ScrubReport) -> (u64, u64) {
     scrub
         .nodes
         .iter()
@@ -911,7 +911,10 @@ fn scrub_totals(scrub: &ark_proto::v1::ScrubResponse) -> (u64, u64) {
 /// was found, by a read or a scrub, and its copy replaced from a healthy replica.
 async fn final_repair_check(client: &ArkClient) -> anyhow::Result<(String, u64)> {
     let long = client.with_object_timeout(Some(Duration::from_secs(120)));
-    let scrub = long.scrub(true).await.context("final scrub")?;
+    let scrub = long
+        .scrub(&ark_client::ScrubOptions { wait: true })
+        .await
+        .context("final scrub")?;
     let (corrupt, repaired) = scrub_totals(&scrub);
     let verify = long
         .verify(Some(crate::objects::NAMESPACE))
@@ -922,7 +925,11 @@ async fn final_repair_check(client: &ArkClient) -> anyhow::Result<(String, u64)>
         .iter()
         .filter(|o| !o.at_policy)
         .map(|o| {
-            let key = o.object.as_ref().map(|i| i.key.as_str()).unwrap_or("?");
+            let key = if o.object.key.is_empty() {
+                "?"
+            } else {
+                o.object.key.as_str()
+            };
             format!("{key}: {}", o.problems.join(", "))
         })
         .collect();
@@ -948,7 +955,7 @@ const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
 async fn change_membership(
     client: &ArkClient,
     dir: &Path,
-    st: &ark_proto::v1::StatusResponse,
+    st: &ark_client::ClusterStatus,
     leader: u64,
 ) -> anyhow::Result<()> {
     let voters: Vec<u64> = st.nodes.iter().filter(|n| n.role == "voter").map(|n| n.id).collect();
@@ -957,7 +964,7 @@ async fn change_membership(
         let placer = netns.as_ref().map(|n| &**n as &dyn playground::NodePlacer);
         let (node, child) = playground::add_node_placed(dir, "site-d", 20_000, placer)?;
         drop(child);
-        let spec = ark_proto::v1::NodeSpec {
+        let spec = ark_client::NodeSpec {
             id: node.id,
             site: node.site.clone(),
             peer_addr: node.peer_addr.clone(),
@@ -965,7 +972,10 @@ async fn change_membership(
         };
         // Not `wait_caught_up`: a learner that needs a snapshot (the state grows with every
         // write of a long run) can take longer than one RPC may; poll its progress instead.
-        client.add_learner(spec, false).await.context("adding a learner")?;
+        client
+            .add_learner(spec, &ark_client::AddLearnerOptions::default())
+            .await
+            .context("adding a learner")?;
         let target = client
             .status()
             .await
@@ -1029,7 +1039,7 @@ async fn drive(
     let pg = Playground::load(dir)?;
     let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
     crate::objects::create_namespace(&client, copies).await?;
-    let endpoints: Vec<String> = pg.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let endpoints = pg.client_addrs(|_| true);
     let workload = Workload::start(
         &client,
         &endpoints,

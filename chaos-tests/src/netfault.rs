@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_client::playground::Playground;
+use ark_playground::playground::Playground;
 
 use crate::report::Mode;
 

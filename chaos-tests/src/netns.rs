@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use ark_client::playground::{process_alive, NodeNet, NodePlacer};
+use ark_playground::playground::{process_alive, NodeNet, NodePlacer};
 
 /// First three letters of every namespace and root-namespace link this module makes.
 const NAME_PREFIX: &str = "ark";

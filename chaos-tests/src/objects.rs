@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ark_client::objects::{GetOptions, PutOptions, PutSource};
 use ark_client::{ArkClient, ClientError};
-use ark_proto::v1::{DurabilityMode, NamespacePolicy};
+use ark_client::{DurabilityMode, NamespacePolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -75,7 +75,7 @@ pub async fn create_namespace(client: &ArkClient, copies: u32) -> anyhow::Result
     let policy = NamespacePolicy {
         copies,
         min_sites: 2,
-        mode: DurabilityMode::Sync as i32,
+        mode: DurabilityMode::Sync,
         max_lag_ms: 60_000,
         priority: 1,
         versions_kept: 1,

@@ -127,7 +127,7 @@ mod tests {
         (0..sites * per_site)
             .map(|i| Member {
                 id: u64::from(i) + 1,
-                site: ark_client::playground::site_name(i / per_site),
+                site: ark_playground::playground::site_name(i / per_site),
             })
             .collect()
     }

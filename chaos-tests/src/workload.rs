@@ -136,7 +136,7 @@ impl Workload {
         for k in 0..KEYS {
             let key = format!("{KEY_PREFIX}{k}");
             let v = reader
-                .get(&key, false)
+                .get(&key, &ark_client::ReadOptions::LINEARIZABLE)
                 .await
                 .with_context(|| format!("final read of {key}"))?;
             finals.insert(key, v.map(|v| Value::from(v.value)));
@@ -265,7 +265,7 @@ async fn kv_client(
             let Ok(h) = recorder.invoke(process, key.clone(), OpKind::Read, ns_since(t0)) else {
                 break;
             };
-            match client.get(&key, false).await {
+            match client.get(&key, &ark_client::ReadOptions::LINEARIZABLE).await {
                 Ok(v) => h.read_ok(v.map(|v| Value::from(v.value)), ns_since(t0)),
                 Err(_) => h.fail(ns_since(t0)),
             }

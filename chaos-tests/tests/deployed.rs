@@ -7,11 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
-use ark_client::playground::{self, Layout};
+use ark_playground::playground::{self, Layout};
 
 /// A playground that goes down when the test ends, passed or not.
 struct Cluster {
@@ -130,12 +132,7 @@ fn passes(cfg: &str, action: &str) -> serde_json::Value {
     assert!(r["ops"]["ok"].as_u64().unwrap() > 100, "{r}");
     assert!(out.path().join("history.json").is_file());
     // Every fault ran its command and its heal, each logged with exit 0.
-    let notes: Vec<&str> = r["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let notes = common::notes(&r);
     let logged = |a: &str| {
         notes
             .iter()

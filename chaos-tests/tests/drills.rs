@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
+mod common;
+
 use std::process::Command;
 
 fn drill_passes(scenario: &str) -> serde_json::Value {
@@ -66,11 +68,8 @@ fn drill_passes_kept(scenario: &str, mode: &str) -> (serde_json::Value, tempfile
 /// A drill on arkd's network fault layer: it must pass and say how its faults were injected.
 fn network_drill_passes(scenario: &str) {
     let r = drill_passes(scenario);
-    let notes = r["notes"].as_array().unwrap();
     assert!(
-        notes
-            .iter()
-            .any(|n| n.as_str().unwrap().contains("fault layer under quinn")),
+        common::notes(&r).iter().any(|n| n.contains("fault layer under quinn")),
         "{r}"
     );
 }
@@ -208,12 +207,7 @@ fn netns_drill_passes(scenario: &str) {
     }
     let r = drill_passes_in(scenario, "netns");
     assert_eq!(r["mode"], "netns", "{r}");
-    let notes: Vec<&str> = r["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
+    let notes = common::notes(&r);
     assert!(notes[0].starts_with("netns mode"), "{r}");
     assert!(notes.iter().any(|n| n.contains("nftables drops of peer UDP")), "{r}");
     let prefix = notes[0]
@@ -252,11 +246,9 @@ fn node_logs(out: &std::path::Path) -> Vec<String> {
 }
 
 fn fault_log(r: &serde_json::Value) -> &str {
-    r["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|n| n.as_str().filter(|s| s.starts_with("fault log:")))
+    common::notes(r)
+        .into_iter()
+        .find(|s| s.starts_with("fault log:"))
         .unwrap_or_else(|| panic!("no fault log in {r}"))
 }
 

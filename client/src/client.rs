@@ -5,27 +5,25 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ark_proto::v1::cluster_client::ClusterClient;
 use ark_proto::v1::kv_client::KvClient;
 use ark_proto::v1::{
-    AddLearnerRequest, DeleteRequest, GetRequest, ListRequest, MembershipResponse, NodeSpec, PromoteRequest,
-    PutRequest, RemoveRequest, StatusRequest, StatusResponse, TelemetryRequest, TelemetryResponse,
+    AddLearnerRequest, DeleteRequest, GetRequest, ListRequest, PromoteRequest, PutRequest, RemoveRequest,
+    StatusRequest, TelemetryRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::config::ClientConfig;
-use crate::error::ClientError;
+use crate::error::{classify, ClientError, Failure};
+use crate::retry::{Attempts, RetryPolicy};
+use crate::types::{ClusterStatus, ClusterTelemetry, Membership, NodeSpec};
 
 /// DNS name every node certificate carries.
 const NODE_SERVER_NAME: &str = "ark-node";
 const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
-const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// Most attempts of one operation, whatever its deadline.
-const ATTEMPTS_MAX: u32 = 1_000;
 /// HTTP/2 pings on stream connections: a peer that does not answer one within the timeout
 /// is dead, and the transfer on it fails (and may be retried elsewhere).
 const STREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -41,6 +39,37 @@ pub struct Value {
     pub value: Vec<u8>,
     /// Log index of the write that produced it.
     pub revision: u64,
+}
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Read the answering node's replica without confirming leadership: may miss the latest
+    /// writes, but works in a site cut off from the majority. Default: linearizable.
+    pub stale: bool,
+}
+
+impl ReadOptions {
+    /// A linearizable read (the default).
+    pub const LINEARIZABLE: ReadOptions = ReadOptions { stale: false };
+    /// A read of whichever node answers first, without confirming leadership.
+    pub const STALE: ReadOptions = ReadOptions { stale: true };
+}
+
+/// What [`ArkClient::list`] returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListKeysOptions {
+    /// At most this many keys; 0 for the server's maximum.
+    pub limit: u32,
+    /// Served like a [`ReadOptions::stale`] read.
+    pub stale: bool,
+}
+
+/// How [`ArkClient::add_learner`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddLearnerOptions {
+    /// Answer only once the learner has caught up with the log (or installed a snapshot).
+    pub wait_caught_up: bool,
 }
 
 /// A connection to an Ark cluster. Cheap to clone; clones share connections and the leader.
@@ -63,14 +92,15 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,
     next: Mutex<usize>,
-    op_timeout: Duration,
+    /// Retries of leader calls and small reads (deadline: the operation timeout).
+    calls: RetryPolicy,
     rpc_timeout: Duration,
     /// Connections for object transfers and long reports: no per-request deadline (a
     /// transfer may run for hours), HTTP/2 keep-alive instead to notice a dead peer.
     stream_channels: Mutex<HashMap<String, Channel>>,
-    /// Overall limit of one object transfer or report, retries included; `None` = only the
-    /// progress limits apply.
-    object_timeout: Option<Duration>,
+    /// Retries of object transfers and reports; its deadline is the overall limit of one
+    /// transfer (`None` = only the progress limits apply).
+    transfers: RetryPolicy,
 }
 
 /// A fresh request id: the time in microseconds (big-endian), then 8 random bytes. Unique
@@ -110,10 +140,10 @@ impl ArkClient {
                 channels: Mutex::default(),
                 leader: Mutex::default(),
                 next: Mutex::new(0),
-                op_timeout: Duration::from_millis(cfg.op_timeout_ms),
+                calls: RetryPolicy::calls(Duration::from_millis(cfg.op_timeout_ms)),
                 rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
                 stream_channels: Mutex::default(),
-                object_timeout: None,
+                transfers: RetryPolicy::transfers(None),
             }),
         })
     }
@@ -121,24 +151,49 @@ impl ArkClient {
     /// A new client (own connections, own leader cache) for other endpoints; leader hints
     /// are still followed.
     pub fn with_endpoints(&self, endpoints: Vec<String>) -> Self {
-        self.rebuild(endpoints, self.inner.op_timeout, self.inner.object_timeout)
+        self.rebuild(endpoints, self.inner.calls.clone(), self.inner.transfers.clone())
     }
 
     /// A new client whose operations give up after `t`, retries included.
     pub fn with_op_timeout(&self, t: Duration) -> Self {
-        self.rebuild(self.inner.endpoints.clone(), t, self.inner.object_timeout)
+        let calls = RetryPolicy {
+            deadline: Some(t),
+            ..self.inner.calls.clone()
+        };
+        self.rebuild(self.inner.endpoints.clone(), calls, self.inner.transfers.clone())
     }
 
     /// A new client whose object transfers (put, get, restore) and reports (verify, scrub)
     /// give up after `t`, retries included. `None` (the default) sets no overall limit: a
     /// transfer may take as long as its size needs, and only stalls end it.
     pub fn with_object_timeout(&self, t: Option<Duration>) -> Self {
-        self.rebuild(self.inner.endpoints.clone(), self.inner.op_timeout, t)
+        let transfers = RetryPolicy {
+            deadline: t,
+            ..self.inner.transfers.clone()
+        };
+        self.rebuild(self.inner.endpoints.clone(), self.inner.calls.clone(), transfers)
+    }
+
+    /// A new client whose leader calls and small reads retry under `policy` (default:
+    /// [`RetryPolicy::calls`] with the config's `op_timeout_ms`).
+    pub fn with_call_retry(&self, policy: RetryPolicy) -> Self {
+        self.rebuild(self.inner.endpoints.clone(), policy, self.inner.transfers.clone())
+    }
+
+    /// A new client whose object transfers and reports retry under `policy` (default:
+    /// [`RetryPolicy::transfers`] without a deadline).
+    pub fn with_transfer_retry(&self, policy: RetryPolicy) -> Self {
+        self.rebuild(self.inner.endpoints.clone(), self.inner.calls.clone(), policy)
     }
 
     /// The overall limit of object transfers and reports, if any.
     pub fn object_timeout(&self) -> Option<Duration> {
-        self.inner.object_timeout
+        self.inner.transfers.deadline
+    }
+
+    /// The retry policy of object transfers and reports.
+    pub(crate) fn transfer_retry(&self) -> &RetryPolicy {
+        &self.inner.transfers
     }
 
     /// The endpoints this client talks to, in order.
@@ -146,7 +201,7 @@ impl ArkClient {
         &self.inner.endpoints
     }
 
-    fn rebuild(&self, endpoints: Vec<String>, op_timeout: Duration, object_timeout: Option<Duration>) -> Self {
+    fn rebuild(&self, endpoints: Vec<String>, calls: RetryPolicy, transfers: RetryPolicy) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tls: self.inner.tls.clone(),
@@ -154,10 +209,10 @@ impl ArkClient {
                 channels: Mutex::default(),
                 leader: Mutex::default(),
                 next: Mutex::new(0),
-                op_timeout,
+                calls,
                 rpc_timeout: self.inner.rpc_timeout,
                 stream_channels: Mutex::default(),
-                object_timeout,
+                transfers,
             }),
         }
     }
@@ -262,17 +317,14 @@ impl ArkClient {
         }
     }
 
-    /// Runs `f` against the leader, following hints and retrying transient failures until
-    /// the operation's deadline.
+    /// Runs `f` against the leader, following hints and retrying transient failures under
+    /// the call retry policy.
     pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let started = Instant::now();
-        let deadline = started + self.inner.op_timeout;
-        let mut backoff = BACKOFF_MIN;
-        let mut attempts = 0u32;
+        let mut budget = Attempts::start(&self.inner.calls);
         let mut last;
         let mut target = self.pick();
         // Nodes that did not answer during this operation: a hint pointing at one of them is
@@ -280,7 +332,7 @@ impl ArkClient {
         // not followed; the other endpoints are tried until one of them leads.
         let mut silent: Vec<String> = Vec::new();
         loop {
-            attempts += 1;
+            budget.attempt();
             let ch = self.channel(&target)?;
             let res = tokio::time::timeout(self.inner.rpc_timeout, f(ch)).await;
             let mut hinted = false;
@@ -289,18 +341,10 @@ impl ArkClient {
                     self.set_leader(Some(target));
                     return Ok(v);
                 }
-                Ok(Err(st)) => match st.code() {
-                    Code::InvalidArgument | Code::OutOfRange => {
-                        return Err(ClientError::InvalidArgument(st.message().to_string()))
-                    }
-                    Code::NotFound => return Err(ClientError::NotFound(st.message().to_string())),
-                    Code::FailedPrecondition => return Err(ClientError::FailedPrecondition(st.message().to_string())),
-                    Code::AlreadyExists => return Err(ClientError::AlreadyExists(st.message().to_string())),
-                    Code::ResourceExhausted => return Err(ClientError::ResourceExhausted(st.message().to_string())),
-                    Code::DataLoss => return Err(ClientError::DataLoss(st.message().to_string())),
-                    Code::Internal => return Err(ClientError::Server(st.message().to_string())),
-                    _ => {
-                        last = format!("{target}: {}", describe(&st));
+                Ok(Err(st)) => match classify(&target, &st) {
+                    Failure::Fatal(e) => return Err(e),
+                    Failure::Transient(m) => {
+                        last = m;
                         let hint = st
                             .metadata()
                             .get(LEADER_ADDR_HEADER)
@@ -313,7 +357,7 @@ impl ArkClient {
                                 hinted = true;
                             }
                             _ => {
-                                if st.code() != Code::Unavailable || st.message().contains("transport") {
+                                if st.code() != tonic::Code::Unavailable || st.message().contains("transport") {
                                     self.forget_channel(&target);
                                 }
                                 self.set_leader(None);
@@ -332,16 +376,12 @@ impl ArkClient {
                     target = self.pick_avoiding(&silent);
                 }
             }
-            if Instant::now() >= deadline || attempts >= ATTEMPTS_MAX {
-                return Err(ClientError::Unavailable {
-                    attempts,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    last,
-                });
+            if budget.exhausted() {
+                return Err(budget.give_up(last));
             }
+            // A hint names the leader: go there at once.
             if !hinted {
-                tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                budget.wait().await;
             }
         }
     }
@@ -368,8 +408,9 @@ impl ArkClient {
         Ok(r.into_inner().revision)
     }
 
-    /// Reads `key`: linearizable unless `stale`.
-    pub async fn get(&self, key: &str, stale: bool) -> Result<Option<Value>, ClientError> {
+    /// Reads `key`: linearizable unless `opts` asks for a stale read.
+    pub async fn get(&self, key: &str, opts: &ReadOptions) -> Result<Option<Value>, ClientError> {
+        let stale = opts.stale;
         let req = GetRequest {
             key: key.to_string(),
             stale,
@@ -410,14 +451,14 @@ impl ArkClient {
         Ok(r.into_inner().existed)
     }
 
-    /// Lists keys under `prefix` (at most `limit`, 0 for the server's maximum); the flag
-    /// tells whether more matched.
+    /// Lists keys under `prefix` with their values; the flag tells whether more matched
+    /// than `opts.limit`.
     pub async fn list(
         &self,
         prefix: &str,
-        limit: u32,
-        stale: bool,
+        opts: &ListKeysOptions,
     ) -> Result<(Vec<(String, Value)>, bool), ClientError> {
+        let ListKeysOptions { limit, stale } = *opts;
         let req = ListRequest {
             prefix: prefix.to_string(),
             stale,
@@ -453,11 +494,12 @@ impl ArkClient {
 
     /// Status as the leader sees it when one is reachable, else as the first node that
     /// answers sees it.
-    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        let first = self
-            .call_any(|ch| async move { ClusterClient::new(ch).status(StatusRequest {}).await })
-            .await?
-            .into_inner();
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        let first = ClusterStatus::from(
+            self.call_any(|ch| async move { ClusterClient::new(ch).status(StatusRequest {}).await })
+                .await?
+                .into_inner(),
+        );
         let Some(leader) = first.leader_id else {
             return Ok(first);
         };
@@ -476,11 +518,18 @@ impl ArkClient {
     }
 
     /// Status as one specific node sees it.
-    pub async fn status_of(&self, addr: &str) -> Result<StatusResponse, ClientError> {
+    pub async fn status_of(&self, addr: &str) -> Result<ClusterStatus, ClientError> {
         let ch = self.channel(addr)?;
         match tokio::time::timeout(self.inner.rpc_timeout, ClusterClient::new(ch).status(StatusRequest {})).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(st)) => Err(ClientError::Server(describe(&st))),
+            Ok(Ok(r)) => Ok(r.into_inner().into()),
+            Ok(Err(st)) => Err(match classify(addr, &st) {
+                Failure::Fatal(e) => e,
+                Failure::Transient(last) => ClientError::Unavailable {
+                    attempts: 1,
+                    elapsed_ms: 0,
+                    last,
+                },
+            }),
             Err(_) => Err(ClientError::Unavailable {
                 attempts: 1,
                 elapsed_ms: self.inner.rpc_timeout.as_millis() as u64,
@@ -491,18 +540,19 @@ impl ArkClient {
 
     /// The telemetry the leader holds: per node, the latest point and window length of each
     /// series. Follows leader hints like a write.
-    pub async fn telemetry(&self) -> Result<TelemetryResponse, ClientError> {
+    pub async fn telemetry(&self) -> Result<ClusterTelemetry, ClientError> {
         Ok(self
             .call(|ch| async move { ClusterClient::new(ch).telemetry(TelemetryRequest {}).await })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
-    /// Adds a learner; with `wait`, answers once it has caught up.
-    pub async fn add_learner(&self, node: NodeSpec, wait: bool) -> Result<MembershipResponse, ClientError> {
+    /// Adds a learner; see [`AddLearnerOptions`] for when it answers.
+    pub async fn add_learner(&self, node: NodeSpec, opts: &AddLearnerOptions) -> Result<Membership, ClientError> {
         let req = AddLearnerRequest {
-            node: Some(node),
-            wait_caught_up: wait,
+            node: Some(node.into()),
+            wait_caught_up: opts.wait_caught_up,
         };
         Ok(self
             .call(|ch| {
@@ -510,49 +560,54 @@ impl ArkClient {
                 async move { ClusterClient::new(ch).add_learner(req).await }
             })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Promotes a learner to voter.
-    pub async fn promote(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+    pub async fn promote(&self, id: u64) -> Result<Membership, ClientError> {
         Ok(self
             .call(|ch| async move { ClusterClient::new(ch).promote(PromoteRequest { id }).await })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Removes a node from the cluster.
-    pub async fn remove(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+    pub async fn remove(&self, id: u64) -> Result<Membership, ClientError> {
         Ok(self
             .call(|ch| async move { ClusterClient::new(ch).remove(RemoveRequest { id }).await })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Like `call`, but any node's answer will do (stale reads, status): tries endpoints in
-    /// order and never follows leader hints.
+    /// order and never follows leader hints. An error about the answering node alone (a
+    /// server error, a full disk) moves on to the next endpoint; one about the request ends
+    /// the call.
     pub(crate) async fn call_any<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let started = Instant::now();
-        let deadline = started + self.inner.op_timeout;
-        let mut attempts = 0u32;
+        let mut budget = Attempts::start(&self.inner.calls);
         let mut last = String::new();
-        let mut backoff = BACKOFF_MIN;
         loop {
             for addr in &self.inner.endpoints {
-                attempts += 1;
+                budget.attempt();
                 let ch = self.channel(addr)?;
                 match tokio::time::timeout(self.inner.rpc_timeout, f(ch)).await {
                     Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(st)) => match st.code() {
-                        Code::InvalidArgument => return Err(ClientError::InvalidArgument(st.message().to_string())),
-                        Code::NotFound => return Err(ClientError::NotFound(st.message().to_string())),
-                        _ => {
+                    Ok(Err(st)) => match classify(addr, &st) {
+                        Failure::Fatal(e) if !e.is_node_local() => return Err(e),
+                        Failure::Fatal(e) => {
                             self.forget_channel(addr);
-                            last = format!("{addr}: {}", describe(&st));
+                            last = e.to_string();
+                        }
+                        Failure::Transient(m) => {
+                            self.forget_channel(addr);
+                            last = m;
                         }
                     },
                     Err(_) => {
@@ -561,29 +616,12 @@ impl ArkClient {
                     }
                 }
             }
-            if Instant::now() >= deadline || attempts >= ATTEMPTS_MAX {
-                return Err(ClientError::Unavailable {
-                    attempts,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    last,
-                });
+            if budget.exhausted() {
+                return Err(budget.give_up(last));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            budget.wait().await;
         }
     }
-}
-
-/// A status with its transport cause, which tonic keeps in the error source chain.
-pub(crate) fn describe(st: &Status) -> String {
-    use std::error::Error;
-    let mut s = format!("{:?}: {}", st.code(), st.message());
-    let mut src = st.source();
-    while let Some(e) = src {
-        s.push_str(&format!(": {e}"));
-        src = e.source();
-    }
-    s
 }
 
 /// An error with its whole source chain on one line.

@@ -1,38 +1,34 @@
-//! Ark's Rust SDK and the code behind the `ark` CLI.
+//! Ark's Rust SDK: what an application needs to talk to an Ark cluster, and nothing else.
 //!
 //! - [`client::ArkClient`]: leader discovery and redirect, retries that reuse the request
 //!   id, deadlines, typed [`error::ClientError`]s.
 //! - [`objects`]: namespaces and streamed, SHA-256-checked object puts and gets on the same
 //!   client; [`restore`]: a whole namespace (latest, a version, or a point in time) back
 //!   into a folder.
-//! - [`config`]: the `client.toml` file.
-//! - [`certs`]: the cluster CA and certificates (`ark certs`).
-//! - [`playground`] and [`demo`]: a local multi-site cluster of real `arkd` processes and the
-//!   guided failover tour.
-//! - [`bench`]: the KV load generator (`ark bench kv`); [`risk_bench`]: the risk-aware
-//!   replication experiment (`ark bench risk`).
-//! - [`units`]: durations, times and sizes as the CLI reads and prints them.
-//! - [`cli`]: argument parsing and command dispatch for the `ark` binary; [`drill`]: `ark
-//!   drill`, handed over to the `ark-chaos` binary.
+//! - [`config`]: the `client.toml` file; [`retry::RetryPolicy`]: the one retry policy every
+//!   retrying call follows.
+//! - [`types`]: the SDK's own types for what the cluster answers (no generated protobuf
+//!   type appears in this crate's API).
+//!
+//! The `ark` command line lives in `ark-cli`; local clusters, certificate tooling and test
+//! support in `ark-playground`. This crate must not depend on either (nor on a CLI parser,
+//! progress bars or a log subscriber): an application that only puts objects compiles only
+//! this.
 
-#[macro_use]
-mod macros;
+#![deny(missing_docs)]
 
-pub mod bench;
-pub mod certs;
-pub mod cli;
 pub mod client;
 pub mod config;
-pub mod demo;
-pub mod drill;
 pub mod error;
 pub mod objects;
-mod objects_cli;
-pub mod playground;
+mod pb_impl;
 pub mod restore;
-pub mod risk_bench;
-pub mod units;
+pub mod retry;
+pub mod types;
 
-pub use client::ArkClient;
+pub use client::{AddLearnerOptions, ArkClient, ListKeysOptions, ReadOptions};
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use objects::{ListObjectsOptions, ScrubOptions};
+pub use retry::{Jitter, RetryPolicy};
+pub use types::*;

@@ -19,14 +19,13 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ark_proto::v1::objects_client::ObjectsClient;
 use ark_proto::v1::{
     get_object_response, put_object_request, CreateNamespaceRequest, DeleteNamespaceRequest, DeleteObjectRequest,
-    DeleteObjectResponse, GetObjectRequest, GetObjectResponse, ListNamespacesRequest, ListObjectsRequest, Namespace,
-    NamespacePolicy, ObjectInfo, PutObjectHeader, PutObjectRequest, PutObjectResponse, ScrubRequest, ScrubResponse,
-    SetNamespaceRequest, VerifyRequest, VerifyResponse,
+    GetObjectRequest, GetObjectResponse, ListNamespacesRequest, ListObjectsRequest, PutObjectHeader, PutObjectRequest,
+    PutObjectResponse, ScrubRequest, SetNamespaceRequest, VerifyRequest,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -34,11 +33,12 @@ use ring::digest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
-use crate::client::{describe, new_request_id, ArkClient};
-use crate::error::ClientError;
-use crate::units::hex;
+use crate::client::{new_request_id, ArkClient};
+use crate::error::{classify, ClientError, Failure};
+use crate::retry::Attempts;
+use crate::types::{DeletedObject, NamespaceInfo, NamespacePolicy, ObjectInfo, ScrubReport, VerifyReport};
 
 /// Bytes per data message of an upload (the node's own pieces are the same size).
 pub const PUT_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -52,12 +52,13 @@ pub const TRANSFER_STALL_MAX: Duration = Duration::from_secs(30);
 /// Longest a node may take to commit an upload once its last byte was sent (it may still
 /// be replicating the last chunks and then commits the manifest through Raft).
 pub const PUT_COMMIT_WAIT_MAX: Duration = Duration::from_secs(120);
-/// Attempts of one transfer or report across endpoints, whatever the time limit.
-const TRANSFER_ATTEMPTS_MAX: u32 = 8;
-const TRANSFER_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const TRANSFER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Largest message accepted from a node; the node's own encoding limit.
 const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Lower-case hex of bytes (how digests are spelled in errors and reports).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Suffix of a download that is not yet verified.
 pub const PARTIAL_SUFFIX: &str = ".ark-partial";
 
@@ -122,6 +123,27 @@ pub struct GetOptions {
     pub progress: Option<Progress>,
 }
 
+/// What [`ArkClient::list_objects`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListObjectsOptions {
+    /// Only keys that start with this.
+    pub prefix: String,
+    /// Every version, tombstones included, instead of the live latest versions.
+    pub all_versions: bool,
+    /// At most this many; 0 = no limit.
+    pub limit: u32,
+    /// Read the answering node's replica without confirming leadership.
+    pub stale: bool,
+}
+
+/// How [`ArkClient::scrub`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubOptions {
+    /// Answer once every node's pass has finished, with per-node results, instead of as soon
+    /// as the passes have started.
+    pub wait: bool,
+}
+
 /// What a successful put committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PutOutcome {
@@ -139,61 +161,18 @@ pub struct PutOutcome {
     pub attempts: u32,
 }
 
-/// How one attempt of a transfer failed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Another attempt, maybe on another node, may succeed (node unreachable, connection
-    /// lost, stalled, no leader).
-    Transient(String),
-    /// Retrying will not help.
-    Fatal(ClientError),
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Unavailable { last, .. } => Failure::Transient(last),
-            e => Failure::Fatal(e),
-        }
-    }
-}
-
-/// Sorts a node's status into "retry elsewhere" and typed errors.
-fn classify(addr: &str, st: &Status) -> Failure {
-    let msg = || format!("{addr}: {}", st.message());
-    match st.code() {
-        Code::InvalidArgument | Code::OutOfRange => Failure::Fatal(ClientError::InvalidArgument(msg())),
-        Code::NotFound => Failure::Fatal(ClientError::NotFound(msg())),
-        Code::AlreadyExists => Failure::Fatal(ClientError::AlreadyExists(msg())),
-        Code::FailedPrecondition => Failure::Fatal(ClientError::FailedPrecondition(msg())),
-        Code::ResourceExhausted => Failure::Fatal(ClientError::ResourceExhausted(msg())),
-        Code::DataLoss => Failure::Fatal(ClientError::DataLoss(msg())),
-        Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown | Code::DeadlineExceeded => {
-            Failure::Transient(format!("{addr}: {}", describe(st)))
-        }
-        _ => Failure::Fatal(ClientError::Server(format!("{addr}: {}", describe(st)))),
-    }
-}
-
-/// The retry budget of one transfer or report: endpoints in turn, backoff, a cap on
-/// attempts and the optional overall deadline.
+/// One transfer or report's retries: endpoints in turn under the client's transfer
+/// [`crate::retry::RetryPolicy`].
 struct Retries {
-    started: Instant,
-    deadline: Option<Instant>,
-    attempts: u32,
-    backoff: Duration,
+    budget: Attempts,
     next: usize,
     last: String,
 }
 
 impl Retries {
-    fn new(limit: Option<Duration>) -> Self {
-        let started = Instant::now();
+    fn new(client: &ArkClient) -> Self {
         Self {
-            started,
-            deadline: limit.map(|t| started + t),
-            attempts: 0,
-            backoff: TRANSFER_BACKOFF_MIN,
+            budget: Attempts::start(client.transfer_retry()),
             next: 0,
             last: String::new(),
         }
@@ -206,43 +185,33 @@ impl Retries {
         }
         let a = endpoints[self.next % endpoints.len()].clone();
         self.next += 1;
-        self.attempts += 1;
+        self.budget.attempt();
         Ok(a)
     }
 
-    /// Records a transient failure; waits the backoff when another attempt is allowed.
+    /// Records a transient failure; waits before the next attempt when one is allowed.
     async fn failed(&mut self, last: String) -> Result<(), ClientError> {
         self.last = last;
-        let out_of_time = self.deadline.is_some_and(|d| Instant::now() >= d);
-        if out_of_time || self.attempts >= TRANSFER_ATTEMPTS_MAX {
+        if self.budget.exhausted() {
             return Err(self.give_up(""));
         }
-        let wait = match self.deadline {
-            Some(d) => self.backoff.min(d.saturating_duration_since(Instant::now())),
-            None => self.backoff,
-        };
-        tokio::time::sleep(wait).await;
-        self.backoff = (self.backoff * 2).min(TRANSFER_BACKOFF_MAX);
+        self.budget.wait().await;
         Ok(())
     }
 
     fn give_up(&self, why: &str) -> ClientError {
-        ClientError::Unavailable {
-            attempts: self.attempts,
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
-            last: format!("{}{why}", self.last),
-        }
+        self.budget.give_up(format!("{}{why}", self.last))
     }
 
     /// Runs one attempt under the overall deadline, if there is one.
     async fn within<T>(&self, attempt: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-        match self.deadline {
+        match self.budget.deadline() {
             None => attempt.await,
             Some(d) => match tokio::time::timeout_at(tokio::time::Instant::from_std(d), attempt).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure::Transient(format!(
                     "the object timeout of {} ms ran out{}",
-                    d.saturating_duration_since(self.started).as_millis(),
+                    d.saturating_duration_since(self.budget.started()).as_millis(),
                     if self.last.is_empty() {
                         String::new()
                     } else {
@@ -266,10 +235,10 @@ fn missing(what: &str) -> ClientError {
 impl ArkClient {
     /// Creates namespace `name` with `policy` (zero fields take the cluster's defaults).
     /// Applied once even when retried.
-    pub async fn create_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<Namespace, ClientError> {
+    pub async fn create_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<NamespaceInfo, ClientError> {
         let req = CreateNamespaceRequest {
             name: name.to_string(),
-            policy: Some(policy),
+            policy: Some(policy.into()),
             request_id: new_request_id(),
         };
         self.call(|ch| {
@@ -279,14 +248,15 @@ impl ArkClient {
         .await?
         .into_inner()
         .namespace
+        .map(NamespaceInfo::from)
         .ok_or_else(|| missing("namespace"))
     }
 
     /// Replaces the whole policy of namespace `name`.
-    pub async fn set_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<Namespace, ClientError> {
+    pub async fn set_namespace(&self, name: &str, policy: NamespacePolicy) -> Result<NamespaceInfo, ClientError> {
         let req = SetNamespaceRequest {
             name: name.to_string(),
-            policy: Some(policy),
+            policy: Some(policy.into()),
             request_id: new_request_id(),
         };
         self.call(|ch| {
@@ -296,6 +266,7 @@ impl ArkClient {
         .await?
         .into_inner()
         .namespace
+        .map(NamespaceInfo::from)
         .ok_or_else(|| missing("namespace"))
     }
 
@@ -305,8 +276,8 @@ impl ArkClient {
         &self,
         name: &str,
         change: impl FnOnce(&mut NamespacePolicy),
-    ) -> Result<Namespace, ClientError> {
-        let mut policy = self.namespace(name).await?.policy.ok_or_else(|| missing("policy"))?;
+    ) -> Result<NamespaceInfo, ClientError> {
+        let mut policy = self.namespace(name).await?.policy;
         change(&mut policy);
         self.set_namespace(name, policy).await
     }
@@ -328,16 +299,19 @@ impl ArkClient {
     }
 
     /// Every namespace with its policy and replication state, as the leader sees them.
-    pub async fn list_namespaces(&self) -> Result<Vec<Namespace>, ClientError> {
+    pub async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>, ClientError> {
         Ok(self
             .call(|ch| async move { objects(ch).list_namespaces(ListNamespacesRequest {}).await })
             .await?
             .into_inner()
-            .namespaces)
+            .namespaces
+            .into_iter()
+            .map(NamespaceInfo::from)
+            .collect())
     }
 
     /// One namespace, or [`ClientError::NotFound`].
-    pub async fn namespace(&self, name: &str) -> Result<Namespace, ClientError> {
+    pub async fn namespace(&self, name: &str) -> Result<NamespaceInfo, ClientError> {
         self.list_namespaces()
             .await?
             .into_iter()
@@ -345,22 +319,19 @@ impl ArkClient {
             .ok_or_else(|| ClientError::NotFound(format!("namespace {name} does not exist")))
     }
 
-    /// Objects of namespace `ns` whose key starts with `prefix`: the live latest versions,
-    /// or with `all_versions` every version, tombstones included. At most `limit` (0 = no
-    /// limit); the flag tells whether more matched. Linearizable unless `stale`.
+    /// Objects of namespace `ns` as `opts` selects them; the flag tells whether more
+    /// matched than `opts.limit`.
     pub async fn list_objects(
         &self,
         ns: &str,
-        prefix: &str,
-        all_versions: bool,
-        limit: u32,
-        stale: bool,
+        opts: &ListObjectsOptions,
     ) -> Result<(Vec<ObjectInfo>, bool), ClientError> {
+        let stale = opts.stale;
         let req = ListObjectsRequest {
             namespace: ns.to_string(),
-            prefix: prefix.to_string(),
-            all_versions,
-            limit,
+            prefix: opts.prefix.clone(),
+            all_versions: opts.all_versions,
+            limit: opts.limit,
             stale,
         };
         let f = |ch: Channel| {
@@ -373,11 +344,11 @@ impl ArkClient {
             self.call(f).await?
         }
         .into_inner();
-        Ok((r.objects, r.more))
+        Ok((r.objects.into_iter().map(ObjectInfo::from).collect(), r.more))
     }
 
     /// Deletes `ns/key` by writing a tombstone version. Applied once even when retried.
-    pub async fn delete_object(&self, ns: &str, key: &str) -> Result<DeleteObjectResponse, ClientError> {
+    pub async fn delete_object(&self, ns: &str, key: &str) -> Result<DeletedObject, ClientError> {
         let req = DeleteObjectRequest {
             namespace: ns.to_string(),
             key: key.to_string(),
@@ -389,13 +360,14 @@ impl ArkClient {
                 async move { objects(ch).delete_object(req).await }
             })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Checks every object of `ns` (every namespace when `None`) against its policy, asking
     /// every holder to re-hash its copies. May take long: bounded by the object timeout if
     /// set, otherwise only by the connection's keep-alive.
-    pub async fn verify(&self, ns: Option<&str>) -> Result<VerifyResponse, ClientError> {
+    pub async fn verify(&self, ns: Option<&str>) -> Result<VerifyReport, ClientError> {
         let req = VerifyRequest {
             namespace: ns.unwrap_or_default().to_string(),
         };
@@ -404,13 +376,16 @@ impl ArkClient {
             async move { objects(ch).verify(req).await }
         })
         .await
+        .map(VerifyReport::from)
     }
 
-    /// Starts a scrub pass on every reachable node; with `wait`, answers once every pass has
-    /// finished, with per-node results. Bounded like [`ArkClient::verify`].
-    pub async fn scrub(&self, wait: bool) -> Result<ScrubResponse, ClientError> {
+    /// Starts a scrub pass on every reachable node (see [`ScrubOptions`] for when it
+    /// answers). Bounded like [`ArkClient::verify`].
+    pub async fn scrub(&self, opts: &ScrubOptions) -> Result<ScrubReport, ClientError> {
+        let wait = opts.wait;
         self.call_long(|ch| async move { objects(ch).scrub(ScrubRequest { wait }).await })
             .await
+            .map(ScrubReport::from)
     }
 
     /// A long unary call that any node can answer, over stream connections.
@@ -419,7 +394,7 @@ impl ArkClient {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut retries = Retries::new(self.object_timeout());
+        let mut retries = Retries::new(self);
         loop {
             let addr = retries.endpoint(self.endpoints())?;
             let attempt = async {
@@ -457,7 +432,7 @@ impl ArkClient {
             PutSource::File(p) => (Some(p), None),
             PutSource::Reader { reader, size } => (None, Some((reader, size))),
         };
-        let mut retries = Retries::new(self.object_timeout());
+        let mut retries = Retries::new(self);
         loop {
             let addr = retries.endpoint(self.endpoints())?;
             let mut touched = false;
@@ -486,7 +461,7 @@ impl ArkClient {
             };
             match retries.within(attempt).await {
                 Ok((resp, sent)) => {
-                    return check_put(ns, key, resp, &sent, retries.attempts);
+                    return check_put(ns, key, resp, &sent, retries.budget.made());
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(m)) => {
@@ -599,7 +574,7 @@ impl ArkClient {
             version: opts.version,
             stale: opts.stale,
         };
-        let mut retries = Retries::new(self.object_timeout());
+        let mut retries = Retries::new(self);
         loop {
             let addr = retries.endpoint(self.endpoints())?;
             let mut wrote = false;
@@ -848,7 +823,7 @@ fn check_put(
     sent: &Sent,
     attempts: u32,
 ) -> Result<PutOutcome, ClientError> {
-    let object = resp.object.ok_or_else(|| missing("object"))?;
+    let object = ObjectInfo::from(resp.object.ok_or_else(|| missing("object"))?);
     if object.size != sent.bytes || object.sha256 != sent.sha256 {
         return Err(ClientError::Integrity(format!(
             "{ns}/{key} version {} was committed as {} bytes with sha256 {}, but the client sent {} bytes with sha256 \
@@ -897,7 +872,7 @@ where
         Ok(Some(Err(st))) => return Err(classify(addr, &st)),
         Ok(Some(Ok(GetObjectResponse {
             part: Some(get_object_response::Part::Info(info)),
-        }))) => info,
+        }))) => ObjectInfo::from(info),
         Ok(Some(Ok(_))) => return Err(protocol("the object stream did not start with its info")),
     };
     let name = format!("{}/{} version {}", info.namespace, info.key, info.version);
@@ -1053,14 +1028,16 @@ async fn commit_partial(file: &mut tokio::fs::File, partial: &Path, dest: &Path)
 
 #[cfg(test)]
 mod tests {
+    use ark_proto::v1 as pb;
+
     use super::*;
 
     fn sha(b: &[u8]) -> Vec<u8> {
         digest::digest(&digest::SHA256, b).as_ref().to_vec()
     }
 
-    fn info(data: &[u8]) -> ObjectInfo {
-        ObjectInfo {
+    fn info(data: &[u8]) -> pb::ObjectInfo {
+        pb::ObjectInfo {
             namespace: "ns".into(),
             key: "k".into(),
             version: 3,
@@ -1073,7 +1050,7 @@ mod tests {
     }
 
     fn stream_of(
-        info: ObjectInfo,
+        info: pb::ObjectInfo,
         pieces: &[&[u8]],
         tail: Option<Status>,
     ) -> impl Stream<Item = Result<GetObjectResponse, Status>> + Unpin {
@@ -1321,30 +1298,5 @@ mod tests {
         let mut s = Box::pin(upload_stream(rx));
         tx.send(None).await.unwrap();
         assert!(s.next().await.is_none());
-    }
-
-    #[test]
-    fn statuses_sort_into_retry_and_typed_errors() {
-        assert!(matches!(
-            classify("a", &Status::unavailable("x")),
-            Failure::Transient(_)
-        ));
-        assert!(matches!(classify("a", &Status::aborted("x")), Failure::Transient(_)));
-        assert!(matches!(
-            classify("a", &Status::not_found("x")),
-            Failure::Fatal(ClientError::NotFound(_))
-        ));
-        assert!(matches!(
-            classify("a", &Status::data_loss("x")),
-            Failure::Fatal(ClientError::DataLoss(_))
-        ));
-        assert!(matches!(
-            classify("a", &Status::resource_exhausted("x")),
-            Failure::Fatal(ClientError::ResourceExhausted(_))
-        ));
-        assert!(matches!(
-            classify("a", &Status::permission_denied("x")),
-            Failure::Fatal(ClientError::Server(_))
-        ));
     }
 }

@@ -11,12 +11,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ark_proto::v1::ObjectInfo;
 use futures::StreamExt;
 
 use crate::client::ArkClient;
 use crate::error::ClientError;
-use crate::objects::{GetOptions, Progress, PARTIAL_SUFFIX};
+use crate::objects::{GetOptions, ListObjectsOptions, Progress, PARTIAL_SUFFIX};
+use crate::types::ObjectInfo;
 
 /// Most objects downloaded at once by one restore.
 pub const RESTORE_PARALLEL_MAX: usize = 8;
@@ -193,7 +193,16 @@ impl ArkClient {
         opts: &RestoreOptions,
     ) -> Result<RestoreReport, ClientError> {
         let all_versions = opts.point != RestorePoint::Latest;
-        let (objects, more) = self.list_objects(ns, "", all_versions, 0, opts.stale).await?;
+        let (objects, more) = self
+            .list_objects(
+                ns,
+                &ListObjectsOptions {
+                    all_versions,
+                    stale: opts.stale,
+                    ..ListObjectsOptions::default()
+                },
+            )
+            .await?;
         if more {
             return Err(ClientError::Server(format!(
                 "the listing of namespace {ns} was cut short; nothing was restored"

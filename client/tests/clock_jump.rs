@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use ark_client::client::new_request_id;
-use common::Pg;
+use ark_playground::testkit::Pg;
 
 /// Shifts node `id`'s wall clock by `ms` and waits until the node has read it (the fault
 /// file is re-read every 100 ms).
@@ -44,7 +42,15 @@ async fn a_retry_is_applied_once_whatever_the_leaders_clock_says() {
     // The retry of the first write: the recorded answer, and the later write stands.
     let again = client.put_with_id("k", b"first", r.clone()).await.unwrap();
     assert_eq!(again, first, "the retry was applied again (new revision)");
-    assert_eq!(client.get("k", false).await.unwrap().unwrap().value, b"later");
+    assert_eq!(
+        client
+            .get("k", &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"later"
+    );
 
     // The leader's clock jumps back by ten minutes: new writes still succeed, and a retry
     // made after the jump is recognised too.
@@ -53,7 +59,23 @@ async fn a_retry_is_applied_once_whatever_the_leaders_clock_says() {
     let rev2 = client.put_with_id("k2", b"one", r2.clone()).await.unwrap();
     client.put("k2", b"two").await.unwrap();
     assert_eq!(client.put_with_id("k2", b"one", r2).await.unwrap(), rev2);
-    assert_eq!(client.get("k2", false).await.unwrap().unwrap().value, b"two");
+    assert_eq!(
+        client
+            .get("k2", &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"two"
+    );
     assert_eq!(client.put_with_id("k", b"first", r).await.unwrap(), first);
-    assert_eq!(client.get("k", false).await.unwrap().unwrap().value, b"later");
+    assert_eq!(
+        client
+            .get("k", &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"later"
+    );
 }

@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Pg;
+use ark_playground::testkit::Pg;
 
 /// The newest segment of a node's Raft log.
 fn newest_segment(data_dir: &Path) -> PathBuf {
@@ -68,7 +66,7 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
     let until = Instant::now() + Duration::from_secs(12);
     let mut refused = 0;
     while Instant::now() < until {
-        match probe.get("w", false).await {
+        match probe.get("w", &ark_client::ReadOptions::LINEARIZABLE).await {
             Ok(Some(v)) => assert_eq!(v.value, b"acknowledged"),
             Ok(None) => panic!("a cluster without the acknowledged write W answered 'not found'"),
             Err(_) => refused += 1,
@@ -90,7 +88,7 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
 
     // The operator's view of the stopped node: the record, and no clearing it by accident.
     pg.kill(corrupted);
-    let arkd = ark_client::playground::find_arkd().unwrap();
+    let arkd = ark_playground::playground::find_arkd().unwrap();
     let config = pg.node(corrupted).config;
     let o = std::process::Command::new(&arkd)
         .args(["log-damage", "show", "-c"])
@@ -112,7 +110,7 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
     let client = pg.client().with_op_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     let w = loop {
-        if let Ok(v) = client.get("w", false).await {
+        if let Ok(v) = client.get("w", &ark_client::ReadOptions::LINEARIZABLE).await {
             break v;
         }
         assert!(
@@ -134,7 +132,7 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
     let client = pg.client().with_op_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match client.get("after", false).await {
+        match client.get("after", &ark_client::ReadOptions::LINEARIZABLE).await {
             Ok(Some(v)) => {
                 assert_eq!(v.value, b"healed");
                 break;
@@ -148,9 +146,21 @@ async fn a_corrupted_follower_never_lets_a_majority_forget_an_acknowledged_write
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(client.get("w", false).await.unwrap().unwrap().value, b"acknowledged");
+    assert_eq!(
+        client
+            .get("w", &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"acknowledged"
+    );
     for i in 0..300 {
-        let v = client.get(&format!("before-{i:03}"), false).await.unwrap().unwrap();
+        let v = client
+            .get(&format!("before-{i:03}"), &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(v.value, format!("v{i}").as_bytes());
     }
 }

@@ -8,7 +8,7 @@
 //! - [`history`]: one entity's daily history (replayed as a node's SMART telemetry) and its
 //!   risk.
 //! - [`metrics`], [`eval`]: figures and the offline evaluation against baselines.
-//! - [`cli`]: the `forecast` subcommands (`arkd forecast ...`).
+//! - `cli` (cargo feature `cli`): the `forecast` subcommands (`arkd forecast ...`).
 //!
 //! Training runs on the calling thread; call [`cap_compute_threads`] at start-up and run
 //! [`LoadForecaster::fit`] / [`FailureForecaster::fit`] through [`spawn_training`] (or a
@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod nn;
 pub mod prep;
 
+#[cfg(feature = "cli")]
 pub use cli::{EvalFailureArgs, EvalLoadArgs, ForecastCmd, SplitDaysArgs};
 pub use error::{ForecastError, Result};
 pub use failure::{FailureConfig, FailureForecaster};

@@ -20,7 +20,7 @@ impl PeerHandler for Echo {
 }
 
 fn node_tls(ca_dir: &std::path::Path, id: u64) -> TlsMaterial {
-    let (cert, key) = ark_client::certs::create_node(ca_dir, ca_dir, id, &[]).unwrap();
+    let (cert, key) = ark_playground::certs::create_node(ca_dir, ca_dir, id, &[]).unwrap();
     TlsMaterial::load(&ca_dir.join("ca.pem"), &cert, &key).unwrap()
 }
 
@@ -71,8 +71,8 @@ fn request() -> PeerRequest {
 async fn peers_signed_by_the_cluster_ca_talk_and_others_are_refused() {
     let cluster = tempfile::tempdir().unwrap();
     let rogue = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(cluster.path()).unwrap();
-    ark_client::certs::create_ca(rogue.path()).unwrap();
+    ark_playground::certs::create_ca(cluster.path()).unwrap();
+    ark_playground::certs::create_ca(rogue.path()).unwrap();
 
     let server = EchoServer::start(cluster.path());
     let addr = server.addr.clone();
@@ -115,13 +115,13 @@ fn refused(resp: &PeerResponse) -> bool {
 #[tokio::test]
 async fn the_peer_plane_speaks_only_to_nodes_and_believes_only_their_certificates() {
     let cluster = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(cluster.path()).unwrap();
+    ark_playground::certs::create_ca(cluster.path()).unwrap();
     let server = EchoServer::start(cluster.path());
     let addr = server.addr.clone();
 
     // A client certificate of the same CA (the playground's client.pem) is refused in the
     // handshake: it is not a node certificate.
-    let (cert, key) = ark_client::certs::create_client(cluster.path(), cluster.path(), "client").unwrap();
+    let (cert, key) = ark_playground::certs::create_client(cluster.path(), cluster.path(), "client").unwrap();
     let client_tls = TlsMaterial::load(&cluster.path().join("ca.pem"), &cert, &key).unwrap();
     let intruder = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &client_tls).unwrap());
     let err = intruder
@@ -162,7 +162,7 @@ async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
     // Above 1500 no Ethernet path could carry them. (In a network namespace whose loopback
     // has MTU 1500, discovery stops at 1466 of the 1472 bytes IPv4 allows, and this fails.)
     let cluster = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(cluster.path()).unwrap();
+    ark_playground::certs::create_ca(cluster.path()).unwrap();
     let server = EchoServer::start(cluster.path());
     let addr = server.addr.clone();
     let pool = PeerPool::new(PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &node_tls(cluster.path(), 2)).unwrap());
@@ -187,8 +187,8 @@ async fn on_loopback_peers_discover_datagrams_larger_than_ethernet_allows() {
 #[test]
 fn pem_files_without_the_expected_item_or_with_bad_pem_are_clear_errors() {
     let cluster = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(cluster.path()).unwrap();
-    let (cert, key) = ark_client::certs::create_node(cluster.path(), cluster.path(), 1, &[]).unwrap();
+    ark_playground::certs::create_ca(cluster.path()).unwrap();
+    let (cert, key) = ark_playground::certs::create_node(cluster.path(), cluster.path(), 1, &[]).unwrap();
     let ca = cluster.path().join("ca.pem");
     assert!(TlsMaterial::load(&ca, &cert, &key).is_ok());
     // A certificate where the key should be: no private key in it.

@@ -1,21 +1,30 @@
-//! Shared helpers for cluster tests: a playground of real `arkd` processes in a temp dir
-//! that is always torn down, also when a test fails.
+//! Test support for cluster tests in every crate (SDK, CLI, node, chaos harness): a
+//! playground of real `arkd` processes in a temp dir that is always torn down, also when a
+//! test fails, the `ark` CLI run against it, and `/metrics` scrapes.
+//!
+//! Helpers panic with what failed instead of returning errors: they are for tests only,
+//! where a failed set-up is the test's failure. Must not hold assertions about Ark's
+//! behaviour (those belong in the tests).
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test support: a failed set-up fails the test loudly
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use ark_client::playground::{self, Layout, Playground, PlaygroundNode};
 use ark_client::ArkClient;
+
+use crate::playground::{self, Layout, Playground, PlaygroundNode};
 
 /// A running playground; dropping it stops every node and removes the temp dir.
 pub struct Pg {
+    /// The playground's folder, removed on drop.
     pub dir: tempfile::TempDir,
+    /// The `arkd` processes this test started (reaped on drop).
     pub children: Vec<Child>,
 }
 
+/// Panics, saying how to build it, unless the `arkd` binary can be found.
 pub fn arkd_built() {
     if let Err(e) = playground::find_arkd() {
         panic!("{e}: run the tests with `cargo nextest run --workspace` (or cargo test --workspace) so arkd is built");
@@ -23,6 +32,8 @@ pub fn arkd_built() {
 }
 
 impl Pg {
+    /// Starts `sites` sites of one node each (a snapshot every `snapshot_every` log
+    /// entries) and waits until they are ready.
     pub async fn up(sites: u32, snapshot_every: u64) -> Pg {
         arkd_built();
         let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
@@ -37,22 +48,27 @@ impl Pg {
         Pg { dir, children }
     }
 
+    /// The playground's folder.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
+    /// What `playground.json` records now.
     pub fn info(&self) -> Playground {
         Playground::load(self.path()).unwrap()
     }
 
+    /// Node `id` as recorded.
     pub fn node(&self, id: u64) -> PlaygroundNode {
         self.info().node(id).cloned().unwrap()
     }
 
+    /// An SDK client for this playground.
     pub fn client(&self) -> ArkClient {
         ArkClient::new(&Playground::client_config(self.path()).unwrap()).unwrap()
     }
 
+    /// The playground's `client.toml`.
     pub fn client_toml(&self) -> PathBuf {
         self.path().join("client.toml")
     }
@@ -73,11 +89,13 @@ impl Pg {
         }
     }
 
+    /// Starts node `id` again.
     pub fn start(&mut self, id: u64) {
         let (_, child) = playground::start_node(self.path(), id).unwrap();
         self.children.push(child);
     }
 
+    /// Starts a new node in `site` (not yet a member).
     pub fn add_node(&mut self, site: &str, snapshot_every: u64) -> PlaygroundNode {
         let (n, child) = playground::add_node(self.path(), site, snapshot_every).unwrap();
         self.children.push(child);
@@ -107,9 +125,11 @@ impl Pg {
         }
     }
 
-    /// Runs the `ark` CLI against this playground.
+    /// Runs the `ark` CLI against this playground. The binary is found like `arkd`
+    /// (`$ARK_BIN`, beside the test, on `PATH`): the CLI crate's own tests always have it.
     pub fn ark(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ark"));
+        let ark = playground::find_binary("ark", "ARK_BIN").unwrap();
+        let mut cmd = Command::new(ark);
         cmd.arg("--config").arg(self.client_toml()).args(args);
         cmd.output().unwrap()
     }
@@ -135,6 +155,8 @@ impl Drop for Pg {
     }
 }
 
+/// The whole HTTP/1.0 answer (headers and body) of `GET http://ADDR/PATH`, retried a few
+/// times while the server starts.
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut last = String::new();
@@ -156,10 +178,12 @@ pub fn http_get(addr: &str, path: &str) -> String {
     panic!("GET http://{addr}{path} failed: {last}");
 }
 
+/// A process's stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// A process's stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{stderr, stdout, Pg};
+use ark_playground::testkit::{stderr, stdout, Pg};
 
 /// `ark kv put KEY x` against the playground, presenting the certificate `cert`/`key`;
 /// asserts that it failed (exit 1) and wrote nothing, and answers its stderr.
@@ -46,8 +44,8 @@ fn put_refused_with(pg: &Pg, cert: &Path, key: &Path, key_name: &str) -> String 
 async fn client_with_foreign_certificate_is_refused() {
     let pg = Pg::up(3, 20_000).await;
     let rogue = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(rogue.path()).unwrap();
-    let (cert, key) = ark_client::certs::create_client(rogue.path(), rogue.path(), "mallory").unwrap();
+    ark_playground::certs::create_ca(rogue.path()).unwrap();
+    let (cert, key) = ark_playground::certs::create_client(rogue.path(), rogue.path(), "mallory").unwrap();
     let err = put_refused_with(&pg, &cert, &key, "intruder");
     assert!(err.contains("unavailable"), "{err}");
 }
@@ -78,7 +76,7 @@ async fn bad_requests_are_rejected_and_change_nothing() {
     // Exactly at the limit is fine.
     client.put("max", &vec![7u8; 64 * 1024]).await.unwrap();
 
-    let (items, _) = client.list("", 0, false).await.unwrap();
+    let (items, _) = client.list("", &ark_client::ListKeysOptions::default()).await.unwrap();
     let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, vec!["keep", "max"]);
 
@@ -100,12 +98,20 @@ async fn a_retried_write_is_applied_once() {
     // a different payload: the recorded answer comes back.
     let r2 = client.put_with_id("once", b"second", rid).await.unwrap();
     assert_eq!(r1, r2);
-    assert_eq!(client.get("once", false).await.unwrap().unwrap().value, b"first");
+    assert_eq!(
+        client
+            .get("once", &ark_client::ReadOptions::LINEARIZABLE)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"first"
+    );
 }
 
 fn arkd() -> std::path::PathBuf {
-    common::arkd_built();
-    ark_client::playground::find_arkd().unwrap()
+    ark_playground::testkit::arkd_built();
+    ark_playground::playground::find_arkd().unwrap()
 }
 
 #[test]
@@ -165,9 +171,9 @@ async fn peer_with_foreign_certificate_gets_no_data() {
     pg.kill(rogue_node.id);
     // Re-issue its certificate from a rogue CA, then start it again.
     let rogue = tempfile::tempdir().unwrap();
-    ark_client::certs::create_ca(rogue.path()).unwrap();
+    ark_playground::certs::create_ca(rogue.path()).unwrap();
     let certs = pg.path().join("certs");
-    let (cert, key) = ark_client::certs::create_node(rogue.path(), rogue.path(), rogue_node.id, &[]).unwrap();
+    let (cert, key) = ark_playground::certs::create_node(rogue.path(), rogue.path(), rogue_node.id, &[]).unwrap();
     std::fs::copy(&cert, certs.join(format!("node-{}.pem", rogue_node.id))).unwrap();
     std::fs::copy(&key, certs.join(format!("node-{}.key", rogue_node.id))).unwrap();
     std::fs::copy(rogue.path().join("ca.pem"), pg.path().join("rogue-ca.pem")).unwrap();
@@ -178,13 +184,16 @@ async fn peer_with_foreign_certificate_gets_no_data() {
     std::fs::write(&cfg_path, cfg).unwrap();
     pg.start(rogue_node.id);
 
-    let spec = ark_proto::v1::NodeSpec {
+    let spec = ark_client::NodeSpec {
         id: rogue_node.id,
         site: rogue_node.site.clone(),
         peer_addr: rogue_node.peer_addr.clone(),
         client_addr: rogue_node.client_addr.clone(),
     };
-    client.add_learner(spec, false).await.unwrap();
+    client
+        .add_learner(spec, &ark_client::AddLearnerOptions::default())
+        .await
+        .unwrap();
     for i in 0..50 {
         client.put(&format!("secret/{i}"), b"classified").await.unwrap();
     }
@@ -207,7 +216,7 @@ async fn peer_with_foreign_certificate_gets_no_data() {
 /// over within seconds.
 #[test]
 fn demo_completes_without_losing_writes() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     let o = Command::new(env!("CARGO_BIN_EXE_ark"))
         .args(["demo", "--json"])
         .output()

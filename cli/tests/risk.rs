@@ -7,18 +7,16 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ark_client::objects::{GetOptions, PutOptions, PutSource};
-use ark_client::playground::{self, Layout};
+use ark_client::{ClusterStatus, DurabilityMode, NamespacePolicy};
 use ark_forecast::data::EntityTable;
 use ark_forecast::history::{entity_history, write_history};
 use ark_forecast::{FailureConfig, FailureForecaster};
-use ark_proto::v1::{DurabilityMode, NamespacePolicy, StatusResponse};
-use common::Pg;
+use ark_playground::playground::{self, Layout};
+use ark_playground::testkit::Pg;
 
 /// Milliseconds per replayed (and model) day.
 const DAY_MS: u64 = 500;
@@ -81,18 +79,7 @@ fn prepare(dir: &Path) -> (std::path::PathBuf, [std::path::PathBuf; 3]) {
     (weights, [h("d1"), h("d6"), h("d7")])
 }
 
-/// A namespace policy keeping one version.
-fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
-    NamespacePolicy {
-        copies,
-        min_sites,
-        mode: mode as i32,
-        versions_kept: 1,
-        ..NamespacePolicy::default()
-    }
-}
-
-async fn leader_status(pg: &Pg) -> StatusResponse {
+async fn leader_status(pg: &Pg) -> ClusterStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(s) = pg.client().status().await {
@@ -146,29 +133,25 @@ async fn put_in(pg: &Pg, ns: &str, node: u64, key: &str, byte: u8) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_flags_a_failing_node_and_moves_its_data_first() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     let work = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let (weights, histories) = prepare(work.path());
-    let mut settings = vec![
+    let settings = vec![
         (0, "risk".to_string(), format!("day_ms = {DAY_MS}")),
         (0, "telemetry".to_string(), format!("smart_replay_day_ms = {DAY_MS}")),
         // A small budget, so that the queue has a visible backlog.
         (0, "objects".to_string(), "repair_mib_per_s = 1".to_string()),
     ];
-    for (i, h) in histories.iter().enumerate() {
-        settings.push((
-            i as u64 + 1,
-            "telemetry".into(),
-            format!("smart_replay = {:?}", h.display().to_string()),
-        ));
-    }
-    let layout = Layout {
+    let mut layout = Layout {
         sites: 3,
         nodes_per_site: 1,
         ready_timeout: Duration::from_secs(60),
         settings,
         ..Layout::default()
     };
+    for (i, h) in histories.iter().enumerate() {
+        layout.replay_smart(i as u64 + 1, h);
+    }
     let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
     let pg = Pg { dir, children };
@@ -179,7 +162,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     assert!(s.nodes.iter().all(|n| n.failure_risk.is_none() && !n.at_risk), "{s:?}");
 
     let c = pg.client();
-    c.create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+    c.create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await
         .unwrap();
     c.put_object(
@@ -214,7 +197,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     }
 
     // Async writes through node 1 and node 2 build a backlog (1 MiB/s budget).
-    c.create_namespace("data", policy(2, 2, DurabilityMode::Async))
+    c.create_namespace("data", NamespacePolicy::replicated(2, 2, DurabilityMode::Async))
         .await
         .unwrap();
     let before_on_2 = chunk_files(&pg.node(2).data_dir.join("chunks"));
@@ -268,16 +251,16 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     // Pre-staging: an object with a single copy, read repeatedly, is warmed into the cache
     // of the follower most likely to take over (not node 2, which is at risk); with its only
     // holder killed, that follower still serves it, verified.
-    c.create_namespace("hot", policy(1, 1, DurabilityMode::Async))
+    c.create_namespace("hot", NamespacePolicy::replicated(1, 1, DurabilityMode::Async))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let successor = loop {
         let s = leader_status(&pg).await;
-        if s.prestage_node != 0 || Instant::now() > deadline {
+        if s.prestage_node.is_some() || Instant::now() > deadline {
             // Before any read there is no hot set, so nothing is pre-staged yet: pick the
             // successor the way the leader will, from the status.
-            break s.prestage_node;
+            break s.prestage_node.unwrap_or(0);
         }
         let eligible: Vec<u64> = s
             .nodes
@@ -305,7 +288,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
     loop {
         let s = leader_status(&pg).await;
         let fetched = pg.metric(successor, "ark_prestage_chunks_total{result=\"fetched\"}");
-        if s.prestage_node == successor && s.prestage_objects >= 1 && fetched >= 1.0 {
+        if s.prestage_node == Some(successor) && s.prestage_objects >= 1 && fetched >= 1.0 {
             break;
         }
         assert!(
@@ -335,7 +318,7 @@ async fn leader_flags_a_failing_node_and_moves_its_data_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     // A short window and horizon: 2 x (6 + 3 + 20) = 58 one-second points to train on.
     let layout = Layout {
         sites: 3,
@@ -352,7 +335,7 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     let mut pg = Pg { dir, children };
     // The namespace the forecasters' weights go to (beside the failure forecaster).
     pg.client()
-        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+        .create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -372,13 +355,23 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     let leader = s.leader_id.unwrap();
     assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
     let o = pg.ark(&["status"]);
-    assert!(common::stdout(&o).contains("forecast low"), "{}", common::stdout(&o));
+    assert!(
+        ark_playground::testkit::stdout(&o).contains("forecast low"),
+        "{}",
+        ark_playground::testkit::stdout(&o)
+    );
     // The weights are cluster objects...
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let keys: Vec<String> = pg
             .client()
-            .list_objects("_ark", "", false, 100, false)
+            .list_objects(
+                "_ark",
+                &ark_client::ListObjectsOptions {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
             .unwrap_or_default();
@@ -420,7 +413,7 @@ async fn the_successor_serves_the_pre_staged_hot_set_after_the_leaders_loss_with
     // One copy, on the node that received it: once the leader dies, a hot object is readable
     // only if the successor warmed its cache with it beforehand.
     pg.client()
-        .create_namespace("hot", policy(1, 1, DurabilityMode::Sync))
+        .create_namespace("hot", NamespacePolicy::replicated(1, 1, DurabilityMode::Sync))
         .await
         .unwrap();
     let via_leader = pg.client().with_endpoints(vec![pg.node(leader).client_addr]);
@@ -465,13 +458,15 @@ async fn the_successor_serves_the_pre_staged_hot_set_after_the_leaders_loss_with
     let mut last = -1.0;
     let successor = loop {
         let st = leader_status(&pg).await;
-        let fetched = if st.prestage_node != 0 {
-            pg.metric(st.prestage_node, "ark_prestage_chunks_total{result=\"fetched\"}")
-        } else {
-            0.0
+        let fetched = match st.prestage_node {
+            Some(n) => pg.metric(n, "ark_prestage_chunks_total{result=\"fetched\"}"),
+            None => 0.0,
         };
-        if st.prestage_node != 0 && st.prestage_objects as usize >= objects.len() && fetched > 0.0 && fetched == last {
-            break st.prestage_node;
+        if let Some(n) = st
+            .prestage_node
+            .filter(|_| st.prestage_objects as usize >= objects.len() && fetched > 0.0 && fetched == last)
+        {
+            break n;
         }
         last = fetched;
         assert!(

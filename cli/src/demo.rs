@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 
-use crate::client::ArkClient;
-use crate::playground::{self, Layout, Playground};
+use ark_client::ArkClient;
+use ark_playground::playground::{self, Layout, Playground};
 
 /// Outcome of one demo run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -149,12 +149,7 @@ async fn tour(dir: &std::path::Path, pg: &Playground, say: &dyn Fn(&str)) -> any
     for w in writers {
         let _ = w.await;
     }
-    let survivors: Vec<String> = pg
-        .nodes
-        .iter()
-        .filter(|n| n.site != lost_site)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let survivors = pg.client_addrs(|n| n.site != lost_site);
     let client = client.with_endpoints(survivors);
     let status = client.status().await?;
     let new_leader = status.leader_id.context("no leader after failover")?;
@@ -170,7 +165,7 @@ async fn tour(dir: &std::path::Path, pg: &Playground, say: &dyn Fn(&str)) -> any
     ));
     let mut lost = 0;
     for (k, v) in &acked {
-        match client.get(k, false).await? {
+        match client.get(k, &ark_client::ReadOptions::LINEARIZABLE).await? {
             Some(got) if &got.value == v => {}
             _ => lost += 1,
         }

@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_proto::v1::{DurabilityMode, NamespacePolicy};
+use ark_client::{DurabilityMode, NamespacePolicy};
 use nix::sys::signal::Signal;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::client::ArkClient;
-use crate::objects::{PutOptions, PutSource};
-use crate::playground::{self, Layout, Playground};
+use ark_client::objects::{PutOptions, PutSource};
+use ark_client::ArkClient;
+use ark_playground::playground::{self, Layout, Playground};
 
 /// The node that replays the failing drive and is killed.
 const VICTIM: u64 = 2;
@@ -89,17 +89,6 @@ pub struct RunReport {
     pub killed_after_s: f64,
     /// Node 2's highest failure probability the leader reported.
     pub victim_max_risk: Option<f64>,
-}
-
-/// A namespace policy keeping one version.
-fn policy(copies: u32, min_sites: u32, mode: DurabilityMode) -> NamespacePolicy {
-    NamespacePolicy {
-        copies,
-        min_sites,
-        mode: mode as i32,
-        versions_kept: 1,
-        ..NamespacePolicy::default()
-    }
 }
 
 fn arkd_forecast(arkd: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -229,7 +218,7 @@ async fn run_one(
         let _ = playground::down(&dir, Duration::from_secs(5));
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    let mut settings = vec![
+    let settings = vec![
         (0, "risk".to_string(), format!("ordering = \"{ordering}\"")),
         (0, "risk".to_string(), format!("day_ms = {}", p.day_ms)),
         (
@@ -243,20 +232,15 @@ async fn run_one(
             format!("smart_replay_day_ms = {}", p.day_ms),
         ),
     ];
-    for (i, (path, _)) in drives.iter().enumerate() {
-        let abs = std::fs::canonicalize(path)?;
-        settings.push((
-            i as u64 + 1,
-            "telemetry".to_string(),
-            format!("smart_replay = {:?}", abs.display().to_string()),
-        ));
-    }
-    let layout = Layout {
+    let mut layout = Layout {
         sites: 3,
         nodes_per_site: 1,
         settings,
         ..Layout::default()
     };
+    for (i, (path, _)) in drives.iter().enumerate() {
+        layout.replay_smart(i as u64 + 1, &std::fs::canonicalize(path)?);
+    }
     let (pg, mut children) = playground::up(&dir, &layout).await?;
     let started = Instant::now();
     let result = drive(p, seed, ordering, drives, days, weights, &dir, &pg, started).await;
@@ -285,7 +269,7 @@ async fn drive(
         bail!("node {VICTIM} won the first election; the experiment needs it to be a follower (rerun)");
     }
     client
-        .create_namespace("_ark", policy(3, 2, DurabilityMode::Sync))
+        .create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
         .await?;
     client
         .put_object(
@@ -296,7 +280,7 @@ async fn drive(
         )
         .await?;
     client
-        .create_namespace(NAMESPACE, policy(2, 2, DurabilityMode::Async))
+        .create_namespace(NAMESPACE, NamespacePolicy::replicated(2, 2, DurabilityMode::Async))
         .await?;
     let kill_at = started + Duration::from_millis(days * p.day_ms);
     let stop = Arc::new(AtomicBool::new(false));
@@ -359,12 +343,7 @@ async fn drive(
         let _ = w.await;
     }
     // Verify through the survivors; node 2's copies no longer answer.
-    let survivors: Vec<String> = pg
-        .nodes
-        .iter()
-        .filter(|n| n.id != VICTIM)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let survivors = pg.client_addrs(|n| n.id != VICTIM);
     let report = client
         .with_endpoints(survivors)
         .with_op_timeout(Duration::from_secs(60))
@@ -374,7 +353,7 @@ async fn drive(
     let by_key: std::collections::HashMap<String, (u32, bool)> = report
         .objects
         .iter()
-        .filter_map(|o| o.object.as_ref().map(|i| (i.key.clone(), (o.copies, o.at_policy))))
+        .map(|o| (o.object.key.clone(), (o.copies, o.at_policy)))
         .collect();
     let (mut objects_lost, mut bytes_lost, mut below) = (0, 0, 0);
     for (key, size) in &acked {
@@ -534,7 +513,7 @@ async fn prestage_run(
     let leader = client.status().await?.leader_id.context("no leader")?;
     let leader_site = pg.node(leader).context("leader")?.site.clone();
     client
-        .create_namespace("hot", policy(2, 2, DurabilityMode::Sync))
+        .create_namespace("hot", NamespacePolicy::replicated(2, 2, DurabilityMode::Sync))
         .await?;
     client.put("read-index-probe", b"x").await?;
     // Hot objects written through random nodes, so their holders vary.
@@ -567,7 +546,7 @@ async fn prestage_run(
                 .get_object(
                     "hot",
                     &format!("obj-{i}"),
-                    &crate::objects::GetOptions::default(),
+                    &ark_client::objects::GetOptions::default(),
                     &mut sink,
                 )
                 .await?;
@@ -592,11 +571,8 @@ async fn prestage_run(
         let st = client
             .status_of(&pg.node(leader).context("leader")?.client_addr)
             .await?;
-        if prestage && st.prestage_node != 0 && st.prestage_node != successor {
-            bail!(
-                "the leader warmed node {} but the experiment expected {successor}",
-                st.prestage_node
-            );
+        if let Some(warmed) = st.prestage_node.filter(|&n| prestage && n != successor) {
+            bail!("the leader warmed node {warmed} but the experiment expected {successor}");
         }
         if !prestage || (now > 0.0 && now == last) || Instant::now() > deadline {
             break;
@@ -632,9 +608,9 @@ async fn prestage_run(
     // (and the successor has applied everything the new leader committed).
     let mut sink = Vec::new();
     let _ = via_s
-        .get_object("hot", "obj-0", &crate::objects::GetOptions::default(), &mut sink)
+        .get_object("hot", "obj-0", &ark_client::objects::GetOptions::default(), &mut sink)
         .await;
-    let stale = crate::objects::GetOptions {
+    let stale = ark_client::objects::GetOptions {
         stale: true,
         ..Default::default()
     };
@@ -652,7 +628,9 @@ async fn prestage_run(
     let mut index_ms = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        via_s.get("read-index-probe", false).await?;
+        via_s
+            .get("read-index-probe", &ark_client::ReadOptions::LINEARIZABLE)
+            .await?;
         index_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(PrestageReport {

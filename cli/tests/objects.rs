@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, Pg};
+use ark_playground::testkit::{stderr, stdout, Pg};
 use rand::{RngCore, SeedableRng};
 
 fn ok(o: &Output, what: &str) -> String {
@@ -569,7 +567,7 @@ async fn an_interrupted_upload_leaves_no_object_and_its_chunks_are_collected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_holder_is_passed_over_after_one_rpc_timeout_and_then_asked_last() {
     use ark_client::objects::GetOptions;
-    use ark_client::playground;
+    use ark_playground::playground;
     use nix::sys::signal::Signal;
     let pg = Pg::up(3, 20_000).await;
     pg.wait_leader(None, Duration::from_secs(20)).await;
@@ -614,7 +612,18 @@ async fn a_silent_holder_is_passed_over_after_one_rpc_timeout_and_then_asked_las
         "exactly one of nodes 2 and 3 must hold no copy: {empty:?}"
     );
     let reader = empty[0];
-    let (listed, _) = pg.client().list_objects("two", "x", true, 0, false).await.unwrap();
+    let (listed, _) = pg
+        .client()
+        .list_objects(
+            "two",
+            &ark_client::ListObjectsOptions {
+                prefix: "x".into(),
+                all_versions: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let mut versions: Vec<u64> = listed.iter().map(|o| o.version).collect();
     versions.sort();
     assert_eq!(versions.len(), 2, "two versions of two/x: {versions:?}");

@@ -2,7 +2,8 @@
 //! `verify` and `scrub`. Parses their arguments, calls the SDK and prints; progress bars go
 //! to stderr, and only when stderr is a terminal.
 //!
-//! Holds no transfer or restore logic: that belongs to the SDK (`objects.rs`, `restore.rs`).
+//! Holds no transfer or restore logic: that belongs to the SDK (`ark_client::objects`,
+//! `ark_client::restore`).
 //! Exit codes follow the CLI's: 0 success, 1 failure (including an object below its policy
 //! in `verify` or an object that failed in `restore`), 2 usage error.
 
@@ -12,14 +13,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use ark_proto::v1::{DurabilityMode, Namespace, NamespacePolicy, ObjectInfo};
+use ark_client::{DurabilityMode, NamespaceInfo, NamespacePolicy, ObjectInfo};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::client::ArkClient;
-use crate::objects::{GetOptions, Progress, PutOptions, PutSource};
-use crate::restore::{RestoreOptions, RestorePoint, RESTORE_PARALLEL_MAX};
 use crate::units::{format_bytes, format_duration_ms, format_time_ms, hex, parse_duration_ms, parse_time_ms};
+use ark_client::objects::{GetOptions, Progress, PutOptions, PutSource};
+use ark_client::restore::{RestoreOptions, RestorePoint, RESTORE_PARALLEL_MAX};
+use ark_client::ArkClient;
 
 /// Hex digits of a SHA-256 shown in tables.
 const SHA_SHORT_CHARS: usize = 12;
@@ -223,7 +224,7 @@ impl PolicyArgs {
         NamespacePolicy {
             copies: self.copies,
             min_sites: self.min_sites,
-            mode: DurabilityMode::from(self.mode) as i32,
+            mode: DurabilityMode::from(self.mode),
             max_lag_ms: self.max_lag,
             priority: self.priority,
             versions_kept: self.versions_kept,
@@ -277,7 +278,7 @@ impl PolicyChange {
             p.min_sites = v;
         }
         if let Some(v) = self.mode {
-            p.mode = DurabilityMode::from(v) as i32;
+            p.mode = DurabilityMode::from(v);
         }
         if let Some(v) = self.max_lag {
             p.max_lag_ms = v;
@@ -366,16 +367,16 @@ fn bar_progress(bar: &ProgressBar) -> Option<Progress> {
     }))
 }
 
-fn mode_name(mode: i32) -> &'static str {
-    match DurabilityMode::try_from(mode) {
-        Ok(DurabilityMode::Sync) => "sync",
-        Ok(DurabilityMode::Async) => "async",
-        _ => "unspecified",
+fn mode_name(mode: DurabilityMode) -> &'static str {
+    match mode {
+        DurabilityMode::Sync => "sync",
+        DurabilityMode::Async => "async",
+        DurabilityMode::Unspecified => "unspecified",
     }
 }
 
-fn describe_ns(n: &Namespace) -> String {
-    let p = n.policy.unwrap_or_default();
+fn describe_ns(n: &NamespaceInfo) -> String {
+    let p = n.policy;
     format!(
         "namespace {}: {}, {} copies in at least {} sites, max lag {}{}, priority {}, {} version(s) kept, \
          compression {}",
@@ -384,7 +385,7 @@ fn describe_ns(n: &Namespace) -> String {
         p.copies,
         p.min_sites,
         format_duration_ms(p.max_lag_ms),
-        if p.mode == DurabilityMode::Async as i32 {
+        if p.mode == DurabilityMode::Async {
             ""
         } else {
             " (async only)"
@@ -395,8 +396,8 @@ fn describe_ns(n: &Namespace) -> String {
     )
 }
 
-fn ns_json(n: &Namespace) -> serde_json::Value {
-    let p = n.policy.unwrap_or_default();
+fn ns_json(n: &NamespaceInfo) -> serde_json::Value {
+    let p = n.policy;
     serde_json::json!({
         "name": n.name, "mode": mode_name(p.mode), "copies": p.copies, "min_sites": p.min_sites,
         "max_lag_ms": p.max_lag_ms, "priority": p.priority, "versions_kept": p.versions_kept,
@@ -517,7 +518,17 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
             stale,
             json,
         } => {
-            let (objects, more) = c.list_objects(ns, prefix, *all_versions, 0, *stale).await?;
+            let (objects, more) = c
+                .list_objects(
+                    ns,
+                    &ark_client::ListObjectsOptions {
+                        prefix: prefix.clone(),
+                        all_versions: *all_versions,
+                        limit: 0,
+                        stale: *stale,
+                    },
+                )
+                .await?;
             if *json {
                 let v: Vec<_> = objects.iter().map(object_json).collect();
                 outln!("{}", serde_json::to_string_pretty(&v)?);
@@ -601,7 +612,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
                     .objects
                     .iter()
                     .map(|o| {
-                        let info = o.object.clone().unwrap_or_default();
+                        let info = o.object.clone();
                         serde_json::json!({
                             "namespace": info.namespace, "key": info.key, "version": info.version,
                             "at_policy": o.at_policy, "copies": o.copies, "sites": o.sites,
@@ -613,7 +624,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for o in &r.objects {
-                    let info = o.object.clone().unwrap_or_default();
+                    let info = o.object.clone();
                     outln!(
                         "{}/{} v{}: {} copies {} sites {} bad_copies {}{}",
                         info.namespace,
@@ -638,7 +649,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
             }
         }
         ObjectCmd::Scrub { wait, json } => {
-            let r = c.scrub(*wait).await?;
+            let r = c.scrub(&ark_client::ScrubOptions { wait: *wait }).await?;
             if *json {
                 let nodes: Vec<_> = r
                     .nodes
@@ -716,7 +727,7 @@ async fn run_ns(c: &ArkClient, cmd: &NsCmd) -> anyhow::Result<ExitCode> {
                     "BEHIND"
                 );
                 for n in &list {
-                    let p = n.policy.unwrap_or_default();
+                    let p = n.policy;
                     outln!(
                         "{:<w$}  {:<5}  {:>6}  {:>9}  {:>8}  {:>10}  {:>6}  {}",
                         n.name,
@@ -785,7 +796,7 @@ mod tests {
         let mut p = NamespacePolicy {
             copies: 3,
             min_sites: 2,
-            mode: DurabilityMode::Sync as i32,
+            mode: DurabilityMode::Sync,
             max_lag_ms: 60_000,
             priority: 1,
             versions_kept: 4,
@@ -806,7 +817,7 @@ mod tests {
         assert_eq!(
             p,
             NamespacePolicy {
-                mode: DurabilityMode::Async as i32,
+                mode: DurabilityMode::Async,
                 max_lag_ms: 5_000,
                 compress: false,
                 ..before

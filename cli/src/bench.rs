@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::client::ArkClient;
+use ark_client::ArkClient;
 
 /// What to load.
 #[derive(Debug, Clone)]

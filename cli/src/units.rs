@@ -215,10 +215,9 @@ pub fn format_bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lower-case hex of bytes: the SDK's, so a digest the CLI prints is spelled as the SDK
+/// reports it.
+pub use ark_client::objects::hex;
 
 #[cfg(test)]
 mod tests {

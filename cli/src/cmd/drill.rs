@@ -1,8 +1,9 @@
 //! `ark drill`: hands over to the `ark-chaos` binary, like a git subcommand.
 //!
-//! The drills against a deployed cluster live in the chaos crate, which depends on this one,
-//! so `ark` cannot link them: it execs `ark-chaos drill` with the remaining arguments, found
-//! next to the running `ark` or else on `PATH`. Owns only finding and starting that binary;
+//! The drills against a deployed cluster live in the chaos crate, whose FUSE and network
+//! namespace machinery an operator's `ark` should not carry, so `ark` does not link them: it
+//! execs `ark-chaos drill` with the remaining arguments, found next to the running `ark` or
+//! else on `PATH`. Owns only finding and starting that binary;
 //! must not parse the drill's arguments (`ark-chaos drill --help` documents them).
 
 use std::ffi::{OsStr, OsString};

@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use ark_client::playground::{self, Layout};
-use common::{stderr, stdout, Pg};
+use ark_playground::playground::{self, Layout};
+use ark_playground::testkit::{stderr, stdout, Pg};
 use serde_json::Value;
 
 /// Small, so that the windows fill (and must stop growing) within the test.
@@ -47,7 +45,7 @@ fn complete(v: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_holds_bounded_telemetry_from_every_node() {
-    common::arkd_built();
+    ark_playground::testkit::arkd_built();
     let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
     let layout = Layout {
         sites: 3,

@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ark_proto::v1::NodeSpec;
-use common::{stderr, stdout, Pg};
+use ark_client::NodeSpec;
+use ark_playground::testkit::{stderr, stdout, Pg};
 
 /// The script from the issue, through the CLI: 50 puts, kill -9 of the leader found via
 /// `status --json` and `playground.json`, a put succeeds again within 5 s, all keys read back.
@@ -117,7 +115,7 @@ impl Writers {
 async fn assert_all_readable(client: &ark_client::ArkClient, acked: &BTreeMap<String, String>) {
     let mut lost = Vec::new();
     for (k, v) in acked {
-        match client.get(k, false).await.unwrap() {
+        match client.get(k, &ark_client::ReadOptions::LINEARIZABLE).await.unwrap() {
             Some(got) if got.value == v.as_bytes() => {}
             other => lost.push((k.clone(), other.map(|g| String::from_utf8_lossy(&g.value).to_string()))),
         }
@@ -198,7 +196,10 @@ async fn far_behind_node_catches_up_from_snapshot() {
     let direct = client.with_endpoints(vec![addr]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (items, _) = direct.list("snap/", 0, true).await.unwrap_or_default();
+        let (items, _) = direct
+            .list("snap/", &ark_client::ListKeysOptions { limit: 0, stale: true })
+            .await
+            .unwrap_or_default();
         if items.len() == 600 {
             break;
         }
@@ -213,7 +214,11 @@ async fn far_behind_node_catches_up_from_snapshot() {
         pg.metric(lagger, "ark_raft_snapshots_installed_total") >= 1.0,
         "catch-up did not use a snapshot"
     );
-    let v = direct.get("snap/0599", true).await.unwrap().unwrap();
+    let v = direct
+        .get("snap/0599", &ark_client::ReadOptions::STALE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v.value, b"599");
 }
 
@@ -234,7 +239,10 @@ async fn membership_add_promote_remove_under_load() {
         peer_addr: new.peer_addr.clone(),
         client_addr: new.client_addr.clone(),
     };
-    let r = client.add_learner(spec, true).await.unwrap();
+    let r = client
+        .add_learner(spec, &ark_client::AddLearnerOptions { wait_caught_up: true })
+        .await
+        .unwrap();
     assert!(r.learners.contains(&new.id), "{r:?}");
     let r = client.promote(new.id).await.unwrap();
     assert!(r.voters.contains(&new.id), "{r:?}");
@@ -254,7 +262,10 @@ async fn membership_add_promote_remove_under_load() {
     assert_all_readable(&client, &acked).await;
     // The new node serves the data it caught up on.
     let direct = client.with_endpoints(vec![new.client_addr.clone()]);
-    let (items, _) = direct.list("pre/", 0, true).await.unwrap();
+    let (items, _) = direct
+        .list("pre/", &ark_client::ListKeysOptions { limit: 0, stale: true })
+        .await
+        .unwrap();
     assert_eq!(items.len(), 400);
     assert!(
         pg.metric(new.id, "ark_raft_snapshots_installed_total") >= 1.0,
@@ -291,6 +302,11 @@ async fn bench_kv_reports_throughput_and_latency() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{lat}");
     // The benchmark's writes are real: one of its keys reads back with its value size.
-    let v = pg.client().get("bench/0000/000000", false).await.unwrap().unwrap();
+    let v = pg
+        .client()
+        .get("bench/0000/000000", &ark_client::ReadOptions::LINEARIZABLE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v.value.len(), 256);
 }

@@ -19,8 +19,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::certs;
-use crate::client::ArkClient;
-use crate::config::ClientConfig;
+use ark_client::ArkClient;
+use ark_client::ClientConfig;
 
 /// One node as recorded in `playground.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +119,19 @@ impl Default for Layout {
     }
 }
 
+impl Layout {
+    /// Makes node `id` replay the daily SMART history in `history` (`[telemetry]
+    /// smart_replay`, a file `ark_forecast::history::write_history` wrote) instead of asking
+    /// `smartctl`; the path is written as given, so pass an absolute one.
+    pub fn replay_smart(&mut self, id: u64, history: &Path) {
+        self.settings.push((
+            id,
+            "telemetry".to_string(),
+            format!("smart_replay = {:?}", history.display().to_string()),
+        ));
+    }
+}
+
 /// `text` (a TOML document) with `line` added to its `[section]`, appended as a new table
 /// when there is none.
 fn add_setting(text: &str, section: &str, line: &str) -> String {
@@ -147,12 +160,19 @@ pub fn site_name(i: u32) -> String {
 
 /// Finds the `arkd` binary: `$ARKD_BIN`, next to this executable, or on `PATH`.
 pub fn find_arkd() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("ARKD_BIN") {
+    find_binary("arkd", "ARKD_BIN")
+}
+
+/// Finds the binary `name` of this workspace: `$env_var` when set, else beside this
+/// executable or one folder up (a test's executable sits in `target/<profile>/deps`), else
+/// on `PATH`.
+pub fn find_binary(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
     if let Ok(me) = std::env::current_exe() {
         for dir in me.ancestors().skip(1).take(2) {
-            let cand = dir.join("arkd");
+            let cand = dir.join(name);
             if cand.is_file() {
                 return Ok(cand);
             }
@@ -160,13 +180,13 @@ pub fn find_arkd() -> anyhow::Result<PathBuf> {
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
-            let cand = dir.join("arkd");
+            let cand = dir.join(name);
             if cand.is_file() {
                 return Ok(cand);
             }
         }
     }
-    bail!("cannot find the arkd binary: build it (cargo build) or set ARKD_BIN")
+    bail!("cannot find the {name} binary: build it (cargo build) or set {env_var}")
 }
 
 /// Loopback ports picked by binding port 0. The sockets stay open until the ports are
@@ -223,6 +243,16 @@ impl Playground {
     /// A node by id.
     pub fn node(&self, id: u64) -> Option<&PlaygroundNode> {
         self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The gRPC addresses of the nodes `keep` selects (e.g. the survivors of a lost site),
+    /// in the recorded order: an endpoint list for `ArkClient::with_endpoints`.
+    pub fn client_addrs(&self, keep: impl Fn(&PlaygroundNode) -> bool) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| keep(n))
+            .map(|n| n.client_addr.clone())
+            .collect()
     }
 }
 

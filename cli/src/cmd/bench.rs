@@ -1,0 +1,230 @@
+//! `ark bench`: the KV load generator (`crate::bench`) and the risk and pre-staging
+//! experiments (`crate::risk_bench`); this file parses their flags and prints their reports.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ark_client::ClientConfig;
+use clap::Subcommand;
+
+use crate::bench;
+use crate::cli::Cli;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Closed-loop small writes; prints throughput and p50/p99/p999 latency.
+    Kv {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Connections the clients share.
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Keys per client, overwritten round-robin.
+        #[arg(long, default_value_t = 1000)]
+        keys_per_client: usize,
+        /// Load etcd instead of Ark: its gRPC endpoint, e.g. http://127.0.0.1:2379. With
+        /// https://, the CA, certificate and key of --config are used (server name localhost).
+        #[arg(long, value_name = "URL")]
+        etcd: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The risk-aware replication experiment: on fresh 3-site playgrounds, node 2 replays a
+    /// failing drive's SMART record while objects are written to an async namespace, then
+    /// dies; reports the acknowledged bytes lost and below policy with the repair queue in
+    /// `fifo` and in `expected-loss` order, per seed.
+    Risk {
+        /// Backblaze-layout CSV (entity,date,failure,smart_*_raw...), plain or gzip.
+        #[arg(long, value_name = "FILE")]
+        backblaze: PathBuf,
+        /// The failing drive node 2 replays.
+        #[arg(long, default_value = "6XW00YE0")]
+        entity: String,
+        /// Seeds (comma-separated); each runs both orderings.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+        seeds: Vec<u64>,
+        /// Milliseconds per replayed day.
+        #[arg(long, default_value_t = 2000)]
+        day_ms: u64,
+        /// Repair queue budget, MiB/s.
+        #[arg(long, default_value_t = 3)]
+        repair_mib_per_s: u64,
+        /// Write rate over both writers, MiB/s.
+        #[arg(long, default_value_t = 4.0)]
+        write_mib_per_s: f64,
+        /// Bytes per object.
+        #[arg(long, default_value_t = 512 * 1024)]
+        object_bytes: usize,
+        /// Working directory (default: a temp dir, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pre-staging experiment: on fresh 3-site x 2-node playgrounds with a delay between
+    /// sites, hot objects are read through the leader, then the leader's site is killed;
+    /// reports the first read of each hot object through the successor the leader chose,
+    /// with `risk.prestage` off and on, per seed.
+    Prestage {
+        /// Seeds (comma-separated); each runs with pre-staging off and on.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+        seeds: Vec<u64>,
+        /// Hot objects.
+        #[arg(long, default_value_t = 12)]
+        objects: usize,
+        /// Bytes per hot object.
+        #[arg(long, default_value_t = 2 * 1024 * 1024)]
+        object_bytes: usize,
+        /// One-way delay between sites, ms.
+        #[arg(long, default_value_t = 20)]
+        wan_delay_ms: u64,
+        /// Working directory (default: a temp dir, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one bench; `cli` gives the client config for `bench kv`.
+pub async fn run(cli: &Cli, b: &BenchCmd) -> anyhow::Result<ExitCode> {
+    match b {
+        BenchCmd::Risk {
+            backblaze,
+            entity,
+            seeds,
+            day_ms,
+            repair_mib_per_s,
+            write_mib_per_s,
+            object_bytes,
+            dir,
+            json,
+        } => {
+            let tmp = tempfile::Builder::new().prefix("ark-bench-risk-").tempdir()?;
+            let dir = dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+            let params = crate::risk_bench::Params {
+                backblaze: backblaze.clone(),
+                entity: entity.clone(),
+                seeds: seeds.clone(),
+                day_ms: *day_ms,
+                repair_mib_per_s: *repair_mib_per_s,
+                write_mib_per_s: *write_mib_per_s,
+                object_bytes: *object_bytes,
+                dir,
+            };
+            let quiet = *json;
+            let say = move |l: &str| {
+                if !quiet {
+                    outln!("{l}");
+                }
+            };
+            let reports = crate::risk_bench::run(&params, &say).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+        }
+        BenchCmd::Prestage {
+            seeds,
+            objects,
+            object_bytes,
+            wan_delay_ms,
+            dir,
+            json,
+        } => {
+            let tmp = tempfile::Builder::new().prefix("ark-bench-prestage-").tempdir()?;
+            let params = crate::risk_bench::PrestageParams {
+                seeds: seeds.clone(),
+                objects: *objects,
+                object_bytes: *object_bytes,
+                wan_delay_ms: *wan_delay_ms,
+                dir: dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
+            };
+            let quiet = *json;
+            let say = move |l: &str| {
+                if !quiet {
+                    outln!("{l}");
+                }
+            };
+            let reports = crate::risk_bench::run_prestage(&params, &say).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+        }
+        BenchCmd::Kv {
+            clients,
+            conns,
+            value_bytes,
+            duration,
+            keys_per_client,
+            etcd,
+            json,
+        } => {
+            let target = match etcd {
+                Some(url) => {
+                    let tls = if url.starts_with("https://") {
+                        let path = cli
+                            .config
+                            .as_ref()
+                            .context("an https etcd URL needs --config for its TLS files")?;
+                        let cfg = ClientConfig::load(path)?;
+                        let read =
+                            |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                        Some(
+                            tonic::transport::ClientTlsConfig::new()
+                                .ca_certificate(tonic::transport::Certificate::from_pem(read(&cfg.ca)?))
+                                .identity(tonic::transport::Identity::from_pem(read(&cfg.cert)?, read(&cfg.key)?))
+                                .domain_name("localhost"),
+                        )
+                    } else {
+                        None
+                    };
+                    bench::Target::Etcd { url: url.clone(), tls }
+                }
+                None => bench::Target::Ark(crate::cli::client(cli)?),
+            };
+            let r = bench::run(
+                target,
+                &bench::Params {
+                    clients: *clients,
+                    conns: *conns,
+                    value_bytes: *value_bytes,
+                    duration: Duration::from_secs(*duration),
+                    keys_per_client: *keys_per_client,
+                },
+            )
+            .await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!(
+                "{}: {} clients, {} conns, {} B values, {:.1} s: {} ok, {} errors, {:.0} ops/s, latency ms p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
+                r.target,
+                r.clients,
+                r.conns,
+                r.value_bytes,
+                r.duration_s,
+                r.ops,
+                r.errors,
+                r.throughput_ops_per_s,
+                r.latency_ms.p50,
+                r.latency_ms.p99,
+                r.latency_ms.p999,
+                r.latency_ms.max
+            );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,21 @@
+//! `ark`: the Ark command-line client. Parses arguments and hands over to [`cli::main`].
+//!
+//! - [`cli`] and [`cmd`]: argument parsing, dispatch, one file per command group.
+//! - [`bench`]: the KV load generator (`ark bench kv`); [`risk_bench`]: the risk-aware
+//!   replication and pre-staging experiments (`ark bench risk`, `ark bench prestage`).
+//! - [`demo`]: the guided failover tour on a playground.
+//! - [`units`]: durations, times and sizes as the CLI reads and prints them.
+
+#[macro_use]
+mod macros;
+
+mod bench;
+mod cli;
+mod cmd;
+mod demo;
+mod risk_bench;
+mod units;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,15 @@
+//! The SDK's own types for what the cluster answers, so that an application never sees a
+//! generated protobuf type (and a new field on the wire is not a breaking change here).
+//!
+//! One file per type family; their conversions from and to `ark-proto` live in
+//! `crate::pb_impl`, one file per family too. Plain data: must not do I/O.
+
+pub mod cluster;
+pub mod namespace;
+pub mod object;
+pub mod telemetry;
+
+pub use cluster::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
+pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy};
+pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};
+pub use telemetry::{ClusterTelemetry, NodeTelemetry, TelemetrySeries};
