@@ -9,14 +9,12 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_get, stderr, stdout, Pg};
+use ark_playground::testkit::{http_get, stderr, stdout, Pg};
 
 fn ok(o: &Output, what: &str) -> String {
     assert!(o.status.success(), "{what} failed: {}\n{}", stderr(o), stdout(o));
