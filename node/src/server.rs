@@ -205,7 +205,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     ));
 
     // Client plane.
-    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", ServingStatus::NotServing).await;
     health_reporter.set_not_serving::<KvServer<KvService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -232,8 +232,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let healthy_within = Duration::from_millis((cfg.raft.heartbeat_interval_ms * 4).max(1000));
     // Nagle's algorithm with the client's delayed ACKs would hold small responses back by
     // up to 40 ms: every accepted socket gets TCP_NODELAY.
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(60)))
-        .map_err(|e| anyhow::anyhow!("client API listener: {e}"))?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let kv = KvServer::new(KvService::new(reader, proposer, fence))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -253,7 +254,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let grpc = Server::builder()
         .tls_config(tls_cfg)
         .context("client API TLS config")?
-        .layer(tonic::service::interceptor(move |req| cert_rule.check(req)))
+        .layer(tonic::service::InterceptorLayer::new(move |req| cert_rule.check(req)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -266,7 +267,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // Readiness follows leadership knowledge.
     let readiness = {
         let raft = raft.clone();
-        let mut reporter = health_reporter.clone();
+        let reporter = health_reporter.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut rx = raft.metrics();
@@ -428,7 +429,8 @@ pub(crate) fn describe_all_metrics() {
     crate::net::fault::describe_metrics();
     crate::raft::network::describe_metrics();
     crate::raft::recovery::describe_metrics();
-    crate::raft::state_machine::describe_metrics();
+    crate::raft::state_machine::overlay::describe_metrics();
+    crate::raft::state_machine::snapshot::describe_metrics();
     crate::raft::store::describe_metrics();
     crate::replicate::read::describe_metrics();
     crate::replicate::rpc::describe_metrics();

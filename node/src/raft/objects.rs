@@ -7,14 +7,20 @@
 //! the state machine: versions count per key from 1, old versions beyond the namespace's
 //! `versions_kept` are pruned in the same apply, and a chunk whose reference count drops to
 //! zero loses its record, which is what tells every node that its file is garbage.
+//!
+//! Those rules are decided in `plan.rs`, a pure function of what the tables hold; this file
+//! owns the tables, their encoding, the shell that executes a plan in the apply transaction,
+//! the snapshot export/import and the read-only [`ObjectReader`]. It must not touch chunk
+//! bytes nor decide anything a plan did not.
 
-use std::collections::BTreeSet;
+mod plan;
 
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
-use super::{NodeId, OpResult};
+use super::OpResult;
+use plan::{ObjPlan, ObjRead};
 
 pub use super::types::{
     ChunkId, ChunkRecord, ChunkRef, Manifest, Mode, NsPolicy, NsRecord, ObjectRecord, NS_NAME_MAX, OBJECT_KEY_MAX,
@@ -33,248 +39,102 @@ pub(crate) struct ObjTables<'t> {
     pub chunks: Table<'t, &'static [u8], &'static [u8]>,
 }
 
-type ApplyResult = Result<OpResult, String>;
-
-fn refused(rev: u64, msg: String) -> OpResult {
-    OpResult {
-        revision: rev,
-        error: Some(msg),
-        ..OpResult::default()
-    }
-}
-
 fn e<E: std::fmt::Display>(err: E) -> String {
     err.to_string()
 }
 
-fn get_ns(t: &ObjTables<'_>, name: &str) -> Result<Option<NsRecord>, String> {
-    match t.ns.get(name).map_err(e)? {
-        Some(v) => Ok(Some(decode(v.value()).map_err(e)?)),
-        None => Ok(None),
+/// The apply transaction's tables, as the planner reads them.
+impl ObjRead for ObjTables<'_> {
+    fn ns(&self, name: &str) -> Result<Option<NsRecord>, String> {
+        match self.ns.get(name).map_err(e)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(e)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn versions(&self, ns: &str, key: &str) -> Result<Vec<(u64, ObjectRecord)>, String> {
+        let mut out = Vec::new();
+        for item in self.objects.range((ns, key, 0u64)..=(ns, key, u64::MAX)).map_err(e)? {
+            let (k, v) = item.map_err(e)?;
+            out.push((k.value().2, decode(v.value()).map_err(e)?));
+        }
+        Ok(out)
+    }
+
+    fn ns_versions(&self, ns: &str) -> Result<Vec<(String, u64, ObjectRecord)>, String> {
+        let mut out = Vec::new();
+        for item in self.objects.range((ns, "", 0u64)..).map_err(e)? {
+            let (k, v) = item.map_err(e)?;
+            let (n, key, ver) = k.value();
+            if n != ns {
+                break;
+            }
+            out.push((key.to_string(), ver, decode(v.value()).map_err(e)?));
+        }
+        Ok(out)
+    }
+
+    fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, String> {
+        match self.chunks.get(&id[..]).map_err(e)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(e)?)),
+            None => Ok(None),
+        }
     }
 }
 
-/// Versions of one key, oldest first.
-fn versions(t: &ObjTables<'_>, ns: &str, key: &str) -> Result<Vec<(u64, ObjectRecord)>, String> {
-    let mut out = Vec::new();
-    for item in t.objects.range((ns, key, 0u64)..=(ns, key, u64::MAX)).map_err(e)? {
-        let (k, v) = item.map_err(e)?;
-        out.push((k.value().2, decode(v.value()).map_err(e)?));
-    }
-    Ok(out)
-}
-
-fn distinct(chunks: &[ChunkRef]) -> BTreeSet<(ChunkId, u32)> {
-    chunks.iter().map(|c| (c.id, c.len)).collect()
-}
-
-fn add_refs(t: &mut ObjTables<'_>, rec: &ObjectRecord, holders: &[NodeId], now_ms: u64) -> Result<(), String> {
-    for (id, len) in distinct(&rec.chunks) {
-        let mut cr = match t.chunks.get(&id[..]).map_err(e)? {
-            Some(v) => decode::<ChunkRecord>(v.value()).map_err(e)?,
-            None => ChunkRecord {
-                refs: 0,
-                holders: Vec::new(),
-                len,
-                since_ms: now_ms,
-            },
-        };
-        cr.refs += 1;
-        for h in holders {
-            if !cr.holders.contains(h) {
-                cr.holders.push(*h);
+/// Writes what a plan decided; decides nothing itself.
+fn execute(t: &mut ObjTables<'_>, plan: &ObjPlan) -> Result<(), String> {
+    for (name, rec) in &plan.ns {
+        match rec {
+            Some(r) => {
+                let b = encode(r).map_err(e)?;
+                t.ns.insert(name.as_str(), b.as_slice()).map_err(e)?;
+            }
+            None => {
+                t.ns.remove(name.as_str()).map_err(e)?;
             }
         }
-        cr.holders.sort_unstable();
-        let b = encode(&cr).map_err(e)?;
-        t.chunks.insert(&id[..], b.as_slice()).map_err(e)?;
     }
-    Ok(())
-}
-
-fn drop_refs(t: &mut ObjTables<'_>, rec: &ObjectRecord) -> Result<(), String> {
-    for (id, _) in distinct(&rec.chunks) {
-        let cr = match t.chunks.get(&id[..]).map_err(e)? {
-            Some(v) => decode::<ChunkRecord>(v.value()).map_err(e)?,
-            None => continue,
-        };
-        if cr.refs <= 1 {
-            t.chunks.remove(&id[..]).map_err(e)?;
-        } else {
-            let cr = ChunkRecord {
-                refs: cr.refs - 1,
-                ..cr
-            };
-            let b = encode(&cr).map_err(e)?;
-            t.chunks.insert(&id[..], b.as_slice()).map_err(e)?;
+    for ((ns, key, ver), rec) in &plan.objects {
+        match rec {
+            Some(r) => {
+                let b = encode(r).map_err(e)?;
+                t.objects
+                    .insert((ns.as_str(), key.as_str(), *ver), b.as_slice())
+                    .map_err(e)?;
+            }
+            None => {
+                t.objects.remove((ns.as_str(), key.as_str(), *ver)).map_err(e)?;
+            }
+        }
+    }
+    for (id, rec) in &plan.chunks {
+        match rec {
+            Some(r) => {
+                let b = encode(r).map_err(e)?;
+                t.chunks.insert(&id[..], b.as_slice()).map_err(e)?;
+            }
+            None => {
+                t.chunks.remove(&id[..]).map_err(e)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Adds version `rec` of `ns/key` and prunes the oldest beyond the policy.
-fn add_version(
-    t: &mut ObjTables<'_>,
-    ns: &str,
-    key: &str,
-    policy: &NsPolicy,
-    rec: &ObjectRecord,
-    holders: &[NodeId],
-) -> Result<u64, String> {
-    let existing = versions(t, ns, key)?;
-    let version = existing.last().map(|(v, _)| v + 1).unwrap_or(1);
-    add_refs(t, rec, holders, rec.created_ms)?;
-    let b = encode(rec).map_err(e)?;
-    t.objects.insert((ns, key, version), b.as_slice()).map_err(e)?;
-    let total = existing.len() + 1;
-    let keep = policy.versions_kept.max(1) as usize;
-    if total > keep {
-        for (v, old) in existing.iter().take(total - keep) {
-            drop_refs(t, old)?;
-            t.objects.remove((ns, key, *v)).map_err(e)?;
-        }
-    }
-    // A tombstone that is now the only version left keeps nothing alive: drop it too.
-    if rec.deleted && keep == 1 {
-        t.objects.remove((ns, key, version)).map_err(e)?;
-    }
-    Ok(version)
-}
-
-/// Applies one object command. `Ok(None)` when the command is not an object command.
+/// Applies one object command: plans it against the tables ([`plan::plan`]) and writes the
+/// plan. `Ok(None)` when the command is not an object command.
 pub(crate) fn apply(
     t: &mut ObjTables<'_>,
     rev: u64,
     now_ms: u64,
     cmd: &super::Command,
 ) -> Result<Option<OpResult>, String> {
-    use super::Command as C;
-    let ok = |version: u64, existed: bool| OpResult {
-        revision: rev,
-        version,
-        existed,
-        ..OpResult::default()
+    let Some((result, plan)) = plan::plan(t, rev, now_ms, cmd)? else {
+        return Ok(None);
     };
-    let r: ApplyResult = match cmd {
-        C::Put { .. } | C::Delete { .. } => return Ok(None),
-        C::NsCreate { name, policy } => {
-            if let Some(p) = policy.problem() {
-                Ok(refused(rev, p))
-            } else if get_ns(t, name)?.is_some() {
-                Ok(refused(rev, format!("namespace {name} already exists")))
-            } else {
-                let b = encode(&NsRecord {
-                    policy: policy.clone(),
-                    created_ms: now_ms,
-                })
-                .map_err(e)?;
-                t.ns.insert(name.as_str(), b.as_slice()).map_err(e)?;
-                Ok(ok(0, false))
-            }
-        }
-        C::NsSet { name, policy } => match (policy.problem(), get_ns(t, name)?) {
-            (Some(p), _) => Ok(refused(rev, p)),
-            (None, None) => Ok(refused(rev, format!("namespace {name} does not exist"))),
-            (None, Some(old)) => {
-                let b = encode(&NsRecord {
-                    policy: policy.clone(),
-                    created_ms: old.created_ms,
-                })
-                .map_err(e)?;
-                t.ns.insert(name.as_str(), b.as_slice()).map_err(e)?;
-                Ok(ok(0, true))
-            }
-        },
-        C::NsDelete { name } => {
-            if get_ns(t, name)?.is_none() {
-                Ok(ok(0, false))
-            } else {
-                let mut all = Vec::new();
-                for item in t.objects.range((name.as_str(), "", 0u64)..).map_err(e)? {
-                    let (k, v) = item.map_err(e)?;
-                    let (n, key, ver) = k.value();
-                    if n != name {
-                        break;
-                    }
-                    all.push((key.to_string(), ver, decode::<ObjectRecord>(v.value()).map_err(e)?));
-                }
-                let live: BTreeSet<&str> = {
-                    let mut latest: std::collections::BTreeMap<&str, bool> = Default::default();
-                    for (k, _, r) in &all {
-                        latest.insert(k.as_str(), r.deleted);
-                    }
-                    latest.into_iter().filter(|(_, d)| !d).map(|(k, _)| k).collect()
-                };
-                if !live.is_empty() {
-                    Ok(refused(
-                        rev,
-                        format!("namespace {name} still holds {} objects; delete them first", live.len()),
-                    ))
-                } else {
-                    for (k, v, r) in &all {
-                        drop_refs(t, r)?;
-                        t.objects.remove((name.as_str(), k.as_str(), *v)).map_err(e)?;
-                    }
-                    t.ns.remove(name.as_str()).map_err(e)?;
-                    Ok(ok(0, true))
-                }
-            }
-        }
-        C::ObjPut { ns, key, manifest } => match get_ns(t, ns)? {
-            None => Ok(refused(rev, format!("namespace {ns} does not exist"))),
-            Some(nsr) => {
-                let rec = ObjectRecord {
-                    size: manifest.size,
-                    sha256: manifest.sha256,
-                    chunks: manifest.chunks.clone(),
-                    created_ms: manifest.created_ms,
-                    deleted: false,
-                };
-                let v = add_version(t, ns, key, &nsr.policy, &rec, &manifest.holders)?;
-                Ok(ok(v, false))
-            }
-        },
-        C::ObjDelete { ns, key } => match get_ns(t, ns)? {
-            None => Ok(refused(rev, format!("namespace {ns} does not exist"))),
-            Some(nsr) => {
-                let existing = versions(t, ns, key)?;
-                match existing.last() {
-                    Some((_, last)) if !last.deleted => {
-                        let tomb = ObjectRecord {
-                            size: 0,
-                            sha256: [0; 32],
-                            chunks: Vec::new(),
-                            created_ms: now_ms,
-                            deleted: true,
-                        };
-                        let v = add_version(t, ns, key, &nsr.policy, &tomb, &[])?;
-                        Ok(ok(v, true))
-                    }
-                    _ => Ok(ok(0, false)),
-                }
-            }
-        },
-        C::ChunkHolders { node, add, remove } => {
-            for (ids, adding) in [(add, true), (remove, false)] {
-                for id in ids {
-                    let Some(v) = t.chunks.get(&id[..]).map_err(e)? else {
-                        continue;
-                    };
-                    let mut cr: ChunkRecord = decode(v.value()).map_err(e)?;
-                    drop(v);
-                    cr.holders.retain(|h| h != node);
-                    if adding {
-                        cr.holders.push(*node);
-                        cr.holders.sort_unstable();
-                    }
-                    let b = encode(&cr).map_err(e)?;
-                    t.chunks.insert(&id[..], b.as_slice()).map_err(e)?;
-                }
-            }
-            Ok(ok(0, false))
-        }
-    };
-    r.map(Some)
+    execute(t, &plan)?;
+    Ok(Some(result))
 }
 
 /// Everything object-related, for snapshots.
@@ -463,5 +323,113 @@ impl ObjectReader {
             out.push((id, decode(v.value()).map_err(re)?));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::raft::Command;
+
+    fn tables(tx: &redb::WriteTransaction) -> ObjTables<'_> {
+        ObjTables {
+            ns: tx.open_table(NAMESPACES).unwrap(),
+            objects: tx.open_table(OBJECTS).unwrap(),
+            chunks: tx.open_table(CHUNKS).unwrap(),
+        }
+    }
+
+    /// Applies `cmds` in one write transaction, as one log entry would.
+    fn apply_all(db: &redb::Database, cmds: Vec<Command>) -> Vec<OpResult> {
+        let tx = db.begin_write().unwrap();
+        let out = {
+            let mut t = tables(&tx);
+            cmds.iter()
+                .enumerate()
+                .map(|(i, c)| apply(&mut t, i as u64, 1000, c).unwrap().unwrap())
+                .collect()
+        };
+        tx.commit().unwrap();
+        out
+    }
+
+    fn put(key: &str, chunks: &[u8]) -> Command {
+        Command::ObjPut {
+            ns: "ns".into(),
+            key: key.into(),
+            manifest: Manifest {
+                size: 1,
+                sha256: [0; 32],
+                chunks: chunks.iter().map(|&c| ChunkRef { id: [c; 32], len: 1 }).collect(),
+                holders: vec![2],
+                created_ms: 7,
+            },
+        }
+    }
+
+    #[test]
+    fn the_shell_writes_what_the_plan_decided_into_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let policy = NsPolicy {
+            copies: 1,
+            min_sites: 1,
+            versions_kept: 2,
+            ..NsPolicy::default()
+        };
+        let r = apply_all(
+            &db,
+            vec![
+                Command::NsCreate {
+                    name: "ns".into(),
+                    policy,
+                },
+                put("a", &[1, 2]),
+                put("b", &[2]),
+            ],
+        );
+        assert!(r.iter().all(|r| r.error.is_none()));
+        // Within one transaction too, later commands see earlier ones' records.
+        let reader = ObjectReader::new(db.clone());
+        assert_eq!(reader.chunk(&[2; 32]).unwrap().map(|c| c.refs), Some(2));
+        // Two more versions of a: version 1 is pruned, its chunk 1 goes, chunk 2 stays b's
+        // and version 2's.
+        apply_all(&db, vec![put("a", &[2, 3]), put("a", &[3])]);
+        let versions: Vec<u64> = reader
+            .list("ns", "a", true)
+            .unwrap()
+            .iter()
+            .map(|o| o.version)
+            .collect();
+        assert_eq!(versions, vec![2, 3]);
+        assert_eq!(reader.chunk(&[1; 32]).unwrap(), None);
+        assert_eq!(reader.chunk(&[2; 32]).unwrap().map(|c| c.refs), Some(2));
+        assert_eq!(
+            reader.chunk(&[3; 32]).unwrap().map(|c| (c.refs, c.holders)),
+            Some((2, vec![2]))
+        );
+        // Deleting b and then the namespace releases everything.
+        let r = apply_all(
+            &db,
+            vec![
+                Command::ObjDelete {
+                    ns: "ns".into(),
+                    key: "a".into(),
+                },
+                Command::ObjDelete {
+                    ns: "ns".into(),
+                    key: "b".into(),
+                },
+                Command::NsDelete { name: "ns".into() },
+            ],
+        );
+        assert!(r.iter().all(|r| r.error.is_none()), "{r:?}");
+        assert!(reader.chunks().unwrap().is_empty());
+        assert!(reader.namespaces().unwrap().is_empty());
+        assert!(reader.list("ns", "", true).unwrap().is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! The Raft log store: entries in the append-only segment files of [`super::wal`], the vote
 //! and the purge point in the node's redb database (whose other tables hold the state
-//! machine, `state_machine.rs`).
+//! machine, `state_machine/`).
 //!
 //! Group commit happens at two levels. openraft 0.9's core waits for each append to be
 //! flushed before it appends the next, so concurrent client writes are first folded into one

@@ -1,0 +1,278 @@
+//! [`StateMachine`]: the handle over the database and the overlay, and its core methods:
+//! construction, applying a run of KV entries to the overlay, and flushing generations to
+//! redb. openraft's trait is in `openraft_impl.rs`, snapshots in `snapshot.rs`.
+//!
+//! Owns the state machine's fields. Must not decide what a command does (`apply.rs`) nor
+//! the overlay's shape (`overlay.rs`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::{Entry, EntryPayload, StorageError, StoredMembership};
+use redb::Database;
+
+use super::apply::*;
+use super::overlay::*;
+use super::reader::KvReader;
+use super::sessions::*;
+use super::tables::*;
+use crate::raft::codec::decode;
+use crate::raft::{revision, Command, NodeId, OpResult, Response, TypeConfig};
+
+/// The state machine over the shared database.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub(super) db: Arc<Database>,
+    pub(super) overlay: SharedOverlay,
+    /// Held by whoever writes a generation to redb; flushes run one at a time, in order.
+    pub(super) flush_lock: Arc<tokio::sync::Mutex<()>>,
+    pub(super) applied_since_sweep: u64,
+    /// When a flush last committed durably (see [`DURABLE_EVERY`]).
+    pub(super) last_durable: Instant,
+    /// Set while a snapshot is being received, until it is installed (the log store's purge
+    /// waits for it).
+    pub(super) receiving_snapshot: Arc<AtomicBool>,
+    /// The newest `proposed_at_ms` applied: where a new leader's [`crate::raft::log_clock`]
+    /// continues from.
+    pub(super) log_time: Arc<AtomicU64>,
+}
+
+impl StateMachine {
+    /// Wraps the database (opened by [`crate::raft::store::open_database`]).
+    pub fn new(db: Arc<Database>) -> Self {
+        let log_time = match newest_session_stamp(&db) {
+            Ok(t) => t,
+            Err(e) => {
+                // Only a new leader's first stamps depend on it (they then start from its
+                // wall clock): worth a warning, not a refusal to start.
+                tracing::warn!(error = %e, "cannot read the newest applied stamp");
+                0
+            }
+        };
+        Self {
+            db,
+            overlay: SharedOverlay::default(),
+            flush_lock: Arc::default(),
+            applied_since_sweep: 0,
+            last_durable: Instant::now(),
+            receiving_snapshot: Arc::default(),
+            log_time: Arc::new(AtomicU64::new(log_time)),
+        }
+    }
+
+    /// The newest stamp applied, for [`crate::raft::log_clock::LogClock::new`].
+    pub fn log_time(&self) -> Arc<AtomicU64> {
+        self.log_time.clone()
+    }
+
+    /// The flag that is set while a snapshot is received and not yet installed, for
+    /// [`crate::raft::store::LogStore::with_snapshot_gate`].
+    pub fn snapshot_gate(&self) -> Arc<AtomicBool> {
+        self.receiving_snapshot.clone()
+    }
+
+    /// A reader of this state machine's KV records, overlay included.
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            db: self.db.clone(),
+            overlay: self.overlay.clone(),
+        }
+    }
+}
+
+impl StateMachine {
+    pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
+        crate::raft::db::read_value(&self.db, SM_META, key).map_err(|e| sm_read_err(std::io::Error::other(e)))
+    }
+}
+
+impl StateMachine {
+    /// Applies a KV-only entry to the overlay, with the same answers [`apply_op`] gives.
+    pub(super) fn apply_to_overlay(
+        &mut self,
+        overlay: &mut Overlay,
+        st: &mut Option<Stored>,
+        e: Entry<TypeConfig>,
+    ) -> Result<Response, StorageError<NodeId>> {
+        let log_id = e.log_id;
+        let ov = &mut overlay.active;
+        let frozen = &overlay.frozen;
+        let older_kv = |k: &str| frozen.as_ref().and_then(|f| f.kv.get(k)).cloned();
+        let older_session = |id: &[u8]| frozen.as_ref().and_then(|f| f.sessions.get(id)).cloned();
+        let resp = match e.payload {
+            EntryPayload::Blank => Response::default(),
+            EntryPayload::Membership(m) => {
+                ov.membership = Some(StoredMembership::new(Some(log_id), m));
+                Response::default()
+            }
+            EntryPayload::Normal(req) => {
+                let at = req.proposed_at_ms;
+                let n = req.ops.len();
+                let mut results = Vec::with_capacity(n);
+                let mut fresh: Vec<Vec<u8>> = Vec::new();
+                for (i, op) in req.ops.into_iter().enumerate() {
+                    let rev = revision(log_id.index, i);
+                    if !op.request_id.is_empty() {
+                        let rec = match ov
+                            .sessions
+                            .get(&op.request_id)
+                            .cloned()
+                            .or_else(|| older_session(&op.request_id))
+                        {
+                            Some(r) => Some(r),
+                            None => match stored(&self.db, st)?
+                                .sessions
+                                .get(op.request_id.as_slice())
+                                .map_err(sm_read_err)?
+                            {
+                                Some(v) => Some(decode::<SessionRecord>(v.value()).map_err(sm_read_err)?),
+                                None => None,
+                            },
+                        };
+                        if let Some(rec) = rec.filter(|r| !session_expired(r, at)) {
+                            results.push(OpResult {
+                                duplicate: true,
+                                ..rec.response
+                            });
+                            continue;
+                        }
+                    }
+                    let result = match op.command {
+                        Command::Put { key, value } => {
+                            ov.bytes += key.len() + value.len();
+                            ov.kv.insert(key, Some(StoredValue { revision: rev, value }));
+                            OpResult {
+                                revision: rev,
+                                ..OpResult::default()
+                            }
+                        }
+                        Command::Delete { key } => {
+                            let existed = match ov.kv.get(&key).cloned().or_else(|| older_kv(&key)) {
+                                Some(v) => v.is_some(),
+                                None => stored(&self.db, st)?
+                                    .kv
+                                    .get(key.as_str())
+                                    .map_err(sm_read_err)?
+                                    .is_some(),
+                            };
+                            ov.bytes += key.len();
+                            ov.kv.insert(key, None);
+                            OpResult {
+                                revision: rev,
+                                existed,
+                                ..OpResult::default()
+                            }
+                        }
+                        _ => {
+                            return Err(sm_write_err(std::io::Error::other(
+                                "an object command reached the KV overlay",
+                            )))
+                        }
+                    };
+                    if !op.request_id.is_empty() {
+                        ov.bytes += op.request_id.len();
+                        ov.sessions.insert(
+                            op.request_id.clone(),
+                            SessionRecord {
+                                applied_at_ms: at,
+                                response: result.clone(),
+                            },
+                        );
+                        fresh.push(op.request_id);
+                    }
+                    results.push(result);
+                }
+                if !fresh.is_empty() {
+                    let ids = pack_ids(fresh.iter().map(|v| v.as_slice()));
+                    ov.by_time.push(((at, log_id.index), ids));
+                }
+                ov.ops += n;
+                ov.newest_ms = ov.newest_ms.max(at);
+                self.applied_since_sweep += n as u64;
+                Response { results }
+            }
+        };
+        ov.last_applied = Some(log_id);
+        ov.since.get_or_insert_with(Instant::now);
+        Ok(resp)
+    }
+}
+
+impl StateMachine {
+    /// Whether the next flush commits durably, and the timestamp to sweep sessions at.
+    pub(super) fn flush_plan(&mut self, gen: &Gen, direct: Option<&Entry<TypeConfig>>) -> (bool, Option<u64>) {
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        let mut newest = gen.newest_ms;
+        if let Some(EntryPayload::Normal(req)) = direct.map(|e| &e.payload) {
+            self.applied_since_sweep += req.ops.len() as u64;
+            newest = newest.max(req.proposed_at_ms);
+        }
+        let sweep_at = (self.applied_since_sweep >= SESSION_SWEEP_EVERY && newest > 0).then(|| {
+            self.applied_since_sweep = 0;
+            newest
+        });
+        (durable, sweep_at)
+    }
+
+    /// Starts writing the active generation to redb on a blocking thread once it is due,
+    /// unless a flush is still running (then it waits only if the generation grew too big).
+    pub(super) async fn flush_in_background(&mut self) {
+        let overlay = self.overlay.clone();
+        let (due, too_big) = match overlay.read() {
+            Ok(ov) if ov.failed.is_none() => (ov.active.due(), ov.active.too_big()),
+            _ => return,
+        };
+        if !due {
+            return;
+        }
+        let guard = match self.flush_lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) if too_big => self.flush_lock.clone().lock_owned().await,
+            Err(_) => return,
+        };
+        let (gen, durable, sweep_at) = {
+            let Ok(mut ov) = overlay.write() else { return };
+            let gen = Arc::new(std::mem::take(&mut ov.active));
+            ov.frozen = Some(gen.clone());
+            let (durable, sweep_at) = self.flush_plan(&gen, None);
+            (gen, durable, sweep_at)
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = commit_gen(&db, &gen, None, durable, sweep_at);
+            if let Ok(mut ov) = overlay.write() {
+                match res {
+                    // Only now, with redb holding it, may readers stop finding it here.
+                    Ok(_) => ov.frozen = None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "state machine flush failed");
+                        ov.failed = Some(e.to_string());
+                    }
+                }
+            }
+            drop(guard);
+        });
+    }
+
+    /// Writes everything applied so far to redb and returns when it is committed (before a
+    /// snapshot reads redb).
+    pub(super) async fn flush_overlay(&mut self) -> Result<(), StorageError<NodeId>> {
+        let _flushing = self.flush_lock.clone().lock_owned().await;
+        let overlay = self.overlay.clone();
+        let mut ov = overlay.write().map_err(|_| poisoned())?;
+        ov.check()?;
+        if !ov.active.is_empty() {
+            let (durable, sweep_at) = self.flush_plan(&ov.active, None);
+            commit_gen(&self.db, &ov.active, None, durable, sweep_at)?;
+            ov.active = Gen::default();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! Snapshots: the body (every KV record, session and object record) built from one read
+//! transaction, the one kept in redb, and the install of a received one.
+//!
+//! Owns the snapshot format ([`SnapshotBody`]) and the snapshot tables. Must not apply log
+//! entries; an install replaces every table and the overlay at once.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use openraft::{LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
+use redb::{Durability, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::machine::StateMachine;
+use super::overlay::Overlay;
+use super::sessions::{pack_ids, SessionRecord};
+use super::tables::{
+    obj_tables, poisoned, sm_read_err, sm_write_err, StoredValue, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAP_DATA,
+    KEY_SNAP_META, KV, SESSIONS, SESSIONS_BY_TIME, SM_META, SNAPSHOT,
+};
+use crate::raft::codec::{decode, decode_with_limit, encode};
+use crate::raft::objects::{self, ObjSnapshot};
+use crate::raft::{ArkNode, NodeId, TypeConfig};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SnapshotBody {
+    pub(super) kv: Vec<(String, StoredValue)>,
+    pub(super) sessions: Vec<(Vec<u8>, SessionRecord)>,
+    pub(super) objects: ObjSnapshot,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<NodeId, ArkNode>,
+}
+
+impl StateMachine {
+    pub(super) async fn install(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ArkNode>,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // A snapshot holds the whole state and may be larger than a frame: it is bounded by
+        // the bytes received, which the decoder never reads past.
+        let body: SnapshotBody = decode_with_limit(&data, data.len() as u64)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        // The snapshot replaces everything, the overlay included; readers wait meanwhile.
+        let _flushing = self.flush_lock.clone().lock_owned().await;
+        let overlay = self.overlay.clone();
+        let mut ov = overlay.write().map_err(|_| poisoned())?;
+        *ov = Overlay::default();
+        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
+            kv.retain(|_, _| false).map_err(sm_write_err)?;
+            for (k, v) in &body.kv {
+                let b = encode(v).map_err(sm_write_err)?;
+                kv.insert(k.as_str(), b.as_slice()).map_err(sm_write_err)?;
+            }
+            let mut s = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+            s.retain(|_, _| false).map_err(sm_write_err)?;
+            let mut bt = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+            bt.retain(|_, _| false).map_err(sm_write_err)?;
+            let mut buckets: std::collections::BTreeMap<u64, Vec<&[u8]>> = Default::default();
+            for (id, rec) in &body.sessions {
+                let b = encode(rec).map_err(sm_write_err)?;
+                s.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
+                buckets.entry(rec.applied_at_ms).or_default().push(id.as_slice());
+            }
+            for (at, ids) in buckets {
+                let packed = pack_ids(ids.into_iter());
+                bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
+            }
+            objects::import(&mut obj_tables(&tx)?, &body.objects)
+                .map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
+            let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
+            m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
+            let b = encode(&meta.last_membership).map_err(sm_write_err)?;
+            m.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+            let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
+            let sm = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
+        }
+        tx.commit().map_err(sm_write_err)?;
+        drop(ov);
+        self.last_durable = Instant::now();
+        metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
+        Ok(())
+    }
+
+    pub(super) fn current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let tx = self.db.begin_read().map_err(sm_read_err)?;
+        let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
+        let meta = match t.get(KEY_SNAP_META).map_err(sm_read_err)? {
+            Some(m) => decode::<StoredSnapshot>(m.value()).map_err(sm_read_err)?.meta,
+            None => return Ok(None),
+        };
+        let data = match t.get(KEY_SNAP_DATA).map_err(sm_read_err)? {
+            Some(d) => d.value().to_vec(),
+            None => return Ok(None),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Everything applied so far goes to redb first; then one read transaction gives the
+        // tables and the applied position as one consistent view even while apply() goes on.
+        self.flush_overlay().await?;
+        let (meta, data) = {
+            let tx = self.db.begin_read().map_err(sm_read_err)?;
+            let m = tx.open_table(SM_META).map_err(sm_read_err)?;
+            let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
+                Some(v) => decode(v.value()).map_err(sm_read_err)?,
+                None => None,
+            };
+            let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
+                Some(v) => decode(v.value()).map_err(sm_read_err)?,
+                None => StoredMembership::default(),
+            };
+            let kvt = tx.open_table(KV).map_err(sm_read_err)?;
+            let mut kv = Vec::new();
+            for item in kvt.iter().map_err(sm_read_err)? {
+                let (k, v) = item.map_err(sm_read_err)?;
+                kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
+            }
+            let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
+            let mut sessions = Vec::new();
+            for item in st.iter().map_err(sm_read_err)? {
+                let (k, v) = item.map_err(sm_read_err)?;
+                sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
+            }
+            let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let data = encode(&SnapshotBody { kv, sessions, objects }).map_err(sm_read_err)?;
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+                None => format!("empty-{}", rand::random::<u32>()),
+            };
+            (
+                SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                data,
+            )
+        };
+        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+        tx.set_durability(Durability::None);
+        {
+            let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
+            let sm = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
+            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
+        }
+        tx.commit().map_err(sm_write_err)?;
+        metrics::counter!("ark_raft_snapshots_built_total").increment(1);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Describes this file's metrics (HELP text and unit) to the recorder; called once at
+/// start-up by `server` (through `metrics::install`).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "ark_raft_snapshots_installed_total",
+        "Raft snapshots received from a leader and installed."
+    );
+    describe_counter!("ark_raft_snapshots_built_total", "Raft snapshots built by this node.");
+}
