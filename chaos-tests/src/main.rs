@@ -82,14 +82,8 @@ impl From<ModeArg> for ark_chaos::drill::ModeChoice {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
+    // Usage errors exit 2 and --help 0 (clap's own exit codes); nothing runs before this.
+    let cli = Cli::parse();
     match cli.cmd {
         Cmd::List => {
             for (name, what) in ark_chaos::drill::SCENARIOS {
