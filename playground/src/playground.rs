@@ -636,6 +636,9 @@ pub fn add_node_placed(
             settings: Vec::new(),
         },
     )?;
+    // The node binds these ports itself: release them first, or a node that gets to its
+    // bind before this function returns finds them taken and exits (seen under load).
+    drop(ports);
     let child = spawn_node(&arkd, &node)?;
     let node = PlaygroundNode {
         pid: child.id(),

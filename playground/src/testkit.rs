@@ -76,10 +76,23 @@ impl Pg {
     /// kill -9 of one node.
     pub fn kill(&mut self, id: u64) {
         let n = self.node(id);
-        assert!(
-            playground::signal_node(&n, nix::sys::signal::Signal::SIGKILL).unwrap(),
-            "node {id} was not running"
-        );
+        if !playground::signal_node(&n, nix::sys::signal::Signal::SIGKILL).unwrap() {
+            let log = n.config.parent().map(|d| d.join("arkd.log"));
+            let tail = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .map(|s| {
+                    s.lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            panic!("node {id} was not running; the end of its log:\n{tail}");
+        }
         self.reap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while playground::process_alive(n.pid) {
