@@ -632,8 +632,13 @@ fn on_lazyfs(scenario: &str) -> bool {
 /// Longest wait for a victim's writes in flight before its power is cut regardless.
 const POWER_CUT_WAIT_MAX: Duration = Duration::from_secs(2);
 
-/// How long every sync of the `fsync-eio` victims fails.
+/// How long every sync of the `fsync-eio` victims fails at least.
 const EIO_HOLD: Duration = Duration::from_secs(3);
+/// ... and at most: the fault stays armed past [`EIO_HOLD`] until every victim has had a
+/// sync fail. A victim that has nothing to sync (a follower whose leader stopped at its own
+/// first failed sync, before sending anything) meets the fault only once an election has
+/// given it entries, which can take longer than [`EIO_HOLD`] on a loaded machine.
+const EIO_HOLD_MAX: Duration = Duration::from_secs(15);
 
 /// Stops every node, moves each data dir onto its own power-loss filesystem
 /// ([`crate::lazyfs_fuse`], the current content durable) and starts the nodes again.
@@ -716,7 +721,7 @@ async fn power_cut(
 }
 
 /// One round of `fsync-eio`: every sync of `victims` (a majority) fails with EIO for
-/// [`EIO_HOLD`]; which of them stopped by themselves is noted; then the fault is cleared and
+/// [`EIO_HOLD`], or longer until each victim has had a sync fail ([`EIO_HOLD_MAX`]); which of them stopped by themselves is noted; then the fault is cleared and
 /// their power cut (what the failed syncs lost is gone for good). Answers a line for the fault
 /// log and the window (ns since `t0`) in which no write may be acknowledged.
 async fn fsync_eio(
@@ -736,10 +741,20 @@ async fn fsync_eio(
     }
     // From here no victim can sync: a write invoked from now on cannot reach a majority's disks.
     let armed = ns_since(t0);
-    let deadline = Instant::now() + EIO_HOLD;
-    let probes = tokio::spawn(probe_writes(client.clone(), deadline, armed));
+    let started = Instant::now();
+    let (min_deadline, max_deadline) = (started + EIO_HOLD, started + EIO_HOLD_MAX);
+    let stop_probes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes = tokio::spawn(probe_writes(client.clone(), max_deadline, stop_probes.clone(), armed));
     let mut stopped_at: Vec<Option<u64>> = vec![None; victims.len()];
-    while Instant::now() < deadline {
+    loop {
+        let now = Instant::now();
+        let mut all_hit = true;
+        for (i, node) in victims.iter().enumerate() {
+            all_hit &= disk_of(disks, node.id)?.stats().syncs_failed > before[i];
+        }
+        if now >= max_deadline || (now >= min_deadline && all_hit) {
+            break;
+        }
         let pg = Playground::load(dir)?;
         for (i, node) in victims.iter().enumerate() {
             let pid = pg.node(node.id).map_or(node.pid, |n| n.pid);
@@ -749,7 +764,10 @@ async fn fsync_eio(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Every probe ends before the fault is cleared: stop starting new ones, wait for the last.
+    stop_probes.store(true, std::sync::atomic::Ordering::SeqCst);
     let (sent, acked) = probes.await.context("probe writes")?;
+    let held = started.elapsed();
     let cleared = ns_since(t0);
     for node in victims {
         disk_of(disks, node.id)?.set_fail_sync(false);
@@ -779,7 +797,7 @@ async fn fsync_eio(
     Ok((
         format!(
             "every sync failed with EIO for {} ms: {}; {acked} of {sent} probe writes acknowledged meanwhile; then power cut: {cuts}",
-            EIO_HOLD.as_millis(),
+            held.as_millis(),
             parts.join(", ")
         ),
         (armed, cleared),
@@ -794,10 +812,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// may be acknowledged. The workload's clients may all be waiting on writes sent before the
 /// fault (their timeout is longer than the window), so the drill asks itself. Answers
 /// (sent, acknowledged).
-async fn probe_writes(client: ArkClient, deadline: Instant, tag: u64) -> (u64, u64) {
+async fn probe_writes(
+    client: ArkClient,
+    deadline: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tag: u64,
+) -> (u64, u64) {
     let client = client.with_op_timeout(PROBE_TIMEOUT);
     let (mut sent, mut acked) = (0u64, 0u64);
-    while Instant::now() + PROBE_TIMEOUT + Duration::from_millis(100) < deadline {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst)
+        && Instant::now() + PROBE_TIMEOUT + Duration::from_millis(100) < deadline
+    {
         let key = format!("eio-probe-{tag}-{sent}");
         sent += 1;
         let started = Instant::now();
