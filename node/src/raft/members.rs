@@ -75,18 +75,23 @@ impl Members {
         self.leader() == Some(self.id)
     }
 
-    /// Sites of the given nodes (a node that is not a member counts as a site of its own).
+    /// Sites of the given nodes (see [`sites_of`]).
     pub fn sites_of(&self, nodes: &[NodeId]) -> BTreeSet<String> {
-        let members = self.all();
-        nodes
-            .iter()
-            .map(|n| {
-                members
-                    .iter()
-                    .find(|m| m.id == *n)
-                    .map(|m| m.site.clone())
-                    .unwrap_or_else(|| format!("?node-{n}"))
-            })
-            .collect()
+        sites_of(&self.all(), nodes)
     }
+}
+
+/// Sites of `nodes` among `members`; a node that is not a member counts as a site of its
+/// own, so an unknown holder never makes a copy count for a known site.
+pub fn sites_of(members: &[Peer], nodes: &[NodeId]) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            members
+                .iter()
+                .find(|m| m.id == *n)
+                .map(|m| m.site.clone())
+                .unwrap_or_else(|| format!("?node-{n}"))
+        })
+        .collect()
 }

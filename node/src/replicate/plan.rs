@@ -172,16 +172,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn sites_of(&self, nodes: &[NodeId]) -> BTreeSet<String> {
-        nodes
-            .iter()
-            .map(|n| {
-                self.members
-                    .iter()
-                    .find(|m| m.id == *n)
-                    .map(|m| m.site.clone())
-                    .unwrap_or_else(|| format!("?node-{n}"))
-            })
-            .collect()
+        crate::raft::members::sites_of(&self.members, nodes)
     }
 }
 
