@@ -31,7 +31,7 @@ impl ClientCertRule {
         if self.allow_node_clients {
             return Ok(req);
         }
-        if let Some(chain) = req.peer_certs() {
+        if let Some(chain) = super::peer::peer_chain(&req) {
             if self.nodes.is_node(&chain) {
                 metrics::counter!("ark_client_node_certificates_refused_total").increment(1);
                 return Err(Status::permission_denied(

@@ -9,6 +9,7 @@ pub mod client_cert;
 pub mod cluster;
 pub mod kv;
 pub mod objects;
+pub mod peer;
 
 use tonic::metadata::MetadataValue;
 use tonic::Status;
