@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// Risk-aware replication: node failure forecasts and the repair queue's order.
     #[serde(default)]
     pub risk: RiskConfig,
+    /// Limits on what clients may ask of this node: sizes, counts, rates and deadlines.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Fault injection for drills and tests (never in production): see `net::fault`.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
@@ -292,6 +295,103 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Limits on the client API, enforced by `api` (see docs/security.md, "Limits"). Counts
+/// and rates are per node: a client spread over every node gets each node's allowance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest object an upload may store, in bytes: refused from the header when the
+    /// announced size is larger, or as soon as the streamed bytes pass it.
+    pub object_bytes_max: u64,
+    /// Namespaces the cluster may hold. Checked by the node that receives the create and
+    /// again when the create is applied, with this node's value carried in the command, so
+    /// two concurrent creates cannot both pass; set it alike on every node.
+    pub namespaces_max: u32,
+    /// Most entries one page of a KV `List` or an `ListObjects` answers with; the answer
+    /// carries a cursor for the next page.
+    pub list_page_max: u32,
+    /// Uploads one client identity may have in progress on this node at once.
+    pub uploads_per_identity_max: u32,
+    /// Requests per second one client identity may send to this node (a token bucket
+    /// refilled at this rate); 0 = no rate limit.
+    pub requests_per_second_per_identity: u32,
+    /// The token bucket's size: requests one identity may send at once after a quiet
+    /// period; 0 = one second's worth of `requests_per_second_per_identity`.
+    pub requests_burst_per_identity: u32,
+    /// Deadline of every RPC except uploads, downloads' bodies and the admin calls below.
+    pub rpc_timeout_ms: u64,
+    /// Uploads and downloads: longest wait for the client's next message (upload) or for
+    /// the client to take the next one (download). A transfer of any size lives as long as
+    /// it keeps moving.
+    pub stream_idle_timeout_ms: u64,
+    /// Deadline of the calls whose work grows with the data: `Verify`, `Scrub` and
+    /// `AddLearner` (which may wait for the learner to catch up).
+    pub admin_rpc_timeout_ms: u64,
+}
+
+/// Largest accepted `limits.list_page_max`: a page is one gRPC message.
+pub const LIST_PAGE_MAX_MAX: u32 = 10_000;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            object_bytes_max: 1 << 40,
+            namespaces_max: 1000,
+            list_page_max: 1000,
+            uploads_per_identity_max: 16,
+            requests_per_second_per_identity: 0,
+            requests_burst_per_identity: 0,
+            rpc_timeout_ms: 30_000,
+            stream_idle_timeout_ms: 60_000,
+            admin_rpc_timeout_ms: 2 * 3600 * 1000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The problem with these values, if any.
+    fn problem(&self) -> Option<String> {
+        let l = self;
+        if l.object_bytes_max == 0 {
+            return Some("limits.object_bytes_max must be > 0".into());
+        }
+        if !(1..=1_000_000).contains(&l.namespaces_max) {
+            return Some(format!(
+                "limits.namespaces_max ({}) must be between 1 and 1000000",
+                l.namespaces_max
+            ));
+        }
+        if !(1..=LIST_PAGE_MAX_MAX).contains(&l.list_page_max) {
+            return Some(format!(
+                "limits.list_page_max ({}) must be between 1 and {LIST_PAGE_MAX_MAX}",
+                l.list_page_max
+            ));
+        }
+        if !(1..=100_000).contains(&l.uploads_per_identity_max) {
+            return Some(format!(
+                "limits.uploads_per_identity_max ({}) must be between 1 and 100000",
+                l.uploads_per_identity_max
+            ));
+        }
+        if l.requests_per_second_per_identity == 0 && l.requests_burst_per_identity != 0 {
+            return Some("limits.requests_burst_per_identity needs limits.requests_per_second_per_identity > 0".into());
+        }
+        for (key, v) in [
+            ("limits.rpc_timeout_ms", l.rpc_timeout_ms),
+            ("limits.stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+            ("limits.admin_rpc_timeout_ms", l.admin_rpc_timeout_ms),
+        ] {
+            if !(100..=7 * 24 * 3600 * 1000).contains(&v) {
+                return Some(format!("{key} ({v}) must be between 100 and 604800000 (a week)"));
+            }
+        }
+        if l.admin_rpc_timeout_ms < l.rpc_timeout_ms {
+            return Some("limits.admin_rpc_timeout_ms must be at least limits.rpc_timeout_ms".into());
+        }
+        None
+    }
+}
+
 /// Fault injection on the peer transport, for drills and tests.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -464,6 +564,9 @@ impl NodeConfig {
                 ))
             }
         }
+        if let Some(problem) = self.limits.problem() {
+            return bad(problem);
+        }
         let mut ids = std::collections::BTreeSet::from([self.node_id]);
         for p in &self.bootstrap.peers {
             if !ids.insert(p.id) || p.id == 0 {
@@ -597,6 +700,28 @@ load_retrain_s = 3600
 trough_gain = 0.3
 trough_floor_bytes_per_s = 1048576.0
 
+[limits]
+# What one client may ask of this node (docs/security.md, "Limits"). Counts and rates are
+# per node and per client identity (its certificate).
+# Largest object, bytes (1 TiB); refused from the announced size or once the bytes pass it.
+object_bytes_max = 1099511627776
+# Namespaces in the cluster; checked again when the create is applied. Set alike everywhere.
+namespaces_max = 1000
+# Entries per page of a KV list or an object listing; the answer has a cursor to go on.
+list_page_max = 1000
+# Uploads one identity may have in progress on this node.
+uploads_per_identity_max = 16
+# Requests per second per identity (token bucket; 0 = unlimited) and the bucket's size
+# (0 = one second's worth).
+requests_per_second_per_identity = 0
+requests_burst_per_identity = 0
+# Deadline of every call but transfers and the admin calls.
+rpc_timeout_ms = 30000
+# Transfers: longest wait for the next message either way (the total is not bounded).
+stream_idle_timeout_ms = 60000
+# Deadline of Verify, Scrub and AddLearner.
+admin_rpc_timeout_ms = 7200000
+
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.
 initialize = true
@@ -664,6 +789,42 @@ mod tests {
             let err = NodeConfig::parse(&NodeConfig::sample().replace(from, to))
                 .unwrap_err()
                 .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn limits_defaults_and_bounds() {
+        let cfg = NodeConfig::parse(NodeConfig::sample()).unwrap();
+        assert_eq!(cfg.limits, LimitsConfig::default());
+        for (from, to, key) in [
+            (
+                "object_bytes_max = 1099511627776",
+                "object_bytes_max = 0",
+                "limits.object_bytes_max",
+            ),
+            ("namespaces_max = 1000", "namespaces_max = 0", "limits.namespaces_max"),
+            ("list_page_max = 1000", "list_page_max = 10001", "limits.list_page_max"),
+            (
+                "uploads_per_identity_max = 16",
+                "uploads_per_identity_max = 0",
+                "limits.uploads_per_identity_max",
+            ),
+            (
+                "requests_burst_per_identity = 0",
+                "requests_burst_per_identity = 5",
+                "limits.requests_burst_per_identity",
+            ),
+            ("rpc_timeout_ms = 30000", "rpc_timeout_ms = 10", "limits.rpc_timeout_ms"),
+            (
+                "admin_rpc_timeout_ms = 7200000",
+                "admin_rpc_timeout_ms = 1000",
+                "limits.admin_rpc_timeout_ms",
+            ),
+        ] {
+            let text = NodeConfig::sample().replace(from, to);
+            assert_ne!(text, NodeConfig::sample(), "{from} is in the sample");
+            let err = NodeConfig::parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
     }
