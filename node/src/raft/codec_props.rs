@@ -121,6 +121,11 @@ fn arb_command() -> impl Strategy<Value = Command> {
             proptest::collection::vec(any::<[u8; 32]>(), 0..4)
         )
             .prop_map(|(node, add, remove)| Command::ChunkHolders { node, add, remove }),
+        (".{0,8}", arb_policy(), any::<u32>()).prop_map(|(name, policy, namespaces_max)| Command::NsCreateCapped {
+            name,
+            policy,
+            namespaces_max
+        }),
     ]
 }
 

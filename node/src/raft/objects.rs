@@ -15,7 +15,9 @@
 
 mod plan;
 
-use redb::{ReadableTable, Table, TableDefinition};
+use std::ops::Bound;
+
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
@@ -79,6 +81,10 @@ impl ObjRead for ObjTables<'_> {
             Some(v) => Ok(Some(decode(v.value()).map_err(e)?)),
             None => Ok(None),
         }
+    }
+
+    fn ns_count(&self) -> Result<u64, String> {
+        self.ns.len().map_err(e)
     }
 }
 
@@ -273,6 +279,70 @@ impl ObjectReader {
         Ok(out)
     }
 
+    /// One page of [`Self::list`]: at most `limit` (at least 1) entries after `after`
+    /// (key, version; `u64::MAX` skips the rest of that key), and whether more follow.
+    pub fn list_page(
+        &self,
+        ns: &str,
+        prefix: &str,
+        all_versions: bool,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<(Vec<ObjectEntry>, bool), ObjReadError> {
+        let tx = self.db.begin_read().map_err(re)?;
+        let t = tx.open_table(OBJECTS).map_err(re)?;
+        let start = match after {
+            Some((key, version)) if key >= prefix => Bound::Excluded((ns, key, version)),
+            _ => Bound::Included((ns, prefix, 0u64)),
+        };
+        let limit = limit.max(1);
+        let mut out: Vec<ObjectEntry> = Vec::new();
+        // Latest versions only: the newest version seen of the key being read, added once
+        // the next key (or the end) shows it is the latest.
+        let mut latest: Option<ObjectEntry> = None;
+        let add = |out: &mut Vec<ObjectEntry>, entry: ObjectEntry| {
+            if out.len() == limit {
+                return true;
+            }
+            out.push(entry);
+            false
+        };
+        for item in t.range((start, Bound::Unbounded)).map_err(re)? {
+            let (k, v) = item.map_err(re)?;
+            let (n, key, version) = k.value();
+            if n != ns || !key.starts_with(prefix) {
+                break;
+            }
+            let entry = ObjectEntry {
+                ns: n.to_string(),
+                key: key.to_string(),
+                version,
+                record: decode(v.value()).map_err(re)?,
+            };
+            if all_versions {
+                if add(&mut out, entry) {
+                    return Ok((out, true));
+                }
+                continue;
+            }
+            match latest.take() {
+                Some(prev) if prev.key != entry.key && !prev.record.deleted => {
+                    if add(&mut out, prev) {
+                        return Ok((out, true));
+                    }
+                }
+                _ => {}
+            }
+            latest = Some(entry);
+        }
+        if let Some(last) = latest.filter(|l| !l.record.deleted) {
+            if add(&mut out, last) {
+                return Ok((out, true));
+            }
+        }
+        Ok((out, false))
+    }
+
     /// One version (0 = the latest); tombstones are returned as such.
     pub fn get(&self, ns: &str, key: &str, version: u64) -> Result<Option<ObjectEntry>, ObjReadError> {
         let tx = self.db.begin_read().map_err(re)?;
@@ -431,5 +501,77 @@ mod tests {
         assert!(reader.chunks().unwrap().is_empty());
         assert!(reader.namespaces().unwrap().is_empty());
         assert!(reader.list("ns", "", true).unwrap().is_empty());
+    }
+
+    /// Walks `list_page` from the start, `page` entries at a time, as the API's cursors do.
+    fn walk(reader: &ObjectReader, prefix: &str, all_versions: bool, page: usize) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        let mut after: Option<(String, u64)> = None;
+        for _ in 0..100 {
+            let a = after.as_ref().map(|(k, v)| (k.as_str(), *v));
+            let (entries, more) = reader.list_page("ns", prefix, all_versions, a, page).unwrap();
+            assert!(entries.len() <= page);
+            out.extend(entries.iter().map(|o| (o.key.clone(), o.version)));
+            if !more {
+                return out;
+            }
+            let last = entries.last().unwrap();
+            after = Some((last.key.clone(), if all_versions { last.version } else { u64::MAX }));
+        }
+        panic!("the walk did not end");
+    }
+
+    #[test]
+    fn pages_list_every_entry_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let policy = NsPolicy {
+            copies: 1,
+            min_sites: 1,
+            versions_kept: 3,
+            ..NsPolicy::default()
+        };
+        let mut cmds = vec![Command::NsCreate {
+            name: "ns".into(),
+            policy,
+        }];
+        for k in ["a", "b", "c", "d", "e", "x"] {
+            cmds.push(put(k, &[1]));
+        }
+        // b has three versions, d's latest is a tombstone, x is outside the prefix below.
+        cmds.push(put("b", &[2]));
+        cmds.push(put("b", &[3]));
+        cmds.push(Command::ObjDelete {
+            ns: "ns".into(),
+            key: "d".into(),
+        });
+        apply_all(&db, cmds);
+        let reader = ObjectReader::new(db.clone());
+        let whole = |all: bool| -> Vec<(String, u64)> {
+            reader
+                .list("ns", "", all)
+                .unwrap()
+                .into_iter()
+                .map(|o| (o.key, o.version))
+                .collect()
+        };
+        for all in [false, true] {
+            for page in 1..=12 {
+                assert_eq!(
+                    walk(&reader, "", all, page),
+                    whole(all),
+                    "all_versions {all}, page {page}"
+                );
+            }
+        }
+        let latest: Vec<String> = walk(&reader, "", false, 2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(latest, ["a", "b", "c", "e", "x"]);
+        assert_eq!(
+            walk(&reader, "b", true, 1),
+            [("b".to_string(), 1), ("b".into(), 2), ("b".into(), 3)]
+        );
+        // Exactly a page's worth says no more.
+        let (first, more) = reader.list_page("ns", "", false, None, 5).unwrap();
+        assert_eq!((first.len(), more), (5, false));
     }
 }

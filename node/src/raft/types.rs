@@ -131,6 +131,17 @@ pub enum Command {
         /// Chunks it lost.
         remove: Vec<ChunkId>,
     },
+    /// [`Command::NsCreate`] refused when the cluster already holds `namespaces_max`
+    /// namespaces: the limit travels in the command so that every replica decides alike and
+    /// two concurrent creates cannot both pass (the receiving node's `limits.namespaces_max`).
+    NsCreateCapped {
+        /// Name.
+        name: String,
+        /// Policy.
+        policy: NsPolicy,
+        /// Most namespaces the cluster may hold after this create.
+        namespaces_max: u32,
+    },
 }
 
 impl fmt::Display for Request {

@@ -23,6 +23,8 @@ pub(crate) trait ObjRead {
     fn ns_versions(&self, ns: &str) -> Result<Vec<(String, u64, ObjectRecord)>, String>;
     /// One chunk's record.
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, String>;
+    /// How many namespaces exist.
+    fn ns_count(&self) -> Result<u64, String>;
 }
 
 /// The records one command leaves: `Some` is written, `None` removed. Each map holds a key's
@@ -150,11 +152,22 @@ pub(crate) fn plan(
     };
     let result = match cmd {
         C::Put { .. } | C::Delete { .. } => return Ok(None),
-        C::NsCreate { name, policy } => {
+        C::NsCreate { name, policy } | C::NsCreateCapped { name, policy, .. } => {
+            let max = match cmd {
+                C::NsCreateCapped { namespaces_max, .. } => u64::from(*namespaces_max),
+                _ => u64::MAX,
+            };
             if let Some(problem) = policy.problem() {
                 refused(rev, problem)
             } else if view.ns(name)?.is_some() {
                 refused(rev, format!("namespace {name} already exists"))
+            } else if view.ns_count()? >= max {
+                refused(
+                    rev,
+                    format!(
+                        "the cluster holds its limit of {max} namespaces (limits.namespaces_max); delete one first"
+                    ),
+                )
             } else {
                 let rec = NsRecord {
                     policy: policy.clone(),

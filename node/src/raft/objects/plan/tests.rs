@@ -43,6 +43,10 @@ impl ObjRead for Mem {
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, String> {
         Ok(self.chunks.get(id).cloned())
     }
+
+    fn ns_count(&self) -> Result<u64, String> {
+        Ok(self.ns.len() as u64)
+    }
 }
 
 fn put_or_remove<K: Ord + Clone, V: Clone>(m: &mut BTreeMap<K, V>, changes: &BTreeMap<K, Option<V>>) {
@@ -270,4 +274,34 @@ fn commands_on_a_missing_namespace_are_refused() {
     assert!(r.error.is_some());
     assert!(m.delete("none", "k").error.is_some());
     assert!(m.chunks.is_empty() && m.objects.is_empty());
+}
+
+#[test]
+fn a_capped_create_is_refused_at_the_limit_and_passes_again_after_a_delete() {
+    let mut m = Mem::default();
+    let capped = |name: &str| Command::NsCreateCapped {
+        name: name.into(),
+        policy: NsPolicy {
+            copies: 1,
+            min_sites: 1,
+            ..NsPolicy::default()
+        },
+        namespaces_max: 2,
+    };
+    assert_eq!(m.apply(capped("a")).error, None);
+    assert_eq!(m.apply(capped("b")).error, None);
+    // The third is refused, whatever node proposed it: the count is the replica's own.
+    let r = m.apply(capped("c"));
+    let why = r.error.unwrap_or_default();
+    assert!(why.contains("limits.namespaces_max"), "{why}");
+    assert!(!m.ns.contains_key("c"));
+    // An existing name is answered as before, not as a limit.
+    let why = m.apply(capped("a")).error.unwrap_or_default();
+    assert!(why.contains("already exists"), "{why}");
+    assert_eq!(m.apply(Command::NsDelete { name: "b".into() }).error, None);
+    assert_eq!(m.apply(capped("c")).error, None);
+    assert_eq!(
+        m.ns.keys().cloned().collect::<Vec<_>>(),
+        vec!["a".to_string(), "c".to_string()]
+    );
 }
