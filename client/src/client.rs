@@ -56,13 +56,27 @@ impl ReadOptions {
     pub const STALE: ReadOptions = ReadOptions { stale: true };
 }
 
-/// What [`ArkClient::list`] returns.
+/// What [`ArkClient::list`] and [`ArkClient::list_page`] return.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListKeysOptions {
-    /// At most this many keys; 0 for the server's maximum.
+    /// [`ArkClient::list`]: at most this many keys in all, 0 for every key (it walks every
+    /// page). [`ArkClient::list_page`]: the page size, 0 for the node's maximum
+    /// (`limits.list_page_max`).
     pub limit: u32,
-    /// Served like a [`ReadOptions::stale`] read.
+    /// Served like a [`ReadOptions::stale`] read (each page on its own).
     pub stale: bool,
+}
+
+/// One page of a key listing ([`ArkClient::list_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys with their values, in key order.
+    pub items: Vec<(String, Value)>,
+    /// More keys match than this page holds.
+    pub more: bool,
+    /// Pass it to the next [`ArkClient::list_page`] to go on; empty when the listing is done
+    /// (or the node is too old to page: then `more` tells whether it cut the listing short).
+    pub next_cursor: String,
 }
 
 /// How [`ArkClient::add_learner`] answers.
@@ -70,6 +84,17 @@ pub struct ListKeysOptions {
 pub struct AddLearnerOptions {
     /// Answer only once the learner has caught up with the log (or installed a snapshot).
     pub wait_caught_up: bool,
+}
+
+/// The cursor of a listing's next page, refused when it does not move on (a node that
+/// answers the same page again would make the walk endless).
+pub(crate) fn next_cursor(previous: String, next: String) -> Result<String, ClientError> {
+    if next == previous {
+        return Err(ClientError::Server(format!(
+            "the node answered the listing page after cursor {previous:?} with the same cursor"
+        )));
+    }
+    Ok(next)
 }
 
 /// A connection to an Ark cluster. Cheap to clone; clones share connections and the leader.
@@ -451,19 +476,40 @@ impl ArkClient {
         Ok(r.into_inner().existed)
     }
 
-    /// Lists keys under `prefix` with their values; the flag tells whether more matched
-    /// than `opts.limit`.
+    /// Lists keys under `prefix` with their values, in key order, walking every page up to
+    /// `opts.limit` keys (0: all of them); the flag tells whether more matched than were
+    /// returned. Each page is a read of its own: a key present during the whole walk is
+    /// listed exactly once.
     pub async fn list(
         &self,
         prefix: &str,
         opts: &ListKeysOptions,
     ) -> Result<(Vec<(String, Value)>, bool), ClientError> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let left = opts.limit.saturating_sub(out.len() as u32);
+            let page_opts = ListKeysOptions { limit: left, ..*opts };
+            let page = self.list_page(prefix, &page_opts, &cursor).await?;
+            out.extend(page.items);
+            let limited = opts.limit != 0 && out.len() >= opts.limit as usize;
+            if page.next_cursor.is_empty() || limited {
+                return Ok((out, page.more));
+            }
+            cursor = next_cursor(cursor, page.next_cursor)?;
+        }
+    }
+
+    /// One page of keys under `prefix` (`opts.limit` is the page size), from `cursor`: empty
+    /// for the first page, then the previous page's [`KeyPage::next_cursor`].
+    pub async fn list_page(&self, prefix: &str, opts: &ListKeysOptions, cursor: &str) -> Result<KeyPage, ClientError> {
         let ListKeysOptions { limit, stale } = *opts;
         let req = ListRequest {
             prefix: prefix.to_string(),
             stale,
             limit,
             keys_only: false,
+            cursor: cursor.to_string(),
         };
         let fut = |ch: Channel| {
             let req = req.clone();
@@ -475,8 +521,9 @@ impl ArkClient {
             self.call(fut).await?
         }
         .into_inner();
-        Ok((
-            r.items
+        Ok(KeyPage {
+            items: r
+                .items
                 .into_iter()
                 .map(|kv| {
                     (
@@ -488,8 +535,9 @@ impl ArkClient {
                     )
                 })
                 .collect(),
-            r.truncated,
-        ))
+            more: r.truncated,
+            next_cursor: r.next_cursor,
+        })
     }
 
     /// Status as the leader sees it when one is reachable, else as the first node that

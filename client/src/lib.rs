@@ -26,9 +26,9 @@ pub mod restore;
 pub mod retry;
 pub mod types;
 
-pub use client::{AddLearnerOptions, ArkClient, ListKeysOptions, ReadOptions};
+pub use client::{AddLearnerOptions, ArkClient, KeyPage, ListKeysOptions, ReadOptions};
 pub use config::ClientConfig;
 pub use error::ClientError;
-pub use objects::{ListObjectsOptions, ScrubOptions};
+pub use objects::{ListObjectsOptions, ObjectPage, ScrubOptions};
 pub use retry::{Jitter, RetryPolicy};
 pub use types::*;

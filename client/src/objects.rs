@@ -123,17 +123,32 @@ pub struct GetOptions {
     pub progress: Option<Progress>,
 }
 
-/// What [`ArkClient::list_objects`] lists.
+/// What [`ArkClient::list_objects`] and [`ArkClient::list_objects_page`] list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListObjectsOptions {
     /// Only keys that start with this.
     pub prefix: String,
     /// Every version, tombstones included, instead of the live latest versions.
     pub all_versions: bool,
-    /// At most this many; 0 = no limit.
+    /// [`ArkClient::list_objects`]: at most this many in all, 0 = no limit (it walks every
+    /// page). [`ArkClient::list_objects_page`]: the page size, 0 for the node's maximum
+    /// (`limits.list_page_max`).
     pub limit: u32,
     /// Read the answering node's replica without confirming leadership.
     pub stale: bool,
+}
+
+/// One page of an object listing ([`ArkClient::list_objects_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObjectPage {
+    /// Object versions, in key then version order.
+    pub objects: Vec<ObjectInfo>,
+    /// More matched than this page holds.
+    pub more: bool,
+    /// Pass it to the next [`ArkClient::list_objects_page`] to go on; empty when the
+    /// listing is done (or the node is too old to page: then `more` tells whether it cut
+    /// the listing short).
+    pub next_cursor: String,
 }
 
 /// How [`ArkClient::scrub`] answers.
@@ -319,13 +334,41 @@ impl ArkClient {
             .ok_or_else(|| ClientError::NotFound(format!("namespace {name} does not exist")))
     }
 
-    /// Objects of namespace `ns` as `opts` selects them; the flag tells whether more
-    /// matched than `opts.limit`.
+    /// Objects of namespace `ns` as `opts` selects them, walking every page up to
+    /// `opts.limit` (0: all of them); the flag tells whether more matched than were
+    /// returned. Each page is a read of its own: a version present during the whole walk is
+    /// listed exactly once.
     pub async fn list_objects(
         &self,
         ns: &str,
         opts: &ListObjectsOptions,
     ) -> Result<(Vec<ObjectInfo>, bool), ClientError> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page_opts = ListObjectsOptions {
+                limit: opts.limit.saturating_sub(out.len() as u32),
+                ..opts.clone()
+            };
+            let page = self.list_objects_page(ns, &page_opts, &cursor).await?;
+            out.extend(page.objects);
+            let limited = opts.limit != 0 && out.len() >= opts.limit as usize;
+            if page.next_cursor.is_empty() || limited {
+                return Ok((out, page.more));
+            }
+            cursor = crate::client::next_cursor(cursor, page.next_cursor)?;
+        }
+    }
+
+    /// One page of the objects of namespace `ns` (`opts.limit` is the page size), from
+    /// `cursor`: empty for the first page, then the previous page's
+    /// [`ObjectPage::next_cursor`].
+    pub async fn list_objects_page(
+        &self,
+        ns: &str,
+        opts: &ListObjectsOptions,
+        cursor: &str,
+    ) -> Result<ObjectPage, ClientError> {
         let stale = opts.stale;
         let req = ListObjectsRequest {
             namespace: ns.to_string(),
@@ -333,6 +376,7 @@ impl ArkClient {
             all_versions: opts.all_versions,
             limit: opts.limit,
             stale,
+            cursor: cursor.to_string(),
         };
         let f = |ch: Channel| {
             let req = req.clone();
@@ -344,7 +388,11 @@ impl ArkClient {
             self.call(f).await?
         }
         .into_inner();
-        Ok((r.objects.into_iter().map(ObjectInfo::from).collect(), r.more))
+        Ok(ObjectPage {
+            objects: r.objects.into_iter().map(ObjectInfo::from).collect(),
+            more: r.more,
+            next_cursor: r.next_cursor,
+        })
     }
 
     /// Deletes `ns/key` by writing a tombstone version. Applied once even when retried.

@@ -235,10 +235,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let kv = KvServer::new(KvService::new(reader, proposer, fence))
+    let limits = Arc::new(crate::api::limits::Limits::new(cfg.limits.clone()));
+    let kv = KvServer::new(KvService::new(reader, proposer, fence, limits.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot))
+    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot, limits.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(
@@ -249,12 +250,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         telemetry.clone(),
         risk.clone(),
         data_plane.clone(),
+        limits.clone(),
     ));
     let cert_rule = ClientCertRule::new(tls.node_identity()?, cfg.tls.allow_node_clients);
     let grpc = Server::builder()
         .tls_config(tls_cfg)
         .context("client API TLS config")?
         .layer(tonic::service::InterceptorLayer::new(move |req| cert_rule.check(req)))
+        .layer(limits.deadline_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -421,6 +424,7 @@ pub(crate) fn describe_all_metrics() {
     crate::api::client_cert::describe_metrics();
     crate::api::cluster::describe_metrics();
     crate::api::kv::describe_metrics();
+    crate::api::limits::describe_metrics();
     crate::api::objects::describe_metrics();
     crate::raft::proposer::describe_metrics();
     crate::cache::describe_metrics();

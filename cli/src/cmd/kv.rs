@@ -35,8 +35,8 @@ pub enum KvCmd {
         /// Also print values.
         #[arg(long)]
         values: bool,
-        /// At most this many keys.
-        #[arg(long, default_value_t = 10_000)]
+        /// At most this many keys (0: all; they are fetched and printed page by page).
+        #[arg(long, default_value_t = 0)]
         limit: u32,
         /// Read this node's replica without confirming leadership.
         #[arg(long)]
@@ -75,24 +75,39 @@ pub async fn run(c: &ArkClient, k: &KvCmd) -> anyhow::Result<ExitCode> {
             limit,
             stale,
         } => {
-            let (items, truncated) = c
-                .list(
-                    prefix,
-                    &ark_client::ListKeysOptions {
-                        limit: *limit,
-                        stale: *stale,
-                    },
-                )
-                .await?;
-            for (k, v) in &items {
-                if *values {
-                    outln!("{k}\t{}", String::from_utf8_lossy(&v.value));
-                } else {
-                    outln!("{k}");
+            // Page by page, so that a long listing starts printing at once and is never
+            // held whole in memory.
+            let mut cursor = String::new();
+            let mut printed = 0u32;
+            loop {
+                let page = c
+                    .list_page(
+                        prefix,
+                        &ark_client::ListKeysOptions {
+                            limit: limit.saturating_sub(printed),
+                            stale: *stale,
+                        },
+                        &cursor,
+                    )
+                    .await?;
+                for (k, v) in &page.items {
+                    if *values {
+                        outln!("{k}\t{}", String::from_utf8_lossy(&v.value));
+                    } else {
+                        outln!("{k}");
+                    }
                 }
-            }
-            if truncated {
-                eprintln!("(more keys match; raise --limit)");
+                printed = printed.saturating_add(page.items.len() as u32);
+                if page.more && (page.next_cursor.is_empty() || (*limit != 0 && printed >= *limit)) {
+                    eprintln!("(more keys match; raise --limit)");
+                }
+                if page.next_cursor.is_empty() || (*limit != 0 && printed >= *limit) {
+                    break;
+                }
+                if page.next_cursor == cursor {
+                    anyhow::bail!("the node answered the page after {cursor:?} with the same cursor");
+                }
+                cursor = page.next_cursor;
             }
         }
     }

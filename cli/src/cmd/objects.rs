@@ -75,6 +75,9 @@ pub(crate) enum ObjectCmd {
         /// Every kept version, tombstones included, instead of the live latest versions.
         #[arg(long)]
         all_versions: bool,
+        /// At most this many (0: all; the listing is fetched page by page).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
         /// Read the answering node's replica without confirming leadership.
         #[arg(long)]
         stale: bool,
@@ -515,6 +518,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
             ns,
             prefix,
             all_versions,
+            limit,
             stale,
             json,
         } => {
@@ -524,7 +528,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
                     &ark_client::ListObjectsOptions {
                         prefix: prefix.clone(),
                         all_versions: *all_versions,
-                        limit: 0,
+                        limit: *limit,
                         stale: *stale,
                     },
                 )
@@ -556,7 +560,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
                 }
             }
             if more {
-                eprintln!("(the listing was cut short by the node)");
+                eprintln!("(more objects match; raise --limit)");
             }
         }
         ObjectCmd::Rm { target } => {

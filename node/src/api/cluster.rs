@@ -15,6 +15,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
+use super::limits::Limits;
 use crate::config::QueueOrdering;
 use crate::net::PeerPool;
 use crate::raft::error::ConsensusError;
@@ -33,6 +34,7 @@ pub struct ClusterService {
     telemetry: Arc<Telemetry>,
     risk: Arc<Risk>,
     dp: Arc<DataPlane>,
+    limits: Arc<Limits>,
 }
 
 impl ClusterService {
@@ -45,6 +47,7 @@ impl ClusterService {
         telemetry: Arc<Telemetry>,
         risk: Arc<Risk>,
         dp: Arc<DataPlane>,
+        limits: Arc<Limits>,
     ) -> Self {
         Self {
             raft,
@@ -54,6 +57,7 @@ impl ClusterService {
             telemetry,
             risk,
             dp,
+            limits,
         }
     }
 }
@@ -86,7 +90,8 @@ fn membership_response(r: ClientWriteResponse<TypeConfig>) -> MembershipResponse
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -188,7 +193,8 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn telemetry(&self, _request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
+    async fn telemetry(&self, request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
+        self.limits.admit_request(&request)?;
         match self.telemetry.snapshot() {
             Some(t) => Ok(Response::new(t)),
             None => {
@@ -210,6 +216,7 @@ impl Cluster for ClusterService {
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         let spec = r
             .node
@@ -237,6 +244,7 @@ impl Cluster for ClusterService {
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let id = request.into_inner().id;
         let res = self
             .raft
@@ -248,6 +256,7 @@ impl Cluster for ClusterService {
     }
 
     async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let id = request.into_inner().id;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();

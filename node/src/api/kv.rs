@@ -11,6 +11,8 @@ use ark_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::check_request_id;
+use super::limits::Limits;
+use super::paging;
 use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
 use crate::raft::error::ConsensusError;
 use crate::raft::fence::ReadFence;
@@ -18,23 +20,26 @@ use crate::raft::proposer::Proposer;
 use crate::raft::state_machine::KvReader;
 use crate::raft::{Command, Op, OpResult};
 
-/// Most entries one List answers with.
-pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Bytes of keys and values after which a List page ends early (under the 16 MiB message
+/// limit whatever `limits.list_page_max` is: a value may be 64 KiB).
+const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The KV service.
 pub struct KvService {
     reader: KvReader,
     proposer: Proposer,
     fence: Arc<ReadFence>,
+    limits: Arc<Limits>,
 }
 
 impl KvService {
     /// A service over the node's Raft and state machine.
-    pub fn new(reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>) -> Self {
+    pub fn new(reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>, limits: Arc<Limits>) -> Self {
         Self {
             reader,
             proposer,
             fence,
+            limits,
         }
     }
 
@@ -73,6 +78,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if r.value.len() > KV_VALUE_BYTES_MAX {
@@ -98,6 +104,7 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if !r.stale {
@@ -115,6 +122,7 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_key(&r.key)?;
         let resp = self
@@ -128,16 +136,32 @@ impl Kv for KvService {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         if !r.stale {
             self.fence.linearize().await?;
         }
-        let limit = if r.limit == 0 {
-            LIST_LIMIT_MAX
-        } else {
-            r.limit.min(LIST_LIMIT_MAX)
+        let after = paging::kv_after(&r.cursor, &r.prefix)?;
+        let limit = paging::page_size(r.limit, self.limits.config().list_page_max);
+        let (mut items, mut truncated) = self
+            .reader
+            .list_after(&r.prefix, after.as_deref(), limit)
+            .map_err(internal)?;
+        let mut bytes = 0;
+        if let Some(end) = items.iter().position(|(k, v)| {
+            bytes += k.len() + if r.keys_only { 0 } else { v.value.len() };
+            bytes > LIST_PAGE_BYTES_MAX
+        }) {
+            let keep = end.max(1);
+            if keep < items.len() {
+                items.truncate(keep);
+                truncated = true;
+            }
+        }
+        let next_cursor = match items.last() {
+            Some((k, _)) if truncated => paging::kv_cursor(k),
+            _ => String::new(),
         };
-        let (items, truncated) = self.reader.list(&r.prefix, limit as usize).map_err(internal)?;
         Ok(Response::new(ListResponse {
             items: items
                 .into_iter()
@@ -148,6 +172,7 @@ impl Kv for KvService {
                 })
                 .collect(),
             truncated,
+            next_cursor,
         }))
     }
 }

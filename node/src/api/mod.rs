@@ -8,7 +8,9 @@
 pub mod client_cert;
 pub mod cluster;
 pub mod kv;
+pub mod limits;
 pub mod objects;
+pub mod paging;
 pub mod peer;
 
 use tonic::metadata::MetadataValue;

@@ -20,11 +20,13 @@ use ark_proto::v1::{
     PutObjectResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest, VerifyRequest, VerifyResponse,
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::check_request_id;
+use super::limits::Limits;
+use super::paging;
 use crate::chunks::to_hex;
 use crate::clock::wall_ms as now_ms;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
@@ -43,12 +45,13 @@ pub struct ObjectsService {
     dp: Arc<DataPlane>,
     /// Reads served per object (reported with telemetry, for the leader's hot set).
     hot: Arc<HotReads>,
+    limits: Arc<Limits>,
 }
 
 impl ObjectsService {
     /// A service over the node's data plane.
-    pub fn new(dp: Arc<DataPlane>, hot: Arc<HotReads>) -> Self {
-        Self { dp, hot }
+    pub fn new(dp: Arc<DataPlane>, hot: Arc<HotReads>, limits: Arc<Limits>) -> Self {
+        Self { dp, hot, limits }
     }
 }
 
@@ -142,6 +145,7 @@ fn info(o: &ObjectEntry) -> ObjectInfo {
 fn refused(r: &OpResult) -> Result<(), Status> {
     match &r.error {
         None => Ok(()),
+        Some(msg) if msg.contains("limits.") => Err(Status::resource_exhausted(msg.clone())),
         Some(msg) if msg.contains("does not exist") => Err(Status::not_found(msg.clone())),
         Some(msg) if msg.contains("already exists") => Err(Status::already_exists(msg.clone())),
         Some(msg) if msg.contains("must be") => Err(Status::invalid_argument(msg.clone())),
@@ -166,7 +170,7 @@ impl ObjectsService {
         name: String,
         request_id: Vec<u8>,
         policy: Option<NamespacePolicy>,
-        make: fn(String, NsPolicy) -> Command,
+        make: impl FnOnce(String, NsPolicy) -> Command,
     ) -> Result<Response<NamespaceResponse>, Status> {
         check_ns(&name)?;
         check_request_id(&request_id)?;
@@ -245,16 +249,51 @@ impl Drop for PutOutcome {
 
 type GetStream = Pin<Box<dyn Stream<Item = Result<GetObjectResponse, Status>> + Send>>;
 
+/// Where a download's messages go: each waits at most `limits.stream_idle_timeout_ms` for
+/// the client to take it, so a client that stops reading does not hold the reads forever.
+struct Sink {
+    tx: mpsc::Sender<Result<GetObjectResponse, Status>>,
+    /// Told the stall, which then ends the stream as an error rather than a clean end.
+    stalled: Option<oneshot::Sender<Status>>,
+    limits: Arc<Limits>,
+}
+
+impl Sink {
+    /// Sends `msg`; false when the client went away or stalled (then stop).
+    async fn send(&mut self, msg: Result<GetObjectResponse, Status>) -> bool {
+        match tokio::time::timeout(self.limits.stream_idle(), self.tx.send(msg)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                if let Some(s) = self.stalled.take() {
+                    let _ = s.send(self.limits.stream_idle_exceeded("the download"));
+                }
+                false
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Objects for ObjectsService {
     async fn create_namespace(
         &self,
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
-        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsCreate {
-            name,
-            policy,
+        // Early, on this replica (a create of an existing name is answered as before); the
+        // apply checks again on the replicated count, with this node's limit.
+        let namespaces_max = self.limits.config().namespaces_max;
+        let existing = self.dp.reader.namespaces().map_err(internal)?;
+        if !existing.iter().any(|(n, _)| *n == r.name) {
+            self.limits.check_namespaces(existing.len())?;
+        }
+        self.write_namespace(r.name, r.request_id, r.policy, move |name, policy| {
+            Command::NsCreateCapped {
+                name,
+                policy,
+                namespaces_max,
+            }
         })
         .await
     }
@@ -263,6 +302,7 @@ impl Objects for ObjectsService {
         &self,
         request: Request<SetNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
             name,
@@ -275,6 +315,7 @@ impl Objects for ObjectsService {
         &self,
         request: Request<DeleteNamespaceRequest>,
     ) -> Result<Response<DeleteNamespaceResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_ns(&r.name)?;
         check_request_id(&r.request_id)?;
@@ -284,8 +325,9 @@ impl Objects for ObjectsService {
 
     async fn list_namespaces(
         &self,
-        _request: Request<ListNamespacesRequest>,
+        request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
+        self.limits.admit_request(&request)?;
         self.dp.front.linearize().await?;
         let mut namespaces = Vec::new();
         for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
@@ -298,8 +340,15 @@ impl Objects for ObjectsService {
         &self,
         request: Request<Streaming<PutObjectRequest>>,
     ) -> Result<Response<PutObjectResponse>, Status> {
+        self.limits.admit_request(&request)?;
+        let _permit = self.limits.upload_permit_for(&request)?;
+        let idle = self.limits.stream_idle();
+        let stalled = || self.limits.stream_idle_exceeded("the upload");
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| stalled())??
+        {
             Some(PutObjectRequest {
                 part: Some(put_object_request::Part::Header(h)),
             }) => h,
@@ -314,6 +363,9 @@ impl Objects for ObjectsService {
         check_request_id(&header.request_id)?;
         if !header.sha256.is_empty() && header.sha256.len() != 32 {
             return Err(Status::invalid_argument("sha256 must be 32 bytes when given"));
+        }
+        if let Some(size) = header.size {
+            self.limits.check_object_size(size)?;
         }
         let policy = self.policy(&header.namespace).await?;
         let dp = self.dp.clone();
@@ -336,7 +388,10 @@ impl Objects for ObjectsService {
         let mut upload = Upload::start(dp.clone(), policy, targets, expected)?;
         let received: Result<(), Status> = async {
             loop {
-                let msg = match stream.message().await {
+                let msg = match tokio::time::timeout(idle, stream.message())
+                    .await
+                    .map_err(|_| stalled())?
+                {
                     Ok(Some(m)) => m,
                     Ok(None) => return Ok(()),
                     Err(st) => {
@@ -350,6 +405,7 @@ impl Objects for ObjectsService {
                     Some(put_object_request::Part::Data(d)) => d,
                     _ => return Err(Status::invalid_argument("only data messages may follow the header")),
                 };
+                self.limits.check_object_size(upload.size() + data.len() as u64)?;
                 upload.write(&data).await?;
             }
         }
@@ -394,6 +450,7 @@ impl Objects for ObjectsService {
     type GetObjectStream = GetStream;
 
     async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<Self::GetObjectStream>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -424,8 +481,14 @@ impl Objects for ObjectsService {
             part: Some(get_object_response::Part::Info(info(&entry))),
         };
         let dp = self.dp.clone();
+        let (stall_tx, stall_rx) = oneshot::channel();
+        let mut sink = Sink {
+            tx,
+            stalled: Some(stall_tx),
+            limits: self.limits.clone(),
+        };
         tokio::spawn(async move {
-            if tx.send(Ok(first)).await.is_err() {
+            if !sink.send(Ok(first)).await {
                 return;
             }
             let chunks = entry.record.chunks.clone();
@@ -451,26 +514,29 @@ impl Objects for ObjectsService {
                             let msg = GetObjectResponse {
                                 part: Some(get_object_response::Part::Data(b.slice(off..end))),
                             };
-                            if tx.send(Ok(msg)).await.is_err() {
+                            if !sink.send(Ok(msg)).await {
                                 return;
                             }
                             off = end;
                         }
                     }
                     Err(st) => {
-                        let _ = tx.send(Err(st)).await;
+                        sink.send(Err(st)).await;
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // After the last message, the stall's error if there was one (not a clean end).
+        let stall = futures::stream::once(stall_rx).filter_map(|s| async move { s.ok().map(Err) });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(stall))))
     }
 
     async fn list_objects(
         &self,
         request: Request<ListObjectsRequest>,
     ) -> Result<Response<ListObjectsResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         if !r.stale {
@@ -479,18 +545,27 @@ impl Objects for ObjectsService {
         if self.dp.reader.namespace(&r.namespace).map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("namespace {} does not exist", r.namespace)));
         }
-        let mut all = self
+        let after = paging::objects_after(&r.cursor, &r.prefix, r.all_versions)?;
+        let limit = paging::page_size(r.limit, self.limits.config().list_page_max);
+        let (page, more) = self
             .dp
             .reader
-            .list(&r.namespace, &r.prefix, r.all_versions)
+            .list_page(
+                &r.namespace,
+                &r.prefix,
+                r.all_versions,
+                after.as_ref().map(|(k, v)| (k.as_str(), *v)),
+                limit,
+            )
             .map_err(internal)?;
-        let more = r.limit > 0 && all.len() > r.limit as usize;
-        if more {
-            all.truncate(r.limit as usize);
-        }
+        let next_cursor = match page.last() {
+            Some(o) if more => paging::objects_cursor(&o.key, o.version),
+            _ => String::new(),
+        };
         Ok(Response::new(ListObjectsResponse {
-            objects: all.iter().map(info).collect(),
+            objects: page.iter().map(info).collect(),
             more,
+            next_cursor,
         }))
     }
 
@@ -498,6 +573,7 @@ impl Objects for ObjectsService {
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -518,6 +594,7 @@ impl Objects for ObjectsService {
     }
 
     async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         self.dp.front.linearize().await?;
         let dp = &self.dp;
@@ -647,6 +724,7 @@ impl Objects for ObjectsService {
     }
 
     async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubResponse>, Status> {
+        self.limits.admit_request(&request)?;
         let r = request.into_inner();
         let dp = self.dp.clone();
         let members = dp.members.all();
