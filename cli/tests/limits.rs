@@ -200,16 +200,26 @@ async fn low_limits_are_enforced_with_clear_errors_and_listings_page_through_eve
         matches!(&err, ClientError::ResourceExhausted(m) if m.contains("limits.namespaces_max")),
         "{err:?}"
     );
-    // Two creates for the last place, through two different nodes at once: one wins.
+    // Six creates for the last place, two through each node at once (connections opened
+    // first, so that they really race): exactly one wins, even where every node's own count
+    // still allowed it.
     assert!(c.delete_namespace("n3").await.unwrap());
-    let (c2, c3) = (client_of(&pg, 2), client_of(&pg, 3));
-    let (a, b) = tokio::join!(c2.create_namespace("r2", policy()), c3.create_namespace("r3", policy()));
-    assert!(a.is_ok() != b.is_ok(), "exactly one create passes: {a:?} / {b:?}");
-    let lost = if a.is_ok() { b.unwrap_err() } else { a.unwrap_err() };
-    assert!(
-        matches!(&lost, ClientError::ResourceExhausted(m) if m.contains("limits.namespaces_max")),
-        "{lost:?}"
-    );
+    let clients: Vec<ArkClient> = (1..=3).map(|n| client_of(&pg, n)).collect();
+    for cl in &clients {
+        cl.get("k/00", &ReadOptions::STALE).await.unwrap();
+    }
+    let creates = clients.iter().enumerate().flat_map(|(n, cl)| {
+        (0..2).map(move |i| async move { cl.create_namespace(&format!("r{n}{i}"), policy()).await })
+    });
+    let results = futures::future::join_all(creates).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "exactly one create passes: {results:?}");
+    for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(lost, ClientError::ResourceExhausted(m) if m.contains("limits.namespaces_max")),
+            "{lost:?}"
+        );
+    }
     assert_eq!(c.list_namespaces().await.unwrap().len(), 3);
 
     // --- Uploads in progress: two held open (their sources send nothing yet), the third
