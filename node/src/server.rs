@@ -242,7 +242,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot, limits.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let cluster = ClusterServer::new(ClusterService::new(
+    let cluster = ClusterService::new(
         raft.clone(),
         pool.clone(),
         id,
@@ -250,8 +250,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         telemetry.clone(),
         risk.clone(),
         data_plane.clone(),
-        limits.clone(),
-    ));
+    );
+    let cluster = ClusterServer::new(cluster.with_limits(limits.clone()));
     let cert_rule = ClientCertRule::new(tls.node_identity()?, cfg.tls.allow_node_clients);
     let grpc = Server::builder()
         .tls_config(tls_cfg)

@@ -16,7 +16,7 @@ use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::limits::Limits;
-use crate::config::QueueOrdering;
+use crate::config::{LimitsConfig, QueueOrdering};
 use crate::net::PeerPool;
 use crate::raft::error::ConsensusError;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
@@ -47,7 +47,6 @@ impl ClusterService {
         telemetry: Arc<Telemetry>,
         risk: Arc<Risk>,
         dp: Arc<DataPlane>,
-        limits: Arc<Limits>,
     ) -> Self {
         Self {
             raft,
@@ -57,8 +56,14 @@ impl ClusterService {
             telemetry,
             risk,
             dp,
-            limits,
+            limits: Arc::new(Limits::new(LimitsConfig::default())),
         }
+    }
+
+    /// The node's `[limits]` instead of the defaults.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
     }
 }
 

@@ -325,13 +325,10 @@ impl ObjectReader {
                 }
                 continue;
             }
-            match latest.take() {
-                Some(prev) if prev.key != entry.key && !prev.record.deleted => {
-                    if add(&mut out, prev) {
-                        return Ok((out, true));
-                    }
-                }
-                _ => {}
+            // An older version of the same key, or a tombstone, is not listed.
+            let prev = latest.take().filter(|p| p.key != entry.key && !p.record.deleted);
+            if prev.is_some_and(|p| add(&mut out, p)) {
+                return Ok((out, true));
             }
             latest = Some(entry);
         }
