@@ -267,6 +267,12 @@ pub fn namespaces_full(max: u32) -> Status {
     ))
 }
 
+/// The state machine's refusal of a command over a limit it carries (its message names the
+/// key), counted like the node's own refusals.
+pub fn refused_in_apply(limit: &'static str, msg: String) -> Status {
+    refuse(limit, Status::resource_exhausted(msg))
+}
+
 /// A deadline on every call of the client plane: `limits.rpc_timeout_ms`, or
 /// `limits.admin_rpc_timeout_ms` for the calls in [`ADMIN_PATHS`]; none for an upload,
 /// whose handler bounds each wait instead. A streamed answer's deadline covers the call up

@@ -145,7 +145,10 @@ fn info(o: &ObjectEntry) -> ObjectInfo {
 fn refused(r: &OpResult) -> Result<(), Status> {
     match &r.error {
         None => Ok(()),
-        Some(msg) if msg.contains("limits.") => Err(Status::resource_exhausted(msg.clone())),
+        // The one limit the state machine applies itself (`Command::NsCreateCapped`).
+        Some(msg) if msg.contains("limits.namespaces_max") => {
+            Err(super::limits::refused_in_apply("namespaces", msg.clone()))
+        }
         Some(msg) if msg.contains("does not exist") => Err(Status::not_found(msg.clone())),
         Some(msg) if msg.contains("already exists") => Err(Status::already_exists(msg.clone())),
         Some(msg) if msg.contains("must be") => Err(Status::invalid_argument(msg.clone())),
