@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 const PAGE: usize = 10;
 const OBJECT_BYTES_MAX: usize = 1024 * 1024;
 const RATE: u32 = 200;
+const STREAM_IDLE: Duration = Duration::from_secs(4);
 
 async fn playground() -> Pg {
     ark_playground::testkit::arkd_built();
@@ -30,6 +31,7 @@ async fn playground() -> Pg {
         "uploads_per_identity_max = 2".to_string(),
         format!("requests_per_second_per_identity = {RATE}"),
         format!("requests_burst_per_identity = {RATE}"),
+        format!("stream_idle_timeout_ms = {}", STREAM_IDLE.as_millis()),
     ];
     let layout = Layout {
         sites: 3,
@@ -258,6 +260,36 @@ async fn low_limits_are_enforced_with_clear_errors_and_listings_page_through_eve
         h.await.unwrap().unwrap();
     }
     put_bytes(&c, "objs", "third", b"x".to_vec()).await.unwrap();
+
+    // --- An upload whose client sends nothing more is dropped after the idle timeout, and
+    // its permit comes back.
+    let stalls = |pg: &Pg| pg.metric(1, "ark_limit_refusals_total{limit=\"stream_idle\"}");
+    let before = stalls(&pg);
+    let (w, r) = tokio::io::duplex(1024);
+    let stuck = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.put_object("objs", "stuck", PutSource::reader(r), &PutOptions::default())
+                .await
+        })
+    };
+    let started = Instant::now();
+    while stalls(&pg) <= before {
+        assert!(
+            started.elapsed() < STREAM_IDLE + Duration::from_secs(10),
+            "no idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= STREAM_IDLE, "timed out early");
+    // (The SDK tries again, as after any lost connection, until it is stopped.)
+    stuck.abort();
+    drop(w);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.metric(1, "ark_client_uploads_in_progress") > 0.0 {
+        assert!(Instant::now() < deadline, "the stalled upload's permit was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // --- Request rate: a burst well over the bucket is partly refused, and the refusal says
     // when to come back; then requests are admitted again. (Linearizable reads: the SDK
