@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ark_proto::v1::auth_server::AuthServer;
 use ark_proto::v1::cluster_server::ClusterServer;
 use ark_proto::v1::kv_server::KvServer;
 use ark_proto::v1::objects_server::ObjectsServer;
@@ -97,6 +98,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     let reader = state_machine.reader();
+    let audit = crate::audit::AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        crate::audit::FILE_BYTES_MAX,
+        crate::audit::FILES_KEPT,
+    )
+    .context("opening the audit log")?;
+    let authz = crate::api::auth::Authz::new(state_machine.auth_view(), Arc::new(audit), id);
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     let cache = Arc::new(
         crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)
@@ -235,13 +243,19 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let kv = KvServer::new(KvService::new(reader, proposer, fence))
+    let auth = AuthServer::new(crate::api::auth_service::AuthService::new(
+        authz.clone(),
+        data_plane.front.clone(),
+        id,
+    ));
+    let kv = KvServer::new(KvService::new(authz.clone(), reader, proposer, fence))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot))
+    let objects = ObjectsServer::new(ObjectsService::new(authz.clone(), data_plane.clone(), hot))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(
+        authz,
         raft.clone(),
         pool.clone(),
         id,
@@ -261,6 +275,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(kv)
         .add_service(objects)
         .add_service(cluster)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
 
@@ -418,6 +433,8 @@ async fn bootstrap(cfg: &NodeConfig, raft: &ArkRaft) -> anyhow::Result<()> {
 /// Describes every metric the node records, each by the module that records it (passed to
 /// [`crate::metrics::install`]).
 pub(crate) fn describe_all_metrics() {
+    crate::api::auth::describe_metrics();
+    crate::audit::describe_metrics();
     crate::api::client_cert::describe_metrics();
     crate::api::cluster::describe_metrics();
     crate::api::kv::describe_metrics();

@@ -420,7 +420,12 @@ pub async fn up_placed(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let certs_dir = dir.join("certs");
     certs::create_ca(&certs_dir)?;
-    certs::create_client(&certs_dir, &certs_dir, "client")?;
+    // The playground's `client.pem` is the bootstrap admin, `root` (see docs/security.md).
+    let (cert, key) = certs::create_client(&certs_dir, &certs_dir, "root")?;
+    for (from, to) in [(cert, "client.pem"), (key, "client.key")] {
+        let to = certs_dir.join(to);
+        std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    }
 
     let count = layout.sites * layout.nodes_per_site;
     let mut ports = PortPicker::default();

@@ -15,8 +15,10 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
+use super::auth::Authz;
 use crate::config::QueueOrdering;
 use crate::net::PeerPool;
+use crate::raft::auth::Need;
 use crate::raft::error::ConsensusError;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::replicate::DataPlane;
@@ -25,6 +27,7 @@ use crate::telemetry::Telemetry;
 
 /// The Cluster service.
 pub struct ClusterService {
+    authz: Authz,
     raft: ArkRaft,
     pool: PeerPool,
     node_id: NodeId,
@@ -37,7 +40,9 @@ pub struct ClusterService {
 
 impl ClusterService {
     /// A service over the node's Raft, peer pool and telemetry.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        authz: Authz,
         raft: ArkRaft,
         pool: PeerPool,
         node_id: NodeId,
@@ -47,6 +52,7 @@ impl ClusterService {
         dp: Arc<DataPlane>,
     ) -> Self {
         Self {
+            authz,
             raft,
             pool,
             node_id,
@@ -86,7 +92,14 @@ fn membership_response(r: ClientWriteResponse<TypeConfig>) -> MembershipResponse
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        // Membership and health, no data: any identity that holds some grant may look (an
+        // identity with none can do nothing at all).
+        let who = self.authz.identify(&request, "Cluster/Status")?;
+        let auth = self.authz.state();
+        if !auth.is_admin(&who.identity) && !auth.grants.contains_key(&who.identity) {
+            self.authz.check(&who, "Cluster/Status", Need::Admin)?;
+        }
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -188,7 +201,8 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn telemetry(&self, _request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
+    async fn telemetry(&self, request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
+        self.authz.require(&request, "Cluster/Telemetry", Need::Admin)?;
         match self.telemetry.snapshot() {
             Some(t) => Ok(Response::new(t)),
             None => {
@@ -210,6 +224,32 @@ impl Cluster for ClusterService {
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let target = format!("node {}", request.get_ref().node.as_ref().map_or(0, |n| n.id));
+        let call = self.authz.admin(&request, "Cluster/AddLearner", target)?;
+        call.done(self.add_learner_now(request).await)
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Cluster/Promote", format!("node {}", request.get_ref().id))?;
+        call.done(self.promote_now(request).await)
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Cluster/Remove", format!("node {}", request.get_ref().id))?;
+        call.done(self.remove_now(request).await)
+    }
+}
+
+/// The membership changes, once admitted.
+impl ClusterService {
+    async fn add_learner_now(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let r = request.into_inner();
         let spec = r
             .node
@@ -236,7 +276,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership_response(res)))
     }
 
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn promote_now(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
         let id = request.into_inner().id;
         let res = self
             .raft
@@ -247,7 +287,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership_response(res)))
     }
 
-    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn remove_now(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
         let id = request.into_inner().id;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();

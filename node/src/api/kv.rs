@@ -10,8 +10,10 @@ use ark_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::auth::Authz;
 use super::check_request_id;
 use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
+use crate::raft::auth::Need;
 use crate::raft::error::ConsensusError;
 use crate::raft::fence::ReadFence;
 use crate::raft::proposer::Proposer;
@@ -23,6 +25,7 @@ pub const LIST_LIMIT_MAX: u32 = 10_000;
 
 /// The KV service.
 pub struct KvService {
+    authz: Authz,
     reader: KvReader,
     proposer: Proposer,
     fence: Arc<ReadFence>,
@@ -30,8 +33,9 @@ pub struct KvService {
 
 impl KvService {
     /// A service over the node's Raft and state machine.
-    pub fn new(reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>) -> Self {
+    pub fn new(authz: Authz, reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>) -> Self {
         Self {
+            authz,
             reader,
             proposer,
             fence,
@@ -73,6 +77,8 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Put", Need::KvWrite { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if r.value.len() > KV_VALUE_BYTES_MAX {
@@ -98,6 +104,8 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Get", Need::KvRead { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if !r.stale {
@@ -115,6 +123,8 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Delete", Need::KvWrite { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         let resp = self
@@ -128,6 +138,8 @@ impl Kv for KvService {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let key = &request.get_ref().prefix;
+        self.authz.require(&request, "Kv/List", Need::KvRead { key })?;
         let r = request.into_inner();
         if !r.stale {
             self.fence.linearize().await?;

@@ -24,9 +24,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Authz;
 use super::check_request_id;
 use crate::chunks::to_hex;
 use crate::clock::wall_ms as now_ms;
+use crate::raft::auth::Need;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
 use crate::replicate::upload::{Expected, Upload};
@@ -40,6 +42,7 @@ const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The object service.
 pub struct ObjectsService {
+    authz: Authz,
     dp: Arc<DataPlane>,
     /// Reads served per object (reported with telemetry, for the leader's hot set).
     hot: Arc<HotReads>,
@@ -47,8 +50,8 @@ pub struct ObjectsService {
 
 impl ObjectsService {
     /// A service over the node's data plane.
-    pub fn new(dp: Arc<DataPlane>, hot: Arc<HotReads>) -> Self {
-        Self { dp, hot }
+    pub fn new(authz: Authz, dp: Arc<DataPlane>, hot: Arc<HotReads>) -> Self {
+        Self { authz, dp, hot }
     }
 }
 
@@ -251,44 +254,67 @@ impl Objects for ObjectsService {
         &self,
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Objects/CreateNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsCreate {
-            name,
-            policy,
-        })
-        .await
+        call.done(
+            self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsCreate {
+                name,
+                policy,
+            })
+            .await,
+        )
     }
 
     async fn set_namespace(
         &self,
         request: Request<SetNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Objects/SetNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
-            name,
-            policy,
-        })
-        .await
+        call.done(
+            self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
+                name,
+                policy,
+            })
+            .await,
+        )
     }
 
     async fn delete_namespace(
         &self,
         request: Request<DeleteNamespaceRequest>,
     ) -> Result<Response<DeleteNamespaceResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Objects/DeleteNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        check_ns(&r.name)?;
-        check_request_id(&r.request_id)?;
-        let res = self.write(r.request_id, Command::NsDelete { name: r.name }).await?;
+        let res = async {
+            check_ns(&r.name)?;
+            check_request_id(&r.request_id)?;
+            self.write(r.request_id, Command::NsDelete { name: r.name }).await
+        }
+        .await;
+        let res = call.done(res)?;
         Ok(Response::new(DeleteNamespaceResponse { existed: res.existed }))
     }
 
     async fn list_namespaces(
         &self,
-        _request: Request<ListNamespacesRequest>,
+        request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
+        // Everyone may ask; each sees the namespaces it holds a grant on (admins: all).
+        let who = self.authz.identify(&request, "Objects/ListNamespaces")?;
+        let auth = self.authz.state();
         self.dp.front.linearize().await?;
         let mut namespaces = Vec::new();
         for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
+            if !auth.sees_namespace(&who.identity, &name) {
+                continue;
+            }
             namespaces.push(self.namespace_view(&name, &rec.policy)?);
         }
         Ok(Response::new(ListNamespacesResponse { namespaces }))
@@ -298,6 +324,8 @@ impl Objects for ObjectsService {
         &self,
         request: Request<Streaming<PutObjectRequest>>,
     ) -> Result<Response<PutObjectResponse>, Status> {
+        // The target arrives with the header: the caller is known now, the check follows.
+        let who = self.authz.identify(&request, "Objects/PutObject")?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(PutObjectRequest {
@@ -311,6 +339,14 @@ impl Objects for ObjectsService {
         };
         check_ns(&header.namespace)?;
         check_key(&header.key)?;
+        self.authz.check(
+            &who,
+            "Objects/PutObject",
+            Need::Write {
+                ns: &header.namespace,
+                key: &header.key,
+            },
+        )?;
         check_request_id(&header.request_id)?;
         if !header.sha256.is_empty() && header.sha256.len() != 32 {
             return Err(Status::invalid_argument("sha256 must be 32 bytes when given"));
@@ -394,6 +430,9 @@ impl Objects for ObjectsService {
     type GetObjectStream = GetStream;
 
     async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<Self::GetObjectStream>, Status> {
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().key);
+        self.authz
+            .require(&request, "Objects/GetObject", Need::Read { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -471,6 +510,9 @@ impl Objects for ObjectsService {
         &self,
         request: Request<ListObjectsRequest>,
     ) -> Result<Response<ListObjectsResponse>, Status> {
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().prefix);
+        self.authz
+            .require(&request, "Objects/ListObjects", Need::Read { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         if !r.stale {
@@ -498,6 +540,9 @@ impl Objects for ObjectsService {
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().key);
+        self.authz
+            .require(&request, "Objects/DeleteObject", Need::Write { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -518,6 +563,14 @@ impl Objects for ObjectsService {
     }
 
     async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
+        // One namespace: its readers may; every namespace at once: admins.
+        let ns = &request.get_ref().namespace;
+        let need = if ns.is_empty() {
+            Need::Admin
+        } else {
+            Need::Read { ns, key: "" }
+        };
+        self.authz.require(&request, "Objects/Verify", need)?;
         let r = request.into_inner();
         self.dp.front.linearize().await?;
         let dp = &self.dp;
@@ -647,6 +700,7 @@ impl Objects for ObjectsService {
     }
 
     async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubResponse>, Status> {
+        let call = self.authz.admin(&request, "Objects/Scrub", "every node")?;
         let r = request.into_inner();
         let dp = self.dp.clone();
         let members = dp.members.all();
@@ -679,10 +733,10 @@ impl Objects for ObjectsService {
             }
         };
         if r.wait {
-            Ok(Response::new(ScrubResponse { nodes: run.await }))
+            call.done(Ok(Response::new(ScrubResponse { nodes: run.await })))
         } else {
             tokio::spawn(run);
-            Ok(Response::new(ScrubResponse { nodes: Vec::new() }))
+            call.done(Ok(Response::new(ScrubResponse { nodes: Vec::new() })))
         }
     }
 }

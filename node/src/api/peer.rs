@@ -13,7 +13,8 @@ use tonic::Request;
 /// The client's certificate chain, leaf first, as verified by the TLS handshake; `None` on a
 /// connection without client certificates (which the client plane refuses at handshake).
 pub fn peer_chain<T>(req: &Request<T>) -> Option<Vec<CertificateDer<'static>>> {
-    req.peer_certs().map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+    req.peer_certs()
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
 }
 
 /// The client's TCP address, where known.

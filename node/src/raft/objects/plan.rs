@@ -149,7 +149,7 @@ pub(crate) fn plan(
         plan: ObjPlan::default(),
     };
     let result = match cmd {
-        C::Put { .. } | C::Delete { .. } => return Ok(None),
+        C::Put { .. } | C::Delete { .. } | C::Auth(_) => return Ok(None),
         C::NsCreate { name, policy } => {
             if let Some(problem) = policy.problem() {
                 refused(rev, problem)
