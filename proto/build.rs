@@ -6,6 +6,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/ark/v1/ark.proto",
+        "proto/ark/v1/auth.proto",
         "proto/ark/v1/objects.proto",
         "proto/ark/v1/peer.proto",
     ];

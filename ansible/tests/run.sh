@@ -243,6 +243,13 @@ if docker exec "${cname[node-c]}" ark --config /etc/ark-client/client.toml kv ge
 else
   fail "ark_client on node-c"
 fi
+if out=$(docker exec "${cname[node-c]}" ark --config /etc/ark-client/client.toml kv put deploy/greeting overwritten 2>&1); then
+  fail "node-c (granted kv-read on deploy/* only) could write: $out"
+elif grep -q 'missing kv-write on deploy/greeting' <<<"$out" && [ "$(ark kv get deploy/greeting)" = "hello from the controller" ]; then
+  pass "ark_grants: node-c reads deploy/* and its write is refused with the missing permission"
+else
+  fail "node-c's refused write: $out"
+fi
 
 bad=""
 for h in node-a node-b node-c; do

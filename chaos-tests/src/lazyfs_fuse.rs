@@ -717,15 +717,34 @@ impl Mounted {
 
     /// Detaches the mount and waits (at most [`UNMOUNT_WAIT_MAX`]) for the session to end,
     /// which it does once no process holds a file there any more.
+    ///
+    /// The detach is lazy (`umount -l`): fuser's own unmount is a plain `umount(2)`, which
+    /// fails with EBUSY while a node killed a moment ago is still closing its files (each
+    /// close a FLUSH this session must answer), and then left the mount behind.
     fn stop(&mut self) -> anyhow::Result<()> {
         let Some(s) = self.session.take() else {
             return Ok(());
         };
+        let detached = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .output()
+            .with_context(|| format!("running umount -l {}", self.path.display()))?;
+        if !detached.status.success() {
+            // Put back, so that the drop or the sweep (`unmount_all`) tries again.
+            self.session = Some(s);
+            bail!(
+                "umount -l {} failed: {}",
+                self.path.display(),
+                String::from_utf8_lossy(&detached.stderr).trim()
+            );
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("lazyfs-unmount".to_owned())
             .spawn(move || {
-                let _ = tx.send(s.umount_and_join());
+                // Detached: the session ends when the kernel lets the filesystem go.
+                let _ = tx.send(s.join());
             })
             .context("starting the unmount thread")?;
         match rx.recv_timeout(UNMOUNT_WAIT_MAX) {

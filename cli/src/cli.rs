@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use ark_client::{ArkClient, ClientConfig};
 
 use crate::cmd;
+use crate::cmd::auth::{AuditCmd, AuthCmd};
 use crate::cmd::bench::BenchCmd;
 use crate::cmd::certs::CertsCmd;
 use crate::cmd::kv::KvCmd;
@@ -63,6 +64,12 @@ enum Cmd {
     /// Cluster membership.
     #[command(subcommand)]
     Members(MembersCmd),
+    /// Who may do what: identities (client certificate names) and their grants.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+    /// The audit log of admin actions and denied calls, kept by each node.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Create the cluster CA and node or client certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -163,6 +170,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Telemetry { json } => cmd::telemetry::run(&client(&cli)?, json).await,
         Cmd::Kv(k) => cmd::kv::run(&client(&cli)?, k).await,
         Cmd::Members(m) => cmd::members::run(&client(&cli)?, m).await,
+        Cmd::Auth(a) => cmd::auth::run(&client(&cli)?, a).await,
+        Cmd::Audit(a) => cmd::auth::run_audit(&client(&cli)?, a).await,
         Cmd::Certs(c) => cmd::certs::run(c),
         Cmd::Playground(p) => cmd::playground::run(p).await,
         Cmd::Demo { sites, json } => cmd::demo::run(sites, json).await,

@@ -130,6 +130,18 @@ struct Inner {
 
 /// A fresh request id: the time in microseconds (big-endian), then 8 random bytes. Unique
 /// as a random id is; time-ordered so that the state machine's request-id table takes each
+/// The error of a call made once to one node (no retry, no leader hints).
+pub(crate) fn one_attempt_error(addr: &str, st: &Status) -> ClientError {
+    match classify(addr, st) {
+        Failure::Fatal(e) => e,
+        Failure::Transient(last) => ClientError::Unavailable {
+            attempts: 1,
+            elapsed_ms: 0,
+            last,
+        },
+    }
+}
+
 /// batch of writes into its newest pages instead of one random B-tree page per write.
 pub fn new_request_id() -> Vec<u8> {
     let micros = std::time::SystemTime::now()
@@ -242,7 +254,7 @@ impl ArkClient {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let mut chans = self
             .inner
             .channels
@@ -570,14 +582,7 @@ impl ArkClient {
         let ch = self.channel(addr)?;
         match tokio::time::timeout(self.inner.rpc_timeout, ClusterClient::new(ch).status(StatusRequest {})).await {
             Ok(Ok(r)) => Ok(r.into_inner().into()),
-            Ok(Err(st)) => Err(match classify(addr, &st) {
-                Failure::Fatal(e) => e,
-                Failure::Transient(last) => ClientError::Unavailable {
-                    attempts: 1,
-                    elapsed_ms: 0,
-                    last,
-                },
-            }),
+            Ok(Err(st)) => Err(one_attempt_error(addr, &st)),
             Err(_) => Err(ClientError::Unavailable {
                 attempts: 1,
                 elapsed_ms: self.inner.rpc_timeout.as_millis() as u64,

@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

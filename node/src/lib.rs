@@ -12,6 +12,7 @@
 //! (Prometheus); [`api`] (tonic services); [`server`] (start-up and ordered shutdown).
 
 pub mod api;
+pub mod audit;
 pub mod cache;
 pub mod chunks;
 pub mod clock;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ark_proto::v1::auth_server::AuthServer;
 use ark_proto::v1::cluster_server::ClusterServer;
 use ark_proto::v1::kv_server::KvServer;
 use ark_proto::v1::objects_server::ObjectsServer;
@@ -97,6 +98,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     let reader = state_machine.reader();
+    let audit = crate::audit::AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        crate::audit::FILE_BYTES_MAX,
+        crate::audit::FILES_KEPT,
+    )
+    .context("opening the audit log")?;
+    let limits = Arc::new(crate::api::limits::Limits::new(cfg.limits.clone()));
+    let authz = crate::api::auth::Authz::new(state_machine.auth_view(), Arc::new(audit), id, limits.clone());
     let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
     let cache = Arc::new(
         crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)
@@ -235,14 +244,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let limits = Arc::new(crate::api::limits::Limits::new(cfg.limits.clone()));
-    let kv = KvServer::new(KvService::new(reader, proposer, fence, limits.clone()))
+    let auth = AuthServer::new(crate::api::auth_service::AuthService::new(
+        authz.clone(),
+        data_plane.front.clone(),
+        id,
+    ));
+    let kv = KvServer::new(KvService::new(authz.clone(), reader, proposer, fence, limits.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let objects = ObjectsServer::new(ObjectsService::new(data_plane.clone(), hot, limits.clone()))
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let objects = ObjectsServer::new(ObjectsService::new(
+        authz.clone(),
+        data_plane.clone(),
+        hot,
+        limits.clone(),
+    ))
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let cluster = ClusterService::new(
+        authz,
         raft.clone(),
         pool.clone(),
         id,
@@ -264,6 +283,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(kv)
         .add_service(objects)
         .add_service(cluster)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
 
@@ -421,6 +441,8 @@ async fn bootstrap(cfg: &NodeConfig, raft: &ArkRaft) -> anyhow::Result<()> {
 /// Describes every metric the node records, each by the module that records it (passed to
 /// [`crate::metrics::install`]).
 pub(crate) fn describe_all_metrics() {
+    crate::api::auth::describe_metrics();
+    crate::audit::describe_metrics();
     crate::api::client_cert::describe_metrics();
     crate::api::cluster::describe_metrics();
     crate::api::kv::describe_metrics();

@@ -15,7 +15,15 @@ use std::path::{Path, PathBuf};
 /// from any lower layer, never from a higher one (circles within a layer are the other
 /// test's).
 const LAYERS: &[&[&str]] = &[
-    &["clock", "latency", "config", "config_props", "damage_props", "notify"],
+    &[
+        "clock",
+        "latency",
+        "config",
+        "config_props",
+        "damage_props",
+        "notify",
+        "audit",
+    ],
     &["net", "chunks"],
     &["cache"],
     &["raft"],

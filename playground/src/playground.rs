@@ -420,7 +420,12 @@ pub async fn up_placed(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let certs_dir = dir.join("certs");
     certs::create_ca(&certs_dir)?;
-    certs::create_client(&certs_dir, &certs_dir, "client")?;
+    // The playground's `client.pem` is the bootstrap admin, `root` (see docs/security.md).
+    let (cert, key) = certs::create_client(&certs_dir, &certs_dir, "root")?;
+    for (from, to) in [(cert, "client.pem"), (key, "client.key")] {
+        let to = certs_dir.join(to);
+        std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    }
 
     let count = layout.sites * layout.nodes_per_site;
     let mut ports = PortPicker::default();
@@ -660,6 +665,9 @@ pub struct Stopped {
     pub outcome: &'static str,
 }
 
+/// Longest wait for a SIGKILLed node to be gone (a zombie counts as gone: its files are closed).
+const KILLED_EXIT_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// Stops every node of the playground in `dir` (SIGTERM, then SIGKILL after `grace`).
 pub fn down(dir: &Path, grace: Duration) -> anyhow::Result<Vec<Stopped>> {
     let pg = Playground::load(dir)?;
@@ -680,9 +688,11 @@ pub fn down(dir: &Path, grace: Duration) -> anyhow::Result<Vec<Stopped>> {
     while Instant::now() < deadline && waiting.iter().any(|n| process_alive(n.pid)) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut killed = Vec::new();
     for n in waiting {
         let outcome = if process_alive(n.pid) {
             signal_node(&n, Signal::SIGKILL)?;
+            killed.push(n.pid);
             "killed"
         } else {
             "stopped"
@@ -692,6 +702,12 @@ pub fn down(dir: &Path, grace: Duration) -> anyhow::Result<Vec<Stopped>> {
             pid: n.pid,
             outcome,
         });
+    }
+    // A killed process still closes its files on the way out; whoever unmounts or removes
+    // its data dir next must find it gone. SIGKILL cannot be refused: the wait is short.
+    let deadline = Instant::now() + KILLED_EXIT_WAIT_MAX;
+    while Instant::now() < deadline && killed.iter().any(|p| process_alive(*p)) {
+        std::thread::sleep(Duration::from_millis(20));
     }
     report.sort_by_key(|s| s.id);
     // Keep the data and logs for inspection, but mark the playground as down so `up` can

@@ -3,6 +3,7 @@
 //! prints. Must not hold retry, transfer or process logic (the SDK and `ark-playground`
 //! own those).
 
+pub mod auth;
 pub mod bench;
 pub mod certs;
 pub mod demo;

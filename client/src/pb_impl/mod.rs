@@ -4,6 +4,7 @@
 //! The only module that names a generated message outside the transport calls; must not
 //! hold logic beyond filling fields (an absent sub-message becomes its default).
 
+mod auth;
 mod cluster;
 mod namespace;
 mod object;

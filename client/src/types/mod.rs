@@ -4,11 +4,13 @@
 //! One file per type family; their conversions from and to `ark-proto` live in
 //! `crate::pb_impl`, one file per family too. Plain data: must not do I/O.
 
+pub mod auth;
 pub mod cluster;
 pub mod namespace;
 pub mod object;
 pub mod telemetry;
 
+pub use auth::{AuditTail, Grant, Grants, WhoAmI};
 pub use cluster::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
 pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy};
 pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};

@@ -15,9 +15,11 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
+use super::auth::Authz;
 use super::limits::Limits;
 use crate::config::{LimitsConfig, QueueOrdering};
 use crate::net::PeerPool;
+use crate::raft::auth::Need;
 use crate::raft::error::ConsensusError;
 use crate::raft::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::replicate::DataPlane;
@@ -26,6 +28,7 @@ use crate::telemetry::Telemetry;
 
 /// The Cluster service.
 pub struct ClusterService {
+    authz: Authz,
     raft: ArkRaft,
     pool: PeerPool,
     node_id: NodeId,
@@ -39,7 +42,9 @@ pub struct ClusterService {
 
 impl ClusterService {
     /// A service over the node's Raft, peer pool and telemetry.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        authz: Authz,
         raft: ArkRaft,
         pool: PeerPool,
         node_id: NodeId,
@@ -49,6 +54,7 @@ impl ClusterService {
         dp: Arc<DataPlane>,
     ) -> Self {
         Self {
+            authz,
             raft,
             pool,
             node_id,
@@ -96,7 +102,13 @@ fn membership_response(r: ClientWriteResponse<TypeConfig>) -> MembershipResponse
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        // Membership and health, no data: any identity that holds some grant may look (an
+        // identity with none can do nothing at all).
+        let who = self.authz.identify(&request, "Cluster/Status")?;
+        let auth = self.authz.state();
+        if !auth.is_admin(&who.identity) && !auth.grants.contains_key(&who.identity) {
+            self.authz.check(&who, "Cluster/Status", Need::Admin)?;
+        }
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -199,7 +211,7 @@ impl Cluster for ClusterService {
     }
 
     async fn telemetry(&self, request: Request<TelemetryRequest>) -> Result<Response<TelemetryResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        self.authz.require(&request, "Cluster/Telemetry", Need::Admin)?;
         match self.telemetry.snapshot() {
             Some(t) => Ok(Response::new(t)),
             None => {
@@ -221,7 +233,32 @@ impl Cluster for ClusterService {
     }
 
     async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let target = format!("node {}", request.get_ref().node.as_ref().map_or(0, |n| n.id));
+        let call = self.authz.admin(&request, "Cluster/AddLearner", target)?;
+        call.done(self.add_learner_now(request).await)
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Cluster/Promote", format!("node {}", request.get_ref().id))?;
+        call.done(self.promote_now(request).await)
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Cluster/Remove", format!("node {}", request.get_ref().id))?;
+        call.done(self.remove_now(request).await)
+    }
+}
+
+/// The membership changes, once admitted.
+impl ClusterService {
+    async fn add_learner_now(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let r = request.into_inner();
         let spec = r
             .node
@@ -248,8 +285,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership_response(res)))
     }
 
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
-        self.limits.admit_request(&request)?;
+    async fn promote_now(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipResponse>, Status> {
         let id = request.into_inner().id;
         let res = self
             .raft
@@ -260,8 +296,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(membership_response(res)))
     }
 
-    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
-        self.limits.admit_request(&request)?;
+    async fn remove_now(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
         let id = request.into_inner().id;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();

@@ -10,10 +10,12 @@ use ark_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::auth::Authz;
 use super::check_request_id;
 use super::limits::Limits;
 use super::paging;
 use crate::config::{KV_KEY_BYTES_MAX, KV_VALUE_BYTES_MAX};
+use crate::raft::auth::Need;
 use crate::raft::error::ConsensusError;
 use crate::raft::fence::ReadFence;
 use crate::raft::proposer::Proposer;
@@ -26,6 +28,7 @@ const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The KV service.
 pub struct KvService {
+    authz: Authz,
     reader: KvReader,
     proposer: Proposer,
     fence: Arc<ReadFence>,
@@ -34,8 +37,9 @@ pub struct KvService {
 
 impl KvService {
     /// A service over the node's Raft and state machine.
-    pub fn new(reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>, limits: Arc<Limits>) -> Self {
+    pub fn new(authz: Authz, reader: KvReader, proposer: Proposer, fence: Arc<ReadFence>, limits: Arc<Limits>) -> Self {
         Self {
+            authz,
             reader,
             proposer,
             fence,
@@ -78,7 +82,8 @@ fn internal(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Put", Need::KvWrite { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if r.value.len() > KV_VALUE_BYTES_MAX {
@@ -104,7 +109,8 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Get", Need::KvRead { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         if !r.stale {
@@ -122,7 +128,8 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let key = &request.get_ref().key;
+        self.authz.require(&request, "Kv/Delete", Need::KvWrite { key })?;
         let r = request.into_inner();
         check_key(&r.key)?;
         let resp = self
@@ -136,7 +143,8 @@ impl Kv for KvService {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let key = &request.get_ref().prefix;
+        self.authz.require(&request, "Kv/List", Need::KvRead { key })?;
         let r = request.into_inner();
         if !r.stale {
             self.fence.linearize().await?;

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tonic::codegen::{http, Service};
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::config::LimitsConfig;
 
@@ -35,25 +35,6 @@ const ADMIN_PATHS: [&str; 3] = [
 /// The RPC with no deadline on the whole call: an upload of any size lives as long as its
 /// messages keep coming (`limits.stream_idle_timeout_ms`, enforced by the handler).
 const UPLOAD_PATH: &str = "/ark.v1.Objects/PutObject";
-
-/// Who a request comes from, for the per-identity limits: the hex SHA-256 of the client's
-/// leaf certificate. A placeholder until `api::auth` names callers; the same certificate is
-/// the same identity on every node.
-fn identity_of<T>(req: &Request<T>) -> String {
-    match super::peer::peer_chain(req).as_deref().and_then(|c| c.first()) {
-        Some(leaf) => ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        None => "anonymous".to_string(),
-    }
-}
-
-/// How an identity is shown in a refusal (the full hash helps no one reading it).
-fn short(identity: &str) -> &str {
-    identity.get(..16).unwrap_or(identity)
-}
 
 /// One identity's token bucket.
 #[derive(Debug, Clone, Copy)]
@@ -111,16 +92,13 @@ impl Limits {
         &self.cfg
     }
 
-    /// [`Self::admit`] for the request's caller.
-    pub fn admit_request<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Takes one token of `identity`'s bucket, or refuses with RESOURCE_EXHAUSTED (nothing to
+    /// take when the rate is unlimited, the default). `api::auth::Authz` calls it for every
+    /// identified call.
+    pub fn admit(&self, identity: &str) -> Result<(), Status> {
         if self.cfg.requests_per_second_per_identity == 0 {
             return Ok(());
         }
-        self.admit(&identity_of(req))
-    }
-
-    /// Takes one token of `identity`'s bucket, or refuses with RESOURCE_EXHAUSTED.
-    pub fn admit(&self, identity: &str) -> Result<(), Status> {
         self.admit_at(identity, Instant::now())
     }
 
@@ -169,16 +147,9 @@ impl Limits {
             Status::resource_exhausted(format!(
                 "client {} sent more than {} requests per second (burst {}) to this node \
                  (limits.requests_per_second_per_identity); retry in {wait_ms} ms",
-                short(identity),
-                self.cfg.requests_per_second_per_identity,
-                burst
+                identity, self.cfg.requests_per_second_per_identity, burst
             )),
         ))
-    }
-
-    /// [`Self::upload_permit`] for the request's caller.
-    pub fn upload_permit_for<T>(&self, req: &Request<T>) -> Result<UploadPermit, Status> {
-        self.upload_permit(&identity_of(req))
     }
 
     /// A permit for one more upload of `identity`, or RESOURCE_EXHAUSTED when it already
@@ -196,7 +167,7 @@ impl Limits {
                 Status::resource_exhausted(format!(
                     "client {} already has {max} uploads in progress on this node \
                      (limits.uploads_per_identity_max); wait for one to finish",
-                    short(identity)
+                    identity
                 )),
             ));
         }

@@ -5,6 +5,8 @@
 //! Owns request validation, error wording and status codes. Must not touch: storage (writes
 //! go through consensus's proposer or front door; reads through the readers).
 
+pub mod auth;
+pub mod auth_service;
 pub mod client_cert;
 pub mod cluster;
 pub mod kv;

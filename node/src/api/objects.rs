@@ -24,11 +24,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Authz;
 use super::check_request_id;
 use super::limits::Limits;
 use super::paging;
 use crate::chunks::to_hex;
 use crate::clock::wall_ms as now_ms;
+use crate::raft::auth::Need;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
 use crate::replicate::upload::{Expected, Upload};
@@ -42,6 +44,7 @@ const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The object service.
 pub struct ObjectsService {
+    authz: Authz,
     dp: Arc<DataPlane>,
     /// Reads served per object (reported with telemetry, for the leader's hot set).
     hot: Arc<HotReads>,
@@ -50,8 +53,8 @@ pub struct ObjectsService {
 
 impl ObjectsService {
     /// A service over the node's data plane.
-    pub fn new(dp: Arc<DataPlane>, hot: Arc<HotReads>, limits: Arc<Limits>) -> Self {
-        Self { dp, hot, limits }
+    pub fn new(authz: Authz, dp: Arc<DataPlane>, hot: Arc<HotReads>, limits: Arc<Limits>) -> Self {
+        Self { authz, dp, hot, limits }
     }
 }
 
@@ -282,47 +285,63 @@ impl Objects for ObjectsService {
         &self,
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let call = self
+            .authz
+            .admin(&request, "Objects/CreateNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        // Early, on this replica (a create of an existing name is answered as before); the
-        // apply checks again on the replicated count, with this node's limit.
-        let namespaces_max = self.limits.config().namespaces_max;
-        let existing = self.dp.reader.namespaces().map_err(internal)?;
-        if !existing.iter().any(|(n, _)| *n == r.name) {
-            self.limits.check_namespaces(existing.len())?;
-        }
-        self.write_namespace(r.name, r.request_id, r.policy, move |name, policy| {
-            Command::NsCreateCapped {
-                name,
-                policy,
-                namespaces_max,
+        let res = async {
+            // Early, on this replica (a create of an existing name is answered as before); the
+            // apply checks again on the replicated count, with this node's limit.
+            let namespaces_max = self.limits.config().namespaces_max;
+            let existing = self.dp.reader.namespaces().map_err(internal)?;
+            if !existing.iter().any(|(n, _)| *n == r.name) {
+                self.limits.check_namespaces(existing.len())?;
             }
-        })
-        .await
+            self.write_namespace(r.name, r.request_id, r.policy, move |name, policy| {
+                Command::NsCreateCapped {
+                    name,
+                    policy,
+                    namespaces_max,
+                }
+            })
+            .await
+        }
+        .await;
+        call.done(res)
     }
 
     async fn set_namespace(
         &self,
         request: Request<SetNamespaceRequest>,
     ) -> Result<Response<NamespaceResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let call = self
+            .authz
+            .admin(&request, "Objects/SetNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
-            name,
-            policy,
-        })
-        .await
+        call.done(
+            self.write_namespace(r.name, r.request_id, r.policy, |name, policy| Command::NsSet {
+                name,
+                policy,
+            })
+            .await,
+        )
     }
 
     async fn delete_namespace(
         &self,
         request: Request<DeleteNamespaceRequest>,
     ) -> Result<Response<DeleteNamespaceResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let call = self
+            .authz
+            .admin(&request, "Objects/DeleteNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        check_ns(&r.name)?;
-        check_request_id(&r.request_id)?;
-        let res = self.write(r.request_id, Command::NsDelete { name: r.name }).await?;
+        let res = async {
+            check_ns(&r.name)?;
+            check_request_id(&r.request_id)?;
+            self.write(r.request_id, Command::NsDelete { name: r.name }).await
+        }
+        .await;
+        let res = call.done(res)?;
         Ok(Response::new(DeleteNamespaceResponse { existed: res.existed }))
     }
 
@@ -330,10 +349,15 @@ impl Objects for ObjectsService {
         &self,
         request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        // Everyone may ask; each sees the namespaces it holds a grant on (admins: all).
+        let who = self.authz.identify(&request, "Objects/ListNamespaces")?;
+        let auth = self.authz.state();
         self.dp.front.linearize().await?;
         let mut namespaces = Vec::new();
         for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
+            if !auth.sees_namespace(&who.identity, &name) {
+                continue;
+            }
             namespaces.push(self.namespace_view(&name, &rec.policy)?);
         }
         Ok(Response::new(ListNamespacesResponse { namespaces }))
@@ -343,8 +367,9 @@ impl Objects for ObjectsService {
         &self,
         request: Request<Streaming<PutObjectRequest>>,
     ) -> Result<Response<PutObjectResponse>, Status> {
-        self.limits.admit_request(&request)?;
-        let _permit = self.limits.upload_permit_for(&request)?;
+        // The target arrives with the header: the caller is known now, the check follows.
+        let who = self.authz.identify(&request, "Objects/PutObject")?;
+        let _permit = self.limits.upload_permit(&who.identity)?;
         let idle = self.limits.stream_idle();
         let stalled = || self.limits.stream_idle_exceeded("the upload");
         let mut stream = request.into_inner();
@@ -363,6 +388,14 @@ impl Objects for ObjectsService {
         };
         check_ns(&header.namespace)?;
         check_key(&header.key)?;
+        self.authz.check(
+            &who,
+            "Objects/PutObject",
+            Need::Write {
+                ns: &header.namespace,
+                key: &header.key,
+            },
+        )?;
         check_request_id(&header.request_id)?;
         if !header.sha256.is_empty() && header.sha256.len() != 32 {
             return Err(Status::invalid_argument("sha256 must be 32 bytes when given"));
@@ -453,7 +486,9 @@ impl Objects for ObjectsService {
     type GetObjectStream = GetStream;
 
     async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<Self::GetObjectStream>, Status> {
-        self.limits.admit_request(&request)?;
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().key);
+        self.authz
+            .require(&request, "Objects/GetObject", Need::Read { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -539,7 +574,9 @@ impl Objects for ObjectsService {
         &self,
         request: Request<ListObjectsRequest>,
     ) -> Result<Response<ListObjectsResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().prefix);
+        self.authz
+            .require(&request, "Objects/ListObjects", Need::Read { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         if !r.stale {
@@ -576,7 +613,9 @@ impl Objects for ObjectsService {
         &self,
         request: Request<DeleteObjectRequest>,
     ) -> Result<Response<DeleteObjectResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().key);
+        self.authz
+            .require(&request, "Objects/DeleteObject", Need::Write { ns, key })?;
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
@@ -597,7 +636,14 @@ impl Objects for ObjectsService {
     }
 
     async fn verify(&self, request: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        // One namespace: its readers may; every namespace at once: admins.
+        let ns = &request.get_ref().namespace;
+        let need = if ns.is_empty() {
+            Need::Admin
+        } else {
+            Need::Read { ns, key: "" }
+        };
+        self.authz.require(&request, "Objects/Verify", need)?;
         let r = request.into_inner();
         self.dp.front.linearize().await?;
         let dp = &self.dp;
@@ -727,7 +773,7 @@ impl Objects for ObjectsService {
     }
 
     async fn scrub(&self, request: Request<ScrubRequest>) -> Result<Response<ScrubResponse>, Status> {
-        self.limits.admit_request(&request)?;
+        let call = self.authz.admin(&request, "Objects/Scrub", "every node")?;
         let r = request.into_inner();
         let dp = self.dp.clone();
         let members = dp.members.all();
@@ -760,10 +806,10 @@ impl Objects for ObjectsService {
             }
         };
         if r.wait {
-            Ok(Response::new(ScrubResponse { nodes: run.await }))
+            call.done(Ok(Response::new(ScrubResponse { nodes: run.await })))
         } else {
             tokio::spawn(run);
-            Ok(Response::new(ScrubResponse { nodes: Vec::new() }))
+            call.done(Ok(Response::new(ScrubResponse { nodes: Vec::new() })))
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Owns everything that is replicated through the Raft log. It must not know about gRPC or
 //! the client API: `api` talks to it through [`ArkRaft`] and [`store::Store`]'s read methods.
 
+pub mod auth;
 pub mod codec;
 pub mod db;
 pub mod error;

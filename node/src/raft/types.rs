@@ -142,6 +142,59 @@ pub enum Command {
         /// Most namespaces the cluster may hold after this create.
         namespaces_max: u32,
     },
+    /// Change who may do what (`raft::auth` holds the rules).
+    Auth(AuthCommand),
+}
+
+/// A right an identity can be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    /// Membership, namespaces (create, set, delete, rekey), grants, scrub, telemetry, the
+    /// audit log and the system namespaces (`_ark`).
+    Admin,
+    /// Get, list and verify objects in the namespaces the grant's target names.
+    Read,
+    /// Put and delete objects there.
+    Write,
+    /// Get and list KV keys under the grant's prefix.
+    KvRead,
+    /// Put and delete KV keys under the grant's prefix.
+    KvWrite,
+}
+
+/// One grant: a permission on a target. For `Read`/`Write` the target is `NS[/KEY_PREFIX]`
+/// where `NS` is a namespace name or a prefix ending in `*` (`datasets`, `team-a-*`, `*`) and
+/// `KEY_PREFIX` optionally narrows it to keys (`datasets/train/*`); for `KvRead`/`KvWrite`
+/// a key prefix (`jobs/*`, `*` for all); for `Admin`, `*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Grant {
+    /// What is allowed.
+    pub permission: Permission,
+    /// Where.
+    pub target: String,
+}
+
+/// Changes to the authorization state, replicated like every other write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthCommand {
+    /// Give `identity` a grant (nothing changes if it already has it).
+    Grant {
+        /// A client identity (its certificate's name).
+        identity: String,
+        /// The grant.
+        grant: Grant,
+    },
+    /// Take a grant away (an error if `identity` does not have it).
+    Revoke {
+        /// The identity.
+        identity: String,
+        /// The grant.
+        grant: Grant,
+    },
+    /// From now on only identities with an explicit admin grant are admins: the bootstrap
+    /// identity (`root`) loses its implicit admin right. Refused while no identity has an
+    /// explicit admin grant, so that a lockdown cannot lock every admin out.
+    Lockdown,
 }
 
 impl fmt::Display for Request {

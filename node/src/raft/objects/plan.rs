@@ -151,7 +151,7 @@ pub(crate) fn plan(
         plan: ObjPlan::default(),
     };
     let result = match cmd {
-        C::Put { .. } | C::Delete { .. } => return Ok(None),
+        C::Put { .. } | C::Delete { .. } | C::Auth(_) => return Ok(None),
         C::NsCreate { name, policy } | C::NsCreateCapped { name, policy, .. } => {
             let max = match cmd {
                 C::NsCreateCapped { namespaces_max, .. } => u64::from(*namespaces_max),

@@ -11,6 +11,7 @@ use redb::{Database, ReadTransaction, ReadableTable};
 
 use super::sessions::{pack_ids, session_expired, SessionRecord};
 use super::tables::{sm_read_err, sm_write_err, ApplyTables, StoredValueRef, KV, SESSIONS};
+use crate::raft::auth;
 use crate::raft::codec::{decode, encode};
 use crate::raft::objects::{self};
 use crate::raft::{revision, ArkNode, Command, NodeId, Op, OpResult, Response, TypeConfig};
@@ -49,6 +50,19 @@ pub(super) fn apply_op(
                 revision: rev,
                 existed,
                 ..OpResult::default()
+            }
+        }
+        Command::Auth(cmd) => {
+            match auth::apply(&mut t.auth, cmd).map_err(|e| sm_write_err(std::io::Error::other(e)))? {
+                Ok(()) => OpResult {
+                    revision: rev,
+                    ..OpResult::default()
+                },
+                Err(why) => OpResult {
+                    revision: rev,
+                    error: Some(why),
+                    ..OpResult::default()
+                },
             }
         }
         cmd => objects::apply(&mut t.obj, rev, proposed_at_ms, cmd)

@@ -17,6 +17,7 @@ use super::overlay::*;
 use super::reader::KvReader;
 use super::sessions::*;
 use super::tables::*;
+use crate::raft::auth::AuthView;
 use crate::raft::codec::decode;
 use crate::raft::{revision, Command, NodeId, OpResult, Response, TypeConfig};
 
@@ -36,6 +37,9 @@ pub struct StateMachine {
     /// The newest `proposed_at_ms` applied: where a new leader's [`crate::raft::log_clock`]
     /// continues from.
     pub(super) log_time: Arc<AtomicU64>,
+    /// The applied authorization state, for the client plane (reloaded after every entry
+    /// that changes it and after a snapshot install).
+    pub(super) auth: AuthView,
 }
 
 impl StateMachine {
@@ -50,7 +54,14 @@ impl StateMachine {
                 0
             }
         };
+        let auth = AuthView::default();
+        if let Err(e) = auth.reload(&db) {
+            // Refusing every call would lock out even the admin; the grants come back with
+            // the next change or snapshot. Loud, because until then only root is admin.
+            tracing::error!(error = %e, "cannot read the authorization state; only the bootstrap admin is allowed");
+        }
         Self {
+            auth,
             db,
             overlay: SharedOverlay::default(),
             flush_lock: Arc::default(),
@@ -70,6 +81,19 @@ impl StateMachine {
     /// [`crate::raft::store::LogStore::with_snapshot_gate`].
     pub fn snapshot_gate(&self) -> Arc<AtomicBool> {
         self.receiving_snapshot.clone()
+    }
+
+    /// The applied authorization state, shared with the client plane.
+    pub fn auth_view(&self) -> AuthView {
+        self.auth.clone()
+    }
+
+    /// Re-reads the authorization state after a commit that may have changed it. A failure
+    /// here is a failure to read the state machine's own database: fatal to the apply.
+    pub(super) fn reload_auth(&self) -> Result<(), StorageError<NodeId>> {
+        self.auth
+            .reload(&self.db)
+            .map_err(|e| sm_read_err(std::io::Error::other(e)))
     }
 
     /// A reader of this state machine's KV records, overlay included.

@@ -15,7 +15,7 @@ use super::apply::overlay_ok;
 use super::machine::StateMachine;
 use super::overlay::{commit_gen, Gen};
 use super::tables::{poisoned, KEY_APPLIED, KEY_MEMBERSHIP};
-use crate::raft::{ArkNode, NodeId, Response, TypeConfig};
+use crate::raft::{ArkNode, Command, NodeId, Response, TypeConfig};
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
@@ -80,6 +80,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (durable, sweep_at) = self.flush_plan(&ov.active, Some(&e));
             let r = commit_gen(&self.db, &ov.active, Some(&e), durable, sweep_at)?;
             ov.active = Gen::default();
+            if changes_auth(&e) {
+                self.reload_auth()?;
+            }
             out.push(r);
         }
         self.flush_in_background().await;
@@ -107,5 +110,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.current_snapshot()
+    }
+}
+
+/// Whether an entry holds an authorization change (the in-memory view is then reloaded).
+fn changes_auth(e: &Entry<TypeConfig>) -> bool {
+    match &e.payload {
+        EntryPayload::Normal(req) => req.ops.iter().any(|o| matches!(o.command, Command::Auth(_))),
+        _ => false,
     }
 }

@@ -121,6 +121,7 @@ pub(super) fn commit_gen(
             sessions: tx.open_table(SESSIONS).map_err(sm_write_err)?,
             by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
             obj: obj_tables(&tx)?,
+            auth: tx.open_table(crate::raft::auth::AUTH).map_err(sm_write_err)?,
         };
         for (k, v) in &gen.kv {
             match v {

@@ -18,6 +18,7 @@ use super::tables::{
     obj_tables, poisoned, sm_read_err, sm_write_err, StoredValue, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAP_DATA,
     KEY_SNAP_META, KV, SESSIONS, SESSIONS_BY_TIME, SM_META, SNAPSHOT,
 };
+use crate::raft::auth;
 use crate::raft::codec::{decode, decode_with_limit, encode};
 use crate::raft::objects::{self, ObjSnapshot};
 use crate::raft::{ArkNode, NodeId, TypeConfig};
@@ -27,6 +28,47 @@ pub(super) struct SnapshotBody {
     pub(super) kv: Vec<(String, StoredValue)>,
     pub(super) sessions: Vec<(Vec<u8>, SessionRecord)>,
     pub(super) objects: ObjSnapshot,
+    /// Named sections, each its own encoded value ([`SECTION_AUTH`], ...), so that state
+    /// added later needs a new name, not a new layout. Absent from snapshots written before
+    /// sections existed ([`SnapshotBodyV1`]).
+    pub(super) sections: Vec<(String, serde_bytes::ByteBuf)>,
+}
+
+/// The layout before [`SnapshotBody::sections`]: still read, from a kept snapshot or a leader
+/// of the previous release.
+#[derive(Debug, Deserialize)]
+struct SnapshotBodyV1 {
+    kv: Vec<(String, StoredValue)>,
+    sessions: Vec<(Vec<u8>, SessionRecord)>,
+    objects: ObjSnapshot,
+}
+
+/// The section holding the authorization state (`raft::auth::AuthState`).
+const SECTION_AUTH: &str = "auth";
+
+/// Decodes a snapshot body of either layout. The current one first: postcard ignores
+/// trailing bytes, so the old layout would also "decode" a new body, while the new one
+/// runs out of input on an old body.
+fn decode_body(data: &[u8]) -> Result<SnapshotBody, crate::raft::codec::CodecError> {
+    let limit = data.len() as u64;
+    match decode_with_limit::<SnapshotBody>(data, limit) {
+        Ok(b) => Ok(b),
+        Err(new_err) => match decode_with_limit::<SnapshotBodyV1>(data, limit) {
+            Ok(v1) => Ok(SnapshotBody {
+                kv: v1.kv,
+                sessions: v1.sessions,
+                objects: v1.objects,
+                sections: Vec::new(),
+            }),
+            Err(_) => Err(new_err),
+        },
+    }
+}
+
+impl SnapshotBody {
+    fn section(&self, name: &str) -> Option<&[u8]> {
+        self.sections.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,7 +84,7 @@ impl StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         // A snapshot holds the whole state and may be larger than a frame: it is bounded by
         // the bytes received, which the decoder never reads past.
-        let body: SnapshotBody = decode_with_limit(&data, data.len() as u64)
+        let body: SnapshotBody = decode_body(&data)
             .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         // The snapshot replaces everything, the overlay included; readers wait meanwhile.
         let _flushing = self.flush_lock.clone().lock_owned().await;
@@ -74,6 +116,12 @@ impl StateMachine {
             }
             objects::import(&mut obj_tables(&tx)?, &body.objects)
                 .map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            let auth_state: auth::AuthState = match body.section(SECTION_AUTH) {
+                Some(b) => decode(b).map_err(sm_read_err)?,
+                None => auth::AuthState::default(),
+            };
+            let mut at = tx.open_table(auth::AUTH).map_err(sm_write_err)?;
+            auth::store(&mut at, &auth_state).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
             let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
             m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
@@ -86,6 +134,7 @@ impl StateMachine {
         }
         tx.commit().map_err(sm_write_err)?;
         drop(ov);
+        self.reload_auth()?;
         self.last_durable = Instant::now();
         metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
         Ok(())
@@ -138,7 +187,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
             }
             let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let data = encode(&SnapshotBody { kv, sessions, objects }).map_err(sm_read_err)?;
+            let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
+            let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let sections = vec![(
+                SECTION_AUTH.to_string(),
+                serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
+            )];
+            let data = encode(&SnapshotBody {
+                kv,
+                sessions,
+                objects,
+                sections,
+            })
+            .map_err(sm_read_err)?;
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("empty-{}", rand::random::<u32>()),
@@ -178,4 +239,48 @@ pub(crate) fn describe_metrics() {
         "Raft snapshots received from a leader and installed."
     );
     describe_counter!("ark_raft_snapshots_built_total", "Raft snapshots built by this node.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_of_both_layouts_decode_and_sections_survive() {
+        let kv = vec![(
+            "k".to_string(),
+            StoredValue {
+                revision: 7,
+                value: b"v".to_vec(),
+            },
+        )];
+        // The layout before sections: the same fields in order, nothing after them.
+        let v1 = encode(&(
+            kv.clone(),
+            Vec::<(Vec<u8>, SessionRecord)>::new(),
+            ObjSnapshot::default(),
+        ))
+        .unwrap();
+        let b = decode_body(&v1).unwrap();
+        assert_eq!(b.kv, kv);
+        assert!(b.sections.is_empty());
+
+        let auth = crate::raft::auth::AuthState {
+            locked: true,
+            ..Default::default()
+        };
+        let v2 = encode(&SnapshotBody {
+            kv: kv.clone(),
+            sessions: Vec::new(),
+            objects: ObjSnapshot::default(),
+            sections: vec![(SECTION_AUTH.into(), serde_bytes::ByteBuf::from(encode(&auth).unwrap()))],
+        })
+        .unwrap();
+        let b = decode_body(&v2).unwrap();
+        assert_eq!(b.kv, kv);
+        let back: crate::raft::auth::AuthState = decode(b.section(SECTION_AUTH).unwrap()).unwrap();
+        assert_eq!(back, auth);
+        // Damage is an error, never a default.
+        assert!(decode_body(&v2[..v2.len() / 2]).is_err());
+    }
 }

@@ -45,6 +45,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableErro
     tx.open_table(objects::NAMESPACES)?;
     tx.open_table(objects::OBJECTS)?;
     tx.open_table(objects::CHUNKS)?;
+    tx.open_table(crate::raft::auth::AUTH)?;
     Ok(())
 }
 
@@ -79,6 +80,7 @@ pub(super) struct ApplyTables<'t> {
     pub(super) sessions: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub(super) by_time: redb::Table<'t, (u64, u64), &'static [u8]>,
     pub(super) obj: ObjTables<'t>,
+    pub(super) auth: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 /// Encodes like [`StoredValue`] without copying the value first.
