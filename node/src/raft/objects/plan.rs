@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::raft::types::{ChunkId, ChunkRecord, ChunkRef, NsPolicy, NsRecord, ObjectRecord};
+use crate::raft::types::{ChunkId, ChunkRecord, ChunkRef, NsKeys, NsPolicy, NsRecord, ObjectRecord};
 use crate::raft::{Command, NodeId, OpResult};
 
 /// What planning reads: the current records, before the command.
@@ -23,6 +23,8 @@ pub(crate) trait ObjRead {
     fn ns_versions(&self, ns: &str) -> Result<Vec<(String, u64, ObjectRecord)>, String>;
     /// One chunk's record.
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, String>;
+    /// An encrypted namespace's wrapped data keys (`None`: not encrypted).
+    fn ns_keys(&self, name: &str) -> Result<Option<NsKeys>, String>;
 }
 
 /// The records one command leaves: `Some` is written, `None` removed. Each map holds a key's
@@ -35,6 +37,8 @@ pub(crate) struct ObjPlan {
     pub objects: BTreeMap<(String, String, u64), Option<ObjectRecord>>,
     /// Chunk records by id.
     pub chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
+    /// Encrypted namespaces' wrapped data keys by namespace name.
+    pub keys: BTreeMap<String, Option<NsKeys>>,
 }
 
 /// A plan being built, reading through its own changes to the tables.
@@ -199,6 +203,11 @@ pub(crate) fn plan(
                         p.plan.objects.insert((name.clone(), k.clone(), *v), None);
                     }
                     p.plan.ns.insert(name.clone(), None);
+                    // Its data keys go with it: a namespace made later under the same
+                    // name is another namespace with other keys.
+                    if view.ns_keys(name)?.is_some() {
+                        p.plan.keys.insert(name.clone(), None);
+                    }
                     ok(0, true)
                 }
             }
@@ -249,6 +258,47 @@ pub(crate) fn plan(
             }
             ok(0, false)
         }
+        C::NsCreateEncrypted { name, policy, keys } => {
+            if let Some(problem) = policy.problem().or_else(|| keys.problem()) {
+                refused(rev, problem)
+            } else if view.ns(name)?.is_some() {
+                refused(rev, format!("namespace {name} already exists"))
+            } else {
+                let rec = NsRecord {
+                    policy: policy.clone(),
+                    created_ms: now_ms,
+                };
+                p.plan.ns.insert(name.clone(), Some(rec));
+                p.plan.keys.insert(name.clone(), Some(keys.clone()));
+                ok(0, false)
+            }
+        }
+        C::NsRekey { name, keys } => match (keys.problem(), view.ns(name)?, view.ns_keys(name)?) {
+            (Some(problem), _, _) => refused(rev, problem),
+            (None, None, _) => refused(rev, format!("namespace {name} does not exist")),
+            (None, Some(_), None) => refused(rev, format!("namespace {name} is not encrypted; nothing to rekey")),
+            (None, Some(_), Some(old)) => {
+                let kept = old.generations.len() <= keys.generations.len()
+                    && old
+                        .generations
+                        .iter()
+                        .zip(&keys.generations)
+                        .all(|(o, n)| o.generation == n.generation && o.created_ms == n.created_ms);
+                if !kept {
+                    refused(
+                        rev,
+                        format!(
+                            "namespace {name}'s data keys changed while this rekey was prepared \
+                             (it has {} generations); nothing changed, run it again",
+                            old.generations.len()
+                        ),
+                    )
+                } else {
+                    p.plan.keys.insert(name.clone(), Some(keys.clone()));
+                    ok(0, true)
+                }
+            }
+        },
     };
     Ok(Some((result, p.plan)))
 }

@@ -19,7 +19,7 @@ use super::tables::{
     KEY_SNAP_META, KV, SESSIONS, SESSIONS_BY_TIME, SM_META, SNAPSHOT,
 };
 use crate::raft::codec::{decode, decode_with_limit, encode};
-use crate::raft::objects::{self, ObjSnapshot};
+use crate::raft::objects::{self, NsKeys, ObjSnapshot};
 use crate::raft::{ArkNode, NodeId, TypeConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +27,41 @@ pub(super) struct SnapshotBody {
     pub(super) kv: Vec<(String, StoredValue)>,
     pub(super) sessions: Vec<(Vec<u8>, SessionRecord)>,
     pub(super) objects: ObjSnapshot,
+    /// Encrypted namespaces' wrapped data keys (appended; see [`SnapshotBodyV1`]).
+    pub(super) ns_keys: Vec<(String, NsKeys)>,
+}
+
+/// The body as releases before encryption at rest wrote it. postcard allows trailing bytes,
+/// so a new body would also decode as this one: decode as [`SnapshotBody`] first.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBodyV1 {
+    kv: Vec<(String, StoredValue)>,
+    sessions: Vec<(Vec<u8>, SessionRecord)>,
+    objects: ObjSnapshot,
+}
+
+/// A received or stored snapshot body, in this release's layout or the previous one. The
+/// previous layout is taken only when it spans the bytes exactly, so that a new body cut
+/// short inside its keys is an error rather than a body without them.
+pub(super) fn decode_body(data: &[u8]) -> Result<SnapshotBody, crate::raft::codec::CodecError> {
+    let new_err = match decode_with_limit::<SnapshotBody>(data, data.len() as u64) {
+        Ok(b) => return Ok(b),
+        Err(e) => e,
+    };
+    let v1 = match data.strip_prefix(&crate::raft::codec::TAG) {
+        Some(body) => match postcard::take_from_bytes::<SnapshotBodyV1>(body) {
+            Ok((v1, [])) => v1,
+            _ => return Err(new_err),
+        },
+        // Written by a release that used bincode 1 (before the tag), hence before keys.
+        None => decode_with_limit::<SnapshotBodyV1>(data, data.len() as u64).map_err(|_| new_err)?,
+    };
+    Ok(SnapshotBody {
+        kv: v1.kv,
+        sessions: v1.sessions,
+        objects: v1.objects,
+        ns_keys: Vec::new(),
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,7 +77,7 @@ impl StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         // A snapshot holds the whole state and may be larger than a frame: it is bounded by
         // the bytes received, which the decoder never reads past.
-        let body: SnapshotBody = decode_with_limit(&data, data.len() as u64)
+        let body: SnapshotBody = decode_body(&data)
             .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         // The snapshot replaces everything, the overlay included; readers wait meanwhile.
         let _flushing = self.flush_lock.clone().lock_owned().await;
@@ -72,8 +107,10 @@ impl StateMachine {
                 let packed = pack_ids(ids.into_iter());
                 bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
             }
-            objects::import(&mut obj_tables(&tx)?, &body.objects)
-                .map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            let mut ot = obj_tables(&tx)?;
+            objects::import(&mut ot, &body.objects).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            objects::import_keys(&mut ot, &body.ns_keys).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            drop(ot);
             let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
             m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
@@ -138,7 +175,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
             }
             let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let data = encode(&SnapshotBody { kv, sessions, objects }).map_err(sm_read_err)?;
+            let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let data = encode(&SnapshotBody {
+                kv,
+                sessions,
+                objects,
+                ns_keys,
+            })
+            .map_err(sm_read_err)?;
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
                 None => format!("empty-{}", rand::random::<u32>()),
@@ -178,4 +222,49 @@ pub(crate) fn describe_metrics() {
         "Raft snapshots received from a leader and installed."
     );
     describe_counter!("ark_raft_snapshots_built_total", "Raft snapshots built by this node.");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::raft::objects::WrappedKey;
+
+    #[test]
+    fn bodies_of_both_layouts_decode_and_the_keys_survive() {
+        let old = encode(&SnapshotBodyV1 {
+            kv: vec![(
+                "k".into(),
+                StoredValue {
+                    revision: 3,
+                    value: b"v".to_vec(),
+                },
+            )],
+            sessions: Vec::new(),
+            objects: ObjSnapshot::default(),
+        })
+        .unwrap();
+        let b = decode_body(&old).unwrap();
+        assert_eq!(b.kv.len(), 1);
+        assert!(b.ns_keys.is_empty());
+        let keys = NsKeys {
+            generations: vec![WrappedKey {
+                generation: 1,
+                kek_id: [4; 8],
+                wrapped: vec![5; 60],
+                created_ms: 6,
+            }],
+        };
+        let new = encode(&SnapshotBody {
+            kv: Vec::new(),
+            sessions: Vec::new(),
+            objects: ObjSnapshot::default(),
+            ns_keys: vec![("enc".into(), keys.clone())],
+        })
+        .unwrap();
+        let b = decode_body(&new).unwrap();
+        assert_eq!(b.ns_keys, vec![("enc".to_string(), keys)]);
+        assert!(decode_body(&new[..new.len() - 3]).is_err());
+    }
 }

@@ -45,6 +45,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableErro
     tx.open_table(objects::NAMESPACES)?;
     tx.open_table(objects::OBJECTS)?;
     tx.open_table(objects::CHUNKS)?;
+    tx.open_table(objects::NS_KEYS)?;
     Ok(())
 }
 
@@ -61,6 +62,7 @@ pub(super) fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, Storage
         ns: tx.open_table(objects::NAMESPACES).map_err(sm_write_err)?,
         objects: tx.open_table(objects::OBJECTS).map_err(sm_write_err)?,
         chunks: tx.open_table(objects::CHUNKS).map_err(sm_write_err)?,
+        keys: tx.open_table(objects::NS_KEYS).map_err(sm_write_err)?,
     })
 }
 
