@@ -10,6 +10,6 @@ pub mod object;
 pub mod telemetry;
 
 pub use cluster::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
-pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy};
+pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy, RekeyReport};
 pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};
 pub use telemetry::{ClusterTelemetry, NodeTelemetry, TelemetrySeries};
