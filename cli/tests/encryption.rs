@@ -274,3 +274,55 @@ fn edit_configs_of(dir: &Path, id: u64, edit: impl Fn(&str) -> String) {
     assert_ne!(new, text, "the edit changed nothing");
     std::fs::write(&p, new).unwrap();
 }
+
+/// A node that was down while an encrypted namespace was created and the log compacted
+/// gets the namespace's wrapped keys from the snapshot, and reads its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_catches_up_from_a_snapshot_reads_encrypted_objects() {
+    let mut pg = Pg::up(3, 100).await;
+    let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
+    let lagger = (1..=3).find(|id| *id != leader).unwrap();
+    pg.kill(lagger);
+    ok(
+        &pg.ark(&[
+            "ns",
+            "create",
+            "secret",
+            "--copies",
+            "2",
+            "--min-sites",
+            "2",
+            "--encrypt",
+        ]),
+        "ns create --encrypt",
+    );
+    let data = marked_data(3);
+    let src = pg.path().join("plain.bin");
+    std::fs::write(&src, &data).unwrap();
+    ok(&pg.ark(&["put", "secret/a", src.to_str().unwrap()]), "put");
+    let client = pg.client();
+    for i in 0..600 {
+        client.put(&format!("snap/{i:04}"), b"x").await.unwrap();
+    }
+    pg.start(lagger);
+    let addr = pg.node(lagger).client_addr;
+    let out = pg.path().join("lagger.bin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = pg.ark(&["--endpoint", &addr, "get", "secret/a", "-o", out.to_str().unwrap()]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {lagger} never read secret/a: {}",
+            stderr(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(std::fs::read(&out).unwrap() == data, "node {lagger} read other bytes");
+    assert!(
+        pg.metric(lagger, "ark_raft_snapshots_installed_total") >= 1.0,
+        "catch-up did not use a snapshot"
+    );
+}
