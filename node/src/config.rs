@@ -52,9 +52,36 @@ pub struct NodeConfig {
     /// Fault injection for drills and tests (never in production): see `net::fault`.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
+    /// Encryption at rest: where this node reads the cluster's key-encryption key (KEK).
+    /// Without it the node can neither create nor read encrypted namespaces.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
     /// Cluster bootstrap: which nodes form the initial voting membership.
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
+}
+
+/// Most previous KEKs a node keeps for unwrapping keys not yet rewrapped.
+pub const PREVIOUS_KEKS_MAX: usize = 16;
+
+/// Where the cluster's key-encryption key (KEK) comes from. The KEK wraps every encrypted
+/// namespace's data keys; it never enters the Raft log or a snapshot. Every node of a
+/// cluster needs the same current KEK (a node with another one cannot open the data keys
+/// and refuses to read encrypted namespaces, with an error naming both KEK ids).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding the KEK: 32 random bytes, raw or as 64 hex digits
+    /// (`head -c 32 /dev/urandom | xxd -p -c 64`). Keep it mode 0600, outside the data dir.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Or: the name of an environment variable holding the KEK as 64 hex digits.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// KEKs used before the current one, still accepted for unwrapping until
+    /// `ark ns rekey` has rewrapped every namespace under the current one.
+    #[serde(default)]
+    pub previous_kek_files: Vec<PathBuf>,
 }
 
 /// Listen addresses.
@@ -477,6 +504,13 @@ impl NodeConfig {
                 f.control_file = base.join(&f.control_file);
             }
         }
+        if let Some(enc) = &mut cfg.encryption {
+            for p in enc.kek_file.iter_mut().chain(enc.previous_kek_files.iter_mut()) {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -566,6 +600,18 @@ impl NodeConfig {
         }
         if let Some(problem) = self.limits.problem() {
             return bad(problem);
+        }
+        if let Some(enc) = &self.encryption {
+            match (&enc.kek_file, &enc.kek_env) {
+                (Some(_), None) => {}
+                (None, Some(v)) if !v.is_empty() => {}
+                _ => return bad("encryption: set exactly one of kek_file and kek_env".into()),
+            }
+            if enc.previous_kek_files.len() > PREVIOUS_KEKS_MAX {
+                return bad(format!(
+                    "encryption.previous_kek_files: at most {PREVIOUS_KEKS_MAX} files"
+                ));
+            }
         }
         let mut ids = std::collections::BTreeSet::from([self.node_id]);
         for p in &self.bootstrap.peers {
@@ -722,6 +768,13 @@ stream_idle_timeout_ms = 60000
 # Deadline of Verify, Scrub and AddLearner.
 admin_rpc_timeout_ms = 7200000
 
+# Encryption at rest (optional section): the cluster's key-encryption key, which wraps the
+# data keys of namespaces created with `ark ns create --encrypt`. 32 random bytes, raw or
+# as 64 hex digits; the same on every node. Or `kek_env = "ARK_KEK"` instead of kek_file.
+# [encryption]
+# kek_file = "/etc/ark/kek"
+# previous_kek_files = ["/etc/ark/kek.old"]
+
 [bootstrap]
 # true on exactly one node of a brand-new cluster; ignored once the cluster exists.
 initialize = true
@@ -833,5 +886,23 @@ mod tests {
     fn repeated_peer_id_is_rejected() {
         let text = NodeConfig::sample().replace("id = 3", "id = 2");
         assert!(NodeConfig::parse(&text).is_err());
+    }
+
+    #[test]
+    fn encryption_needs_exactly_one_kek_source() {
+        let text =
+            |section: &str| NodeConfig::sample().replace("\n[bootstrap]\n", &format!("\n{section}\n[bootstrap]\n"));
+        let ok = NodeConfig::parse(&text("[encryption]\nkek_file = \"/k\"")).unwrap();
+        assert_eq!(ok.encryption.unwrap().kek_file, Some(PathBuf::from("/k")));
+        assert!(NodeConfig::parse(&text("[encryption]\nkek_env = \"ARK_KEK\"")).is_ok());
+        for bad in [
+            "[encryption]",
+            "[encryption]\nkek_file = \"/k\"\nkek_env = \"ARK_KEK\"",
+            "[encryption]\nkek_env = \"\"",
+            "[encryption]\nkek_fil = \"/k\"",
+        ] {
+            assert!(NodeConfig::parse(&text(bad)).is_err(), "{bad}");
+        }
+        assert!(NodeConfig::parse(NodeConfig::sample()).unwrap().encryption.is_none());
     }
 }

@@ -90,6 +90,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let prom = crate::metrics::install(describe_all_metrics);
 
     let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
+    let keyring = crate::replicate::keys::Keyring::load(cfg.encryption.as_ref())
+        .context("loading the key-encryption key ([encryption])")?;
+    if let Some(kek) = keyring.kek_id() {
+        tracing::info!(kek = %crate::chunks::seal::kek_hex(&kek), "encryption at rest: KEK loaded");
+    }
     let db = open_database(&cfg.data_dir)?;
     let state_machine = StateMachine::new(db.clone());
     let log_clock = Arc::new(LogClock::new(state_machine.log_time()));
@@ -164,6 +169,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
         cache.clone(),
         risk.clone(),
+        keyring,
     ));
     let telemetry = Arc::new(Telemetry::new(
         id,

@@ -270,9 +270,40 @@ struct NodeSpec<'a> {
     settings: Vec<(String, String)>,
 }
 
+/// The playground's key-encryption key file, shared by its nodes (`[encryption] kek_file`),
+/// so that `ark ns create NAME --encrypt` works on a playground.
+pub const KEK_FILE: &str = "kek";
+
+/// Writes a new random KEK (32 bytes from the system's random source, as 64 hex digits,
+/// mode 0600) to `path`, replacing any there. Nodes read it when they start.
+pub fn write_kek(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("reading 32 random bytes for the playground's KEK")?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(format!("{hex}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
 fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {
     let node_dir = dir.join(format!("node-{}", spec.id));
     std::fs::create_dir_all(&node_dir)?;
+    // A playground made before encryption at rest has none yet; its nodes get one now
+    // (no namespace of it can be encrypted, so no key is lost).
+    if !dir.join(KEK_FILE).exists() {
+        write_kek(&dir.join(KEK_FILE))?;
+    }
     let mut peers = String::new();
     for (id, site, peer, client) in spec.peers.iter().filter(|p| p.0 != spec.id) {
         peers.push_str(&format!(
@@ -323,6 +354,10 @@ window_points = {window}
 [faults]
 control_file = "faults.toml"
 
+# The playground's key-encryption key, for namespaces created with --encrypt.
+[encryption]
+kek_file = "../{kek}"
+
 [bootstrap]
 initialize = {init}
 {peers}"#,
@@ -335,6 +370,7 @@ initialize = {init}
         keep = (spec.snapshot_logs_since_last / 4).max(10),
         init = spec.initialize,
         window = spec.telemetry_window_points,
+        kek = KEK_FILE,
     );
     let text = spec
         .settings

@@ -157,6 +157,21 @@ pub(crate) enum NsCmd {
         name: String,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Encrypt at rest: every chunk sealed (AES-256-GCM) under a data key of the
+        /// namespace's own, wrapped by the cluster's key-encryption key ([encryption] in
+        /// every node's arkd.toml). Cannot be turned off later.
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// Rewrap an encrypted namespace's data keys under the nodes' current key-encryption key
+    /// (after a KEK rotation; no chunk is read or rewritten).
+    Rekey {
+        /// Name.
+        name: String,
+        /// Also start a new data key generation for new writes. Chunks already written stay
+        /// sealed under their generation: re-encrypting them means writing the objects again.
+        #[arg(long)]
+        new_data_key: bool,
     },
     /// List namespaces with their policy and replication state.
     Ls {
@@ -396,7 +411,15 @@ fn describe_ns(n: &NamespaceInfo) -> String {
         p.priority,
         p.versions_kept,
         if p.compress { "on" } else { "off" }
-    )
+    ) + &if n.encrypted {
+        format!(
+            ", encrypted ({} data key generation(s), KEK {})",
+            n.key_generations,
+            n.kek_ids.join(", ")
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn ns_json(n: &NamespaceInfo) -> serde_json::Value {
@@ -405,6 +428,7 @@ fn ns_json(n: &NamespaceInfo) -> serde_json::Value {
         "name": n.name, "mode": mode_name(p.mode), "copies": p.copies, "min_sites": p.min_sites,
         "max_lag_ms": p.max_lag_ms, "priority": p.priority, "versions_kept": p.versions_kept,
         "compress": p.compress, "objects": n.objects, "bytes": n.bytes, "behind": n.behind, "lag_ms": n.lag_ms,
+        "encrypted": n.encrypted, "key_generations": n.key_generations, "kek_ids": n.kek_ids,
     })
 }
 
@@ -709,9 +733,26 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
 
 async fn run_ns(c: &ArkClient, cmd: &NsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        NsCmd::Create { name, policy } => {
-            let n = c.create_namespace(name, policy.policy()).await?;
+        NsCmd::Create { name, policy, encrypt } => {
+            let n = if *encrypt {
+                c.create_encrypted_namespace(name, policy.policy()).await?
+            } else {
+                c.create_namespace(name, policy.policy()).await?
+            };
             outln!("created {}", describe_ns(&n));
+        }
+        NsCmd::Rekey { name, new_data_key } => {
+            let r = c.rekey_namespace(name, *new_data_key).await?;
+            outln!(
+                "rekeyed namespace {name}: {} data key generation(s) rewrapped under KEK {}{}",
+                r.rewrapped,
+                r.kek_id,
+                if *new_data_key {
+                    format!("; new writes use generation {}", r.namespace.key_generations)
+                } else {
+                    String::new()
+                }
+            );
         }
         NsCmd::Ls { json } => {
             let list = c.list_namespaces().await?;

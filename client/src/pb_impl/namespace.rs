@@ -61,6 +61,9 @@ impl From<pb::Namespace> for NamespaceInfo {
             bytes: n.bytes,
             behind: n.behind,
             lag_ms: n.lag_ms,
+            encrypted: n.encrypted,
+            key_generations: n.key_generations,
+            kek_ids: n.kek_ids,
         }
     }
 }

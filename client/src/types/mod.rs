@@ -12,6 +12,6 @@ pub mod telemetry;
 
 pub use auth::{AuditTail, Grant, Grants, WhoAmI};
 pub use cluster::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
-pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy};
+pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy, RekeyReport};
 pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};
 pub use telemetry::{ClusterTelemetry, NodeTelemetry, TelemetrySeries};

@@ -61,4 +61,21 @@ pub struct NamespaceInfo {
     pub behind: u64,
     /// How long the oldest of those has waited.
     pub lag_ms: u64,
+    /// Chunks are sealed under a data key of the namespace's own (set at creation only).
+    pub encrypted: bool,
+    /// Encrypted namespaces: data key generations (new chunks use the last one).
+    pub key_generations: u32,
+    /// Encrypted namespaces: ids of the key-encryption keys wrapping its data keys.
+    pub kek_ids: Vec<String>,
+}
+
+/// What [`crate::ArkClient::rekey_namespace`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// The namespace afterwards.
+    pub namespace: NamespaceInfo,
+    /// Data key generations rewrapped under the answering node's current KEK.
+    pub rewrapped: u32,
+    /// That KEK's id.
+    pub kek_id: String,
 }

@@ -73,7 +73,8 @@ impl From<ConsensusError> for Status {
 impl From<DataError> for Status {
     fn from(e: DataError) -> Status {
         match e {
-            DataError::NoGoodCopy(_) => Status::data_loss(e.to_string()),
+            DataError::NoGoodCopy(_) | DataError::Unseal(_) => Status::data_loss(e.to_string()),
+            DataError::Key(m) => Status::failed_precondition(m),
             DataError::Local(m) => Status::internal(m),
             e => Status::unavailable(e.to_string()),
         }
@@ -84,7 +85,7 @@ impl From<UploadError> for Status {
     fn from(e: UploadError) -> Status {
         match e {
             UploadError::Mismatch(_) => Status::invalid_argument(e.to_string()),
-            UploadError::TooFewSites(_) => Status::failed_precondition(e.to_string()),
+            UploadError::TooFewSites(_) | UploadError::Key(_) => Status::failed_precondition(e.to_string()),
             UploadError::DiskFull(_) => Status::resource_exhausted(e.to_string()),
             UploadError::Store(m) => Status::internal(m),
             UploadError::Consensus(c) => c.into(),

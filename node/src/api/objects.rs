@@ -17,7 +17,8 @@ use ark_proto::v1::{
     DeleteNamespaceResponse, DeleteObjectRequest, DeleteObjectResponse, DurabilityMode, GetObjectRequest,
     GetObjectResponse, ListNamespacesRequest, ListNamespacesResponse, ListObjectsRequest, ListObjectsResponse,
     Namespace, NamespacePolicy, NamespaceResponse, NodeScrub, ObjectInfo, ObjectReport, PutObjectRequest,
-    PutObjectResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest, VerifyRequest, VerifyResponse,
+    PutObjectResponse, RekeyNamespaceRequest, RekeyNamespaceResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest,
+    VerifyRequest, VerifyResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -228,6 +229,14 @@ impl ObjectsService {
                 oldest = Some(oldest.map_or(o.record.created_ms, |t: u64| t.min(o.record.created_ms)));
             }
         }
+        let keys = self.dp.reader.ns_keys(name).map_err(internal)?;
+        let mut kek_ids: Vec<String> = keys
+            .iter()
+            .flat_map(|k| &k.generations)
+            .map(|w| crate::chunks::seal::kek_hex(&w.kek_id))
+            .collect();
+        kek_ids.sort();
+        kek_ids.dedup();
         let mut lag_ms = oldest.map(|t| now.saturating_sub(t)).unwrap_or(0);
         if let Some((b, l)) = self.dp.lag.lock().ok().and_then(|l| l.get(name).copied()) {
             behind = behind.max(b);
@@ -240,6 +249,9 @@ impl ObjectsService {
             bytes: live.iter().map(|o| o.record.size).sum(),
             behind,
             lag_ms,
+            encrypted: keys.is_some(),
+            key_generations: keys.map_or(0, |k| k.generations.len() as u32),
+            kek_ids,
         })
     }
 }
@@ -289,25 +301,17 @@ impl Objects for ObjectsService {
             .authz
             .admin(&request, "Objects/CreateNamespace", request.get_ref().name.clone())?;
         let r = request.into_inner();
-        let res = async {
-            // Early, on this replica (a create of an existing name is answered as before); the
-            // apply checks again on the replicated count, with this node's limit.
-            let namespaces_max = self.limits.config().namespaces_max;
-            let existing = self.dp.reader.namespaces().map_err(internal)?;
-            if !existing.iter().any(|(n, _)| *n == r.name) {
-                self.limits.check_namespaces(existing.len())?;
-            }
-            self.write_namespace(r.name, r.request_id, r.policy, move |name, policy| {
-                Command::NsCreateCapped {
-                    name,
-                    policy,
-                    namespaces_max,
-                }
-            })
-            .await
-        }
-        .await;
-        call.done(res)
+        call.done(self.create_namespace_now(r).await)
+    }
+
+    async fn rekey_namespace(
+        &self,
+        request: Request<RekeyNamespaceRequest>,
+    ) -> Result<Response<RekeyNamespaceResponse>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Objects/RekeyNamespace", request.get_ref().name.clone())?;
+        call.done(self.rekey_namespace_now(request.into_inner()).await)
     }
 
     async fn set_namespace(
@@ -421,7 +425,7 @@ impl Objects for ObjectsService {
 
         // Counted when the handler ends, however it ends (a cancelled upload drops it).
         let mut outcome = PutOutcome("aborted");
-        let mut upload = Upload::start(dp.clone(), policy, targets, expected)?;
+        let mut upload = Upload::start(dp.clone(), &header.namespace, policy, targets, expected)?;
         let received: Result<(), Status> = async {
             loop {
                 let msg = match tokio::time::timeout(idle, stream.message())
@@ -525,6 +529,7 @@ impl Objects for ObjectsService {
             stalled: Some(stall_tx),
             limits: self.limits.clone(),
         };
+        let ns = r.namespace.clone();
         tokio::spawn(async move {
             if !sink.send(Ok(first)).await {
                 return;
@@ -532,6 +537,7 @@ impl Objects for ObjectsService {
             let chunks = entry.record.chunks.clone();
             let mut reads = futures::stream::iter(chunks.into_iter().map(|c| {
                 let dp = dp.clone();
+                let ns = ns.clone();
                 async move {
                     let holders = dp
                         .reader
@@ -539,7 +545,7 @@ impl Objects for ObjectsService {
                         .map_err(internal)?
                         .map(|r| r.holders)
                         .unwrap_or_default();
-                    Ok::<_, Status>(dp.read_chunk(&c.id, &holders, compress).await?)
+                    Ok::<_, Status>(dp.read_object_chunk(&ns, &c.id, &holders, compress).await?)
                 }
             }))
             .buffered(2);
@@ -811,6 +817,94 @@ impl Objects for ObjectsService {
             tokio::spawn(run);
             call.done(Ok(Response::new(ScrubResponse { nodes: Vec::new() })))
         }
+    }
+}
+
+/// Namespace creation and rekeying, once admitted.
+impl ObjectsService {
+    async fn create_namespace_now(&self, r: CreateNamespaceRequest) -> Result<Response<NamespaceResponse>, Status> {
+        // Early, on this replica (a create of an existing name is answered as before); the
+        // apply checks again on the replicated count, with this node's limit.
+        let namespaces_max = self.limits.config().namespaces_max;
+        let existing = self.dp.reader.namespaces().map_err(internal)?;
+        if !existing.iter().any(|(n, _)| *n == r.name) {
+            self.limits.check_namespaces(existing.len())?;
+        }
+        if !r.encrypt {
+            return self
+                .write_namespace(r.name, r.request_id, r.policy, move |name, policy| {
+                    Command::NsCreateCapped {
+                        name,
+                        policy,
+                        namespaces_max,
+                    }
+                })
+                .await;
+        }
+        check_ns(&r.name)?;
+        check_request_id(&r.request_id)?;
+        let policy = policy_from_proto(r.policy)?;
+        // The first data key, made and wrapped here: only the wrapped copy enters the log.
+        // Without a KEK on this node nothing is proposed.
+        let keys =
+            self.dp.keys.new_keys(&r.name, now_ms()).map_err(|e| {
+                Status::failed_precondition(format!("cannot create encrypted namespace {}: {e}", r.name))
+            })?;
+        let command = Command::NsCreateEncrypted {
+            name: r.name.clone(),
+            policy: policy.clone(),
+            keys,
+            namespaces_max,
+        };
+        self.write(r.request_id, command).await?;
+        Ok(Response::new(NamespaceResponse {
+            namespace: Some(self.namespace_view(&r.name, &policy)?),
+        }))
+    }
+
+    async fn rekey_namespace_now(&self, r: RekeyNamespaceRequest) -> Result<Response<RekeyNamespaceResponse>, Status> {
+        check_ns(&r.name)?;
+        check_request_id(&r.request_id)?;
+        // The latest key record: a rekey built on a stale one is refused by the state
+        // machine anyway (a generation missing), this only avoids the round trip.
+        self.dp.front.linearize().await?;
+        let policy = self
+            .dp
+            .reader
+            .namespace(&r.name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("namespace {} does not exist", r.name)))?
+            .policy;
+        let keys = self
+            .dp
+            .reader
+            .ns_keys(&r.name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::failed_precondition(format!("namespace {} is not encrypted", r.name)))?;
+        let new = self
+            .dp
+            .keys
+            .rekey(&r.name, &keys, r.new_data_key, now_ms())
+            .map_err(|e| Status::failed_precondition(format!("cannot rekey namespace {}: {e}", r.name)))?;
+        let kek_id = self
+            .dp
+            .keys
+            .kek_id()
+            .map(|k| crate::chunks::seal::kek_hex(&k))
+            .unwrap_or_default();
+        self.write(
+            r.request_id,
+            Command::NsRekey {
+                name: r.name.clone(),
+                keys: new,
+            },
+        )
+        .await?;
+        Ok(Response::new(RekeyNamespaceResponse {
+            namespace: Some(self.namespace_view(&r.name, &policy)?),
+            rewrapped: keys.generations.len() as u32,
+            kek_id,
+        }))
     }
 }
 

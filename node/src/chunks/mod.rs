@@ -1,13 +1,15 @@
 //! Content-addressed chunks: how objects are cut into chunks, how chunks are named, and how
 //! they are kept on disk.
 //!
-//! Owns: content-defined chunking ([`cdc`]), chunk ids (SHA-256 of the uncompressed bytes)
-//! and the on-disk chunk store ([`store`]). It must not touch Raft, the network or object
+//! Owns: content-defined chunking ([`cdc`]), chunk ids (SHA-256 of the uncompressed bytes),
+//! the on-disk chunk store ([`store`]) and the sealing of encrypted namespaces' chunks and
+//! the wrapping of their data keys ([`seal`], pure). It must not touch Raft, the network or object
 //! metadata: callers decide which chunks an object is made of and where they are replicated;
 //! this module only cuts, names, stores, verifies and serves bytes. Everything here is
 //! synchronous; async callers use `tokio::task::spawn_blocking`.
 
 pub mod cdc;
+pub mod seal;
 pub mod store;
 
 #[cfg(test)]

@@ -126,7 +126,31 @@ fn arb_command() -> impl Strategy<Value = Command> {
             policy,
             namespaces_max
         }),
+        (".{0,8}", arb_policy(), arb_ns_keys(), any::<u32>()).prop_map(|(name, policy, keys, namespaces_max)| {
+            Command::NsCreateEncrypted {
+                name,
+                policy,
+                keys,
+                namespaces_max,
+            }
+        }),
+        (".{0,8}", arb_ns_keys()).prop_map(|(name, keys)| Command::NsRekey { name, keys }),
     ]
+}
+
+fn arb_ns_keys() -> impl Strategy<Value = crate::raft::types::NsKeys> {
+    proptest::collection::vec(
+        (any::<u32>(), any::<[u8; 8]>(), blob(60), any::<u64>()).prop_map(
+            |(generation, kek_id, wrapped, created_ms)| crate::raft::types::WrappedKey {
+                generation,
+                kek_id,
+                wrapped,
+                created_ms,
+            },
+        ),
+        0..3,
+    )
+    .prop_map(|generations| crate::raft::types::NsKeys { generations })
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {

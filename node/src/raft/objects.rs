@@ -25,7 +25,8 @@ use super::OpResult;
 use plan::{ObjPlan, ObjRead};
 
 pub use super::types::{
-    ChunkId, ChunkRecord, ChunkRef, Manifest, Mode, NsPolicy, NsRecord, ObjectRecord, NS_NAME_MAX, OBJECT_KEY_MAX,
+    ChunkId, ChunkRecord, ChunkRef, Manifest, Mode, NsKeys, NsPolicy, NsRecord, ObjectRecord, WrappedKey, NS_NAME_MAX,
+    OBJECT_KEY_MAX,
 };
 
 pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("obj_namespaces");
@@ -33,12 +34,15 @@ pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const OBJECTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("obj_objects");
 /// chunk id → [`ChunkRecord`].
 pub(crate) const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("obj_chunks");
+/// namespace → [`NsKeys`], for encrypted namespaces only (wrapped keys, never in clear).
+pub(crate) const NS_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("obj_ns_keys");
 
 /// The tables the object commands write.
 pub(crate) struct ObjTables<'t> {
     pub ns: Table<'t, &'static str, &'static [u8]>,
     pub objects: Table<'t, (&'static str, &'static str, u64), &'static [u8]>,
     pub chunks: Table<'t, &'static [u8], &'static [u8]>,
+    pub keys: Table<'t, &'static str, &'static [u8]>,
 }
 
 fn e<E: std::fmt::Display>(err: E) -> String {
@@ -86,6 +90,13 @@ impl ObjRead for ObjTables<'_> {
     fn ns_count(&self) -> Result<u64, String> {
         self.ns.len().map_err(e)
     }
+
+    fn ns_keys(&self, name: &str) -> Result<Option<NsKeys>, String> {
+        match self.keys.get(name).map_err(e)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(e)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Writes what a plan decided; decides nothing itself.
@@ -122,6 +133,17 @@ fn execute(t: &mut ObjTables<'_>, plan: &ObjPlan) -> Result<(), String> {
             }
             None => {
                 t.chunks.remove(&id[..]).map_err(e)?;
+            }
+        }
+    }
+    for (name, rec) in &plan.keys {
+        match rec {
+            Some(r) => {
+                let b = encode(r).map_err(e)?;
+                t.keys.insert(name.as_str(), b.as_slice()).map_err(e)?;
+            }
+            None => {
+                t.keys.remove(name.as_str()).map_err(e)?;
             }
         }
     }
@@ -171,6 +193,28 @@ pub(crate) fn export(tx: &redb::ReadTransaction) -> Result<ObjSnapshot, String> 
         out.chunks.push((k.value().to_vec(), decode(v.value()).map_err(e)?));
     }
     Ok(out)
+}
+
+/// Every encrypted namespace's wrapped keys, for snapshots (carried after [`ObjSnapshot`],
+/// whose layout older releases read).
+pub(crate) fn export_keys(tx: &redb::ReadTransaction) -> Result<Vec<(String, NsKeys)>, String> {
+    let t = tx.open_table(NS_KEYS).map_err(e)?;
+    let mut out = Vec::new();
+    for item in t.iter().map_err(e)? {
+        let (k, v) = item.map_err(e)?;
+        out.push((k.value().to_string(), decode(v.value()).map_err(e)?));
+    }
+    Ok(out)
+}
+
+/// Replaces the key table with a snapshot's (empty for a snapshot from before encryption).
+pub(crate) fn import_keys(t: &mut ObjTables<'_>, keys: &[(String, NsKeys)]) -> Result<(), String> {
+    t.keys.retain(|_, _| false).map_err(e)?;
+    for (k, v) in keys {
+        let b = encode(v).map_err(e)?;
+        t.keys.insert(k.as_str(), b.as_slice()).map_err(e)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn import(t: &mut ObjTables<'_>, snap: &ObjSnapshot) -> Result<(), String> {
@@ -232,6 +276,17 @@ impl ObjectReader {
     pub fn namespace(&self, name: &str) -> Result<Option<NsRecord>, ObjReadError> {
         let tx = self.db.begin_read().map_err(re)?;
         let t = tx.open_table(NAMESPACES).map_err(re)?;
+        match t.get(name).map_err(re)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(re)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An encrypted namespace's wrapped data keys (`None`: the namespace is not encrypted
+    /// or does not exist).
+    pub fn ns_keys(&self, name: &str) -> Result<Option<NsKeys>, ObjReadError> {
+        let tx = self.db.begin_read().map_err(re)?;
+        let t = tx.open_table(NS_KEYS).map_err(re)?;
         match t.get(name).map_err(re)? {
             Some(v) => Ok(Some(decode(v.value()).map_err(re)?)),
             None => Ok(None),
@@ -407,6 +462,7 @@ mod tests {
             ns: tx.open_table(NAMESPACES).unwrap(),
             objects: tx.open_table(OBJECTS).unwrap(),
             chunks: tx.open_table(CHUNKS).unwrap(),
+            keys: tx.open_table(NS_KEYS).unwrap(),
         }
     }
 

@@ -38,6 +38,9 @@ fn op_bytes(op: &Op) -> usize {
             super::Command::Delete { key } => key.len(),
             super::Command::ObjPut { ns, key, manifest } => ns.len() + key.len() + manifest.chunks.len() * 36,
             super::Command::ChunkHolders { add, remove, .. } => (add.len() + remove.len()) * 32,
+            super::Command::NsCreateEncrypted { keys, .. } | super::Command::NsRekey { keys, .. } => {
+                64 + keys.generations.len() * 96
+            }
             _ => 64,
         }
 }

@@ -144,6 +144,28 @@ pub enum Command {
     },
     /// Change who may do what (`raft::auth` holds the rules).
     Auth(AuthCommand),
+    /// Create an encrypted namespace (an error result if it exists): its policy and its
+    /// first data key, wrapped by a KEK (never a key in clear). Capped like
+    /// [`Command::NsCreateCapped`].
+    NsCreateEncrypted {
+        /// Name.
+        name: String,
+        /// Policy.
+        policy: NsPolicy,
+        /// The wrapped data key(s).
+        keys: NsKeys,
+        /// Most namespaces the cluster may hold after this create.
+        namespaces_max: u32,
+    },
+    /// Replace an encrypted namespace's wrapped data keys: rewrapped under another KEK, or
+    /// with a new generation at the end. Refused unless every generation it had stays, in
+    /// order, so a concurrent rekey cannot drop a key that chunks are sealed under.
+    NsRekey {
+        /// Name.
+        name: String,
+        /// The whole new key record.
+        keys: NsKeys,
+    },
 }
 
 /// A right an identity can be granted.
@@ -303,9 +325,9 @@ impl NsPolicy {
 /// One chunk of an object, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
-    /// SHA-256 of the chunk.
+    /// SHA-256 of the chunk (of its sealed bytes in an encrypted namespace).
     pub id: ChunkId,
-    /// Uncompressed length.
+    /// Uncompressed length (of the sealed bytes in an encrypted namespace).
     pub len: u32,
 }
 
@@ -358,5 +380,58 @@ pub struct NsRecord {
     /// Policy.
     pub policy: NsPolicy,
     /// Creation time (proposer's clock).
+    pub created_ms: u64,
+}
+
+/// An encrypted namespace's data keys, each wrapped by a cluster key-encryption key (KEK).
+/// A namespace is encrypted exactly when it has one; the record never holds a key in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsKeys {
+    /// Every generation, oldest first; new chunks are sealed under the last one, and each
+    /// sealed chunk names its generation, so older ones stay readable.
+    pub generations: Vec<WrappedKey>,
+}
+
+/// Most data key generations a namespace may have.
+pub const KEY_GENERATIONS_MAX: usize = 1024;
+
+impl NsKeys {
+    /// Why this key record is unusable, if it is.
+    pub fn problem(&self) -> Option<String> {
+        if self.generations.is_empty() || self.generations.len() > KEY_GENERATIONS_MAX {
+            return Some(format!(
+                "an encrypted namespace must have 1 to {KEY_GENERATIONS_MAX} data key generations, not {}",
+                self.generations.len()
+            ));
+        }
+        for (i, g) in self.generations.iter().enumerate() {
+            if g.generation != i as u32 + 1 {
+                return Some(format!(
+                    "data key generations must be numbered 1, 2, ...; found {} at position {}",
+                    g.generation,
+                    i + 1
+                ));
+            }
+        }
+        None
+    }
+
+    /// The generation new chunks are sealed under.
+    pub fn current(&self) -> Option<&WrappedKey> {
+        self.generations.last()
+    }
+}
+
+/// One data key generation, wrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKey {
+    /// 1, 2, ...: written into every chunk sealed under it.
+    pub generation: u32,
+    /// Which KEK wrapped it (the first 8 bytes of a hash of the KEK, not the KEK).
+    pub kek_id: [u8; 8],
+    /// The data key sealed under that KEK (`chunks::seal` format).
+    #[serde(with = "serde_bytes")]
+    pub wrapped: Vec<u8>,
+    /// When this generation was made (proposer's clock).
     pub created_ms: u64,
 }

@@ -15,12 +15,14 @@
 //! [`placement`] (which nodes get copies), [`plan`] (the repair queue's pure planner),
 //! [`queue`] (the leader's repair loop that executes the plan, and lag metrics), [`scrub`]
 //! (re-hashing local copies, repair, garbage collection), [`claims`] (chunks about to be
-//! referred to).
+//! referred to), [`keys`] (the KEKs and the unwrapped data keys of encrypted namespaces;
+//! every path above moves sealed chunks unchanged, only upload and read seal and open).
 //!
 //! Must not touch: gRPC (errors are [`DataError`] and [`upload::UploadError`]), the
 //! forecasts themselves (it reads them through [`plan::RiskSource`]).
 
 pub mod claims;
+pub mod keys;
 pub mod placement;
 pub mod plan;
 pub mod queue;
@@ -72,6 +74,14 @@ pub enum DataError {
     /// No holder could supply a good copy.
     #[error("no good copy of chunk {0} on any holder")]
     NoGoodCopy(String),
+    /// An encrypted namespace's data key is not available on this node (no KEK, another
+    /// KEK); nothing was read.
+    #[error("{0}")]
+    Key(String),
+    /// A verified chunk of an encrypted namespace did not open (a wrong key or tampered
+    /// ciphertext); no byte of it was returned.
+    #[error("{0}")]
+    Unseal(String),
     /// This node failed (a blocking task died, its own store failed).
     #[error("{0}")]
     Local(String),
@@ -123,6 +133,8 @@ pub struct DataPlane {
     slow_holders: Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
     /// Chunks about to be referred to, which garbage collection leaves alone.
     pub claims: claims::ChunkClaims,
+    /// The KEKs and unwrapped data keys of encrypted namespaces.
+    pub keys: keys::Keyring,
 }
 
 impl DataPlane {
@@ -138,6 +150,7 @@ impl DataPlane {
         rpc_timeout: Duration,
         cache: Arc<ChunkCache>,
         risk: Arc<dyn RiskSource>,
+        keys: keys::Keyring,
     ) -> Self {
         let claims = claims::ChunkClaims::new(Duration::from_secs(cfg.gc_grace_s));
         Self {
@@ -157,6 +170,7 @@ impl DataPlane {
             queue_head: Default::default(),
             slow_holders: Default::default(),
             claims,
+            keys,
         }
     }
 

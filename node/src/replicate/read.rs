@@ -1,7 +1,9 @@
 //! A verified chunk from wherever a good copy is: the local store, the foyer cache (on a
 //! node that does not hold it), or another holder (same site first, slow holders last); a
-//! holder's bad local copy is repaired on the way. Also a small object's whole bytes,
-//! checked against its manifest.
+//! holder's bad local copy is repaired on the way. Also an object's chunk as the client
+//! gets it (opened, for an encrypted namespace, after the verified sealed bytes arrived from
+//! wherever they were, so that the store, the cache and every transfer only ever hold sealed
+//! bytes), and a small object's whole bytes, checked against its manifest.
 //!
 //! Owns the read path's order of sources. Must not touch: gRPC (a chunk with no good copy is
 //! [`DataError::NoGoodCopy`]).
@@ -9,7 +11,7 @@
 use bytes::Bytes;
 
 use super::{DataError, DataPlane, Peer, SLOW_HOLDER_FOR};
-use crate::chunks::{to_hex, ChunkError, ChunkId};
+use crate::chunks::{seal, to_hex, ChunkError, ChunkId};
 use crate::raft::NodeId;
 
 impl DataPlane {
@@ -61,6 +63,41 @@ impl DataPlane {
         }
     }
 
+    /// Chunk `id` of an object of namespace `ns`, as the client reads it: the verified copy
+    /// ([`DataPlane::read_chunk`]), opened with the data key generation its header names when
+    /// the namespace is encrypted. A key this node cannot have is [`DataError::Key`]; sealed
+    /// bytes that do not open (a wrong key, tampered ciphertext) are [`DataError::Unseal`],
+    /// never bytes.
+    pub async fn read_object_chunk(
+        &self,
+        ns: &str,
+        id: &ChunkId,
+        holders: &[NodeId],
+        compress: bool,
+    ) -> Result<Bytes, DataError> {
+        let keys = self.reader.ns_keys(ns).map_err(|e| DataError::Local(e.to_string()))?;
+        let Some(keys) = keys else {
+            return self.read_chunk(id, holders, compress).await;
+        };
+        let sealed = self.read_chunk(id, holders, false).await?;
+        let unseal = |e: seal::SealError| {
+            metrics::counter!("ark_chunk_opens_failed_total").increment(1);
+            DataError::Unseal(format!(
+                "chunk {} of encrypted namespace {ns} does not open: {e}",
+                to_hex(id)
+            ))
+        };
+        let generation = seal::generation_of(&sealed).map_err(unseal)?;
+        let sealer = self
+            .keys
+            .sealer(ns, &keys, Some(generation))
+            .map_err(|e| DataError::Key(e.to_string()))?;
+        let opened = tokio::task::spawn_blocking(move || sealer.open(&sealed))
+            .await
+            .map_err(|e| DataError::Local(e.to_string()))?;
+        opened.map(Bytes::from).map_err(unseal)
+    }
+
     /// The bytes of a small object's version `entry`, every chunk verified and the whole
     /// checked against the manifest; refused above `max` bytes.
     pub async fn read_small_object(
@@ -80,7 +117,7 @@ impl DataPlane {
                 .map(|r| r.holders)
                 .unwrap_or_default();
             let b = self
-                .read_chunk(&c.id, &holders, false)
+                .read_object_chunk(&entry.ns, &c.id, &holders, false)
                 .await
                 .map_err(|e| e.to_string())?;
             bytes.extend_from_slice(&b);
@@ -129,5 +166,9 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "ark_object_reads_failed_total",
         "Chunk reads for an object that no holder could serve."
+    );
+    describe_counter!(
+        "ark_chunk_opens_failed_total",
+        "Verified chunks of encrypted namespaces that did not open (wrong key or tampered ciphertext)."
     );
 }

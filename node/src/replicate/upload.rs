@@ -15,6 +15,11 @@
 //! leader from a follower). Anything short of a commit leaves no visible object; the
 //! orphaned chunk files are collected by the scrubber after the grace period.
 //!
+//! For an encrypted namespace each chunk is sealed (`chunks::seal`, under the namespace's
+//! current data key generation, compressed first when the namespace asks) before it is
+//! named, stored or pushed, so every copy, every transfer and the chunk id itself are of the
+//! sealed bytes; the whole-object SHA-256 stays that of the plaintext.
+//!
 //! Owns chunking, local storage and pushes of one upload, and the checks before a commit.
 //! Must not touch: gRPC (errors are [`UploadError`]s).
 
@@ -29,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{placement, DataPlane, Peer};
+use crate::chunks::seal::ChunkSealer;
 use crate::chunks::{chunk_id, to_hex, ChunkError, Chunker, ChunkerParams, ObjectHasher};
 use crate::raft::error::ConsensusError;
 use crate::raft::objects::{ChunkRef, Manifest, Mode, NsPolicy};
@@ -52,6 +58,9 @@ pub enum UploadError {
     /// This node failed to store a chunk (other than a full disk).
     #[error("storing a chunk: {0}")]
     Store(String),
+    /// The namespace is encrypted and this node cannot have its data key.
+    #[error("{0}; nothing was committed")]
+    Key(String),
     /// Committing the manifest through consensus failed.
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
@@ -177,7 +186,7 @@ impl DataPlane {
             size: Some(data.len() as u64),
             sha256: None,
         };
-        let mut upload = Upload::start(self.clone(), policy, targets, expected).map_err(|e| e.to_string())?;
+        let mut upload = Upload::start(self.clone(), ns, policy, targets, expected).map_err(|e| e.to_string())?;
         upload.write(&data).await.map_err(|e| e.to_string())?;
         let stored = upload.finish().await.map_err(|e| e.to_string())?;
         let r = self
@@ -192,16 +201,26 @@ impl DataPlane {
 }
 
 impl Upload {
-    /// Starts the storing worker of an upload under `policy`, pushing to `targets`.
+    /// Starts the storing worker of an upload to namespace `ns` under `policy`, pushing to
+    /// `targets`. Refused when `ns` is encrypted and this node cannot have its data key.
     pub fn start(
         dp: Arc<DataPlane>,
+        ns: &str,
         policy: NsPolicy,
         targets: Vec<Peer>,
         expected: Expected,
     ) -> Result<Self, UploadError> {
         let chunker = Chunker::new(ChunkerParams::default()).map_err(|e| UploadError::Store(e.to_string()))?;
+        let sealer = match dp.reader.ns_keys(ns).map_err(|e| UploadError::Store(e.to_string()))? {
+            Some(keys) => Some(
+                dp.keys
+                    .sealer(ns, &keys, None)
+                    .map_err(|e| UploadError::Key(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED_MAX);
-        let worker = tokio::spawn(store_chunks(dp.clone(), rx, targets, policy.compress));
+        let worker = tokio::spawn(store_chunks(dp.clone(), rx, targets, policy.compress, sealer));
         Ok(Self {
             dp,
             policy,
@@ -317,15 +336,18 @@ impl Upload {
     }
 }
 
-/// Processes the chunks of one upload: claim, store locally, push to `targets` (a target
-/// that fails once is dropped for the rest of the object). Returns what was stored and the
-/// targets that got every chunk.
+/// Processes the chunks of one upload: seal (encrypted namespaces), claim, store locally,
+/// push to `targets` (a target that fails once is dropped for the rest of the object).
+/// Returns what was stored and the targets that got every chunk.
 async fn store_chunks(
     dp: Arc<DataPlane>,
     rx: mpsc::Receiver<Bytes>,
     targets: Vec<Peer>,
     compress: bool,
+    sealer: Option<Arc<ChunkSealer>>,
 ) -> Result<(Uploaded, Vec<NodeId>), UploadError> {
+    // Sealed bytes do not compress: the store keeps them as they are.
+    let store_compress = compress && sealer.is_none();
     let failed: Arc<Mutex<BTreeMap<NodeId, String>>> = Arc::default();
     let streams = dp.cfg.streams.max(1);
     let mut out = Uploaded::default();
@@ -334,25 +356,32 @@ async fn store_chunks(
             let dp = dp.clone();
             let targets = targets.clone();
             let failed = failed.clone();
+            let sealer = sealer.clone();
             async move {
-                let len = data.len();
-                let d = data.clone();
                 let dp2 = dp.clone();
-                let (id, new) = tokio::task::spawn_blocking(move || {
+                let (id, new, data) = tokio::task::spawn_blocking(move || {
+                    let d = match &sealer {
+                        Some(s) => Bytes::from(
+                            s.seal(&data, compress)
+                                .map_err(|e| UploadError::Store(format!("sealing a chunk: {e}")))?,
+                        ),
+                        None => data,
+                    };
                     let id = chunk_id(&d);
                     // Claimed before it is looked at, so garbage collection cannot take an
                     // existing copy between this check and the manifest's commit. An existing
                     // copy counts only if it equals these bytes (compared, not re-hashed); a
                     // corrupt one is replaced by them.
                     dp2.claims.claim(&id);
-                    dp2.store.put_hashed(&id, &d, compress).map(|new| (id, new))
+                    match dp2.store.put_hashed(&id, &d, store_compress) {
+                        Ok(new) => Ok((id, new, d)),
+                        Err(ChunkError::DiskFull) => Err(UploadError::DiskFull(dp2.id)),
+                        Err(e) => Err(UploadError::Store(e.to_string())),
+                    }
                 })
                 .await
-                .map_err(|e| UploadError::Store(e.to_string()))?
-                .map_err(|e| match e {
-                    ChunkError::DiskFull => UploadError::DiskFull(dp.id),
-                    e => UploadError::Store(e.to_string()),
-                })?;
+                .map_err(|e| UploadError::Store(e.to_string()))??;
+                let len = data.len();
                 let pushes = targets.iter().map(|t| {
                     let dp = dp.clone();
                     let failed = failed.clone();
@@ -361,7 +390,7 @@ async fn store_chunks(
                         if failed.lock().map(|f| f.contains_key(&t.id)).unwrap_or(true) {
                             return 0;
                         }
-                        match dp.push_chunk(t, id, data, compress).await {
+                        match dp.push_chunk(t, id, data, store_compress).await {
                             Ok(n) => n,
                             Err(e) => {
                                 tracing::warn!(target = t.id, error = %e, "push failed; target dropped for this object");

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::raft::types::{ChunkId, ChunkRecord, ChunkRef, NsPolicy, NsRecord, ObjectRecord};
+use crate::raft::types::{ChunkId, ChunkRecord, ChunkRef, NsKeys, NsPolicy, NsRecord, ObjectRecord};
 use crate::raft::{Command, NodeId, OpResult};
 
 /// What planning reads: the current records, before the command.
@@ -25,6 +25,8 @@ pub(crate) trait ObjRead {
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, String>;
     /// How many namespaces exist.
     fn ns_count(&self) -> Result<u64, String>;
+    /// An encrypted namespace's wrapped data keys (`None`: not encrypted).
+    fn ns_keys(&self, name: &str) -> Result<Option<NsKeys>, String>;
 }
 
 /// The records one command leaves: `Some` is written, `None` removed. Each map holds a key's
@@ -37,6 +39,8 @@ pub(crate) struct ObjPlan {
     pub objects: BTreeMap<(String, String, u64), Option<ObjectRecord>>,
     /// Chunk records by id.
     pub chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
+    /// Encrypted namespaces' wrapped data keys by namespace name.
+    pub keys: BTreeMap<String, Option<NsKeys>>,
 }
 
 /// A plan being built, reading through its own changes to the tables.
@@ -152,12 +156,17 @@ pub(crate) fn plan(
     };
     let result = match cmd {
         C::Put { .. } | C::Delete { .. } | C::Auth(_) => return Ok(None),
-        C::NsCreate { name, policy } | C::NsCreateCapped { name, policy, .. } => {
-            let max = match cmd {
-                C::NsCreateCapped { namespaces_max, .. } => u64::from(*namespaces_max),
-                _ => u64::MAX,
+        C::NsCreate { name, policy }
+        | C::NsCreateCapped { name, policy, .. }
+        | C::NsCreateEncrypted { name, policy, .. } => {
+            let (max, keys) = match cmd {
+                C::NsCreateCapped { namespaces_max, .. } => (u64::from(*namespaces_max), None),
+                C::NsCreateEncrypted {
+                    namespaces_max, keys, ..
+                } => (u64::from(*namespaces_max), Some(keys)),
+                _ => (u64::MAX, None),
             };
-            if let Some(problem) = policy.problem() {
+            if let Some(problem) = policy.problem().or_else(|| keys.and_then(NsKeys::problem)) {
                 refused(rev, problem)
             } else if view.ns(name)?.is_some() {
                 refused(rev, format!("namespace {name} already exists"))
@@ -174,6 +183,9 @@ pub(crate) fn plan(
                     created_ms: now_ms,
                 };
                 p.plan.ns.insert(name.clone(), Some(rec));
+                if let Some(keys) = keys {
+                    p.plan.keys.insert(name.clone(), Some(keys.clone()));
+                }
                 ok(0, false)
             }
         }
@@ -212,6 +224,11 @@ pub(crate) fn plan(
                         p.plan.objects.insert((name.clone(), k.clone(), *v), None);
                     }
                     p.plan.ns.insert(name.clone(), None);
+                    // Its data keys go with it: a namespace made later under the same
+                    // name is another namespace with other keys.
+                    if view.ns_keys(name)?.is_some() {
+                        p.plan.keys.insert(name.clone(), None);
+                    }
                     ok(0, true)
                 }
             }
@@ -262,6 +279,32 @@ pub(crate) fn plan(
             }
             ok(0, false)
         }
+        C::NsRekey { name, keys } => match (keys.problem(), view.ns(name)?, view.ns_keys(name)?) {
+            (Some(problem), _, _) => refused(rev, problem),
+            (None, None, _) => refused(rev, format!("namespace {name} does not exist")),
+            (None, Some(_), None) => refused(rev, format!("namespace {name} is not encrypted; nothing to rekey")),
+            (None, Some(_), Some(old)) => {
+                let kept = old.generations.len() <= keys.generations.len()
+                    && old
+                        .generations
+                        .iter()
+                        .zip(&keys.generations)
+                        .all(|(o, n)| o.generation == n.generation && o.created_ms == n.created_ms);
+                if !kept {
+                    refused(
+                        rev,
+                        format!(
+                            "namespace {name}'s data keys changed while this rekey was prepared \
+                             (it has {} generations); nothing changed, run it again",
+                            old.generations.len()
+                        ),
+                    )
+                } else {
+                    p.plan.keys.insert(name.clone(), Some(keys.clone()));
+                    ok(0, true)
+                }
+            }
+        },
     };
     Ok(Some((result, p.plan)))
 }

@@ -20,7 +20,7 @@ use super::tables::{
 };
 use crate::raft::auth;
 use crate::raft::codec::{decode, decode_with_limit, encode};
-use crate::raft::objects::{self, ObjSnapshot};
+use crate::raft::objects::{self, NsKeys, ObjSnapshot};
 use crate::raft::{ArkNode, NodeId, TypeConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,7 +36,7 @@ pub(super) struct SnapshotBody {
 
 /// The layout before [`SnapshotBody::sections`]: still read, from a kept snapshot or a leader
 /// of the previous release.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBodyV1 {
     kv: Vec<(String, StoredValue)>,
     sessions: Vec<(Vec<u8>, SessionRecord)>,
@@ -45,24 +45,32 @@ struct SnapshotBodyV1 {
 
 /// The section holding the authorization state (`raft::auth::AuthState`).
 const SECTION_AUTH: &str = "auth";
+/// The section holding encrypted namespaces' wrapped data keys (`Vec<(String, NsKeys)>`).
+const SECTION_NS_KEYS: &str = "ns_keys";
 
-/// Decodes a snapshot body of either layout. The current one first: postcard ignores
-/// trailing bytes, so the old layout would also "decode" a new body, while the new one
-/// runs out of input on an old body.
-fn decode_body(data: &[u8]) -> Result<SnapshotBody, crate::raft::codec::CodecError> {
-    let limit = data.len() as u64;
-    match decode_with_limit::<SnapshotBody>(data, limit) {
-        Ok(b) => Ok(b),
-        Err(new_err) => match decode_with_limit::<SnapshotBodyV1>(data, limit) {
-            Ok(v1) => Ok(SnapshotBody {
-                kv: v1.kv,
-                sessions: v1.sessions,
-                objects: v1.objects,
-                sections: Vec::new(),
-            }),
-            Err(_) => Err(new_err),
+/// A received or stored snapshot body, in this release's layout or the previous one. The
+/// current one first: postcard ignores trailing bytes, so the old layout would also "decode"
+/// a new body. The previous layout is taken only when it spans the bytes exactly, so that a
+/// new body cut short inside its sections is an error rather than a body without them.
+pub(super) fn decode_body(data: &[u8]) -> Result<SnapshotBody, crate::raft::codec::CodecError> {
+    let new_err = match decode_with_limit::<SnapshotBody>(data, data.len() as u64) {
+        Ok(b) => return Ok(b),
+        Err(e) => e,
+    };
+    let v1 = match data.strip_prefix(&crate::raft::codec::TAG) {
+        Some(body) => match postcard::take_from_bytes::<SnapshotBodyV1>(body) {
+            Ok((v1, [])) => v1,
+            _ => return Err(new_err),
         },
-    }
+        // Written by a release that used bincode 1 (before the tag), hence before sections.
+        None => decode_with_limit::<SnapshotBodyV1>(data, data.len() as u64).map_err(|_| new_err)?,
+    };
+    Ok(SnapshotBody {
+        kv: v1.kv,
+        sessions: v1.sessions,
+        objects: v1.objects,
+        sections: Vec::new(),
+    })
 }
 
 impl SnapshotBody {
@@ -114,10 +122,16 @@ impl StateMachine {
                 let packed = pack_ids(ids.into_iter());
                 bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
             }
-            objects::import(&mut obj_tables(&tx)?, &body.objects)
-                .map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            let ns_keys: Vec<(String, NsKeys)> = match body.section(SECTION_NS_KEYS) {
+                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
+                None => Vec::new(),
+            };
+            let mut ot = obj_tables(&tx)?;
+            objects::import(&mut ot, &body.objects).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            objects::import_keys(&mut ot, &ns_keys).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            drop(ot);
             let auth_state: auth::AuthState = match body.section(SECTION_AUTH) {
-                Some(b) => decode(b).map_err(sm_read_err)?,
+                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
                 None => auth::AuthState::default(),
             };
             let mut at = tx.open_table(auth::AUTH).map_err(sm_write_err)?;
@@ -189,10 +203,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
             let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
             let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let sections = vec![(
-                SECTION_AUTH.to_string(),
-                serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
-            )];
+            let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let sections = vec![
+                (
+                    SECTION_AUTH.to_string(),
+                    serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
+                ),
+                (
+                    SECTION_NS_KEYS.to_string(),
+                    serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
+                ),
+            ];
             let data = encode(&SnapshotBody {
                 kv,
                 sessions,
@@ -280,6 +301,33 @@ mod tests {
         assert_eq!(b.kv, kv);
         let back: crate::raft::auth::AuthState = decode(b.section(SECTION_AUTH).unwrap()).unwrap();
         assert_eq!(back, auth);
+        // A new body cut short is an error, not an old body without its sections.
+        assert!(decode_body(&v2[..v2.len() - 3]).is_err());
+
+        let keys = vec![(
+            "enc".to_string(),
+            NsKeys {
+                generations: vec![crate::raft::objects::WrappedKey {
+                    generation: 1,
+                    kek_id: [4; 8],
+                    wrapped: vec![5; 60],
+                    created_ms: 6,
+                }],
+            },
+        )];
+        let v3 = encode(&SnapshotBody {
+            kv: Vec::new(),
+            sessions: Vec::new(),
+            objects: ObjSnapshot::default(),
+            sections: vec![(
+                SECTION_NS_KEYS.into(),
+                serde_bytes::ByteBuf::from(encode(&keys).unwrap()),
+            )],
+        })
+        .unwrap();
+        let b = decode_body(&v3).unwrap();
+        let back: Vec<(String, NsKeys)> = decode(b.section(SECTION_NS_KEYS).unwrap()).unwrap();
+        assert_eq!(back, keys);
         // Damage is an error, never a default.
         assert!(decode_body(&v2[..v2.len() / 2]).is_err());
     }

@@ -46,6 +46,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableErro
     tx.open_table(objects::OBJECTS)?;
     tx.open_table(objects::CHUNKS)?;
     tx.open_table(crate::raft::auth::AUTH)?;
+    tx.open_table(objects::NS_KEYS)?;
     Ok(())
 }
 
@@ -62,6 +63,7 @@ pub(super) fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, Storage
         ns: tx.open_table(objects::NAMESPACES).map_err(sm_write_err)?,
         objects: tx.open_table(objects::OBJECTS).map_err(sm_write_err)?,
         chunks: tx.open_table(objects::CHUNKS).map_err(sm_write_err)?,
+        keys: tx.open_table(objects::NS_KEYS).map_err(sm_write_err)?,
     })
 }
 

@@ -14,6 +14,7 @@ struct Mem {
     ns: BTreeMap<String, NsRecord>,
     objects: BTreeMap<(String, String, u64), ObjectRecord>,
     chunks: BTreeMap<ChunkId, ChunkRecord>,
+    keys: BTreeMap<String, NsKeys>,
     rev: u64,
 }
 
@@ -47,6 +48,10 @@ impl ObjRead for Mem {
     fn ns_count(&self) -> Result<u64, String> {
         Ok(self.ns.len() as u64)
     }
+
+    fn ns_keys(&self, name: &str) -> Result<Option<NsKeys>, String> {
+        Ok(self.keys.get(name).cloned())
+    }
 }
 
 fn put_or_remove<K: Ord + Clone, V: Clone>(m: &mut BTreeMap<K, V>, changes: &BTreeMap<K, Option<V>>) {
@@ -68,6 +73,7 @@ impl Mem {
         put_or_remove(&mut self.ns, &p.ns);
         put_or_remove(&mut self.objects, &p.objects);
         put_or_remove(&mut self.chunks, &p.chunks);
+        put_or_remove(&mut self.keys, &p.keys);
         result
     }
 
@@ -304,4 +310,84 @@ fn a_capped_create_is_refused_at_the_limit_and_passes_again_after_a_delete() {
         m.ns.keys().cloned().collect::<Vec<_>>(),
         vec!["a".to_string(), "c".to_string()]
     );
+}
+
+fn wrapped(generation: u32) -> crate::raft::types::WrappedKey {
+    crate::raft::types::WrappedKey {
+        generation,
+        kek_id: [1; 8],
+        wrapped: vec![generation as u8; 60],
+        created_ms: u64::from(generation),
+    }
+}
+
+fn keys(n: u32) -> NsKeys {
+    NsKeys {
+        generations: (1..=n).map(wrapped).collect(),
+    }
+}
+
+#[test]
+fn encrypted_namespaces_keep_every_key_generation_and_lose_them_only_with_the_namespace() {
+    let mut m = Mem::default();
+    let policy = NsPolicy {
+        copies: 1,
+        min_sites: 1,
+        ..NsPolicy::default()
+    };
+    let create = |keys: NsKeys| Command::NsCreateEncrypted {
+        namespaces_max: 1000,
+        name: "enc".into(),
+        policy: policy.clone(),
+        keys,
+    };
+    // A record without keys, or with generations out of order, is refused.
+    assert!(m.apply(create(NsKeys { generations: vec![] })).error.is_some());
+    assert!(m
+        .apply(create(NsKeys {
+            generations: vec![wrapped(2)]
+        }))
+        .error
+        .is_some());
+    assert!(m.apply(create(keys(1))).error.is_none());
+    assert_eq!(m.keys.get("enc"), Some(&keys(1)));
+    assert!(m.apply(create(keys(1))).error.unwrap().contains("already exists"));
+    // A plain namespace has nothing to rekey.
+    m.ns_create("plain", 1);
+    let r = m.apply(Command::NsRekey {
+        name: "plain".into(),
+        keys: keys(1),
+    });
+    assert!(r.error.unwrap().contains("not encrypted"));
+    // A new generation at the end is taken; a record missing one is refused (a rekey
+    // prepared before another one committed), and changes nothing.
+    let rekey = |keys: NsKeys| Command::NsRekey {
+        name: "enc".into(),
+        keys,
+    };
+    assert!(m.apply(rekey(keys(2))).error.is_none());
+    assert_eq!(m.keys["enc"].generations.len(), 2);
+    let r = m.apply(rekey(keys(1)));
+    assert!(r.error.unwrap().contains("changed while"), "a generation was dropped");
+    assert_eq!(m.keys["enc"], keys(2));
+    // Rewrapped (other bytes, same generations) is taken.
+    let mut rewrapped = keys(2);
+    for g in &mut rewrapped.generations {
+        g.kek_id = [9; 8];
+        g.wrapped = vec![7; 60];
+    }
+    assert!(m.apply(rekey(rewrapped.clone())).error.is_none());
+    assert_eq!(m.keys["enc"], rewrapped);
+    // Changing the policy keeps the namespace encrypted.
+    assert!(m
+        .apply(Command::NsSet {
+            name: "enc".into(),
+            policy: policy.clone()
+        })
+        .error
+        .is_none());
+    assert!(m.keys.contains_key("enc"));
+    // Deleting the namespace deletes its keys.
+    assert!(m.apply(Command::NsDelete { name: "enc".into() }).error.is_none());
+    assert!(m.keys.is_empty());
 }
