@@ -63,7 +63,7 @@ enum Cmd {
     /// Cluster membership.
     #[command(subcommand)]
     Members(MembersCmd),
-    /// Create the cluster CA and node or client certificates.
+    /// Certificates: the cluster CA, node and client certificates, CSRs, expiry checks.
     #[command(subcommand)]
     Certs(CertsCmd),
     /// A local multi-site cluster of real arkd processes on loopback.

@@ -58,6 +58,28 @@ pub enum TlsError {
     /// rustls refused the material.
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
+    /// The material is well-formed but not usable by this node (wrong key, wrong node,
+    /// another CA, expired).
+    #[error("TLS material not usable: {0}")]
+    Invalid(String),
+}
+
+/// What a node's certificates say about themselves, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The node certificate's notAfter, seconds since the Unix epoch.
+    pub node_not_after: i64,
+    /// The earliest notAfter among the CA certificates trusted.
+    pub ca_not_after: i64,
+    /// The node certificate's serial number, in hex.
+    pub serial: String,
+}
+
+/// A certificate's notAfter (Unix seconds) and serial number (hex).
+pub fn not_after_and_serial(cert: &CertificateDer<'_>) -> Result<(i64, String), TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Invalid(format!("unreadable certificate: {e}")))?;
+    Ok((parsed.validity().not_after.timestamp(), parsed.raw_serial_as_string()))
 }
 
 /// PEM material of one node or client.
@@ -168,6 +190,54 @@ impl TlsMaterial {
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         Ok(cfg)
+    }
+
+    /// The client plane's server config (gRPC over TLS 1.2 or 1.3, ALPN `h2`): it demands a
+    /// client certificate that chains to a CA of `ca`, through the intermediates the client
+    /// sends after its own certificate. Which callers it admits beyond that is the API's
+    /// business (`api::client_cert`).
+    pub fn client_plane_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let client = WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), Self::provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_client_cert_verifier(client)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Checks that this is usable material for node `id`: the key is the certificate's, and
+    /// the certificate is node `id`'s, signed by (a CA of) `ca` and valid now. Answers what
+    /// the certificates say about their lifetimes.
+    pub fn check_node(&self, id: u64) -> Result<CertInfo, TlsError> {
+        let key = Self::provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| TlsError::Invalid(format!("unusable private key: {e}")))?;
+        rustls::sign::CertifiedKey::new(self.chain.clone(), key)
+            .keys_match()
+            .map_err(|e| TlsError::Invalid(format!("the private key does not belong to the certificate: {e}")))?;
+        self.node_identity()?
+            .check_node(&self.chain, id)
+            .map_err(TlsError::Invalid)?;
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::Invalid("no certificate".into()))?;
+        let (node_not_after, serial) = not_after_and_serial(leaf)?;
+        let mut ca_not_after = i64::MAX;
+        for c in &self.ca {
+            ca_not_after = ca_not_after.min(not_after_and_serial(c)?.0);
+        }
+        Ok(CertInfo {
+            node_not_after,
+            ca_not_after,
+            serial,
+        })
     }
 
     /// A client config that trusts only the cluster CA and presents this certificate.
