@@ -26,3 +26,28 @@ pub fn peer_chain<T>(req: &Request<T>) -> Option<Vec<CertificateDer<'static>>> {
 pub fn peer_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
     req.extensions().get::<ClientConnInfo>()?.addr
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn what_the_acceptor_recorded_is_what_a_request_tells() {
+        let mut req = Request::new(());
+        assert!(peer_chain(&req).is_none() && peer_addr(&req).is_none());
+        let chain = vec![CertificateDer::from(vec![1u8, 2]), CertificateDer::from(vec![3u8])];
+        let addr: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        req.extensions_mut().insert(ClientConnInfo {
+            addr: Some(addr),
+            chain: Some(Arc::new(chain.clone())),
+        });
+        assert_eq!(
+            peer_chain(&req),
+            Some(chain),
+            "leaf first, as the handshake verified it"
+        );
+        assert_eq!(peer_addr(&req), Some(addr));
+    }
+}

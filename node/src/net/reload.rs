@@ -201,7 +201,87 @@ pub(crate) fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use ark_playground::certs;
+
     use super::*;
+
+    fn files(dir: &Path, node: &str) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{node}.pem")),
+            key: dir.join(format!("{node}.key")),
+        }
+    }
+
+    #[test]
+    fn only_this_nodes_own_material_from_the_ca_passes() {
+        let d = tempfile::tempdir().unwrap();
+        certs::create_ca(d.path()).unwrap();
+        certs::create_node(d.path(), d.path(), 1, &[]).unwrap();
+        certs::create_node(d.path(), d.path(), 2, &[]).unwrap();
+        let (_, info) = files(d.path(), "node-1").load(1).unwrap();
+        let now = unix_now();
+        assert!((info.node_not_after - (now + 365 * 86_400)).abs() < 7200, "{info:?}");
+        assert!((info.ca_not_after - (now + 3650 * 86_400)).abs() < 7200, "{info:?}");
+
+        let err = files(d.path(), "node-2").load(1).unwrap_err().to_string();
+        assert!(err.contains("not node 1's"), "{err}");
+
+        let mismatched = TlsFiles {
+            key: d.path().join("node-2.key"),
+            ..files(d.path(), "node-1")
+        };
+        let err = mismatched.load(1).unwrap_err().to_string();
+        assert!(err.contains("does not belong"), "{err}");
+
+        let rogue = tempfile::tempdir().unwrap();
+        certs::create_ca(rogue.path()).unwrap();
+        certs::create_node(rogue.path(), rogue.path(), 1, &[]).unwrap();
+        let foreign = TlsFiles {
+            ca: d.path().join("ca.pem"),
+            ..files(rogue.path(), "node-1")
+        };
+        assert!(foreign.load(1).is_err(), "a certificate from another CA");
+
+        std::fs::write(d.path().join("junk.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+        let junk = TlsFiles {
+            cert: d.path().join("junk.pem"),
+            ..files(d.path(), "node-1")
+        };
+        assert!(junk.load(1).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_reload_changes_nothing_and_a_good_one_swaps_both_planes() {
+        let d = tempfile::tempdir().unwrap();
+        certs::create_ca(d.path()).unwrap();
+        certs::create_node(d.path(), d.path(), 1, &[]).unwrap();
+        certs::create_node(d.path(), d.path(), 2, &[]).unwrap();
+        let f = files(d.path(), "node-1");
+        let (m, _) = f.load(1).unwrap();
+        let peer = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &m).unwrap();
+        let client_plane = Live::new(m.client_plane_config().unwrap());
+        let reloader = Reloader::new(1, f.clone(), peer.clone(), client_plane.clone());
+        let (cp_before, id_before) = (client_plane.get(), peer.node_identity().get());
+
+        std::fs::copy(d.path().join("node-2.pem"), &f.cert).unwrap();
+        assert!(reloader.reload().is_err());
+        assert!(Arc::ptr_eq(&cp_before, &client_plane.get()), "client plane untouched");
+        assert!(
+            Arc::ptr_eq(&id_before, &peer.node_identity().get()),
+            "peer plane untouched"
+        );
+
+        certs::create_node_days(d.path(), d.path(), 1, &[], 10).unwrap();
+        let info = reloader.reload().unwrap();
+        assert!((info.node_not_after - (unix_now() + 10 * 86_400)).abs() < 7200);
+        assert!(!Arc::ptr_eq(&cp_before, &client_plane.get()));
+        assert!(!Arc::ptr_eq(&id_before, &peer.node_identity().get()));
+        peer.close();
+    }
 
     #[test]
     fn fingerprint_changes_with_a_rename_over_and_an_in_place_write() {
