@@ -10,6 +10,11 @@
 //! certificates (`ark certs client`) have neither, so the peer plane refuses them in the
 //! handshake ([`TlsMaterial::server_config`]), and [`NodeIdentity`] binds a peer connection
 //! to the one node id whose `node-<id>` name its certificate carries.
+//!
+//! Also builds the client plane's server config ([`TlsMaterial::client_plane_config`]: any
+//! client chain to the CA, intermediates included) and checks that material is usable by
+//! one node before it is put in force ([`TlsMaterial::check_node`], used at start-up and by
+//! `net::reload`). Must not decide when material is loaded or swapped.
 
 use std::path::Path;
 use std::sync::Arc;
