@@ -519,6 +519,7 @@ metrics = "127.0.0.1:7301"
 
 [tls]
 # PEM files; relative paths are relative to this file. Create them with `ark certs`.
+# arkd reads them again on SIGHUP (`systemctl reload arkd`) and when they change.
 ca = "certs/ca.pem"
 cert = "certs/node-1.pem"
 key = "certs/node-1.key"
