@@ -250,8 +250,8 @@ fn put_with(pg: &Pg, cert: &Path, key: &Path, k: &str) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_chain_through_an_intermediate_is_accepted() {
-    let pg = Pg::up(1, 20_000).await;
+async fn client_chains_through_an_intermediate_a_csr_or_a_client_only_ca_are_accepted() {
+    let mut pg = Pg::up(1, 20_000).await;
     let certs = pg.path().join("certs");
     let sub = certs.join("team-ca");
     let ark = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ark")).args(args).output().unwrap();
@@ -298,6 +298,46 @@ async fn a_client_chain_through_an_intermediate_is_accepted() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = put_with(&pg, &req.join("billing.pem"), &req.join("billing.key"), "via-csr");
     assert!(o.status.success(), "stdout {} stderr {}", stdout(&o), stderr(&o));
+
+    // An external CA's client: refused, until the node trusts that CA for clients
+    // (`tls.client_ca`); replacing that file and a SIGHUP take the trust away again.
+    let ext = pg.path().join("partner-ca");
+    ark_playground::certs::create_ca(&ext).unwrap();
+    let (partner, partner_key) = ark_playground::certs::create_client(&ext, &ext, "partner").unwrap();
+    let o = put_with(&pg, &partner, &partner_key, "partner-before");
+    assert_eq!(o.status.code(), Some(1), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    let n1 = pg.node(1);
+    let client_ca = certs.join("clients-ca.pem");
+    std::fs::copy(ext.join("ca.pem"), &client_ca).unwrap();
+    let config = std::fs::read_to_string(&n1.config).unwrap();
+    let config = config.replacen(
+        "[tls]\n",
+        &format!("[tls]\nclient_ca = \"{}\"\n", client_ca.display()),
+        1,
+    );
+    pg.kill(1);
+    std::fs::write(&n1.config, config).unwrap();
+    pg.start(1);
+    pg.wait_leader(None, Duration::from_secs(30)).await;
+    let o = put_with(&pg, &partner, &partner_key, "partner-trusted");
+    assert!(o.status.success(), "stdout {} stderr {}", stdout(&o), stderr(&o));
+    let other = pg.path().join("other-ca");
+    ark_playground::certs::create_ca(&other).unwrap();
+    std::fs::copy(other.join("ca.pem"), certs.join("clients-ca.new")).unwrap();
+    std::fs::rename(certs.join("clients-ca.new"), &client_ca).unwrap();
+    assert!(playground::signal_node(&pg.node(1), nix::sys::signal::Signal::SIGHUP).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = put_with(&pg, &partner, &partner_key, "partner-after");
+        if o.status.code() == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partner CA is still trusted after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

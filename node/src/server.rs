@@ -103,6 +103,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         ca: cfg.tls.ca.clone(),
         cert: cfg.tls.cert.clone(),
         key: cfg.tls.key.clone(),
+        client_ca: cfg.tls.client_ca.clone(),
     };
     let (tls, tls_info) = tls_files.load(id).context("loading TLS material")?;
     crate::net::reload::record(&tls_info);

@@ -35,12 +35,17 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Node private key (PEM).
     pub key: PathBuf,
+    /// CAs trusted for client certificates only (PEM), if any.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// Reads the files and checks them for node `id`.
     pub fn load(&self, id: u64) -> Result<(TlsMaterial, CertInfo), super::tls::TlsError> {
-        let m = TlsMaterial::load(&self.ca, &self.cert, &self.key)?;
+        let mut m = TlsMaterial::load(&self.ca, &self.cert, &self.key)?;
+        if let Some(p) = &self.client_ca {
+            m = m.with_client_ca(p)?;
+        }
         let info = m.check_node(id)?;
         Ok((m, info))
     }
@@ -51,22 +56,28 @@ impl TlsFiles {
     /// that cannot be looked at.
     fn fingerprint(&self) -> Vec<Option<FileStamp>> {
         use std::os::unix::fs::MetadataExt;
-        [&self.ca, &self.cert, &self.key]
-            .iter()
-            .map(|p| {
-                std::fs::metadata(p).ok().map(|m| {
-                    (
-                        m.dev(),
-                        m.ino(),
-                        m.len(),
-                        m.mtime(),
-                        m.mtime_nsec(),
-                        m.ctime(),
-                        m.ctime_nsec(),
-                    )
-                })
+        [
+            Some(&self.ca),
+            Some(&self.cert),
+            Some(&self.key),
+            self.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
             })
-            .collect()
+        })
+        .collect()
     }
 }
 
@@ -191,7 +202,7 @@ pub(crate) fn describe_metrics() {
     describe_gauge!(
         "ark_tls_certificate_expiry_timestamp_seconds",
         Unit::Seconds,
-        "When the certificate in force expires (notAfter, Unix time), by cert: node (this node's), ca (the earliest of the CA bundle)."
+        "When the certificate in force expires (notAfter, Unix time), by cert: node (this node's), ca (the earliest of tls.ca and tls.client_ca)."
     );
     describe_counter!(
         "ark_tls_reloads_total",
@@ -213,6 +224,7 @@ mod tests {
             ca: dir.join("ca.pem"),
             cert: dir.join(format!("{node}.pem")),
             key: dir.join(format!("{node}.key")),
+            client_ca: None,
         }
     }
 
@@ -290,6 +302,7 @@ mod tests {
             ca: d.path().join("ca.pem"),
             cert: d.path().join("c.pem"),
             key: d.path().join("c.key"),
+            client_ca: None,
         };
         for p in [&files.ca, &files.cert, &files.key] {
             std::fs::write(p, "a").unwrap();

@@ -74,7 +74,7 @@ pub enum TlsError {
 pub struct CertInfo {
     /// The node certificate's notAfter, seconds since the Unix epoch.
     pub node_not_after: i64,
-    /// The earliest notAfter among the CA certificates trusted.
+    /// The earliest notAfter among the CA certificates trusted (`ca` and `client_ca`).
     pub ca_not_after: i64,
     /// The node certificate's serial number, in hex.
     pub serial: String,
@@ -96,6 +96,9 @@ pub struct TlsMaterial {
     pub chain: Vec<CertificateDer<'static>>,
     /// Own private key.
     pub key: Arc<PrivateKeyDer<'static>>,
+    /// More CA certificates trusted on the client plane only (`tls.client_ca`), never for
+    /// node certificates.
+    pub client_ca: Vec<CertificateDer<'static>>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -151,7 +154,14 @@ impl TlsMaterial {
             ca: ca_certs,
             chain,
             key: Arc::new(key_der),
+            client_ca: Vec::new(),
         })
+    }
+
+    /// Adds the CA certificates in `path` as trusted for client certificates only.
+    pub fn with_client_ca(mut self, path: &Path) -> Result<Self, TlsError> {
+        self.client_ca = certs("client CA certificate", path)?;
+        Ok(self)
     }
 
     fn roots(&self) -> Result<RootCertStore, TlsError> {
@@ -198,11 +208,17 @@ impl TlsMaterial {
     }
 
     /// The client plane's server config (gRPC over TLS 1.2 or 1.3, ALPN `h2`): it demands a
-    /// client certificate that chains to a CA of `ca`, through the intermediates the client
-    /// sends after its own certificate. Which callers it admits beyond that is the API's
+    /// client certificate that chains to a CA of `ca` or `client_ca`, through the
+    /// intermediates the client sends after its own certificate. Which callers it admits beyond that is the API's
     /// business (`api::client_cert`).
     pub fn client_plane_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let client = WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), Self::provider())
+        let mut roots = self.roots()?;
+        for c in &self.client_ca {
+            roots
+                .add(c.clone())
+                .map_err(|e| TlsError::Rustls(format!("bad client CA certificate: {e}")))?;
+        }
+        let client = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Self::provider())
             .build()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
@@ -235,7 +251,7 @@ impl TlsMaterial {
             .ok_or_else(|| TlsError::Invalid("no certificate".into()))?;
         let (node_not_after, serial) = not_after_and_serial(leaf)?;
         let mut ca_not_after = i64::MAX;
-        for c in &self.ca {
+        for c in self.ca.iter().chain(&self.client_ca) {
             ca_not_after = ca_not_after.min(not_after_and_serial(c)?.0);
         }
         Ok(CertInfo {
@@ -345,5 +361,79 @@ impl ClientCertVerifier for NodesOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.client.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ark_playground::certs;
+
+    use super::*;
+
+    /// A TLS handshake in memory: `Ok` when both sides complete it.
+    fn handshake(server: rustls::ServerConfig, client: rustls::ClientConfig, name: &str) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut &buf[..]).unwrap();
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("the handshake made no progress".into()))
+    }
+
+    fn load(ca: &Path, dir: &Path, name: &str) -> TlsMaterial {
+        TlsMaterial::load(ca, &dir.join(format!("{name}.pem")), &dir.join(format!("{name}.key"))).unwrap()
+    }
+
+    #[test]
+    fn a_client_ca_is_trusted_for_clients_and_never_for_peers() {
+        let cluster = tempfile::tempdir().unwrap();
+        let ext = tempfile::tempdir().unwrap();
+        let ca = cluster.path().join("ca.pem");
+        certs::create_ca(cluster.path()).unwrap();
+        certs::create_node(cluster.path(), cluster.path(), 1, &[]).unwrap();
+        certs::create_node(cluster.path(), cluster.path(), 2, &[]).unwrap();
+        certs::create_ca(ext.path()).unwrap();
+        certs::create_client(ext.path(), ext.path(), "partner").unwrap();
+        certs::create_node(ext.path(), ext.path(), 2, &[]).unwrap();
+
+        let plain = load(&ca, cluster.path(), "node-1");
+        let with_ext = load(&ca, cluster.path(), "node-1")
+            .with_client_ca(&ext.path().join("ca.pem"))
+            .unwrap();
+        let partner = load(&ca, ext.path(), "partner").client_config(&[b"h2"]).unwrap();
+
+        assert!(handshake(plain.client_plane_config().unwrap(), partner.clone(), NODE_SERVER_NAME).is_err());
+        handshake(with_ext.client_plane_config().unwrap(), partner, NODE_SERVER_NAME).unwrap();
+
+        // The peer plane: node 2 of the cluster is admitted, a "node 2" from the client CA not.
+        let peer = |m: &TlsMaterial| m.client_config(&[PEER_ALPN]).unwrap();
+        let server = || with_ext.server_config(&[PEER_ALPN]).unwrap();
+        handshake(server(), peer(&load(&ca, cluster.path(), "node-2")), "node-1").unwrap();
+        assert!(handshake(server(), peer(&load(&ca, ext.path(), "node-2")), "node-1").is_err());
+        assert!(!with_ext
+            .node_identity()
+            .unwrap()
+            .is_node(&load(&ca, ext.path(), "node-2").chain));
     }
 }
