@@ -50,7 +50,8 @@ pub enum CertsCmd {
         #[arg(long, default_value_t = certs::CLIENT_DAYS)]
         days: u32,
     },
-    /// Create an intermediate CA (OUT/ca.pem, OUT/ca.key) signed by the CA in --ca-dir;
+    /// Create an intermediate CA (OUT/ca.pem, OUT/ca.key) signed by the CA in --ca-dir.
+    ///
     /// OUT then works as --ca-dir, and what it issues carries the intermediate. Nodes and
     /// clients keep trusting the root's ca.pem.
     Intermediate {
@@ -64,8 +65,9 @@ pub enum CertsCmd {
         #[arg(long, default_value_t = certs::INTERMEDIATE_DAYS)]
         days: u32,
     },
-    /// Create a private key NAME.key and a signing request NAME.csr (common name NAME) for a
-    /// client certificate from an external CA or `ark certs sign`.
+    /// Create a private key NAME.key and a signing request NAME.csr for a client.
+    ///
+    /// The request's common name is NAME; send it to an external CA or `ark certs sign`.
     Csr {
         /// Client name.
         name: String,
@@ -73,8 +75,10 @@ pub enum CertsCmd {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Sign a client CSR with the CA in --ca-dir: writes NAME.pem (NAME: the request's
-    /// common name; only its key and name are used).
+    /// Sign a client CSR with the CA in --ca-dir, writing NAME.pem.
+    ///
+    /// NAME is the request's common name; only its key and name are used: the result is a
+    /// client certificate whatever the request asks for.
     Sign {
         /// The signing request (PEM).
         csr: PathBuf,
