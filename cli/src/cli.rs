@@ -70,7 +70,7 @@ enum Cmd {
     /// The audit log of admin actions and denied calls, kept by each node.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Create the cluster CA and node or client certificates.
+    /// Certificates: the cluster CA, node and client certificates, CSRs, expiry checks.
     #[command(subcommand)]
     Certs(CertsCmd),
     /// A local multi-site cluster of real arkd processes on loopback.

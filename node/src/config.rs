@@ -122,6 +122,11 @@ pub struct TlsConfig {
     /// made with `ark certs client NAME`.
     #[serde(default)]
     pub allow_node_clients: bool,
+    /// More CA certificates (PEM) trusted on the client API only, e.g. an external CA that
+    /// issues client certificates: unlike `ca`, they are never trusted for node
+    /// certificates on the peer plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Raft timing. Defaults suit WAN round trips of up to ~100 ms between sites.
@@ -499,6 +504,11 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = &mut cfg.tls.client_ca {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(f) = &mut cfg.faults {
             if f.control_file.is_relative() {
                 f.control_file = base.join(&f.control_file);
@@ -668,6 +678,8 @@ metrics = "127.0.0.1:7301"
 
 [tls]
 # PEM files; relative paths are relative to this file. Create them with `ark certs`.
+# arkd reads them again on SIGHUP (`systemctl reload arkd`) and when they change.
+# client_ca = "certs/clients-ca.pem"   # more CAs for client certificates only (not peers)
 ca = "certs/ca.pem"
 cert = "certs/node-1.pem"
 key = "certs/node-1.key"

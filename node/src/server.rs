@@ -19,7 +19,7 @@ use ark_proto::v1::kv_server::KvServer;
 use ark_proto::v1::objects_server::ObjectsServer;
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::client_cert::ClientCertRule;
@@ -28,7 +28,9 @@ use crate::api::kv::KvService;
 use crate::api::objects::ObjectsService;
 use crate::chunks::ChunkStore;
 use crate::config::NodeConfig;
-use crate::net::{PeerEndpoint, PeerPool, TlsMaterial};
+use crate::net::live::Live;
+use crate::net::reload::{Reloader, TlsFiles};
+use crate::net::{PeerEndpoint, PeerPool};
 use crate::raft::fence::ReadFence;
 use crate::raft::front::Front;
 use crate::raft::log_clock::LogClock;
@@ -89,7 +91,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     tracing::info!(node_id = id, site = %cfg.site, "[1/6] config loaded");
     let prom = crate::metrics::install(describe_all_metrics);
 
-    let tls = TlsMaterial::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading TLS material")?;
+    // SIGHUP reloads the certificates (`net::reload`); caught from here on, so that it never
+    // kills the node (its default action).
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGHUP: certificates reload only when their files change");
+            None
+        }
+    };
+    let tls_files = TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        client_ca: cfg.tls.client_ca.clone(),
+    };
+    let (tls, tls_info) = tls_files.load(id).context("loading TLS material")?;
+    crate::net::reload::record(&tls_info);
+    tracing::info!(serial = %tls_info.serial, not_after = tls_info.node_not_after, "TLS material loaded");
     let keyring = crate::replicate::keys::Keyring::load(cfg.encryption.as_ref())
         .context("loading the key-encryption key ([encryption])")?;
     if let Some(kek) = keyring.kek_id() {
@@ -231,10 +250,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .register_encoded_file_descriptor_set(ark_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building reflection service")?;
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let tls_cfg = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&cfg.tls.cert)?, read(&cfg.tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&cfg.tls.ca)?));
+    let client_plane_tls = Live::new(tls.client_plane_config().context("client API TLS config")?);
+    let reload_task = tokio::spawn(
+        Reloader::new(id, tls_files, endpoint.clone(), client_plane_tls.clone()).run(hup, stop_rx.clone()),
+    );
     let listener = tokio::net::TcpListener::bind(cfg.listen.client)
         .await
         .with_context(|| format!("cannot bind client API on {}", cfg.listen.client))?;
@@ -247,9 +266,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let healthy_within = Duration::from_millis((cfg.raft.heartbeat_interval_ms * 4).max(1000));
     // Nagle's algorithm with the client's delayed ACKs would hold small responses back by
     // up to 40 ms: every accepted socket gets TCP_NODELAY.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+    let tcp = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    // Our own TLS acceptor rather than tonic's, which cannot change its certificate.
+    let incoming = crate::net::tls_accept::incoming(tcp, client_plane_tls, stopped(stop_rx.clone()));
     let auth = AuthServer::new(crate::api::auth_service::AuthService::new(
         authz.clone(),
         data_plane.front.clone(),
@@ -277,10 +298,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         data_plane.clone(),
     );
     let cluster = ClusterServer::new(cluster.with_limits(limits.clone()));
-    let cert_rule = ClientCertRule::new(tls.node_identity()?, cfg.tls.allow_node_clients);
+    let cert_rule = ClientCertRule::new(endpoint.node_identity(), cfg.tls.allow_node_clients);
     let grpc = Server::builder()
-        .tls_config(tls_cfg)
-        .context("client API TLS config")?
         .layer(tonic::service::InterceptorLayer::new(move |req| cert_rule.check(req)))
         .layer(limits.deadline_layer())
         .add_service(health_service)
@@ -372,6 +391,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     stop_within("scrub", scrub_task).await;
     stop_within("telemetry", telemetry_task).await;
     stop_within("risk", risk_task).await;
+    stop_within("certificate reload", reload_task).await;
     drop(data_plane);
     cache.close().await;
     tracing::info!("shutdown: stopping raft");
@@ -459,6 +479,8 @@ pub(crate) fn describe_all_metrics() {
     crate::chunks::store::describe_metrics();
     crate::net::describe_metrics();
     crate::net::fault::describe_metrics();
+    crate::net::reload::describe_metrics();
+    crate::net::tls_accept::describe_metrics();
     crate::raft::network::describe_metrics();
     crate::raft::recovery::describe_metrics();
     crate::raft::state_machine::overlay::describe_metrics();

@@ -7,19 +7,22 @@
 
 use tonic::{Request, Status};
 
+use crate::net::live::Live;
 use crate::net::tls::NodeIdentity;
 
 /// The check, as a tonic interceptor for every service of the client plane.
 #[derive(Clone, Debug)]
 pub struct ClientCertRule {
-    nodes: NodeIdentity,
+    /// The peer plane's check, replaced on a certificate reload (a new CA's node
+    /// certificates are node certificates too).
+    nodes: Live<NodeIdentity>,
     allow_node_clients: bool,
 }
 
 impl ClientCertRule {
     /// Refuses node certificates of the cluster whose nodes `nodes` recognises, unless
     /// `allow_node_clients`.
-    pub fn new(nodes: NodeIdentity, allow_node_clients: bool) -> Self {
+    pub fn new(nodes: Live<NodeIdentity>, allow_node_clients: bool) -> Self {
         Self {
             nodes,
             allow_node_clients,
@@ -32,7 +35,7 @@ impl ClientCertRule {
             return Ok(req);
         }
         if let Some(chain) = super::peer::peer_chain(&req) {
-            if self.nodes.is_node(&chain) {
+            if self.nodes.get().is_node(&chain) {
                 metrics::counter!("ark_client_node_certificates_refused_total").increment(1);
                 return Err(Status::permission_denied(
                     "a node certificate is not a client certificate: use one made with `ark certs client NAME` \

@@ -10,14 +10,44 @@ use std::net::SocketAddr;
 use rustls::pki_types::CertificateDer;
 use tonic::Request;
 
+use crate::net::tls_accept::ClientConnInfo;
+
 /// The client's certificate chain, leaf first, as verified by the TLS handshake; `None` on a
 /// connection without client certificates (which the client plane refuses at handshake).
+///
+/// The client plane's acceptor (`net::tls_accept`) puts a [`ClientConnInfo`] into every
+/// request; a test can insert one to make a request look as if it came from a client.
 pub fn peer_chain<T>(req: &Request<T>) -> Option<Vec<CertificateDer<'static>>> {
-    req.peer_certs()
-        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+    let info = req.extensions().get::<ClientConnInfo>()?;
+    info.chain.as_ref().map(|c| c.to_vec())
 }
 
 /// The client's TCP address, where known.
 pub fn peer_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
-    req.remote_addr()
+    req.extensions().get::<ClientConnInfo>()?.addr
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn what_the_acceptor_recorded_is_what_a_request_tells() {
+        let mut req = Request::new(());
+        assert!(peer_chain(&req).is_none() && peer_addr(&req).is_none());
+        let chain = vec![CertificateDer::from(vec![1u8, 2]), CertificateDer::from(vec![3u8])];
+        let addr: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        req.extensions_mut().insert(ClientConnInfo {
+            addr: Some(addr),
+            chain: Some(Arc::new(chain.clone())),
+        });
+        assert_eq!(
+            peer_chain(&req),
+            Some(chain),
+            "leaf first, as the handshake verified it"
+        );
+        assert_eq!(peer_addr(&req), Some(addr));
+    }
 }

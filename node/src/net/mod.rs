@@ -8,7 +8,10 @@
 
 pub mod fault;
 pub mod link_stats;
+pub mod live;
+pub mod reload;
 pub mod tls;
+pub mod tls_accept;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,7 +74,20 @@ pub trait PeerHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct PeerEndpoint {
     endpoint: quinn::Endpoint,
-    /// Binds each accepted connection to the node its certificate names.
+    /// Binds each accepted connection to the node its certificate names (replaced on a
+    /// certificate reload, [`PeerEndpoint::install_tls`]).
+    identity: live::Live<tls::NodeIdentity>,
+    /// What this node presents and trusts when it dials (replaced on a reload).
+    client: live::Live<quinn::ClientConfig>,
+    /// Shared by both sides' configs, kept to rebuild them on a reload.
+    transport: Arc<quinn::TransportConfig>,
+}
+
+/// The peer plane's TLS, built from new material by [`PeerEndpoint::prepare_tls`] and put
+/// in force by [`PeerEndpoint::install_tls`]: everything that can fail happens in the first.
+pub struct PeerTls {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
     identity: tls::NodeIdentity,
 }
 
@@ -89,11 +105,6 @@ impl PeerEndpoint {
         faults: Option<fault::FaultTable>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let server_tls = tls.server_config(&[tls::PEER_ALPN])?;
-        let client_tls = tls.client_config(&[tls::PEER_ALPN])?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).context("QUIC server TLS config")?,
-        ));
         let mut transport = quinn::TransportConfig::default();
         transport.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(10)).context("idle timeout")?,
@@ -112,11 +123,7 @@ impl PeerEndpoint {
         mtud.upper_bound(PEER_UDP_PAYLOAD_MAX);
         transport.mtu_discovery_config(Some(mtud));
         let transport = Arc::new(transport);
-        server.transport_config(transport.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("QUIC client TLS config")?,
-        ));
-        client.transport_config(transport);
+        let peer_tls = Self::build_tls(tls, &transport)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
             .max_udp_payload_size(PEER_UDP_PAYLOAD_MAX)
@@ -129,13 +136,52 @@ impl PeerEndpoint {
             None => socket,
             Some(table) => Arc::new(fault::FaultySocket::new(socket, table)),
         };
-        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
-            .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?;
-        endpoint.set_default_client_config(client);
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(peer_tls.server), socket, runtime)
+                .with_context(|| format!("cannot start QUIC peer endpoint on {addr}"))?;
         Ok(Self {
             endpoint,
+            identity: live::Live::new(peer_tls.identity),
+            client: live::Live::new(peer_tls.client),
+            transport,
+        })
+    }
+
+    fn build_tls(tls: &TlsMaterial, transport: &Arc<quinn::TransportConfig>) -> anyhow::Result<PeerTls> {
+        use anyhow::Context;
+        let server_tls = tls.server_config(&[tls::PEER_ALPN])?;
+        let client_tls = tls.client_config(&[tls::PEER_ALPN])?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).context("QUIC server TLS config")?,
+        ));
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("QUIC client TLS config")?,
+        ));
+        client.transport_config(transport.clone());
+        Ok(PeerTls {
+            server,
+            client,
             identity: tls.node_identity()?,
         })
+    }
+
+    /// Builds the peer plane's TLS from `tls`, without putting it in force.
+    pub fn prepare_tls(&self, tls: &TlsMaterial) -> anyhow::Result<PeerTls> {
+        Self::build_tls(tls, &self.transport)
+    }
+
+    /// Puts `p` in force for every connection accepted or dialled from now on; open
+    /// connections keep the certificates they were made with.
+    pub fn install_tls(&self, p: PeerTls) {
+        self.endpoint.set_server_config(Some(p.server));
+        self.client.set(p.client);
+        self.identity.set(p.identity);
+    }
+
+    /// The check of node certificates in force (replaced on every reload).
+    pub fn node_identity(&self) -> live::Live<tls::NodeIdentity> {
+        self.identity.clone()
     }
 
     /// The bound local address.
@@ -155,7 +201,7 @@ impl PeerEndpoint {
                 },
             };
             let handler = handler.clone();
-            let identity = self.identity.clone();
+            let identity = tls::NodeIdentity::clone(&self.identity.get());
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -573,10 +619,11 @@ impl PeerPool {
             .map_err(|e| unreachable(format!("cannot resolve: {e}")))?
             .next()
             .ok_or_else(|| unreachable("address resolves to nothing".into()))?;
+        let client = quinn::ClientConfig::clone(&self.endpoint.client.get());
         let connecting = self
             .endpoint
             .endpoint
-            .connect(sock, &tls::peer_server_name(id))
+            .connect_with(client, sock, &tls::peer_server_name(id))
             .map_err(|e| unreachable(e.to_string()))?;
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),

@@ -10,6 +10,11 @@
 //! certificates (`ark certs client`) have neither, so the peer plane refuses them in the
 //! handshake ([`TlsMaterial::server_config`]), and [`NodeIdentity`] binds a peer connection
 //! to the one node id whose `node-<id>` name its certificate carries.
+//!
+//! Also builds the client plane's server config ([`TlsMaterial::client_plane_config`]: any
+//! client chain to the CA, intermediates included) and checks that material is usable by
+//! one node before it is put in force ([`TlsMaterial::check_node`], used at start-up and by
+//! `net::reload`). Must not decide when material is loaded or swapped.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,6 +63,28 @@ pub enum TlsError {
     /// rustls refused the material.
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
+    /// The material is well-formed but not usable by this node (wrong key, wrong node,
+    /// another CA, expired).
+    #[error("TLS material not usable: {0}")]
+    Invalid(String),
+}
+
+/// What a node's certificates say about themselves, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The node certificate's notAfter, seconds since the Unix epoch.
+    pub node_not_after: i64,
+    /// The earliest notAfter among the CA certificates trusted (`ca` and `client_ca`).
+    pub ca_not_after: i64,
+    /// The node certificate's serial number, in hex.
+    pub serial: String,
+}
+
+/// A certificate's notAfter (Unix seconds) and serial number (hex).
+pub fn not_after_and_serial(cert: &CertificateDer<'_>) -> Result<(i64, String), TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Invalid(format!("unreadable certificate: {e}")))?;
+    Ok((parsed.validity().not_after.timestamp(), parsed.raw_serial_as_string()))
 }
 
 /// PEM material of one node or client.
@@ -69,6 +96,9 @@ pub struct TlsMaterial {
     pub chain: Vec<CertificateDer<'static>>,
     /// Own private key.
     pub key: Arc<PrivateKeyDer<'static>>,
+    /// More CA certificates trusted on the client plane only (`tls.client_ca`), never for
+    /// node certificates.
+    pub client_ca: Vec<CertificateDer<'static>>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -124,7 +154,14 @@ impl TlsMaterial {
             ca: ca_certs,
             chain,
             key: Arc::new(key_der),
+            client_ca: Vec::new(),
         })
+    }
+
+    /// Adds the CA certificates in `path` as trusted for client certificates only.
+    pub fn with_client_ca(mut self, path: &Path) -> Result<Self, TlsError> {
+        self.client_ca = certs("client CA certificate", path)?;
+        Ok(self)
     }
 
     fn roots(&self) -> Result<RootCertStore, TlsError> {
@@ -168,6 +205,60 @@ impl TlsMaterial {
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         Ok(cfg)
+    }
+
+    /// The client plane's server config (gRPC over TLS 1.2 or 1.3, ALPN `h2`): it demands a
+    /// client certificate that chains to a CA of `ca` or `client_ca`, through the
+    /// intermediates the client sends after its own certificate. Which callers it admits beyond that is the API's
+    /// business (`api::client_cert`).
+    pub fn client_plane_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let mut roots = self.roots()?;
+        for c in &self.client_ca {
+            roots
+                .add(c.clone())
+                .map_err(|e| TlsError::Rustls(format!("bad client CA certificate: {e}")))?;
+        }
+        let client = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Self::provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_client_cert_verifier(client)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Checks that this is usable material for node `id`: the key is the certificate's, and
+    /// the certificate is node `id`'s, signed by (a CA of) `ca` and valid now. Answers what
+    /// the certificates say about their lifetimes.
+    pub fn check_node(&self, id: u64) -> Result<CertInfo, TlsError> {
+        let key = Self::provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| TlsError::Invalid(format!("unusable private key: {e}")))?;
+        rustls::sign::CertifiedKey::new(self.chain.clone(), key)
+            .keys_match()
+            .map_err(|e| TlsError::Invalid(format!("the private key does not belong to the certificate: {e}")))?;
+        self.node_identity()?
+            .check_node(&self.chain, id)
+            .map_err(TlsError::Invalid)?;
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::Invalid("no certificate".into()))?;
+        let (node_not_after, serial) = not_after_and_serial(leaf)?;
+        let mut ca_not_after = i64::MAX;
+        for c in self.ca.iter().chain(&self.client_ca) {
+            ca_not_after = ca_not_after.min(not_after_and_serial(c)?.0);
+        }
+        Ok(CertInfo {
+            node_not_after,
+            ca_not_after,
+            serial,
+        })
     }
 
     /// A client config that trusts only the cluster CA and presents this certificate.
@@ -270,5 +361,79 @@ impl ClientCertVerifier for NodesOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.client.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ark_playground::certs;
+
+    use super::*;
+
+    /// A TLS handshake in memory: `Ok` when both sides complete it.
+    fn handshake(server: rustls::ServerConfig, client: rustls::ClientConfig, name: &str) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut &buf[..]).unwrap();
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("the handshake made no progress".into()))
+    }
+
+    fn load(ca: &Path, dir: &Path, name: &str) -> TlsMaterial {
+        TlsMaterial::load(ca, &dir.join(format!("{name}.pem")), &dir.join(format!("{name}.key"))).unwrap()
+    }
+
+    #[test]
+    fn a_client_ca_is_trusted_for_clients_and_never_for_peers() {
+        let cluster = tempfile::tempdir().unwrap();
+        let ext = tempfile::tempdir().unwrap();
+        let ca = cluster.path().join("ca.pem");
+        certs::create_ca(cluster.path()).unwrap();
+        certs::create_node(cluster.path(), cluster.path(), 1, &[]).unwrap();
+        certs::create_node(cluster.path(), cluster.path(), 2, &[]).unwrap();
+        certs::create_ca(ext.path()).unwrap();
+        certs::create_client(ext.path(), ext.path(), "partner").unwrap();
+        certs::create_node(ext.path(), ext.path(), 2, &[]).unwrap();
+
+        let plain = load(&ca, cluster.path(), "node-1");
+        let with_ext = load(&ca, cluster.path(), "node-1")
+            .with_client_ca(&ext.path().join("ca.pem"))
+            .unwrap();
+        let partner = load(&ca, ext.path(), "partner").client_config(&[b"h2"]).unwrap();
+
+        assert!(handshake(plain.client_plane_config().unwrap(), partner.clone(), NODE_SERVER_NAME).is_err());
+        handshake(with_ext.client_plane_config().unwrap(), partner, NODE_SERVER_NAME).unwrap();
+
+        // The peer plane: node 2 of the cluster is admitted, a "node 2" from the client CA not.
+        let peer = |m: &TlsMaterial| m.client_config(&[PEER_ALPN]).unwrap();
+        let server = || with_ext.server_config(&[PEER_ALPN]).unwrap();
+        handshake(server(), peer(&load(&ca, cluster.path(), "node-2")), "node-1").unwrap();
+        assert!(handshake(server(), peer(&load(&ca, ext.path(), "node-2")), "node-1").is_err());
+        assert!(!with_ext
+            .node_identity()
+            .unwrap()
+            .is_node(&load(&ca, ext.path(), "node-2").chain));
     }
 }
