@@ -15,16 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::{Request, Status};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::limits::Limits;
-use super::peer::{peer_addr, peer_chain};
+use super::peer::{peer_addr, peer_chain, peer_identity};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::clock::wall_ms;
+pub use crate::net::tls::identity_of_cert;
 use crate::raft::auth::{AuthState, AuthView, Need};
-
-/// The prefix earlier releases put before the name in client certificates.
-const LEGACY_CN_PREFIX: &str = "ark client ";
 
 /// The caller of one RPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,36 +32,22 @@ pub struct Caller {
     pub addr: Option<SocketAddr>,
 }
 
-/// The identity a DER certificate names, if it names one.
-pub fn identity_of_cert(der: &[u8]) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    if let Some(cn) = cn {
-        return Some(cn.strip_prefix(LEGACY_CN_PREFIX).unwrap_or(cn).to_string());
-    }
-    let san = cert.subject_alternative_name().ok().flatten()?;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) if !s.is_empty() => {
-            Some((*s).to_string())
-        }
-        _ => None,
-    })
-}
-
 /// The caller of `req`: the identity of its verified leaf certificate.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let chain = peer_chain(req)
-        .ok_or_else(|| Status::unauthenticated("no client certificate: use one made with `ark certs client NAME`"))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| Status::unauthenticated("an empty client certificate chain"))?;
-    let identity = identity_of_cert(leaf).ok_or_else(|| {
+    // Named once per connection by the acceptor; parsed here only when it did not.
+    let identity = match peer_identity(req) {
+        Some(id) => Some(id.to_string()),
+        None => {
+            let chain = peer_chain(req).ok_or_else(|| {
+                Status::unauthenticated("no client certificate: use one made with `ark certs client NAME`")
+            })?;
+            let leaf = chain
+                .first()
+                .ok_or_else(|| Status::unauthenticated("an empty client certificate chain"))?;
+            identity_of_cert(leaf)
+        }
+    };
+    let identity = identity.ok_or_else(|| {
         Status::unauthenticated(
             "the client certificate names no identity (no common name and no DNS, URI or e-mail name)",
         )

@@ -22,6 +22,12 @@ pub fn peer_chain<T>(req: &Request<T>) -> Option<Vec<CertificateDer<'static>>> {
     info.chain.as_ref().map(|c| c.to_vec())
 }
 
+/// The identity the client's certificate names, as the acceptor read it once for the
+/// connection; `None` when it names none (or on a request that did not come through it).
+pub fn peer_identity<T>(req: &Request<T>) -> Option<std::sync::Arc<str>> {
+    req.extensions().get::<ClientConnInfo>()?.identity.clone()
+}
+
 /// The client's TCP address, where known.
 pub fn peer_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
     req.extensions().get::<ClientConnInfo>()?.addr
@@ -42,6 +48,7 @@ mod tests {
         req.extensions_mut().insert(ClientConnInfo {
             addr: Some(addr),
             chain: Some(Arc::new(chain.clone())),
+            identity: Some(Arc::from("trainer")),
         });
         assert_eq!(
             peer_chain(&req),
@@ -49,5 +56,6 @@ mod tests {
             "leaf first, as the handshake verified it"
         );
         assert_eq!(peer_addr(&req), Some(addr));
+        assert_eq!(peer_identity(&req).as_deref(), Some("trainer"));
     }
 }

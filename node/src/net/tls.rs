@@ -364,6 +364,35 @@ impl ClientCertVerifier for NodesOnly {
     }
 }
 
+/// The prefix earlier releases of `ark certs client NAME` put before the name in the CN.
+const LEGACY_CN_PREFIX: &str = "ark client ";
+
+/// The client identity a DER certificate names, if it names one: its subject's common name
+/// (`ark client NAME` from earlier releases means `NAME`), or when it has none its first
+/// DNS, URI or e-mail subject alternative name. `api::auth` decides what the name may do.
+pub fn identity_of_cert(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if let Some(cn) = cn {
+        return Some(cn.strip_prefix(LEGACY_CN_PREFIX).unwrap_or(cn).to_string());
+    }
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) if !s.is_empty() => {
+            Some((*s).to_string())
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

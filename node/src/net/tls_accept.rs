@@ -36,6 +36,9 @@ pub struct ClientConnInfo {
     pub addr: Option<SocketAddr>,
     /// The client's certificate chain, leaf first, as the handshake verified it.
     pub chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The identity the leaf names ([`super::tls::identity_of_cert`]), read once per
+    /// connection rather than on every call.
+    pub identity: Option<Arc<str>>,
 }
 
 /// One client connection after its TLS handshake.
@@ -139,15 +142,20 @@ pub fn incoming(
                         return;
                     }
                 };
-                let chain = io
+                let chain: Option<Arc<Vec<CertificateDer<'static>>>> = io
                     .get_ref()
                     .1
                     .peer_certificates()
                     .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+                let identity = chain
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| super::tls::identity_of_cert(leaf))
+                    .map(Arc::<str>::from);
                 let _ = tx
                     .send(Ok(TlsConn {
                         io,
-                        info: ClientConnInfo { addr, chain },
+                        info: ClientConnInfo { addr, chain, identity },
                     }))
                     .await;
             });
