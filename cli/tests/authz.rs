@@ -20,25 +20,9 @@ impl As {
     fn new(pg: &Pg, name: &str) -> Self {
         let certs = pg.path().join("certs");
         let (cert, key) = ark_playground::certs::create_client(&certs, &certs, name).unwrap();
-        let endpoints: Vec<String> = pg
-            .info()
-            .nodes
-            .iter()
-            .map(|n| format!("\"{}\"", n.client_addr))
-            .collect();
-        let config = pg.path().join(format!("client-{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 5000\n",
-                endpoints.join(", "),
-                certs.join("ca.pem").display(),
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        Self { config }
+        Self {
+            config: pg.client_toml_as(name, &cert, &key, 5000),
+        }
     }
 
     fn ark(&self, args: &[&str]) -> Output {

@@ -226,21 +226,7 @@ async fn a_node_takes_a_new_certificate_without_a_restart_and_refuses_a_bad_one(
 
 /// `ark kv put` with the client certificate `cert`/`key`; answers its output.
 fn put_with(pg: &Pg, cert: &Path, key: &Path, k: &str) -> std::process::Output {
-    let endpoints: Vec<String> = pg
-        .info()
-        .nodes
-        .iter()
-        .map(|n| format!("\"{}\"", n.client_addr))
-        .collect();
-    let toml = format!(
-        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
-        endpoints.join(", "),
-        pg.path().join("certs/ca.pem").display(),
-        cert.display(),
-        key.display()
-    );
-    let cfg = pg.path().join(format!("client-{k}.toml"));
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = pg.client_toml_as(k, cert, key, 3000);
     Command::new(env!("CARGO_BIN_EXE_ark"))
         .arg("--config")
         .arg(&cfg)

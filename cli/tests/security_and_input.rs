@@ -11,21 +11,7 @@ use ark_playground::testkit::{stderr, stdout, Pg};
 /// `ark kv put KEY x` against the playground, presenting the certificate `cert`/`key`;
 /// asserts that it failed (exit 1) and wrote nothing, and answers its stderr.
 fn put_refused_with(pg: &Pg, cert: &Path, key: &Path, key_name: &str) -> String {
-    let endpoints: Vec<String> = pg
-        .info()
-        .nodes
-        .iter()
-        .map(|n| format!("\"{}\"", n.client_addr))
-        .collect();
-    let toml = format!(
-        "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = 3000\n",
-        endpoints.join(", "),
-        pg.path().join("certs/ca.pem").display(),
-        cert.display(),
-        key.display()
-    );
-    let cfg = pg.path().join(format!("client-{key_name}.toml"));
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = pg.client_toml_as(key_name, cert, key, 3000);
     let o = Command::new(env!("CARGO_BIN_EXE_ark"))
         .arg("--config")
         .arg(&cfg)

@@ -60,7 +60,8 @@ fn ca_params(days: u32) -> anyhow::Result<CertificateParams> {
     Ok(p)
 }
 
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path` readable by its owner only (0600), synced: keys and secrets.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -70,7 +71,7 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(pem.as_bytes())?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
 }

@@ -277,23 +277,13 @@ pub const KEK_FILE: &str = "kek";
 /// Writes a new random KEK (32 bytes from the system's random source, as 64 hex digits,
 /// mode 0600) to `path`, replacing any there. Nodes read it when they start.
 pub fn write_kek(path: &Path) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Read;
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
         .context("reading 32 random bytes for the playground's KEK")?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(format!("{hex}\n").as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    certs::write_private(path, &format!("{hex}\n"))
 }
 
 fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<PlaygroundNode> {

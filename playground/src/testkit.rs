@@ -68,6 +68,28 @@ impl Pg {
         ArkClient::new(&Playground::client_config(self.path()).unwrap()).unwrap()
     }
 
+    /// A client config like `client.toml` but presenting `cert`/`key`, written to
+    /// `client-NAME.toml` in the playground's folder (what a test speaking as another identity,
+    /// or with another CA's certificate, passes to `ark --config`).
+    pub fn client_toml_as(&self, name: &str, cert: &Path, key: &Path, op_timeout_ms: u64) -> PathBuf {
+        let endpoints: Vec<String> = self
+            .info()
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.client_addr))
+            .collect();
+        let toml = format!(
+            "endpoints = [{}]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nop_timeout_ms = {op_timeout_ms}\n",
+            endpoints.join(", "),
+            self.path().join("certs/ca.pem").display(),
+            cert.display(),
+            key.display()
+        );
+        let path = self.path().join(format!("client-{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
     /// The playground's `client.toml`.
     pub fn client_toml(&self) -> PathBuf {
         self.path().join("client.toml")

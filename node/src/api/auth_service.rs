@@ -39,6 +39,18 @@ impl AuthService {
         Self { authz, front, node }
     }
 
+    /// A grant or revoke: the spec checked and normalized, then `make`'s command written.
+    async fn change(
+        &self,
+        identity: String,
+        spec: Option<GrantSpec>,
+        request_id: Vec<u8>,
+        make: fn(String, Grant) -> AuthCommand,
+    ) -> Result<(), Status> {
+        let grant = grant_of(&identity, spec)?;
+        self.write(request_id, make(identity, grant)).await
+    }
+
     async fn write(&self, request_id: Vec<u8>, cmd: AuthCommand) -> Result<(), Status> {
         check_request_id(&request_id)?;
         let r = self
@@ -60,6 +72,16 @@ impl AuthService {
             Some(why) => Err(Status::failed_precondition(why)),
         }
     }
+}
+
+/// What a grant or revoke is about, for its audit line: `IDENTITY PERMISSION TARGET`.
+fn grant_target(identity: &str, spec: &Option<GrantSpec>) -> String {
+    let g = spec.as_ref();
+    format!(
+        "{identity} {} {}",
+        g.map_or("", |g| g.permission.as_str()),
+        g.map_or("", |g| g.target.as_str())
+    )
 }
 
 fn spec(g: &Grant) -> GrantSpec {
@@ -101,58 +123,30 @@ impl Auth for AuthService {
     }
 
     async fn grant(&self, request: Request<GrantRequest>) -> Result<Response<GrantResponse>, Status> {
-        let target = {
-            let r = request.get_ref();
-            let g = r.grant.as_ref();
-            format!(
-                "{} {} {}",
-                r.identity,
-                g.map_or("", |g| g.permission.as_str()),
-                g.map_or("", |g| g.target.as_str())
-            )
-        };
-        let call = self.authz.admin(&request, "Auth/Grant", target)?;
+        let r = request.get_ref();
+        let call = self
+            .authz
+            .admin(&request, "Auth/Grant", grant_target(&r.identity, &r.grant))?;
         let r = request.into_inner();
-        let res = async {
-            let grant = grant_of(&r.identity, r.grant)?;
-            self.write(
-                r.request_id,
-                AuthCommand::Grant {
-                    identity: r.identity,
-                    grant,
-                },
-            )
-            .await
-        }
-        .await;
+        let res = self
+            .change(r.identity, r.grant, r.request_id, |identity, grant| {
+                AuthCommand::Grant { identity, grant }
+            })
+            .await;
         call.done(res).map(|()| Response::new(GrantResponse {}))
     }
 
     async fn revoke(&self, request: Request<RevokeRequest>) -> Result<Response<GrantResponse>, Status> {
-        let target = {
-            let r = request.get_ref();
-            let g = r.grant.as_ref();
-            format!(
-                "{} {} {}",
-                r.identity,
-                g.map_or("", |g| g.permission.as_str()),
-                g.map_or("", |g| g.target.as_str())
-            )
-        };
-        let call = self.authz.admin(&request, "Auth/Revoke", target)?;
+        let r = request.get_ref();
+        let call = self
+            .authz
+            .admin(&request, "Auth/Revoke", grant_target(&r.identity, &r.grant))?;
         let r = request.into_inner();
-        let res = async {
-            let grant = grant_of(&r.identity, r.grant)?;
-            self.write(
-                r.request_id,
-                AuthCommand::Revoke {
-                    identity: r.identity,
-                    grant,
-                },
-            )
-            .await
-        }
-        .await;
+        let res = self
+            .change(r.identity, r.grant, r.request_id, |identity, grant| {
+                AuthCommand::Revoke { identity, grant }
+            })
+            .await;
         call.done(res).map(|()| Response::new(GrantResponse {}))
     }
 
