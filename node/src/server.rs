@@ -119,6 +119,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let log_clock = Arc::new(LogClock::new(state_machine.log_time()));
     let log_store = LogStore::open(&cfg.data_dir, db.clone())?.with_snapshot_gate(state_machine.snapshot_gate());
     let fsync_stats = log_store.fsync_stats();
+    let pre_voter = crate::raft::elector::PreVoter {
+        contact: crate::raft::elector::Contact::default(),
+        last_log: crate::raft::elector::LastLog::new(log_store.clone()),
+        lease: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+    };
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     let reader = state_machine.reader();
@@ -182,7 +187,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         cfg.site.clone(),
         chunk_store,
         pool.clone(),
-        front,
+        front.clone(),
         ObjectReader::new(db.clone()),
         cfg.objects.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
@@ -201,7 +206,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), recovery),
+        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone()),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -228,6 +233,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let upkeep_task = prom.map(|h| tokio::spawn(crate::metrics::upkeep(h, stopped(stop_rx.clone()))));
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
     let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
+    let elector_task = tokio::spawn(crate::raft::elector::run(
+        raft.clone(),
+        Members::new(id, raft.clone()),
+        pool.clone(),
+        pre_voter,
+        recovery.clone(),
+        crate::raft::elector::Timing {
+            tick: Duration::from_millis((cfg.raft.heartbeat_interval_ms / 2).max(10)),
+            min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
+            max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+            rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms.min(cfg.raft.election_timeout_min_ms)),
+        },
+        stop_rx.clone(),
+    ));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
     let risk_task = tokio::spawn(crate::risk::run(
@@ -361,6 +380,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
     }
     crate::notify::notify("STOPPING=1");
+    // A leader stopped on purpose hands its leadership over first, so that writes pause for
+    // a hand-over (a few round trips) rather than for an election timeout, and none fails.
+    // Its client API still answers meanwhile (held writes then get the new leader's address).
+    if fatal.is_none() && front.members().is_leader() && front.members().voter_ids().len() > 1 {
+        let max = raft.config().election_timeout_max;
+        let deadline = Duration::from_millis(3 * max).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        tracing::info!("shutdown: handing the leadership over");
+        match front.transfer_leader(None, &[], deadline).await {
+            Ok(h) => tracing::info!(leader = h.leader, took = ?h.took, "shutdown: leadership handed over"),
+            Err(e) => tracing::warn!(error = %e, "shutdown: could not hand the leadership over; stopping anyway"),
+        }
+    }
     tracing::info!("shutdown: stopping client API");
     let _ = stop_tx.send(true);
     let _ = readiness.await;
@@ -391,6 +422,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     stop_within("scrub", scrub_task).await;
     stop_within("telemetry", telemetry_task).await;
     stop_within("risk", risk_task).await;
+    stop_within("elector", elector_task).await;
     stop_within("certificate reload", reload_task).await;
     drop(data_plane);
     cache.close().await;
@@ -483,6 +515,8 @@ pub(crate) fn describe_all_metrics() {
     crate::net::tls_accept::describe_metrics();
     crate::raft::network::describe_metrics();
     crate::raft::recovery::describe_metrics();
+    crate::raft::elector::describe_metrics();
+    crate::raft::handover::describe_metrics();
     crate::raft::state_machine::overlay::describe_metrics();
     crate::raft::state_machine::snapshot::describe_metrics();
     crate::raft::store::describe_metrics();
