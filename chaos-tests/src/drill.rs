@@ -554,6 +554,15 @@ async fn process_schedule(
         let start = ns_since(t0);
         tl.starts.push(start);
         use nix::sys::signal::Signal;
+        // A planned restart of the leader moves its leadership first, as an operator does
+        // (`ark members transfer-leader`); arkd would also hand over on SIGTERM by itself.
+        let mut handed_over = String::new();
+        if matches!(fault, Fault::Restart) && victims.iter().any(|n| n.id == leader) {
+            handed_over = match client.transfer_leader(None).await {
+                Ok(t) => format!("; leadership handed to node {} in {} ms first", t.leader, t.took_ms),
+                Err(e) => format!("; hand-over failed ({e}), restarted anyway"),
+            };
+        }
         // All victims at once (a site loses power), then wait for each.
         for node in &victims {
             match fault {
@@ -608,7 +617,7 @@ async fn process_schedule(
         let end = ns_since(t0);
         tl.last_heal = Some(end);
         tl.events.push(format!(
-            "{}-{} ms: {fault:?} of nodes {:?} (leader {leader})",
+            "{}-{} ms: {fault:?} of nodes {:?} (leader {leader}){handed_over}",
             start / 1_000_000,
             end / 1_000_000,
             victims.iter().map(|n| n.id).collect::<Vec<_>>()
