@@ -186,6 +186,26 @@ pub struct DrillSpec {
     pub seed: u64,
     /// Where the nodes run.
     pub mode: ModeChoice,
+    /// The links between nodes: as they are, or the `wan` scenario's WAN links and timing
+    /// under any scenario (`--links wan`), to measure failover on slow, lossy links.
+    pub links: Links,
+}
+
+/// The links between a drill's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Links {
+    /// Loopback or namespace links as they are, the playground's timing.
+    #[default]
+    Local,
+    /// Every peer link 30 ± 10 ms one way with 1-2 % loss, and the WAN raft timing.
+    Wan,
+}
+
+impl DrillSpec {
+    /// Whether this run has WAN links.
+    fn wan(&self) -> bool {
+        self.scenario == "wan" || self.links == Links::Wan
+    }
 }
 
 /// Which mode a run asks for.
@@ -427,6 +447,12 @@ impl ProcessPlan {
             // resume its term, and the RTO would measure a restart, not a failover.
             "wan" => (Fault::Kill, Duration::from_secs(6)),
             _ => (Fault::Kill, Duration::from_millis(1500)),
+        };
+        // On WAN links a killed node stays down for longer than a follower waits before it
+        // campaigns (lease 2 s + up to 0.5 s), for the same reason as in `wan`.
+        let heal_after = match fault {
+            Fault::Kill | Fault::SiteKill if spec.wan() => heal_after.max(Duration::from_secs(6)),
+            _ => heal_after,
         };
         let (start_after, faults_max) = match spec.scenario.as_str() {
             // One leader kill in the middle of a run on WAN links.
@@ -1046,7 +1072,7 @@ async fn drive(
 ) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
     // WAN links for the whole run, installed before the first operation.
-    let wan = if spec.scenario == "wan" {
+    let wan = if spec.wan() {
         retime(dir, WAN_RAFT_TIMING).await.context("setting WAN raft timing")?;
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let shaping = Shaping {

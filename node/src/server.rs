@@ -49,8 +49,9 @@ use crate::telemetry::Telemetry;
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// openraft's config; `elect` is off while the node recovers a damaged log (`raft::recovery`).
-fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Config>> {
+/// openraft's config. Its election timer is off: `raft::elector` decides when to campaign
+/// (after a pre-vote), and stays out while the node recovers a damaged log.
+fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
     let r = &cfg.raft;
     let c = openraft::Config {
         cluster_name: "ark".into(),
@@ -61,7 +62,7 @@ fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Co
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
         max_payload_entries: 1024,
-        enable_elect: elect,
+        enable_elect: false,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().context("raft timing config")?))
@@ -155,7 +156,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let raft = ArkRaft::new(
         id,
-        raft_config(&cfg, !recovery.damaged())?,
+        raft_config(&cfg)?,
         NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
         log_store,
         state_machine,

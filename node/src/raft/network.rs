@@ -288,7 +288,7 @@ impl PeerHandler for RaftPeerService {
                     let heal = self.recovery.heal_target(&r);
                     let res = self.raft.append_entries(r).await;
                     if let (Some(t), Ok(resp)) = (heal, &res) {
-                        self.recovery.after_append(&self.raft, t, resp);
+                        self.recovery.after_append(t, resp);
                     }
                     // A leader this node accepts (a higher vote here means it does not).
                     if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
