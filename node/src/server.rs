@@ -121,6 +121,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let fsync_stats = log_store.fsync_stats();
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
+    crate::raft::force_new::log_at_start(&db);
     let reader = state_machine.reader();
     let audit = crate::audit::AuditLog::open(
         &cfg.data_dir.join("audit"),

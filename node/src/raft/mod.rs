@@ -9,6 +9,7 @@ pub mod codec;
 pub mod db;
 pub mod error;
 pub mod fence;
+pub mod force_new;
 pub mod front;
 pub mod log_clock;
 pub mod members;
