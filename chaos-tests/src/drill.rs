@@ -1064,6 +1064,8 @@ async fn change_membership(
 /// object back to its policy after the new nodes joined.
 const RECOVERED_LEADER_MAX: Duration = Duration::from_secs(30);
 const POLICY_RESTORED_MAX: Duration = Duration::from_secs(120);
+/// Longest wait for a lost node started on its old data to stop by itself.
+const OLD_NODE_STOP_MAX: Duration = Duration::from_secs(20);
 
 /// A node's last log id as `arkd recover --inspect --json` prints it, in openraft's order
 /// (term, leader, index).
@@ -1119,8 +1121,9 @@ fn force_new_cluster(node: &PlaygroundNode, others: &[&PlaygroundNode]) -> anyho
 /// The fault and the operator's recovery of `majority-loss`: two sites (the leader's and a
 /// seeded other) killed, the third stopped; every data dir inspected; a less advanced node's
 /// recovery must be refused and change nothing; the most advanced node is recovered, started
-/// and must lead; the other two data dirs are wiped and new nodes in those sites added as
-/// voters. Answers a line for the fault log.
+/// and must lead; one of the others started on its old data must stop by itself; the other
+/// two data dirs are moved away and new nodes in those sites added as voters. Answers a line
+/// for the fault log.
 async fn lose_majority_and_recover(
     client: &ArkClient,
     dir: &Path,
@@ -1223,6 +1226,34 @@ async fn lose_majority_and_recover(
         }
     }
     log.push(format!("node {} leads alone", best.id));
+    // An operator who forgets the runbook's warning and starts a lost node on its old data:
+    // the recovered node tells it to stop, and it must stop by itself.
+    let stale = pg.nodes.iter().find(|n| n.id != best.id).context("no other node")?;
+    let (stale_now, child) = playground::start_node(dir, stale.id)?;
+    drop(child);
+    let deadline = Instant::now() + OLD_NODE_STOP_MAX;
+    while playground::process_alive(stale_now.pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if playground::process_alive(stale_now.pid) {
+        playground::signal_node(&stale_now, Signal::SIGKILL)?;
+        bail!(
+            "node {} started on its old data after the recovery was still running after {OLD_NODE_STOP_MAX:?}",
+            stale.id
+        );
+    }
+    let node_log = stale.config.with_file_name("arkd.log");
+    let said = std::fs::read_to_string(&node_log).with_context(|| format!("reading {}", node_log.display()))?;
+    if !said.contains("left out when node") {
+        bail!(
+            "node {} started on its old data stopped without saying it was left out",
+            stale.id
+        );
+    }
+    log.push(format!(
+        "node {} started on its old data stopped by itself: left out by the recovery",
+        stale.id
+    ));
     // The two others never start again with their old data: their data dirs are moved out of
     // the way (kept for a post-mortem; an operator wipes them), and new nodes (new ids) take
     // their places in their sites.

@@ -266,6 +266,8 @@ fn majority_loss_drill_passes() {
         "{log}"
     );
     assert!(log.contains("leads alone"), "{log}");
+    // A lost node started on its old data is told to stop by the recovered one, and stops.
+    assert!(log.contains("stopped by itself: left out by the recovery"), "{log}");
     assert!(log.contains("new voters ["), "{log}");
     // Every object back at its policy on the new nodes, and nothing corrupt.
     assert_eq!(r["objects"]["unrepaired"].as_u64(), Some(0), "{r}");

@@ -149,10 +149,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let pool = PeerPool::new(endpoint.clone());
     tracing::info!(addr = %endpoint.local_addr()?, "[3/6] peer transport listening (QUIC, mutual TLS)");
 
+    let network = NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes);
+    let fenced = network.fenced();
+    let left_out = crate::raft::force_new::fenced_ids(&db, id)
+        .map_err(|e| anyhow::anyhow!("reading the record of forced recoveries: {e}"))?;
     let raft = ArkRaft::new(
         id,
         raft_config(&cfg, !recovery.damaged())?,
-        NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
+        network,
         log_store,
         state_machine,
     )
@@ -202,7 +206,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), recovery),
+        RaftPeerService::new(raft.clone(), recovery, id, left_out),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -354,12 +358,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // A Raft core that stopped on its own (a storage error such as a full disk: openraft
     // treats it as fatal) leaves a node that can only refuse: stop the whole process, with an
     // error, so that a supervisor restarts it once the cause is fixed.
+    let mut fenced_rx = fenced.subscribe();
     let fatal = tokio::select! {
         () = shutdown => None,
-        f = raft_stopped(&raft) => Some(f),
+        f = raft_stopped(&raft) => Some(format!(
+            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
+        )),
+        // A recovered cluster said this node's data is from before a forced recovery.
+        f = fenced_rx.wait_for(Option::is_some) => Some(match f.as_deref() {
+            Ok(Some(msg)) => msg.clone(),
+            _ => "a peer said a forced recovery left this node out".to_owned(),
+        }),
     };
     if let Some(f) = &fatal {
-        tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        if f.starts_with(crate::raft::force_new::FENCED_MARKER) {
+            tracing::error!(error = %f, "left out by a forced recovery; shutting the node down");
+        } else {
+            tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        }
     }
     crate::notify::notify("STOPPING=1");
     tracing::info!("shutdown: stopping client API");
@@ -412,9 +428,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     drop(db);
     tracing::info!("shutdown complete");
     match fatal {
-        Some(f) => anyhow::bail!(
-            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
-        ),
+        Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
     }
 }

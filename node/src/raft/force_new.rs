@@ -383,6 +383,32 @@ pub fn log_at_start(db: &Database) {
     }
 }
 
+/// Starts the failure a recovered node answers to a Raft request from a node its forced
+/// recovery left out; the sender stops on it ([`super::network`]).
+pub const FENCED_MARKER: &str = "ark-fenced:";
+
+/// Nodes that a forced recovery of this data dir left out (the members before it, other
+/// than `me`). Their data is from the old cluster: two of them could still form a majority
+/// of the old membership, so the recovered node tells any of them that contacts it to stop.
+/// Node ids are never reused, so none of them can be a member again.
+pub fn fenced_ids(db: &Database, me: NodeId) -> Result<BTreeSet<NodeId>, String> {
+    Ok(read_recoveries(db)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .flat_map(|r| r.previous_voters.iter().chain(&r.previous_learners).copied())
+        .filter(|n| *n != me)
+        .collect())
+}
+
+/// What a recovered node `me` answers a Raft request from `from`, a node left out.
+pub fn fenced_message(me: NodeId, from: NodeId) -> String {
+    format!(
+        "{FENCED_MARKER} node {from} was left out when node {me} was made the only voter of a new cluster \
+         (arkd recover --force-new-cluster): its data is from the old cluster and must not serve; \
+         wipe its data dir and add it back as a new node with a new id (docs/operations.md, 'Losing a majority')"
+    )
+}
+
 fn namespace_copies(db: &Arc<Database>, me: NodeId) -> Result<Vec<NamespaceCopies>, RecoverError> {
     let reader = ObjectReader::new(db.clone());
     let holders: HashMap<_, _> = reader

@@ -79,6 +79,10 @@ fn the_recovered_log_ends_in_a_membership_of_this_node_alone_under_a_new_term() 
     assert_eq!(after.vote, Some(Vote::new(3, 3)));
     assert!(!after.vote.unwrap().is_committed());
     assert_eq!(after.recoveries, vec![rec]);
+    // The old members other than this node are told to stop if they contact it.
+    let db = open_database(d.path()).unwrap();
+    assert_eq!(fenced_ids(&db, 3).unwrap(), BTreeSet::from([1, 2]));
+    drop(db);
     let db = open_database(d.path()).unwrap();
     let (wal, _, _) = open_wal(d.path(), &db).unwrap();
     let mut kept = Vec::new();
@@ -118,6 +122,8 @@ fn a_changed_log_is_not_rewritten() {
     assert_eq!(now.voters, vec![1, 2, 3], "membership unchanged");
     assert_eq!(now.vote, Some(Vote::new_committed(2, 2)), "vote unchanged");
     assert_eq!(now.last_log_id, Some(lid(2, 2, 4)));
+    let db = open_database(d.path()).unwrap();
+    assert!(fenced_ids(&db, 1).unwrap().is_empty(), "no recovery, nobody fenced");
     assert!(now.recoveries.is_empty());
 }
 
