@@ -117,8 +117,12 @@ fn log_damage(cmd: LogDamageCmd) -> Result<(), String> {
 #[command(group(clap::ArgGroup::new("what").required(true).args(["inspect", "force_new_cluster"])))]
 struct RecoverArgs {
     /// The stopped node's config file.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "disk")]
+    config: Option<PathBuf>,
+    /// With --inspect, instead of a config: a node's data dir mounted elsewhere (a lost
+    /// node's disk), as `ID=DIR`.
+    #[arg(long, value_name = "ID=DIR", conflicts_with_all = ["config", "force_new_cluster"])]
+    disk: Option<String>,
     /// Print what the node holds (last log entry, applied index, membership, damage record,
     /// earlier recoveries, copies it lacks) and change nothing. Also for the lost nodes' disks.
     #[arg(long)]
@@ -140,7 +144,7 @@ struct RecoverArgs {
     json: bool,
 }
 
-/// The node id and data dir of a `--compare-with` argument.
+/// The node id and data dir of a `--compare-with` (or `--disk`) argument.
 fn compare_target(arg: &str) -> Result<(Option<u64>, PathBuf), String> {
     if let Some((id, dir)) = arg.split_once('=') {
         let id: u64 = id
@@ -158,17 +162,33 @@ fn compare_target(arg: &str) -> Result<(Option<u64>, PathBuf), String> {
     Ok((Some(cfg.node_id), cfg.data_dir))
 }
 
+/// An inspection as text or JSON.
+fn render(i: &ark_node::raft::force_new::Inspection, json: bool) -> Result<String, String> {
+    if json {
+        serde_json::to_string_pretty(i).map_err(|e| e.to_string())
+    } else {
+        Ok(i.describe())
+    }
+}
+
 fn recover(args: RecoverArgs) -> Result<(), String> {
     use ark_node::raft::force_new::{check, Disk};
-    let cfg = ark_node::NodeConfig::load(&args.config).map_err(|e| e.to_string())?;
+    if let Some(d) = &args.disk {
+        let (id, dir) = compare_target(d)?;
+        let me = Disk::open(&dir, id)
+            .and_then(|mut d| d.inspect())
+            .map_err(|e| e.to_string())?;
+        println!("{}", render(&me, args.json)?);
+        return Ok(());
+    }
+    let Some(config) = &args.config else {
+        return Err("--config FILE is required".into());
+    };
+    let cfg = ark_node::NodeConfig::load(config).map_err(|e| e.to_string())?;
     let mut disk = Disk::open(&cfg.data_dir, Some(cfg.node_id)).map_err(|e| e.to_string())?;
     let me = disk.inspect().map_err(|e| e.to_string())?;
     if args.inspect {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&me).map_err(|e| e.to_string())?);
-        } else {
-            println!("{}", me.describe());
-        }
+        println!("{}", render(&me, args.json)?);
         return Ok(());
     }
     let mut others = Vec::new();

@@ -56,6 +56,17 @@ async fn a_stopped_node_recovered_alone_serves_what_was_acknowledged() {
     for i in &seen {
         assert_eq!(i["voters"], serde_json::json!([1, 2, 3]), "{i}");
     }
+    // A data dir without its config (a lost node's disk mounted elsewhere) reads the same.
+    let disk = format!("1={}", pg.node(1).data_dir.display());
+    let o = recover(&[
+        "--inspect".as_ref(),
+        "--json".as_ref(),
+        "--disk".as_ref(),
+        disk.as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let by_disk: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(by_disk.to_string(), seen[0].to_string());
 
     // Alone, a node cannot know whether another holds more: refused, nothing changed.
     let o = recover(&["--force-new-cluster".as_ref(), "-c".as_ref(), configs[0].as_os_str()]);
