@@ -17,7 +17,14 @@
 //!
 //! The record (`forced_recoveries` in the raft meta table) keeps when, the membership before,
 //! the last log id before and the new entry's id, so that `arkd recover --inspect` and the
-//! node's start-up log show that the cluster was re-formed by hand.
+//! node's start-up log show that the cluster was re-formed by hand. From it, [`fenced_ids`]
+//! names the old members the recovery left out: the recovered node answers their Raft
+//! requests with a failure starting with [`FENCED_MARKER`], on which they stop (`network.rs`,
+//! `server`), so that two of them started on their old data do not go on as a majority of
+//! the old membership for long.
+//!
+//! The inspection changes nothing in the Raft state; opening the log files cuts a torn last
+//! write and records damage exactly as the node's own start would.
 //!
 //! Owns the inspection, the decision rule ([`check`]) and the rewrite. Must not touch: the
 //! network, chunk files, a running node (redb refuses a second opener, so everything here
