@@ -127,6 +127,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     };
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
+    crate::raft::force_new::log_at_start(&db);
     let reader = state_machine.reader();
     let audit = crate::audit::AuditLog::open(
         &cfg.data_dir.join("audit"),
@@ -154,15 +155,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let pool = PeerPool::new(endpoint.clone());
     tracing::info!(addr = %endpoint.local_addr()?, "[3/6] peer transport listening (QUIC, mutual TLS)");
 
-    let raft = ArkRaft::new(
-        id,
-        raft_config(&cfg)?,
-        NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
-        log_store,
-        state_machine,
-    )
-    .await
-    .context("starting raft")?;
+    let network = NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes);
+    let fenced = network.fenced();
+    let left_out = crate::raft::force_new::fenced_ids(&db, id)
+        .map_err(|e| anyhow::anyhow!("reading the record of forced recoveries: {e}"))?;
+    let raft = ArkRaft::new(id, raft_config(&cfg)?, network, log_store, state_machine)
+        .await
+        .context("starting raft")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -207,7 +206,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone()),
+        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone(), id, left_out),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -246,6 +245,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
             rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms.min(cfg.raft.election_timeout_min_ms)),
         },
+        fenced.clone(),
         stop_rx.clone(),
     ));
     let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
@@ -373,12 +373,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // A Raft core that stopped on its own (a storage error such as a full disk: openraft
     // treats it as fatal) leaves a node that can only refuse: stop the whole process, with an
     // error, so that a supervisor restarts it once the cause is fixed.
+    let mut fenced_rx = fenced.subscribe();
     let fatal = tokio::select! {
         () = shutdown => None,
-        f = raft_stopped(&raft) => Some(f),
+        f = raft_stopped(&raft) => Some(format!(
+            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
+        )),
+        // A recovered cluster said this node's data is from before a forced recovery.
+        f = fenced_rx.wait_for(Option::is_some) => Some(match f.as_deref() {
+            Ok(Some(msg)) => msg.clone(),
+            _ => "a peer said a forced recovery left this node out".to_owned(),
+        }),
     };
     if let Some(f) = &fatal {
-        tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        if f.starts_with(crate::raft::force_new::FENCED_MARKER) {
+            tracing::error!(error = %f, "left out by a forced recovery; shutting the node down");
+        } else {
+            tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        }
     }
     crate::notify::notify("STOPPING=1");
     // A leader stopped on purpose hands its leadership over first, so that writes pause for
@@ -444,9 +456,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     drop(db);
     tracing::info!("shutdown complete");
     match fatal {
-        Some(f) => anyhow::bail!(
-            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
-        ),
+        Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
     }
 }

@@ -189,6 +189,7 @@ pub async fn serve_pre_vote(
 }
 
 /// Runs until `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     raft: ArkRaft,
     members: Members,
@@ -196,6 +197,7 @@ pub async fn run(
     pv: PreVoter,
     recovery: Arc<Recovery>,
     timing: Timing,
+    fenced: Arc<watch::Sender<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let contact = pv.contact.clone();
@@ -255,7 +257,14 @@ pub async fn run(
         for (id, a) in answers {
             match a.map(|r| r.body) {
                 Ok(Some(peer_response::Body::Ok(_))) => granted += 1,
-                Ok(Some(peer_response::Body::Failure(why))) => refusals.push(format!("node {id}: {why}")),
+                Ok(Some(peer_response::Body::Failure(why))) => {
+                    // A recovered cluster that left this node out (see `force_new`): stop.
+                    if why.starts_with(super::force_new::FENCED_MARKER) {
+                        fenced.send_if_modified(|f| f.is_none() && f.replace(why.clone()).is_none());
+                        return;
+                    }
+                    refusals.push(format!("node {id}: {why}"))
+                }
                 Ok(_) => refusals.push(format!("node {id}: unexpected answer")),
                 Err(e) => refusals.push(format!("node {id}: {e}")),
             }
