@@ -3,6 +3,8 @@
 //! every key and manifest acknowledged before the save started; damaged files refused by
 //! restore and inspect; a non-admin identity refused.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;

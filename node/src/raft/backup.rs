@@ -127,8 +127,8 @@ pub async fn restore(
         Err(e) => {
             // Leave the directory as it was found: absent, or empty.
             let undo = if existed {
-                std::fs::read_dir(data_dir).and_then(|d| {
-                    d.map(|ent| {
+                std::fs::read_dir(data_dir).and_then(|mut d| {
+                    d.try_for_each(|ent| {
                         let p = ent?.path();
                         if p.is_dir() {
                             std::fs::remove_dir_all(p)
@@ -136,7 +136,6 @@ pub async fn restore(
                             std::fs::remove_file(p)
                         }
                     })
-                    .collect::<Result<(), _>>()
                 })
             } else {
                 std::fs::remove_dir_all(data_dir)
