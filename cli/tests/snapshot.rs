@@ -213,6 +213,26 @@ async fn a_snapshot_saved_under_load_restores_every_acknowledged_key_and_manifes
     let e = refused(o, "a save by a non-admin");
     assert!(e.contains("permission denied") && e.contains("admin"), "{e}");
     assert!(!not_admin.exists(), "no file for a refused save");
+    // Both are audited: the save by the node that served it, the refusal by the node asked
+    // (the trainer's first endpoint, node 1).
+    let audit = |id: u64| -> Vec<serde_json::Value> {
+        let addr = pg.node(id).client_addr;
+        let out = ok(
+            pg.ark(&["--endpoint", &addr, "audit", "tail", "-n", "1000"]),
+            "audit tail",
+        );
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let has = |lines: &[serde_json::Value], who: &str, outcome: &str| {
+        lines
+            .iter()
+            .any(|l| l["identity"] == who && l["rpc"] == "Cluster/SaveSnapshot" && l["outcome"] == outcome)
+    };
+    assert!(
+        has(&audit(header["taken_by"].as_u64().unwrap()), "root", "ok"),
+        "the save is audited"
+    );
+    assert!(has(&audit(1), "trainer", "denied"), "the refusal is audited");
 
     // Stop the cluster; node 1 will come back as a new cluster of one from the file.
     let n1 = pg.node(1);
