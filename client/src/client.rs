@@ -23,7 +23,7 @@ use crate::types::{ClusterStatus, ClusterTelemetry, LeaderTransfer, Membership, 
 
 /// DNS name every node certificate carries.
 const NODE_SERVER_NAME: &str = "ark-node";
-const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
+pub(crate) const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
 /// HTTP/2 pings on stream connections: a peer that does not answer one within the timeout
 /// is dead, and the transfer on it fails (and may be retried elsewhere).
 const STREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
