@@ -687,6 +687,11 @@ key = "certs/node-1.key"
 allow_node_clients = false
 
 [raft]
+# A follower that has heard no leader for election_timeout_max (the leader's lease) plus a
+# random share of half the minimum asks the others for a pre-vote and campaigns with a
+# majority: a lost leader is replaced after about max to max + min/2 (3-3.75 s here). Size
+# them to the slowest link between sites: heartbeat a few round trips, max well above a
+# heartbeat (docs/drills.md, "Measured recovery times").
 heartbeat_interval_ms = 250
 election_timeout_min_ms = 1500
 election_timeout_max_ms = 3000
