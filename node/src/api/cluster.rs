@@ -153,6 +153,7 @@ impl Cluster for ClusterService {
                     load_bytes_per_second: troughs.get(id).map(|t| t.now),
                     load_forecast_min: troughs.get(id).map(|t| t.min),
                     load_trough_in: troughs.get(id).map_or(0, |t| t.steps as u32),
+                    witness: self.dp.members.is_witness(*id),
                 }
             })
             .collect();
