@@ -52,11 +52,18 @@ const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// openraft's config; `elect` is off while the node recovers a damaged log (`raft::recovery`).
 fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Config>> {
     let r = &cfg.raft;
+    // A witness campaigns only after the data voters had their chance (twice their longest
+    // election timeout): a data node wins whenever its log is as long as the witness's, and
+    // the witness wins (then hands over) only when it alone holds the newest entries.
+    let (elect_min, elect_max) = match cfg.role {
+        crate::config::NodeRole::Data => (r.election_timeout_min_ms, r.election_timeout_max_ms),
+        crate::config::NodeRole::Witness => (r.election_timeout_max_ms * 2, r.election_timeout_max_ms * 3),
+    };
     let c = openraft::Config {
         cluster_name: "ark".into(),
         heartbeat_interval: r.heartbeat_interval_ms,
-        election_timeout_min: r.election_timeout_min_ms,
-        election_timeout_max: r.election_timeout_max_ms,
+        election_timeout_min: elect_min,
+        election_timeout_max: elect_max,
         install_snapshot_timeout: r.rpc_timeout_ms * 5,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
