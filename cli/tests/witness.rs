@@ -98,6 +98,8 @@ async fn witness_votes_holds_no_chunks_and_refuses_data_calls() {
         "the witness holds chunk files"
     );
     assert!(!w.data_dir.join("cache").exists(), "the witness made an on-disk cache");
+    // Placement never even tried it (the witness refuses and counts any chunk pushed to it).
+    assert_eq!(pg.metric(WITNESS, "ark_replication_chunks_refused_total"), 0.0);
 
     // A client that knows only the witness: a KV write follows the leader hint in the
     // refusal; an object upload (which any node takes, without hints) is refused, naming the
