@@ -72,43 +72,66 @@ async fn cli_leader_kill_script() {
 struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeMap<String, String>>>,
+    /// The writes that failed (key and error).
+    failed: Arc<Mutex<Vec<(String, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Writers {
+    /// `n` writers whose operations may take up to 10 s (they ride out failovers).
     fn start(client: ark_client::ArkClient, n: usize, tag: &str) -> Writers {
+        Self::start_as(client.with_op_timeout(Duration::from_secs(10)), n, tag)
+    }
+
+    /// `n` writers with `client`'s own timeouts.
+    fn start_as(client: ark_client::ArkClient, n: usize, tag: &str) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let failed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let tasks = (0..n)
             .map(|w| {
-                let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+                let (client, stop, acked, failed) = (client.clone(), stop.clone(), acked.clone(), failed.clone());
                 let tag = tag.to_string();
                 tokio::spawn(async move {
-                    let client = client.with_op_timeout(Duration::from_secs(10));
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let k = format!("{tag}/{w}/{i:07}");
                         let v = format!("{w}-{i}-{}", rand::random::<u32>());
                         // Only acknowledged writes are recorded; a failed one is unknown and
                         // never retried under another request id.
-                        if client.put(&k, v.as_bytes()).await.is_ok() {
-                            acked.lock().unwrap().insert(k, v);
+                        match client.put(&k, v.as_bytes()).await {
+                            Ok(_) => {
+                                acked.lock().unwrap().insert(k, v);
+                            }
+                            Err(e) => failed.lock().unwrap().push((k, e.to_string())),
                         }
                         i += 1;
                     }
                 })
             })
             .collect();
-        Writers { stop, acked, tasks }
+        Writers {
+            stop,
+            acked,
+            failed,
+            tasks,
+        }
     }
 
+    /// Stops the writers; the acknowledged writes.
     async fn stop(self) -> BTreeMap<String, String> {
+        self.stop_all().await.0
+    }
+
+    /// Stops the writers; the acknowledged writes and the failed ones.
+    async fn stop_all(self) -> (BTreeMap<String, String>, Vec<(String, String)>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
         }
         let acked = self.acked.lock().unwrap().clone();
-        acked
+        let failed = self.failed.lock().unwrap().clone();
+        (acked, failed)
     }
 }
 
@@ -155,6 +178,69 @@ async fn twenty_leader_kills_lose_no_acknowledged_write() {
         acked.len()
     );
     assert_all_readable(&pg.client(), &acked).await;
+}
+
+/// Planned hand-overs under load: `ark members transfer-leader` moves the leadership to the
+/// named voter (and, without a name, to another one), and not one write fails, with the
+/// client's ordinary timeouts. Then the leader is stopped with SIGTERM (as systemd stops it)
+/// and hands over by itself: again no write fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_leader_under_load_fails_no_write() {
+    let mut pg = Pg::up(3, 10_000).await;
+    let client = pg.client();
+    let writers = Writers::start_as(client.clone(), 4, "handover");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut leader = pg.wait_leader(None, Duration::from_secs(10)).await;
+    for round in 0..6 {
+        let named = round % 3 != 2;
+        let to = (1..=3)
+            .map(|d| (leader + d - 1) % 3 + 1)
+            .find(|id| *id != leader)
+            .unwrap();
+        let to_arg = to.to_string();
+        let args: Vec<&str> = if named {
+            vec!["members", "transfer-leader", &to_arg]
+        } else {
+            vec!["members", "transfer-leader"]
+        };
+        let o = pg.ark(&args);
+        assert!(o.status.success(), "round {round}: {}", stderr(&o));
+        let now = pg.wait_leader(None, Duration::from_secs(10)).await;
+        assert_ne!(
+            now,
+            leader,
+            "round {round}: the leadership did not move: {}",
+            stdout(&o)
+        );
+        if named {
+            assert_eq!(now, to, "round {round}: {}", stdout(&o));
+        }
+        assert!(stdout(&o).contains(&format!("node {now} leads now")), "{}", stdout(&o));
+        leader = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Naming the node that already leads changes nothing.
+    let o = pg.ark(&["members", "transfer-leader", &leader.to_string()]);
+    assert!(
+        o.status.success() && stdout(&o).contains("already leads"),
+        "{}",
+        stdout(&o)
+    );
+    // A graceful stop of the leader hands over before the node goes.
+    pg.stop(leader);
+    let after = pg.wait_leader(Some(leader), Duration::from_secs(10)).await;
+    pg.start(leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, failed) = writers.stop_all().await;
+    assert!(acked.len() > 100, "too few writes to mean anything: {}", acked.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed during planned hand-overs (last leader {after}): {:?}",
+        failed.len(),
+        failed.len() + acked.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_all_readable(&client, &acked).await;
 }
 
 /// A cluster whose every node is killed at once comes back from its disks with every

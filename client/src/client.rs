@@ -11,7 +11,7 @@ use ark_proto::v1::cluster_client::ClusterClient;
 use ark_proto::v1::kv_client::KvClient;
 use ark_proto::v1::{
     AddLearnerRequest, DeleteRequest, GetRequest, ListRequest, PromoteRequest, PutRequest, RemoveRequest,
-    StatusRequest, TelemetryRequest,
+    StatusRequest, TelemetryRequest, TransferLeaderRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
@@ -19,7 +19,7 @@ use tonic::Status;
 use crate::config::ClientConfig;
 use crate::error::{classify, ClientError, Failure};
 use crate::retry::{Attempts, RetryPolicy};
-use crate::types::{ClusterStatus, ClusterTelemetry, Membership, NodeSpec};
+use crate::types::{ClusterStatus, ClusterTelemetry, LeaderTransfer, Membership, NodeSpec};
 
 /// DNS name every node certificate carries.
 const NODE_SERVER_NAME: &str = "ark-node";
@@ -682,6 +682,57 @@ impl ArkClient {
             .await?
             .into_inner()
             .into())
+    }
+
+    /// Hands the leadership over to voter `to`, or to the most caught-up voter when `None`
+    /// (a planned hand-over before restarting the leader's node or site). The leader holds
+    /// new writes while the target catches up and campaigns, which usually takes a few
+    /// round trips and at most about three election timeouts; held writes then go to the new
+    /// leader, so callers see them take longer, not fail.
+    ///
+    /// Sent once, to the leader, and never retried by the SDK: a retry could move the
+    /// leadership twice. Naming a node that already leads answers at once.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<LeaderTransfer, ClientError> {
+        let status = self.status().await?;
+        let leader = status.leader_id.ok_or_else(|| ClientError::Unavailable {
+            attempts: 1,
+            elapsed_ms: 0,
+            last: "no leader is known right now (election in progress); retry shortly".into(),
+        })?;
+        if to == Some(leader) {
+            return Ok(LeaderTransfer {
+                leader,
+                term: status.term,
+                took_ms: 0,
+            });
+        }
+        let addr = status
+            .nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .map(|n| n.client_addr.clone())
+            .ok_or_else(|| ClientError::Unavailable {
+                attempts: 1,
+                elapsed_ms: 0,
+                last: format!("leader {leader} has no client address in the status"),
+            })?;
+        // The hand-over may take several election timeouts: longer than one attempt.
+        let wait = (self.inner.rpc_timeout * 4).max(Duration::from_secs(30));
+        let ch = self.endpoint(&addr)?.timeout(wait).connect_lazy();
+        let req = TransferLeaderRequest { to: to.unwrap_or(0) };
+        match tokio::time::timeout(wait, ClusterClient::new(ch).transfer_leader(req)).await {
+            Ok(Ok(r)) => {
+                let t: LeaderTransfer = r.into_inner().into();
+                self.set_leader(None);
+                Ok(t)
+            }
+            Ok(Err(st)) => Err(one_attempt_error(&addr, &st)),
+            Err(_) => Err(ClientError::Unavailable {
+                attempts: 1,
+                elapsed_ms: wait.as_millis() as u64,
+                last: format!("{addr}: no answer to the hand-over within {wait:?}"),
+            }),
+        }
     }
 
     /// Like `call`, but any node's answer will do (stale reads, status): tries endpoints in

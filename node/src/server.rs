@@ -52,18 +52,11 @@ const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// openraft's config; `elect` is off while the node recovers a damaged log (`raft::recovery`).
 fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Config>> {
     let r = &cfg.raft;
-    // A witness campaigns only after the data voters had their chance (twice their longest
-    // election timeout): a data node wins whenever its log is as long as the witness's, and
-    // the witness wins (then hands over) only when it alone holds the newest entries.
-    let (elect_min, elect_max) = match cfg.role {
-        crate::config::NodeRole::Data => (r.election_timeout_min_ms, r.election_timeout_max_ms),
-        crate::config::NodeRole::Witness => (r.election_timeout_max_ms * 2, r.election_timeout_max_ms * 3),
-    };
     let c = openraft::Config {
         cluster_name: "ark".into(),
         heartbeat_interval: r.heartbeat_interval_ms,
-        election_timeout_min: elect_min,
-        election_timeout_max: elect_max,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
         install_snapshot_timeout: r.rpc_timeout_ms * 5,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
@@ -127,6 +120,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let log_clock = Arc::new(LogClock::new(state_machine.log_time()));
     let log_store = LogStore::open(&cfg.data_dir, db.clone())?.with_snapshot_gate(state_machine.snapshot_gate());
     let fsync_stats = log_store.fsync_stats();
+    let pre_voter = crate::raft::elector::PreVoter {
+        contact: crate::raft::elector::Contact::default(),
+        last_log: crate::raft::elector::LastLog::new(log_store.clone()),
+        lease: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+    };
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     let reader = state_machine.reader();
@@ -185,7 +183,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     ));
     let hot = Arc::new(crate::telemetry::hot::HotReads::default());
     let front = Arc::new(Front::new(
-        Members::new(id, raft.clone(), roles),
+        Members::new(id, raft.clone(), roles.clone()),
         raft.clone(),
         proposer.clone(),
         fence.clone(),
@@ -196,7 +194,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         cfg.site.clone(),
         chunk_store,
         pool.clone(),
-        front,
+        front.clone(),
         ObjectReader::new(db.clone()),
         cfg.objects.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
@@ -216,7 +214,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), recovery),
+        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone()),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -256,7 +254,33 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         ));
         (queue_task, scrub_task, risk_task)
     });
+    let elector_task = tokio::spawn(crate::raft::elector::run(
+        raft.clone(),
+        Members::new(id, raft.clone(), roles.clone()),
+        pool.clone(),
+        pre_voter,
+        recovery.clone(),
+        crate::raft::elector::Timing {
+            tick: Duration::from_millis((cfg.raft.heartbeat_interval_ms / 2).max(10)),
+            min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
+            // A witness asks for votes only after the data voters had their turn (twice the
+            // lease): a data node wins whenever its log is as long as the witness's, and
+            // the witness wins (then hands over) only when it alone holds the newest entries.
+            max: Duration::from_millis(match cfg.role {
+                crate::config::NodeRole::Data => cfg.raft.election_timeout_max_ms,
+                crate::config::NodeRole::Witness => cfg.raft.election_timeout_max_ms * 2,
+            }),
+            rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms.min(cfg.raft.election_timeout_min_ms)),
+        },
+        stop_rx.clone(),
+    ));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
+    let hand_over_task = witness.then(|| {
+        tokio::spawn(crate::raft::witness::hand_over_when_leading(
+            data_plane.front.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let role_task = tokio::spawn(crate::raft::witness::announce_role(
         data_plane.front.clone(),
         cfg.role,
@@ -393,6 +417,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
     }
     crate::notify::notify("STOPPING=1");
+    // A leader stopped on purpose hands its leadership over first, so that writes pause for
+    // a hand-over (a few round trips) rather than for an election timeout, and none fails.
+    // Its client API still answers meanwhile (held writes then get the new leader's address).
+    if fatal.is_none() && front.members().is_leader() && front.members().voter_ids().len() > 1 {
+        let max = raft.config().election_timeout_max;
+        let deadline = Duration::from_millis(3 * max).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        tracing::info!("shutdown: handing the leadership over");
+        // Never to a witness: it would only hand the leadership on again.
+        let witnesses: Vec<NodeId> = front.members().roles().witnesses().into_iter().collect();
+        match front.transfer_leader(None, &witnesses, deadline).await {
+            Ok(h) => tracing::info!(leader = h.leader, took = ?h.took, "shutdown: leadership handed over"),
+            Err(e) => tracing::warn!(error = %e, "shutdown: could not hand the leadership over; stopping anyway"),
+        }
+    }
     tracing::info!("shutdown: stopping client API");
     let _ = stop_tx.send(true);
     let _ = readiness.await;
@@ -426,6 +464,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     }
     stop_within("telemetry", telemetry_task).await;
     stop_within("role announcement", role_task).await;
+    if let Some(t) = hand_over_task {
+        stop_within("witness hand-over", t).await;
+    }
+    stop_within("elector", elector_task).await;
     stop_within("certificate reload", reload_task).await;
     drop(data_plane);
     cache.close().await;
@@ -564,9 +606,12 @@ pub(crate) fn describe_all_metrics() {
     crate::net::tls_accept::describe_metrics();
     crate::raft::network::describe_metrics();
     crate::raft::recovery::describe_metrics();
+    crate::raft::elector::describe_metrics();
+    crate::raft::handover::describe_metrics();
     crate::raft::state_machine::overlay::describe_metrics();
     crate::raft::state_machine::snapshot::describe_metrics();
     crate::raft::store::describe_metrics();
+    crate::raft::witness::describe_metrics();
     crate::replicate::read::describe_metrics();
     crate::replicate::rpc::describe_metrics();
     crate::replicate::serve::describe_metrics();

@@ -105,8 +105,17 @@ impl Pg {
 
     /// kill -9 of one node.
     pub fn kill(&mut self, id: u64) {
+        self.signal_and_wait(id, nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
+    }
+
+    /// SIGTERM of one node (a graceful stop, as systemd's); waits until it has exited.
+    pub fn stop(&mut self, id: u64) {
+        self.signal_and_wait(id, nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    }
+
+    fn signal_and_wait(&mut self, id: u64, sig: nix::sys::signal::Signal, within: Duration) {
         let n = self.node(id);
-        if !playground::signal_node(&n, nix::sys::signal::Signal::SIGKILL).unwrap() {
+        if !playground::signal_node(&n, sig).unwrap() {
             let log = n.config.parent().map(|d| d.join("arkd.log"));
             let tail = log
                 .and_then(|l| std::fs::read_to_string(l).ok())
@@ -124,9 +133,12 @@ impl Pg {
             panic!("node {id} was not running; the end of its log:\n{tail}");
         }
         self.reap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + within;
         while playground::process_alive(n.pid) {
-            assert!(Instant::now() < deadline, "node {id} did not die");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not exit within {within:?} of {sig}"
+            );
             std::thread::sleep(Duration::from_millis(10));
             self.reap();
         }

@@ -1,4 +1,5 @@
-//! `ark members`: cluster membership (list, add a learner, promote, remove).
+//! `ark members`: cluster membership (list, add a learner, promote, remove) and the
+//! leadership hand-over.
 
 use std::process::ExitCode;
 
@@ -40,6 +41,12 @@ pub enum MembersCmd {
     Remove {
         /// Node id.
         id: u64,
+    },
+    /// Hand the leadership over to another voter before a planned restart or maintenance
+    /// of the leader's node or site; writes are held meanwhile, not failed.
+    TransferLeader {
+        /// The voter to hand over to (default: the most caught-up voter).
+        node: Option<u64>,
     },
 }
 
@@ -100,6 +107,19 @@ pub async fn run(c: &ArkClient, m: &MembersCmd) -> anyhow::Result<ExitCode> {
         ),
         MembersCmd::Promote { id } => show(c.promote(*id).await?),
         MembersCmd::Remove { id } => show(c.remove(*id).await?),
+        MembersCmd::TransferLeader { node } => {
+            let t = c.transfer_leader(*node).await?;
+            if t.took_ms == 0 && Some(t.leader) == *node {
+                outln!("node {} already leads (term {})", t.leader, t.term);
+            } else {
+                outln!(
+                    "node {} leads now (term {}); writes were held for {} ms",
+                    t.leader,
+                    t.term,
+                    t.took_ms
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 
 use ark_proto::v1 as pb;
 
-use crate::types::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
+use crate::types::{ClusterStatus, LeaderTransfer, Membership, NodeSpec, NodeStatus, QueueEntry};
 
 impl From<pb::StatusResponse> for ClusterStatus {
     fn from(s: pb::StatusResponse) -> Self {
@@ -76,6 +76,16 @@ impl From<pb::MembershipResponse> for Membership {
             revision: m.revision,
             voters: m.voters,
             learners: m.learners,
+        }
+    }
+}
+
+impl From<pb::TransferLeaderResponse> for LeaderTransfer {
+    fn from(t: pb::TransferLeaderResponse) -> Self {
+        Self {
+            leader: t.leader,
+            term: t.term,
+            took_ms: t.took_ms,
         }
     }
 }

@@ -95,6 +95,17 @@ pub struct NodeSpec {
     pub client_addr: String,
 }
 
+/// The outcome of a leadership hand-over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderTransfer {
+    /// The node that leads now.
+    pub leader: u64,
+    /// Its term.
+    pub term: u64,
+    /// How long the old leader held new writes (0 when the named node already led).
+    pub took_ms: u64,
+}
+
 /// The membership after a change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {

@@ -11,7 +11,7 @@ pub mod object;
 pub mod telemetry;
 
 pub use auth::{AuditTail, Grant, Grants, WhoAmI};
-pub use cluster::{ClusterStatus, Membership, NodeSpec, NodeStatus, QueueEntry};
+pub use cluster::{ClusterStatus, LeaderTransfer, Membership, NodeSpec, NodeStatus, QueueEntry};
 pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy, RekeyReport};
 pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};
 pub use telemetry::{ClusterTelemetry, NodeTelemetry, TelemetrySeries};

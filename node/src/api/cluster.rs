@@ -1,5 +1,6 @@
 //! `ark.v1.Cluster`: status as this node sees it, membership changes (learner add,
-//! promote, remove), which the leader commits through Raft, and the leader's telemetry.
+//! promote, remove), which the leader commits through Raft, the leadership hand-over, and
+//! the leader's telemetry.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use ark_proto::v1::cluster_server::Cluster;
 use ark_proto::v1::{
     AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, QueueEntry, RemoveRequest, StatusRequest,
-    StatusResponse, TelemetryRequest, TelemetryResponse,
+    StatusResponse, TelemetryRequest, TelemetryResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -252,10 +253,61 @@ impl Cluster for ClusterService {
             .admin(&request, "Cluster/Remove", format!("node {}", request.get_ref().id))?;
         call.done(self.remove_now(request).await)
     }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let to = request.get_ref().to;
+        let target = if to == 0 {
+            "the best voter".to_string()
+        } else {
+            format!("node {to}")
+        };
+        let call = self.authz.admin(&request, "Cluster/TransferLeader", target)?;
+        let m = self.raft.metrics().borrow().clone();
+        if to == self.node_id && m.current_leader == Some(self.node_id) {
+            return call.done(Ok(Response::new(TransferLeaderResponse {
+                leader: self.node_id,
+                term: m.current_term,
+                took_ms: 0,
+            })));
+        }
+        if to != 0 && self.dp.members.is_witness(to) {
+            return call.done(Err(Status::failed_precondition(format!(
+                "node {to} is a witness: it holds no data and cannot lead; name a data voter, or 0 for the most caught-up one"
+            ))));
+        }
+        let deadline = self.hand_over_deadline();
+        // Never to a witness (it would hand the leadership on at once).
+        let witnesses: Vec<u64> = self.dp.members.roles().witnesses().into_iter().collect();
+        let res = self
+            .dp
+            .front
+            .transfer_leader((to != 0).then_some(to), &witnesses, deadline)
+            .await
+            .map(|h| {
+                Response::new(TransferLeaderResponse {
+                    leader: h.leader,
+                    term: h.term,
+                    took_ms: h.took.as_millis() as u64,
+                })
+            })
+            .map_err(Status::from);
+        call.done(res)
+    }
 }
 
 /// The membership changes, once admitted.
 impl ClusterService {
+    /// How long a hand-over may hold writes: the target's catch-up and up to two of its
+    /// campaigns (a larger cluster's voters refuse the first one while the old leader's
+    /// lease lasts).
+    fn hand_over_deadline(&self) -> Duration {
+        let max = self.raft.config().election_timeout_max;
+        Duration::from_millis(3 * max).max(Duration::from_secs(2))
+    }
+
     async fn add_learner_now(
         &self,
         request: Request<AddLearnerRequest>,

@@ -60,6 +60,16 @@ impl Front {
         &self.proposer
     }
 
+    /// This node's Raft.
+    pub(crate) fn raft(&self) -> &ArkRaft {
+        &self.raft
+    }
+
+    /// The peer connection pool.
+    pub(crate) fn pool(&self) -> &PeerPool {
+        &self.pool
+    }
+
     /// The local read fence (meaningful on the leader).
     pub fn fence(&self) -> &ReadFence {
         &self.fence

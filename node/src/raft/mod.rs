@@ -7,9 +7,11 @@
 pub mod auth;
 pub mod codec;
 pub mod db;
+pub mod elector;
 pub mod error;
 pub mod fence;
 pub mod front;
+pub mod handover;
 pub mod log_clock;
 pub mod members;
 pub mod network;

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{decode, encode, encoded_len};
+use super::elector::{serve_pre_vote, PreVoter};
 use super::recovery::Recovery;
 use super::{ArkNode, ArkRaft, NodeId, TypeConfig};
 use crate::net::{NetError, PeerHandler, PeerPool};
@@ -213,12 +214,18 @@ pub struct RaftPeerService {
     raft: ArkRaft,
     /// Withholds votes while the log is damaged, and heals it (see `raft::recovery`).
     recovery: Arc<Recovery>,
+    /// Leader contact (touched here) and pre-vote answers (see `raft::elector`).
+    pre_voter: PreVoter,
 }
 
 impl RaftPeerService {
     /// Wraps the local Raft.
-    pub fn new(raft: ArkRaft, recovery: Arc<Recovery>) -> Self {
-        Self { raft, recovery }
+    pub fn new(raft: ArkRaft, recovery: Arc<Recovery>, pre_voter: PreVoter) -> Self {
+        Self {
+            raft,
+            recovery,
+            pre_voter,
+        }
     }
 }
 
@@ -267,6 +274,11 @@ fn failure(msg: String) -> PeerResponse {
 
 impl PeerHandler for RaftPeerService {
     async fn handle(&self, req: PeerRequest) -> PeerResponse {
+        // Plain protobuf: no openraft codec involved.
+        if let Some(peer_request::Body::PreVote(p)) = &req.body {
+            let body = serve_pre_vote(&self.raft, &self.pre_voter, &self.recovery, req.from, p).await;
+            return PeerResponse { body: Some(body) };
+        }
         if let Err(refused) = check_codec(&req) {
             return refused;
         }
@@ -277,6 +289,10 @@ impl PeerHandler for RaftPeerService {
                     let res = self.raft.append_entries(r).await;
                     if let (Some(t), Ok(resp)) = (heal, &res) {
                         self.recovery.after_append(&self.raft, t, resp);
+                    }
+                    // A leader this node accepts (a higher vote here means it does not).
+                    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                        self.pre_voter.contact.touch();
                     }
                     answer(res)
                 }
@@ -290,7 +306,13 @@ impl PeerHandler for RaftPeerService {
                      given it back every committed entry"
                         .into(),
                 ),
-                Ok(r) => answer(self.raft.vote(r).await),
+                Ok(r) => {
+                    let res = self.raft.vote(r).await;
+                    if matches!(&res, Ok(v) if v.vote_granted) {
+                        self.pre_voter.contact.touch();
+                    }
+                    answer(res)
+                }
                 Err(e) => failure(format!("malformed vote: {e}")),
             },
             Some(peer_request::Body::InstallSnapshot(b)) => match decode::<InstallSnapshotRequest<TypeConfig>>(&b) {

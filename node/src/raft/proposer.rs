@@ -13,7 +13,7 @@ use super::error::ConsensusError;
 use super::log_clock::LogClock;
 use super::{ArkRaft, Op, OpResult, Request, OPS_PER_ENTRY_MAX};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Payload bytes folded into one entry at most (a single larger write still goes alone).
 pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
@@ -29,7 +29,13 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// One permit per entry in flight (see [`Proposer::hold`]).
+    slots: Arc<Semaphore>,
+    in_flight: u32,
 }
+
+/// New entries wait while this lives (see [`Proposer::hold`]).
+pub struct Hold(#[allow(dead_code)] OwnedSemaphorePermit);
 
 fn op_bytes(op: &Op) -> usize {
     op.request_id.len()
@@ -50,8 +56,22 @@ impl Proposer {
     /// Entries are stamped by `clock`.
     pub fn start(raft: ArkRaft, in_flight: usize, clock: Arc<LogClock>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx, in_flight.max(1), clock));
-        Self { tx }
+        let in_flight = in_flight.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+        let slots = Arc::new(Semaphore::new(in_flight as usize));
+        tokio::spawn(run(raft, rx, slots.clone(), clock));
+        Self { tx, slots, in_flight }
+    }
+
+    /// Waits until every entry in flight has been answered, then holds every new one back
+    /// until the returned [`Hold`] is dropped: writes that arrive meanwhile wait in the
+    /// queue (and go out together afterwards). Used by the leadership hand-over so that the
+    /// target can catch up with a log that does not grow.
+    pub async fn hold(&self) -> Hold {
+        match self.slots.clone().acquire_many_owned(self.in_flight).await {
+            Ok(p) => Hold(p),
+            // The semaphore is never closed while a handle exists.
+            Err(_) => unreachable!("the proposer's slots are never closed"),
+        }
     }
 
     /// Proposes one write and waits for its answer.
@@ -67,8 +87,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, in_flight: usize, clock: Arc<LogClock>) {
-    let slots = Arc::new(Semaphore::new(in_flight));
+async fn run(raft: ArkRaft, mut rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>, clock: Arc<LogClock>) {
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {

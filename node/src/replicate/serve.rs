@@ -88,6 +88,9 @@ impl DataPlane {
             peer_request::Body::ChunkPull(p) => self.handle_pull(p).await,
             peer_request::Body::ForwardWrite(b) => self.front.serve_forwarded_write(&b).await,
             peer_request::Body::ReadIndex(_) => self.front.serve_read_index().await,
+            peer_request::Body::Campaign(_) => {
+                peer_response::Body::Failure("campaign request sent to the data plane".into())
+            }
             peer_request::Body::Prestage(p) => peer_response::Body::PrestageAck(self.prestage(&p.objects).await),
             peer_request::Body::ScrubRun(_) => match self.scrub_now().await {
                 Ok(r) => peer_response::Body::Scrub(r),
@@ -95,7 +98,8 @@ impl DataPlane {
             },
             peer_request::Body::AppendEntries(_)
             | peer_request::Body::Vote(_)
-            | peer_request::Body::InstallSnapshot(_) => {
+            | peer_request::Body::InstallSnapshot(_)
+            | peer_request::Body::PreVote(_) => {
                 peer_response::Body::Failure("raft request sent to the data plane".into())
             }
             peer_request::Body::Telemetry(_) => {
@@ -245,9 +249,13 @@ impl PeerHandler for PeerRouter {
         match req.body {
             Some(peer_request::Body::AppendEntries(_))
             | Some(peer_request::Body::Vote(_))
-            | Some(peer_request::Body::InstallSnapshot(_)) => self.raft.handle(req).await,
+            | Some(peer_request::Body::InstallSnapshot(_))
+            | Some(peer_request::Body::PreVote(_)) => self.raft.handle(req).await,
             Some(peer_request::Body::Telemetry(r)) => PeerResponse {
                 body: Some(self.telemetry.handle_report(req.from, r)),
+            },
+            Some(peer_request::Body::Campaign(c)) => PeerResponse {
+                body: Some(self.data.front.serve_campaign(req.from, &c).await),
             },
             Some(b) => self.data.handle(b).await,
             None => PeerResponse {
