@@ -133,7 +133,8 @@ fn site_kill_with_witness_drill_passes() {
     let (r, out) = drill_passes_kept("site-kill-witness", "loopback");
     assert_eq!(r["witness_chunk_files"], 0, "{r}");
     let pg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("cluster/playground.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("cluster/playground.down.json")).unwrap())
+            .unwrap();
     let nodes = pg["nodes"].as_array().unwrap();
     let witnesses: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["witness"] == true).collect();
     assert_eq!(witnesses.len(), 1, "{pg}");
