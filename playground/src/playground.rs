@@ -827,6 +827,7 @@ mod tests {
                     ("objects".into(), "repair_mib_per_s = 4".into()),
                     ("risk".into(), "ordering = \"fifo\"".into()),
                 ],
+                witness: false,
             },
         )
         .unwrap();
