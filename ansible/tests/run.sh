@@ -440,8 +440,11 @@ for h in node-a node-b node-c; do
   [ "$h" = "$leader_before" ] && continue
   [ "${started[$h]}" -lt "${started[$leader_before]}" ] || bad="$bad $h restarted after the leader $leader_before"
 done
+# The leader's restart was preceded by a hand-over (`ark members transfer-leader`).
+grep -A4 'Leadership moves off this node' "$tmp/upgrade.log" | grep -q '^changed:' \
+  || bad="$bad no leadership hand-over before the leader's restart"
 if [ "$upgrade_ok" = 1 ] && [ -z "$bad" ] && grep -q ' 0 lost' <<<"$figures"; then
-  pass "upgrade.yml in $upgrade_s s: every node runs build upgrade-test, leader $leader_before last; $figures"
+  pass "upgrade.yml in $upgrade_s s: every node runs build upgrade-test, leader $leader_before last after a hand-over; $figures"
 else
   fail "upgrade.yml:$bad; $figures"
 fi

@@ -94,6 +94,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "every node on the power-loss filesystem; every fsync of the leader and one follower (a majority) fails with EIO for 3 s, the unsynced pages lost as on Linux; no write may be acknowledged meanwhile; then their power is cut and they are restarted",
     ),
     (
+        "majority-loss",
+        "3 sites x 1 node: kill -9 of two sites (the leader's and one more) under load; the third stopped; every data dir inspected with `arkd recover --inspect`, the most advanced node recovered with `arkd recover --force-new-cluster --compare-with` the others (a less advanced one must be refused) and started; the two others' data dirs moved away (wiped) and new nodes added in their sites; every object back at its policy and a clean scrub at the end",
+    ),
+    (
         "chunk-corruption",
         "one byte flipped in 3 chunk files of a random node every 3-5 s (a failing disk), a scrub 1-2 s later, under object puts and gets through every node",
     ),
@@ -122,6 +126,9 @@ enum Fault {
     PowerCut,
     /// Every sync of a majority fails with EIO for a while, then their power is cut.
     FsyncEio,
+    /// Two sites of three killed for good; the most advanced node recovered alone, then new
+    /// nodes added.
+    MajorityLoss,
 }
 
 /// The playground a scenario runs on.
@@ -198,6 +205,26 @@ pub struct DrillSpec {
     pub seed: u64,
     /// Where the nodes run.
     pub mode: ModeChoice,
+    /// The links between nodes: as they are, or the `wan` scenario's WAN links and timing
+    /// under any scenario (`--links wan`), to measure failover on slow, lossy links.
+    pub links: Links,
+}
+
+/// The links between a drill's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Links {
+    /// Loopback or namespace links as they are, the playground's timing.
+    #[default]
+    Local,
+    /// Every peer link 30 ± 10 ms one way with 1-2 % loss, and the WAN raft timing.
+    Wan,
+}
+
+impl DrillSpec {
+    /// Whether this run has WAN links.
+    fn wan(&self) -> bool {
+        self.scenario == "wan" || self.links == Links::Wan
+    }
 }
 
 /// Which mode a run asks for.
@@ -434,15 +461,24 @@ impl ProcessPlan {
             "power-loss-node" => (Fault::PowerCut, Duration::from_millis(1500)),
             "power-loss-site" | "power-loss-all" => (Fault::PowerCut, Duration::from_secs(2)),
             "fsync-eio" => (Fault::FsyncEio, EIO_HOLD),
+            "majority-loss" => (Fault::MajorityLoss, Duration::ZERO),
             // Down for longer than a follower waits before it may campaign with the WAN timing
             // (leader lease 2 s + election timeout 1-2 s): a leader back after 1.5 s would
             // resume its term, and the RTO would measure a restart, not a failover.
             "wan" => (Fault::Kill, Duration::from_secs(6)),
             _ => (Fault::Kill, Duration::from_millis(1500)),
         };
+        // On WAN links a killed node stays down for longer than a follower waits before it
+        // campaigns (lease 2 s + up to 0.5 s), for the same reason as in `wan`.
+        let heal_after = match fault {
+            Fault::Kill | Fault::SiteKill if spec.wan() => heal_after.max(Duration::from_secs(6)),
+            _ => heal_after,
+        };
         let (start_after, faults_max) = match spec.scenario.as_str() {
             // One leader kill in the middle of a run on WAN links.
             "wan" => ((spec.duration / 2).max(Duration::from_secs(2)), 1),
+            // One loss of a majority, once objects and keys have been written.
+            "majority-loss" => (Duration::from_secs(4), 1),
             _ => (Duration::from_secs(2), usize::MAX),
         };
         Self {
@@ -479,6 +515,17 @@ async fn process_schedule(
             tl.starts.push(ns_since(t0));
             change_membership(client, dir, &st, leader).await?;
             tl.last_heal = Some(ns_since(t0));
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
+            continue;
+        }
+        if let Fault::MajorityLoss = fault {
+            let start = ns_since(t0);
+            tl.starts.push(start);
+            let event = lose_majority_and_recover(client, dir, leader, &mut rng).await?;
+            let end = ns_since(t0);
+            tl.last_heal = Some(end);
+            tl.events
+                .push(format!("{}-{} ms: {event}", start / 1_000_000, end / 1_000_000));
             tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
             continue;
         }
@@ -571,6 +618,15 @@ async fn process_schedule(
         let start = ns_since(t0);
         tl.starts.push(start);
         use nix::sys::signal::Signal;
+        // A planned restart of the leader moves its leadership first, as an operator does
+        // (`ark members transfer-leader`); arkd would also hand over on SIGTERM by itself.
+        let mut handed_over = String::new();
+        if matches!(fault, Fault::Restart) && victims.iter().any(|n| n.id == leader) {
+            handed_over = match client.transfer_leader(None).await {
+                Ok(t) => format!("; leadership handed to node {} in {} ms first", t.leader, t.took_ms),
+                Err(e) => format!("; hand-over failed ({e}), restarted anyway"),
+            };
+        }
         // All victims at once (a site loses power), then wait for each.
         for node in &victims {
             match fault {
@@ -588,7 +644,8 @@ async fn process_schedule(
                 | Fault::Corrupt
                 | Fault::DiskFull
                 | Fault::PowerCut
-                | Fault::FsyncEio => {
+                | Fault::FsyncEio
+                | Fault::MajorityLoss => {
                     unreachable!("not a signal fault")
                 }
             }
@@ -609,7 +666,8 @@ async fn process_schedule(
                 | Fault::Corrupt
                 | Fault::DiskFull
                 | Fault::PowerCut
-                | Fault::FsyncEio => {
+                | Fault::FsyncEio
+                | Fault::MajorityLoss => {
                     unreachable!("not a signal fault")
                 }
                 Fault::Kill | Fault::SiteKill | Fault::Restart => {
@@ -625,7 +683,7 @@ async fn process_schedule(
         let end = ns_since(t0);
         tl.last_heal = Some(end);
         tl.events.push(format!(
-            "{}-{} ms: {fault:?} of nodes {:?} (leader {leader})",
+            "{}-{} ms: {fault:?} of nodes {:?} (leader {leader}){handed_over}",
             start / 1_000_000,
             end / 1_000_000,
             victims.iter().map(|n| n.id).collect::<Vec<_>>()
@@ -991,6 +1049,45 @@ async fn final_repair_check(client: &ArkClient) -> anyhow::Result<(String, u64)>
 /// How long a new learner may take to catch up (snapshot included) before the drill fails.
 const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
 
+/// Starts a new node in `site` and adds it: learner, caught up (snapshot included), voter.
+/// Answers its id.
+async fn add_voter(client: &ArkClient, dir: &Path, site: &str) -> anyhow::Result<u64> {
+    let netns = netns::placer_for(dir);
+    let placer = netns.as_ref().map(|n| &**n as &dyn playground::NodePlacer);
+    let (node, child) = playground::add_node_placed(dir, site, 20_000, placer)?;
+    drop(child);
+    let spec = ark_client::NodeSpec {
+        id: node.id,
+        site: node.site.clone(),
+        peer_addr: node.peer_addr.clone(),
+        client_addr: node.client_addr.clone(),
+    };
+    // Not `wait_caught_up`: a learner that needs a snapshot (the state grows with every
+    // write of a long run) can take longer than one RPC may; poll its progress instead.
+    client
+        .add_learner(spec, &ark_client::AddLearnerOptions::default())
+        .await
+        .context("adding a learner")?;
+    let target = client
+        .status()
+        .await
+        .context("status after adding a learner")?
+        .applied_index;
+    let deadline = Instant::now() + LEARNER_CATCH_UP_MAX;
+    loop {
+        match client.status_of(&node.client_addr).await {
+            Ok(s) if s.applied_index >= target => break,
+            _ if Instant::now() >= deadline => bail!(
+                "learner {} did not apply index {target} within {LEARNER_CATCH_UP_MAX:?}",
+                node.id
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    client.promote(node.id).await.context("promoting the learner")?;
+    Ok(node.id)
+}
+
 /// One membership step: with three voters, start a node and add it (learner, caught up,
 /// then voter); with more, remove the newest added voter that does not lead and stop it.
 /// The original three stay, so the clients' endpoint list stays valid.
@@ -1002,39 +1099,7 @@ async fn change_membership(
 ) -> anyhow::Result<()> {
     let voters: Vec<u64> = st.nodes.iter().filter(|n| n.role == "voter").map(|n| n.id).collect();
     if voters.len() <= 3 {
-        let netns = netns::placer_for(dir);
-        let placer = netns.as_ref().map(|n| &**n as &dyn playground::NodePlacer);
-        let (node, child) = playground::add_node_placed(dir, "site-d", 20_000, placer)?;
-        drop(child);
-        let spec = ark_client::NodeSpec {
-            id: node.id,
-            site: node.site.clone(),
-            peer_addr: node.peer_addr.clone(),
-            client_addr: node.client_addr.clone(),
-        };
-        // Not `wait_caught_up`: a learner that needs a snapshot (the state grows with every
-        // write of a long run) can take longer than one RPC may; poll its progress instead.
-        client
-            .add_learner(spec, &ark_client::AddLearnerOptions::default())
-            .await
-            .context("adding a learner")?;
-        let target = client
-            .status()
-            .await
-            .context("status after adding a learner")?
-            .applied_index;
-        let deadline = Instant::now() + LEARNER_CATCH_UP_MAX;
-        loop {
-            match client.status_of(&node.client_addr).await {
-                Ok(s) if s.applied_index >= target => break,
-                _ if Instant::now() >= deadline => bail!(
-                    "learner {} did not apply index {target} within {LEARNER_CATCH_UP_MAX:?}",
-                    node.id
-                ),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        client.promote(node.id).await.context("promoting the learner")?;
+        add_voter(client, dir, "site-d").await?;
     } else if let Some(victim) = voters.iter().copied().filter(|id| *id > 3 && *id != leader).max() {
         client.remove(victim).await.context("removing a voter")?;
         let pg = Playground::load(dir)?;
@@ -1064,6 +1129,244 @@ fn count_files(dir: &Path) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+// --- majority-loss: recovery of the last site standing (`arkd recover`) ---
+
+/// Longest wait for the recovered node to lead, and for the repair queue to bring every
+/// object back to its policy after the new nodes joined.
+const RECOVERED_LEADER_MAX: Duration = Duration::from_secs(30);
+const POLICY_RESTORED_MAX: Duration = Duration::from_secs(120);
+/// Longest wait for a lost node started on its old data to stop by itself.
+const OLD_NODE_STOP_MAX: Duration = Duration::from_secs(20);
+
+/// A node's last log id as `arkd recover --inspect --json` prints it, in openraft's order
+/// (term, leader, index).
+fn last_log_of(inspection: &serde_json::Value) -> Option<(u64, u64, u64)> {
+    let l = inspection.get("last_log_id")?;
+    let lid = l.get("leader_id")?;
+    Some((
+        lid.get("term")?.as_u64()?,
+        lid.get("node_id")?.as_u64()?,
+        l.get("index")?.as_u64()?,
+    ))
+}
+
+/// Runs `arkd recover ARGS` on a stopped node, as the operator would: (success, stdout, stderr).
+fn arkd_recover(args: &[&std::ffi::OsStr]) -> anyhow::Result<(bool, String, String)> {
+    let arkd = playground::find_arkd()?;
+    let o = std::process::Command::new(&arkd)
+        .arg("recover")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} recover", arkd.display()))?;
+    Ok((
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    ))
+}
+
+/// `arkd recover --inspect --json` of a stopped node.
+fn inspect_node(node: &PlaygroundNode) -> anyhow::Result<serde_json::Value> {
+    let (ok, out, err) = arkd_recover(&[
+        "--inspect".as_ref(),
+        "--json".as_ref(),
+        "-c".as_ref(),
+        node.config.as_os_str(),
+    ])?;
+    if !ok {
+        bail!("arkd recover --inspect of node {} failed: {err}", node.id);
+    }
+    serde_json::from_str(&out).with_context(|| format!("arkd recover --inspect of node {} printed {out}", node.id))
+}
+
+/// `arkd recover --force-new-cluster` of `node`, compared with `others`.
+fn force_new_cluster(node: &PlaygroundNode, others: &[&PlaygroundNode]) -> anyhow::Result<(bool, String, String)> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--force-new-cluster".as_ref(), "-c".as_ref(), node.config.as_os_str()];
+    for o in others {
+        args.push("--compare-with".as_ref());
+        args.push(o.config.as_os_str());
+    }
+    arkd_recover(&args)
+}
+
+/// The fault and the operator's recovery of `majority-loss`: two sites (the leader's and a
+/// seeded other) killed, the third stopped; every data dir inspected; a less advanced node's
+/// recovery must be refused and change nothing; the most advanced node is recovered, started
+/// and must lead; one of the others started on its old data must stop by itself; the other
+/// two data dirs are moved away and new nodes in those sites added as voters. Answers a line
+/// for the fault log.
+async fn lose_majority_and_recover(
+    client: &ArkClient,
+    dir: &Path,
+    leader: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    use nix::sys::signal::Signal;
+    let pg = Playground::load(dir)?;
+    if pg.nodes.len() != 3 {
+        bail!("majority-loss runs on 3 sites x 1 node, not {} nodes", pg.nodes.len());
+    }
+    let others: Vec<&PlaygroundNode> = pg.nodes.iter().filter(|n| n.id != leader).collect();
+    let survivor = others[rng.gen_range(0..others.len())].clone();
+    let lost: Vec<&PlaygroundNode> = pg.nodes.iter().filter(|n| n.id != survivor.id).collect();
+    for n in &lost {
+        playground::signal_node(n, Signal::SIGKILL)?;
+    }
+    for n in &lost {
+        wait_exit(n, Duration::from_secs(10)).await?;
+    }
+    let mut log = vec![format!(
+        "kill -9 of nodes {:?} (sites {:?}, leader {leader})",
+        lost.iter().map(|n| n.id).collect::<Vec<_>>(),
+        lost.iter().map(|n| n.site.as_str()).collect::<Vec<_>>()
+    )];
+    // The survivor cannot serve alone; the operator stops it (SIGTERM, then SIGKILL).
+    playground::signal_node(&survivor, Signal::SIGTERM)?;
+    if wait_exit(&survivor, Duration::from_secs(10)).await.is_err() {
+        playground::signal_node(&survivor, Signal::SIGKILL)?;
+        wait_exit(&survivor, Duration::from_secs(10)).await?;
+    }
+    // Every data dir is readable (the lost sites lost power, not their disks).
+    let mut seen = Vec::new();
+    for n in &pg.nodes {
+        let i = inspect_node(n)?;
+        let last = last_log_of(&i).with_context(|| format!("node {} holds no log: {i}", n.id))?;
+        seen.push((n, last));
+    }
+    log.push(format!(
+        "last log (term, leader, index): {}",
+        seen.iter()
+            .map(|(n, l)| format!("node {} {l:?}", n.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let best_last = seen.iter().map(|(_, l)| *l).max().context("no node")?;
+    // The survivor when it is as advanced as any, else the most advanced one.
+    let best = seen
+        .iter()
+        .filter(|(_, l)| *l == best_last)
+        .map(|(n, _)| *n)
+        .min_by_key(|n| n.id != survivor.id)
+        .context("no node")?;
+    let compare = |me: &PlaygroundNode| pg.nodes.iter().filter(|o| o.id != me.id).collect::<Vec<_>>();
+    for (n, last) in seen.iter().filter(|(_, l)| *l < best_last) {
+        let (ok, _, err) = force_new_cluster(n, &compare(n))?;
+        if ok {
+            bail!(
+                "arkd recover made node {} the only voter although node {} holds a later log",
+                n.id,
+                best.id
+            );
+        }
+        if last_log_of(&inspect_node(n)?) != Some(*last) {
+            bail!("a refused arkd recover changed node {}'s log", n.id);
+        }
+        log.push(format!(
+            "recover of node {} refused as it must ({}), nothing changed",
+            n.id,
+            err.lines()
+                .find(|l| l.contains("holds a later log"))
+                .unwrap_or("no reason given")
+                .trim()
+        ));
+    }
+    if seen.iter().all(|(_, l)| *l == best_last) {
+        log.push("every node's log ends at the same entry: no refusal to check".to_owned());
+    }
+    let (ok, out, err) = force_new_cluster(best, &compare(best))?;
+    if !ok {
+        bail!(
+            "arkd recover of the most advanced node {} failed: {err}\n{out}",
+            best.id
+        );
+    }
+    log.push(format!("node {} recovered", best.id));
+    let (_, child) = playground::start_node(dir, best.id)?;
+    drop(child);
+    let deadline = Instant::now() + RECOVERED_LEADER_MAX;
+    loop {
+        match client.status_of(&best.client_addr).await {
+            Ok(s) if s.state == "leader" => break,
+            _ if Instant::now() >= deadline => {
+                bail!(
+                    "recovered node {} did not lead within {RECOVERED_LEADER_MAX:?}",
+                    best.id
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    log.push(format!("node {} leads alone", best.id));
+    // An operator who forgets the runbook's warning and starts a lost node on its old data:
+    // the recovered node tells it to stop, and it must stop by itself.
+    let stale = pg.nodes.iter().find(|n| n.id != best.id).context("no other node")?;
+    let (stale_now, child) = playground::start_node(dir, stale.id)?;
+    drop(child);
+    let deadline = Instant::now() + OLD_NODE_STOP_MAX;
+    while playground::process_alive(stale_now.pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if playground::process_alive(stale_now.pid) {
+        playground::signal_node(&stale_now, Signal::SIGKILL)?;
+        bail!(
+            "node {} started on its old data after the recovery was still running after {OLD_NODE_STOP_MAX:?}",
+            stale.id
+        );
+    }
+    let node_log = stale.config.with_file_name("arkd.log");
+    let said = std::fs::read_to_string(&node_log).with_context(|| format!("reading {}", node_log.display()))?;
+    if !said.contains("left out when node") {
+        bail!(
+            "node {} started on its old data stopped without saying it was left out",
+            stale.id
+        );
+    }
+    log.push(format!(
+        "node {} started on its old data stopped by itself: left out by the recovery",
+        stale.id
+    ));
+    // The two others never start again with their old data: their data dirs are moved out of
+    // the way (kept for a post-mortem; an operator wipes them), and new nodes (new ids) take
+    // their places in their sites.
+    for n in pg.nodes.iter().filter(|n| n.id != best.id) {
+        let aside = n.data_dir.with_extension("lost");
+        std::fs::rename(&n.data_dir, &aside)
+            .with_context(|| format!("moving {} out of the way", n.data_dir.display()))?;
+    }
+    let mut added = Vec::new();
+    for n in pg.nodes.iter().filter(|n| n.id != best.id) {
+        added.push(add_voter(client, dir, &n.site).await?);
+    }
+    log.push(format!(
+        "data dirs of the others moved away; new voters {added:?} added in their sites"
+    ));
+    Ok(log.join("; "))
+}
+
+/// The end of `majority-loss`: waits until `verify` finds every object at its policy again
+/// (the repair queue copies the recovered node's chunks to the new nodes), at most
+/// [`POLICY_RESTORED_MAX`], then the scrub and verify of [`final_repair_check`].
+async fn policy_restored(client: &ArkClient) -> anyhow::Result<(String, u64)> {
+    let long = client.with_object_timeout(Some(Duration::from_secs(120)));
+    let started = Instant::now();
+    loop {
+        let v = long
+            .verify(Some(crate::objects::NAMESPACE))
+            .await
+            .context("verify after the recovery")?;
+        if v.objects.iter().all(|o| o.at_policy) || started.elapsed() >= POLICY_RESTORED_MAX {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let waited = started.elapsed();
+    let (note, below) = final_repair_check(client).await?;
+    Ok((
+        format!("policy restored {} ms after the run; {note}", waited.as_millis()),
+        below,
+    ))
+}
+
 async fn drive(
     spec: &DrillSpec,
     dir: &Path,
@@ -1073,7 +1376,7 @@ async fn drive(
 ) -> anyhow::Result<Report> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(OP_TIMEOUT);
     // WAN links for the whole run, installed before the first operation.
-    let wan = if spec.scenario == "wan" {
+    let wan = if spec.wan() {
         retime(dir, WAN_RAFT_TIMING).await.context("setting WAN raft timing")?;
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let shaping = Shaping {
@@ -1165,6 +1468,13 @@ async fn drive(
         report
             .notes
             .push(format!("witness data dirs: {files} chunk files (must be 0)"));
+    }
+    if spec.scenario == "majority-loss" {
+        let (note, unrepaired) = policy_restored(&client).await?;
+        report.notes.push(note);
+        if let Some(o) = report.objects.as_mut() {
+            o.unrepaired = Some(unrepaired);
+        }
     }
     if spec.scenario == "chunk-corruption" {
         let (note, unrepaired) = final_repair_check(&client).await?;

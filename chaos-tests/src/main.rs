@@ -38,6 +38,10 @@ enum Cmd {
         /// host can make a namespace, else loopback; the report says which and why).
         #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
         mode: ModeArg,
+        /// Peer links: `local` (as they are) or `wan` (every link 30 ± 10 ms one way with
+        /// 1-2 % loss, and the WAN raft timing of the `wan` scenario), for any scenario.
+        #[arg(long, value_enum, default_value_t = LinksArg::Local)]
+        links: LinksArg,
     },
     /// Run a drill against a deployed cluster, with the faults given as shell commands in
     /// a drill config (see docs/drills.md, "Drills against a deployed cluster"). Exit 0: the
@@ -81,6 +85,22 @@ impl From<ModeArg> for ark_chaos::drill::ModeChoice {
     }
 }
 
+/// `--links`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LinksArg {
+    Local,
+    Wan,
+}
+
+impl From<LinksArg> for ark_chaos::drill::Links {
+    fn from(l: LinksArg) -> Self {
+        match l {
+            LinksArg::Local => Self::Local,
+            LinksArg::Wan => Self::Wan,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Usage errors exit 2 and --help 0 (clap's own exit codes); nothing runs before this.
     let cli = Cli::parse();
@@ -97,7 +117,8 @@ fn main() -> ExitCode {
             seed,
             out,
             mode,
-        } => match run(scenario, duration, seed, out, mode.into()) {
+            links,
+        } => match run(scenario, duration, seed, out, mode.into(), links.into()) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
@@ -152,6 +173,7 @@ fn run(
     seed: u64,
     out: PathBuf,
     mode: ark_chaos::drill::ModeChoice,
+    links: ark_chaos::drill::Links,
 ) -> anyhow::Result<bool> {
     use anyhow::Context;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -161,6 +183,7 @@ fn run(
         duration: Duration::from_secs(duration),
         seed,
         mode,
+        links,
     };
     let report = rt.block_on(ark_chaos::drill::run(
         &spec,

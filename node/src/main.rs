@@ -51,6 +51,9 @@ enum Command {
     /// abstains from elections until a leader gave it back every committed entry.
     #[command(subcommand)]
     LogDamage(LogDamageCmd),
+    /// After the loss of a majority: inspect a stopped node's data, or make it the only voter
+    /// of a new cluster that keeps its data (see docs/operations.md, "Losing a majority").
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -108,6 +111,146 @@ fn log_damage(cmd: LogDamageCmd) -> Result<(), String> {
     Ok(())
 }
 
+// --- `arkd recover` (majority loss) ---
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["inspect", "force_new_cluster"])))]
+struct RecoverArgs {
+    /// The stopped node's config file.
+    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "disk")]
+    config: Option<PathBuf>,
+    /// With --inspect, instead of a config: a node's data dir mounted elsewhere (a lost
+    /// node's disk), as `ID=DIR`.
+    #[arg(long, value_name = "ID=DIR", conflicts_with_all = ["config", "force_new_cluster"])]
+    disk: Option<String>,
+    /// Print what the node holds (last log entry, applied index, membership, damage record,
+    /// earlier recoveries, copies it lacks) and change nothing. Also for the lost nodes' disks.
+    #[arg(long)]
+    inspect: bool,
+    /// Append a membership of this node alone after its log, so that at its next start it
+    /// elects itself and serves; its log, state and chunks are kept. Refused unless the node
+    /// is a voter with an undamaged log and no compared node holds a later log.
+    #[arg(long)]
+    force_new_cluster: bool,
+    /// Another stopped node's data to compare with: its config file, or `ID=DIR` (node id
+    /// and data dir). Give every other voter whose disk is readable.
+    #[arg(long, value_name = "CONFIG|ID=DIR", requires = "force_new_cluster")]
+    compare_with: Vec<String>,
+    /// Recover even though the checks refuse (entries only other nodes hold are then lost).
+    #[arg(long, requires = "force_new_cluster")]
+    force: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The node id and data dir of a `--compare-with` (or `--disk`) argument.
+fn compare_target(arg: &str) -> Result<(Option<u64>, PathBuf), String> {
+    if let Some((id, dir)) = arg.split_once('=') {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("--compare-with {arg}: expected CONFIG or ID=DIR with a numeric node id"))?;
+        return Ok((Some(id), PathBuf::from(dir)));
+    }
+    let path = PathBuf::from(arg);
+    if path.is_dir() {
+        return Err(format!(
+            "--compare-with {arg} is a directory: give it as ID=DIR (the node id it belonged to), or its config file"
+        ));
+    }
+    let cfg = ark_node::NodeConfig::load(&path).map_err(|e| format!("--compare-with {arg}: {e}"))?;
+    Ok((Some(cfg.node_id), cfg.data_dir))
+}
+
+/// An inspection as text or JSON.
+fn render(i: &ark_node::raft::force_new::Inspection, json: bool) -> Result<String, String> {
+    if json {
+        serde_json::to_string_pretty(i).map_err(|e| e.to_string())
+    } else {
+        Ok(i.describe())
+    }
+}
+
+fn recover(args: RecoverArgs) -> Result<(), String> {
+    use ark_node::raft::force_new::{check, Disk};
+    if let Some(d) = &args.disk {
+        let (id, dir) = compare_target(d)?;
+        let me = Disk::open(&dir, id)
+            .and_then(|mut d| d.inspect())
+            .map_err(|e| e.to_string())?;
+        println!("{}", render(&me, args.json)?);
+        return Ok(());
+    }
+    let Some(config) = &args.config else {
+        return Err("--config FILE is required".into());
+    };
+    let cfg = ark_node::NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let mut disk = Disk::open(&cfg.data_dir, Some(cfg.node_id)).map_err(|e| e.to_string())?;
+    let me = disk.inspect().map_err(|e| e.to_string())?;
+    if args.inspect {
+        println!("{}", render(&me, args.json)?);
+        return Ok(());
+    }
+    let mut others = Vec::new();
+    for arg in &args.compare_with {
+        let (id, dir) = compare_target(arg)?;
+        if dir == cfg.data_dir {
+            return Err(format!("--compare-with {arg} is this node's own data dir"));
+        }
+        let o = Disk::open(&dir, id)
+            .and_then(|mut d| d.inspect())
+            .map_err(|e| format!("inspecting {}: {e}", dir.display()))?;
+        others.push(o);
+    }
+    let verdict = check(&me, &others);
+    if !args.json {
+        for l in &verdict.may_lose {
+            println!("may be lost: {l}");
+        }
+    }
+    if !verdict.refusals.is_empty() && !args.force {
+        return Err(format!(
+            "refusing to make node {} the only voter (nothing was changed):\n  {}\n(add --force to do it anyway and \
+             lose what only the other nodes hold)",
+            cfg.node_id,
+            verdict.refusals.join("\n  ")
+        ));
+    }
+    for r in &verdict.refusals {
+        eprintln!("warning: overridden by --force: {r}");
+    }
+    let compared = others
+        .iter()
+        .map(|o| {
+            format!(
+                "node {} ({}): last entry {:?}",
+                o.node_id.map_or("?".to_string(), |n| n.to_string()),
+                o.data_dir.display(),
+                o.last_log_id.map(|l| l.index)
+            )
+        })
+        .collect();
+    let fallback = ark_node::raft::ArkNode {
+        site: cfg.site.clone(),
+        peer_addr: cfg.advertised_peer_addr(),
+        client_addr: cfg.advertised_client_addr(),
+    };
+    let rec = disk
+        .force_new_cluster(&me, fallback, !verdict.refusals.is_empty(), compared)
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        let out = serde_json::json!({ "recovery": rec, "may_lose": verdict.may_lose, "overridden": verdict.refusals });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "node {} is now the only voter (membership entry {}, voters before {:?}); start it normally, then add \
+             new nodes (ark members add, promote). Wipe the lost nodes' data dirs: never start them with their old data.",
+            cfg.node_id, rec.new_entry.index, rec.previous_voters
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let parsed = Cli::command()
         .version(version())
@@ -135,6 +278,15 @@ fn main() -> ExitCode {
         }
         Some(Command::LogDamage(cmd)) => {
             return match log_damage(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Command::Recover(args)) => {
+            return match recover(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

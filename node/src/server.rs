@@ -49,8 +49,9 @@ use crate::telemetry::Telemetry;
 /// Largest gRPC message accepted (a KV value is at most 64 KiB; lists can be larger).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// openraft's config; `elect` is off while the node recovers a damaged log (`raft::recovery`).
-fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Config>> {
+/// openraft's config. Its election timer is off: `raft::elector` decides when to campaign
+/// (after a pre-vote), and stays out while the node recovers a damaged log.
+fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Arc<openraft::Config>> {
     let r = &cfg.raft;
     let c = openraft::Config {
         cluster_name: "ark".into(),
@@ -61,7 +62,7 @@ fn raft_config(cfg: &NodeConfig, elect: bool) -> anyhow::Result<Arc<openraft::Co
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
         max_payload_entries: 1024,
-        enable_elect: elect,
+        enable_elect: false,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().context("raft timing config")?))
@@ -127,6 +128,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     };
     let recovery =
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
+    crate::raft::force_new::log_at_start(&db);
     let reader = state_machine.reader();
     let roles = state_machine.role_view();
     let audit = crate::audit::AuditLog::open(
@@ -160,15 +162,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let pool = PeerPool::new(endpoint.clone());
     tracing::info!(addr = %endpoint.local_addr()?, "[3/6] peer transport listening (QUIC, mutual TLS)");
 
-    let raft = ArkRaft::new(
-        id,
-        raft_config(&cfg, !recovery.damaged())?,
-        NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes),
-        log_store,
-        state_machine,
-    )
-    .await
-    .context("starting raft")?;
+    let network = NetworkFactory::new(pool.clone(), id, cfg.raft.append_entries_max_bytes);
+    let fenced = network.fenced();
+    let left_out = crate::raft::force_new::fenced_ids(&db, id)
+        .map_err(|e| anyhow::anyhow!("reading the record of forced recoveries: {e}"))?;
+    let raft = ArkRaft::new(id, raft_config(&cfg)?, network, log_store, state_machine)
+        .await
+        .context("starting raft")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -214,7 +214,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         hot.clone(),
     )?);
     let peer_service = Arc::new(PeerRouter::new(
-        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone()),
+        RaftPeerService::new(raft.clone(), recovery.clone(), pre_voter.clone(), id, left_out),
         data_plane.clone(),
         telemetry.clone(),
     ));
@@ -272,6 +272,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             }),
             rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms.min(cfg.raft.election_timeout_min_ms)),
         },
+        fenced.clone(),
         stop_rx.clone(),
     ));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
@@ -409,12 +410,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // A Raft core that stopped on its own (a storage error such as a full disk: openraft
     // treats it as fatal) leaves a node that can only refuse: stop the whole process, with an
     // error, so that a supervisor restarts it once the cause is fixed.
+    let mut fenced_rx = fenced.subscribe();
     let fatal = tokio::select! {
         () = shutdown => None,
-        f = raft_stopped(&raft) => Some(f),
+        f = raft_stopped(&raft) => Some(format!(
+            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
+        )),
+        // A recovered cluster said this node's data is from before a forced recovery.
+        f = fenced_rx.wait_for(Option::is_some) => Some(match f.as_deref() {
+            Ok(Some(msg)) => msg.clone(),
+            _ => "a peer said a forced recovery left this node out".to_owned(),
+        }),
     };
     if let Some(f) = &fatal {
-        tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        if f.starts_with(crate::raft::force_new::FENCED_MARKER) {
+            tracing::error!(error = %f, "left out by a forced recovery; shutting the node down");
+        } else {
+            tracing::error!(error = %f, "raft stopped by itself; shutting the node down");
+        }
     }
     crate::notify::notify("STOPPING=1");
     // A leader stopped on purpose hands its leadership over first, so that writes pause for
@@ -488,9 +501,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     drop(db);
     tracing::info!("shutdown complete");
     match fatal {
-        Some(f) => anyhow::bail!(
-            "raft stopped: {f}; fix the cause (e.g. free disk space under the data dir) and start the node again"
-        ),
+        Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
     }
 }

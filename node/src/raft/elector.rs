@@ -20,7 +20,11 @@
 //! voter says yes only if it has not heard a leader for a lease either, is not the leader
 //! and is not recovering a damaged log, and the asker's log is at least as long as its own.
 //! With a majority of yes (its own included) the elector calls `trigger().elect()`; without
-//! it nothing changes anywhere. openraft's own timer stays on behind it, as before.
+//! it nothing changes anywhere. openraft's own election timer is off (`enable_elect: false`,
+//! in `server`): every campaign but the leadership hand-over's goes through a pre-vote, so
+//! `seen_greater_log` never delays one, and a node that alone lost its leader never disturbs
+//! the others. A candidate whose campaign failed (a split vote) asks again after another
+//! [`patience`].
 //!
 //! Owns the pre-vote and when to campaign. Must not touch: gRPC, chunks.
 
@@ -87,8 +91,8 @@ pub struct Timing {
 
 /// How long a voter waits without a leader before it asks for a pre-vote: the lease (after
 /// which the other voters would grant a vote) plus a random share of half the minimum
-/// timeout. Always shorter than openraft's own wait (`lease + election_timeout`, at least
-/// `max + min`), so the elector acts first when a leader is gone.
+/// timeout, so that two followers rarely ask at the same moment. (Shorter than openraft's
+/// own wait, `lease + election_timeout`, which is off.)
 pub fn patience(t: &Timing, rng: &mut impl Rng) -> Duration {
     let spread = (t.min.as_millis() as u64 / 2).max(1);
     t.max + Duration::from_millis(rng.gen_range(0..spread))
@@ -185,6 +189,7 @@ pub async fn serve_pre_vote(
 }
 
 /// Runs until `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     raft: ArkRaft,
     members: Members,
@@ -192,11 +197,21 @@ pub async fn run(
     pv: PreVoter,
     recovery: Arc<Recovery>,
     timing: Timing,
+    fenced: Arc<watch::Sender<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let contact = pv.contact.clone();
     let me = members.id();
+    // How long this silence must last before the first ask, drawn anew after each campaign.
     let mut wait = patience(&timing, &mut rand::thread_rng());
+    // No ask before this, whatever the silence (after a lost pre-vote, a short pause; after
+    // a campaign or while leading, a full patience). The contact itself is touched only by
+    // a leader's messages and granted votes: a node's own asks must not make it look, to the
+    // others' pre-votes, as if it had heard a leader.
+    let mut not_before = Instant::now() + wait;
+    // Pre-votes lost in a row: the first is retried soon, the next ones after a patience
+    // (a node that alone cannot hear a living leader asks at that pace, not faster).
+    let mut lost_in_a_row = 0u32;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -207,15 +222,18 @@ pub async fn run(
         }
         let m = raft.metrics().borrow().clone();
         if m.state == openraft::ServerState::Leader {
-            contact.touch();
+            not_before = Instant::now() + wait;
             continue;
         }
-        if contact.elapsed() < wait || recovery.damaged() {
+        if contact.elapsed() < timing.tick * 2 {
+            lost_in_a_row = 0;
+        }
+        if contact.elapsed() < wait || Instant::now() < not_before || recovery.damaged() {
             continue;
         }
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         if !voters.contains(&me) {
-            contact.touch();
+            not_before = Instant::now() + wait;
             continue;
         }
         let (term, index) = pv.last_log.pos().await;
@@ -239,25 +257,19 @@ pub async fn run(
         for (id, a) in answers {
             match a.map(|r| r.body) {
                 Ok(Some(peer_response::Body::Ok(_))) => granted += 1,
-                Ok(Some(peer_response::Body::Failure(why))) => refusals.push(format!("node {id}: {why}")),
+                Ok(Some(peer_response::Body::Failure(why))) => {
+                    // A recovered cluster that left this node out (see `force_new`): stop.
+                    if why.starts_with(super::force_new::FENCED_MARKER) {
+                        fenced.send_if_modified(|f| f.is_none() && f.replace(why.clone()).is_none());
+                        return;
+                    }
+                    refusals.push(format!("node {id}: {why}"))
+                }
                 Ok(_) => refusals.push(format!("node {id}: unexpected answer")),
                 Err(e) => refusals.push(format!("node {id}: {e}")),
             }
         }
-        // Whatever happens, a full period passes before this node asks again.
-        contact.touch();
-        wait = patience(&timing, &mut rand::thread_rng());
-        if granted * 2 > voters.len() {
-            // A leader may have appeared while the answers came in.
-            if raft.metrics().borrow().current_leader.is_some_and(|l| l != me) && contact.elapsed() < timing.tick {
-                continue;
-            }
-            tracing::info!(granted, voters = voters.len(), "pre-vote won: campaigning");
-            metrics::counter!("ark_raft_prevotes_total", "outcome" => "won").increment(1);
-            if raft.trigger().elect().await.is_err() {
-                return;
-            }
-        } else {
+        if granted * 2 <= voters.len() {
             tracing::info!(
                 granted,
                 voters = voters.len(),
@@ -265,8 +277,36 @@ pub async fn run(
                 "pre-vote lost: not campaigning"
             );
             metrics::counter!("ark_raft_prevotes_total", "outcome" => "lost").increment(1);
+            lost_in_a_row += 1;
+            // The first time, ask again soon: the others may have heard their last heartbeat
+            // a little after this node did.
+            not_before = Instant::now()
+                + if lost_in_a_row == 1 {
+                    retry_pause(&timing, &mut rand::thread_rng())
+                } else {
+                    patience(&timing, &mut rand::thread_rng())
+                };
+            continue;
+        }
+        lost_in_a_row = 0;
+        wait = patience(&timing, &mut rand::thread_rng());
+        not_before = Instant::now() + wait;
+        // A leader may have appeared while the answers came in.
+        if contact.elapsed() < timing.tick * 2 {
+            continue;
+        }
+        tracing::info!(granted, voters = voters.len(), "pre-vote won: campaigning");
+        metrics::counter!("ark_raft_prevotes_total", "outcome" => "won").increment(1);
+        if raft.trigger().elect().await.is_err() {
+            return;
         }
     }
+}
+
+/// The pause after a lost pre-vote: a quarter to a half of the minimum timeout.
+pub fn retry_pause(t: &Timing, rng: &mut impl Rng) -> Duration {
+    let quarter = (t.min.as_millis() as u64 / 4).max(1);
+    Duration::from_millis(quarter + rng.gen_range(0..quarter))
 }
 
 /// Describes this module's metrics (HELP text and unit) to the recorder; called once at

@@ -10,6 +10,7 @@ pub mod db;
 pub mod elector;
 pub mod error;
 pub mod fence;
+pub mod force_new;
 pub mod front;
 pub mod handover;
 pub mod log_clock;

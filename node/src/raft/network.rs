@@ -5,6 +5,7 @@
 //! The Raft messages are openraft's serde types, encoded with `raft::codec` inside the
 //! protobuf envelope (see `proto/ark/v1/peer.proto`), whose codec tag is [`RAFT_CODEC`].
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ark_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse, RaftCodec};
@@ -29,7 +30,12 @@ pub struct NetworkFactory {
     pool: PeerPool,
     self_id: NodeId,
     append_max_bytes: u64,
+    fenced: Fenced,
 }
+
+/// Set once a recovered cluster told this node that a forced recovery left it out (see
+/// `force_new::fenced_ids`); `server` stops the node on it.
+pub type Fenced = Arc<tokio::sync::watch::Sender<Option<String>>>;
 
 impl NetworkFactory {
     /// A factory dialling through `pool`; AppendEntries carry at most `append_max_bytes` of
@@ -39,7 +45,13 @@ impl NetworkFactory {
             pool,
             self_id,
             append_max_bytes,
+            fenced: Arc::new(tokio::sync::watch::channel(None).0),
         }
+    }
+
+    /// Set (with the peer's explanation) when a peer says a forced recovery left this node out.
+    pub fn fenced(&self) -> Fenced {
+        self.fenced.clone()
     }
 }
 
@@ -50,6 +62,7 @@ pub struct PeerClient {
     target: NodeId,
     node: ArkNode,
     append_max_bytes: u64,
+    fenced: Fenced,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -62,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             append_max_bytes: self.append_max_bytes,
+            fenced: self.fenced.clone(),
         }
     }
 }
@@ -122,6 +136,10 @@ impl PeerClient {
                 )))
             }
             Some(peer_response::Body::Failure(msg)) => {
+                if msg.starts_with(super::force_new::FENCED_MARKER) {
+                    self.fenced
+                        .send_if_modified(|f| f.is_none() && f.replace(msg.clone()).is_none());
+                }
                 Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))))
             }
             None => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
@@ -216,15 +234,27 @@ pub struct RaftPeerService {
     recovery: Arc<Recovery>,
     /// Leader contact (touched here) and pre-vote answers (see `raft::elector`).
     pre_voter: PreVoter,
+    /// This node's id and the nodes a forced recovery of this node left out, told to stop.
+    me: NodeId,
+    fenced: BTreeSet<NodeId>,
 }
 
 impl RaftPeerService {
-    /// Wraps the local Raft.
-    pub fn new(raft: ArkRaft, recovery: Arc<Recovery>, pre_voter: PreVoter) -> Self {
+    /// Wraps the local Raft of node `me`; Raft requests from `fenced` nodes (see
+    /// `force_new::fenced_ids`) are answered with a failure that stops them.
+    pub fn new(
+        raft: ArkRaft,
+        recovery: Arc<Recovery>,
+        pre_voter: PreVoter,
+        me: NodeId,
+        fenced: BTreeSet<NodeId>,
+    ) -> Self {
         Self {
             raft,
             recovery,
             pre_voter,
+            me,
+            fenced,
         }
     }
 }
@@ -274,6 +304,13 @@ fn failure(msg: String) -> PeerResponse {
 
 impl PeerHandler for RaftPeerService {
     async fn handle(&self, req: PeerRequest) -> PeerResponse {
+        if self.fenced.contains(&req.from) {
+            tracing::warn!(
+                node = req.from,
+                "a node left out by the forced recovery contacted this node; told it to stop"
+            );
+            return failure(super::force_new::fenced_message(self.me, req.from));
+        }
         // Plain protobuf: no openraft codec involved.
         if let Some(peer_request::Body::PreVote(p)) = &req.body {
             let body = serve_pre_vote(&self.raft, &self.pre_voter, &self.recovery, req.from, p).await;
@@ -288,7 +325,7 @@ impl PeerHandler for RaftPeerService {
                     let heal = self.recovery.heal_target(&r);
                     let res = self.raft.append_entries(r).await;
                     if let (Some(t), Ok(resp)) = (heal, &res) {
-                        self.recovery.after_append(&self.raft, t, resp);
+                        self.recovery.after_append(t, resp);
                     }
                     // A leader this node accepts (a higher vote here means it does not).
                     if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {

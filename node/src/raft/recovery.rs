@@ -8,7 +8,7 @@
 //!   restart in between does not forget it;
 //! - the node keeps its vote, but if that vote made it the leader it is stored as a plain
 //!   vote for itself, so openraft does not resume leadership with the shortened log;
-//! - it grants no vote and never campaigns (openraft's election timer is off);
+//! - it grants no vote or pre-vote and never campaigns (`raft::elector` stays out);
 //! - it still accepts entries from a leader, and acknowledges only what it really stored.
 //!
 //! It is healed once an AppendEntries from a leader of term T, whose committed entry is of
@@ -30,7 +30,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use super::db::{read_value, write_value_durably, KEY_VOTE, META};
-use super::{ArkRaft, NodeId, TypeConfig};
+use super::{NodeId, TypeConfig};
 
 const KEY_DAMAGE: &str = "log_damage";
 
@@ -132,7 +132,7 @@ impl Recovery {
 
     /// After openraft answered an AppendEntries: heals the node if its log now matches the
     /// leader's up to the leader's commit.
-    pub fn after_append(&self, raft: &ArkRaft, target: HealTarget, resp: &AppendEntriesResponse<NodeId>) {
+    pub fn after_append(&self, target: HealTarget, resp: &AppendEntriesResponse<NodeId>) {
         let matched = match resp {
             AppendEntriesResponse::Success => target.last_sent,
             AppendEntriesResponse::PartialSuccess(m) => *m,
@@ -150,7 +150,6 @@ impl Recovery {
             return;
         }
         self.damaged.store(false, Ordering::Release);
-        raft.runtime_config().elect(true);
         metrics::gauge!("ark_raft_log_damaged").set(0.0);
         tracing::warn!(upto = %target.commit, "raft log recovered: the leader gave back every committed entry; \
             this node votes and may campaign again");

@@ -135,7 +135,7 @@ struct Writer {
 
 /// The log id of an encoded entry: its first field, decoded alone (the codec allows trailing
 /// bytes), so that checking a record does not decode the whole entry.
-fn entry_log_id(payload: &[u8]) -> Result<LogId<NodeId>, String> {
+pub(super) fn entry_log_id(payload: &[u8]) -> Result<LogId<NodeId>, String> {
     decode::<LogId<NodeId>>(payload).map_err(|e| e.to_string())
 }
 
@@ -145,28 +145,8 @@ impl LogStore {
     /// the last clone of the store is dropped. A log kept in the database by an earlier
     /// version is moved into the log files first.
     pub fn open(data_dir: &Path, db: Arc<Database>) -> Result<Self, StoreError> {
-        let last_purged = read_purged(&db)?;
+        let (wal, rec, last_purged) = open_wal(data_dir, &db)?;
         let dir = data_dir.join("raft-log");
-        let record = |d: &super::wal::Damage| {
-            let found = super::recovery::LogDamage {
-                first_lost: d.first_lost,
-                detail: format!(
-                    "{} at byte {} of {} (originals kept in {})",
-                    d.why,
-                    d.offset,
-                    d.segment.display(),
-                    d.kept_in.display()
-                ),
-            };
-            tracing::error!(first_lost = found.first_lost, detail = %found.detail,
-                "raft log corrupt: cutting it before the bad record and recovering the entries from a leader");
-            super::recovery::record_damage(&db, found)
-                .map(drop)
-                .map_err(std::io::Error::other)
-        };
-        let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id, record)
-            .map_err(|e| StoreError::Io(format!("cannot open raft log in {}: {e}", dir.display())))?;
-        migrate_from_database(&db, &mut wal, last_purged).map_err(StoreError::Io)?;
         tracing::info!(dir = %dir.display(), segments = rec.segments, entries = rec.entries,
             torn_bytes = rec.torn_bytes, damaged = rec.damage.is_some(), "raft log opened");
         let (tx, rx) = std_mpsc::sync_channel::<LogOp>(WRITER_QUEUE_MAX);
@@ -223,7 +203,41 @@ impl LogStore {
     }
 }
 
-fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
+/// Opens the log files under `data_dir/raft-log` (checking every record, see [`super::wal`]),
+/// recording damage in `db` before anything is cut, and moves a log an earlier version kept in
+/// the database into them; also answers the purge point. The log
+/// store's writer thread owns the result; `arkd recover` (`force_new.rs`) uses it directly on a
+/// stopped node.
+pub(super) fn open_wal(
+    data_dir: &Path,
+    db: &Database,
+) -> Result<(Wal, super::wal::Recovered, Option<LogId<NodeId>>), StoreError> {
+    let last_purged = read_purged(db)?;
+    let dir = data_dir.join("raft-log");
+    let record = |d: &super::wal::Damage| {
+        let found = super::recovery::LogDamage {
+            first_lost: d.first_lost,
+            detail: format!(
+                "{} at byte {} of {} (originals kept in {})",
+                d.why,
+                d.offset,
+                d.segment.display(),
+                d.kept_in.display()
+            ),
+        };
+        tracing::error!(first_lost = found.first_lost, detail = %found.detail,
+            "raft log corrupt: cutting it before the bad record and recovering the entries from a leader");
+        super::recovery::record_damage(db, found)
+            .map(drop)
+            .map_err(std::io::Error::other)
+    };
+    let (mut wal, rec) = Wal::open(&dir, last_purged.map(|l| l.index), entry_log_id, record)
+        .map_err(|e| StoreError::Io(format!("cannot open raft log in {}: {e}", dir.display())))?;
+    migrate_from_database(db, &mut wal, last_purged).map_err(StoreError::Io)?;
+    Ok((wal, rec, last_purged))
+}
+
+pub(super) fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
     Ok(read_value::<Option<LogId<NodeId>>>(db, META, KEY_PURGED)
         .map_err(StoreError::Io)?
         .flatten())

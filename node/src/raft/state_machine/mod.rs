@@ -37,4 +37,4 @@ pub use machine::StateMachine;
 pub use reader::{KvReader, ReadError};
 pub use sessions::SESSION_RETENTION_MS;
 pub use tables::StoredValue;
-pub(crate) use tables::{applied_in_db, create_tables};
+pub(crate) use tables::{applied_in_db, create_tables, membership_in_db};

@@ -77,6 +77,14 @@ pub(crate) fn applied_in_db(db: &Database) -> Result<Option<LogId<NodeId>>, Stri
     Ok(crate::raft::db::read_value::<Option<LogId<NodeId>>>(db, SM_META, KEY_APPLIED)?.flatten())
 }
 
+/// The membership committed to redb with the applied position (openraft's default, an empty
+/// membership, when none was applied yet).
+pub(crate) fn membership_in_db(
+    db: &Database,
+) -> Result<openraft::StoredMembership<NodeId, crate::raft::ArkNode>, String> {
+    Ok(crate::raft::db::read_value(db, SM_META, KEY_MEMBERSHIP)?.unwrap_or_default())
+}
+
 /// The tables one apply batch writes, opened once per batch.
 pub(super) struct ApplyTables<'t> {
     pub(super) kv: redb::Table<'t, &'static str, &'static [u8]>,
