@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ark.v1.GetObjectResponse.data",
             ".ark.v1.ChunkPut.data",
             ".ark.v1.PeerResponse.chunk_data",
+            ".ark.v1.SnapshotChunk.data",
         ])
         .skip_protoc_run()
         .compile_fds(fds)?;

@@ -19,6 +19,7 @@ use crate::cmd::kv::KvCmd;
 use crate::cmd::members::MembersCmd;
 use crate::cmd::objects::ObjectCmd;
 use crate::cmd::playground::PlaygroundCmd;
+use crate::cmd::snapshot::SnapshotCmd;
 
 /// Ark: keeps critical data alive through the loss of a data centre.
 #[derive(Debug, Parser)]
@@ -70,6 +71,10 @@ enum Cmd {
     /// The audit log of admin actions and denied calls, kept by each node.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Metadata snapshots (KV, namespaces, manifests, chunk locations, grants): save one
+    /// from the cluster, check a file. Restore with `arkd snapshot restore`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Certificates: the cluster CA, node and client certificates, CSRs, expiry checks.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -172,6 +177,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Members(m) => cmd::members::run(&client(&cli)?, m).await,
         Cmd::Auth(a) => cmd::auth::run(&client(&cli)?, a).await,
         Cmd::Audit(a) => cmd::auth::run_audit(&client(&cli)?, a).await,
+        Cmd::Snapshot(s) => cmd::snapshot::run(s, || client(&cli)).await,
         Cmd::Certs(c) => cmd::certs::run(c),
         Cmd::Playground(p) => cmd::playground::run(p).await,
         Cmd::Demo { sites, json } => cmd::demo::run(sites, json).await,

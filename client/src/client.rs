@@ -23,7 +23,7 @@ use crate::types::{ClusterStatus, ClusterTelemetry, LeaderTransfer, Membership, 
 
 /// DNS name every node certificate carries.
 const NODE_SERVER_NAME: &str = "ark-node";
-const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
+pub(crate) const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
 /// Metadata key a witness voter sets on its refusals (`ark-node-role: witness`).
 const NODE_ROLE_HEADER: &str = "ark-node-role";
 /// HTTP/2 pings on stream connections: a peer that does not answer one within the timeout

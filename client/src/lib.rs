@@ -5,6 +5,7 @@
 //! - [`objects`]: namespaces and streamed, SHA-256-checked object puts and gets on the same
 //!   client; [`restore`]: a whole namespace (latest, a version, or a point in time) back
 //!   into a folder.
+//! - [`snapshot`]: metadata snapshots saved into a file and checked offline.
 //! - [`config`]: the `client.toml` file; [`retry::RetryPolicy`]: the one retry policy every
 //!   retrying call follows.
 //! - [`types`]: the SDK's own types for what the cluster answers (no generated protobuf
@@ -25,6 +26,7 @@ pub mod objects;
 mod pb_impl;
 pub mod restore;
 pub mod retry;
+pub mod snapshot;
 pub mod types;
 
 pub use client::{AddLearnerOptions, ArkClient, KeyPage, ListKeysOptions, ReadOptions};

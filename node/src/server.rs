@@ -166,6 +166,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let fenced = network.fenced();
     let left_out = crate::raft::force_new::fenced_ids(&db, id)
         .map_err(|e| anyhow::anyhow!("reading the record of forced recoveries: {e}"))?;
+    // A handle on the same state machine for metadata snapshots (`raft::backup`).
+    let backup_sm = state_machine.clone();
     let raft = ArkRaft::new(id, raft_config(&cfg)?, network, log_store, state_machine)
         .await
         .context("starting raft")?;
@@ -177,6 +179,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let proposer = Proposer::start(raft.clone(), cfg.raft.proposals_in_flight, log_clock.clone());
     let fence = Arc::new(ReadFence::new(raft.clone(), log_clock));
+    let snapshots = crate::api::snapshot::SnapshotSaver::new(
+        crate::raft::backup::BackupSource::new(backup_sm, fence.clone()),
+        crate::api::snapshot::cluster_id(tls.ca.first().map_or(&[][..], |c| c.as_ref())),
+        id,
+    );
     let risk = Arc::new(crate::risk::Risk::new(
         cfg.risk.clone(),
         Duration::from_millis(cfg.telemetry.interval_ms),
@@ -354,7 +361,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         risk.clone(),
         data_plane.clone(),
     );
-    let cluster = ClusterServer::new(cluster.with_limits(limits.clone()));
+    let cluster = ClusterServer::new(cluster.with_limits(limits.clone()).with_snapshots(snapshots));
     let cert_rule = ClientCertRule::new(endpoint.node_identity(), cfg.tls.allow_node_clients);
     let grpc = Server::builder()
         .layer(tonic::service::InterceptorLayer::new(move |req| cert_rule.check(req)))
@@ -621,6 +628,7 @@ pub(crate) fn describe_all_metrics() {
     crate::raft::handover::describe_metrics();
     crate::raft::state_machine::overlay::describe_metrics();
     crate::raft::state_machine::snapshot::describe_metrics();
+    crate::raft::backup::describe_metrics();
     crate::raft::store::describe_metrics();
     crate::raft::witness::describe_metrics();
     crate::replicate::read::describe_metrics();

@@ -12,5 +12,6 @@ pub mod kv;
 pub mod members;
 pub mod objects;
 pub mod playground;
+pub mod snapshot;
 pub mod status;
 pub mod telemetry;

@@ -70,6 +70,17 @@ impl From<NodeSpec> for pb::NodeSpec {
     }
 }
 
+impl From<pb::NodeSpec> for NodeSpec {
+    fn from(n: pb::NodeSpec) -> Self {
+        Self {
+            id: n.id,
+            site: n.site,
+            peer_addr: n.peer_addr,
+            client_addr: n.client_addr,
+        }
+    }
+}
+
 impl From<pb::MembershipResponse> for Membership {
     fn from(m: pb::MembershipResponse) -> Self {
         Self {

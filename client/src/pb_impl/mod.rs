@@ -8,4 +8,5 @@ mod auth;
 mod cluster;
 mod namespace;
 mod object;
+mod snapshot;
 mod telemetry;

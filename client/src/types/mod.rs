@@ -8,10 +8,12 @@ pub mod auth;
 pub mod cluster;
 pub mod namespace;
 pub mod object;
+pub mod snapshot;
 pub mod telemetry;
 
 pub use auth::{AuditTail, Grant, Grants, WhoAmI};
 pub use cluster::{ClusterStatus, LeaderTransfer, Membership, NodeSpec, NodeStatus, QueueEntry};
 pub use namespace::{DurabilityMode, NamespaceInfo, NamespacePolicy, RekeyReport};
 pub use object::{DeletedObject, NodeScrub, ObjectInfo, ObjectReport, ScrubReport, VerifyReport};
+pub use snapshot::SnapshotInfo;
 pub use telemetry::{ClusterTelemetry, NodeTelemetry, TelemetrySeries};

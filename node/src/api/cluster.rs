@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ark_proto::v1::cluster_server::Cluster;
 use ark_proto::v1::{
-    AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, QueueEntry, RemoveRequest, StatusRequest,
-    StatusResponse, TelemetryRequest, TelemetryResponse, TransferLeaderRequest, TransferLeaderResponse,
+    AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, QueueEntry, RemoveRequest, SaveSnapshotRequest,
+    StatusRequest, StatusResponse, TelemetryRequest, TelemetryResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Authz;
 use super::limits::Limits;
+use super::snapshot::{SnapshotSaver, SnapshotStream};
 use crate::config::{LimitsConfig, QueueOrdering};
 use crate::net::PeerPool;
 use crate::raft::auth::Need;
@@ -39,6 +40,8 @@ pub struct ClusterService {
     risk: Arc<Risk>,
     dp: Arc<DataPlane>,
     limits: Arc<Limits>,
+    /// Metadata snapshots (`SaveSnapshot`); absent in services built without them.
+    snapshots: Option<SnapshotSaver>,
 }
 
 impl ClusterService {
@@ -64,7 +67,14 @@ impl ClusterService {
             risk,
             dp,
             limits: Arc::new(Limits::new(LimitsConfig::default())),
+            snapshots: None,
         }
+    }
+
+    /// Serves `SaveSnapshot` from `saver`.
+    pub fn with_snapshots(mut self, saver: SnapshotSaver) -> Self {
+        self.snapshots = Some(saver);
+        self
     }
 
     /// The node's `[limits]` instead of the defaults.
@@ -294,6 +304,22 @@ impl Cluster for ClusterService {
                 })
             })
             .map_err(Status::from);
+        call.done(res)
+    }
+
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let call = self
+            .authz
+            .admin(&request, "Cluster/SaveSnapshot", "metadata snapshot")?;
+        let res = match &self.snapshots {
+            Some(s) => s.save(request).await,
+            None => Err(Status::unimplemented("this node does not serve metadata snapshots")),
+        };
         call.done(res)
     }
 }

@@ -27,10 +27,11 @@ pub const IDENTITIES_TRACKED_MAX: usize = 10_000;
 
 /// The RPCs that get `limits.admin_rpc_timeout_ms` instead of `limits.rpc_timeout_ms`: their
 /// work grows with the data or waits for a learner to catch up.
-const ADMIN_PATHS: [&str; 3] = [
+const ADMIN_PATHS: [&str; 4] = [
     "/ark.v1.Objects/Verify",
     "/ark.v1.Objects/Scrub",
     "/ark.v1.Cluster/AddLearner",
+    "/ark.v1.Cluster/SaveSnapshot",
 ];
 /// The RPC with no deadline on the whole call: an upload of any size lives as long as its
 /// messages keep coming (`limits.stream_idle_timeout_ms`, enforced by the handler).

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod objects;
 pub mod paging;
 pub mod peer;
+pub mod snapshot;
 pub mod witness;
 
 use tonic::metadata::MetadataValue;

@@ -5,6 +5,7 @@
 //! the client API: `api` talks to it through [`ArkRaft`] and [`store::Store`]'s read methods.
 
 pub mod auth;
+pub mod backup;
 pub mod codec;
 pub mod db;
 pub mod elector;

@@ -237,6 +237,13 @@ pub(super) fn open_wal(
     Ok((wal, rec, last_purged))
 }
 
+/// Records that the log was purged up to `upto` in a durable commit, for a data dir that
+/// starts from a snapshot and holds no log files (`raft::backup::restore`): the log then
+/// starts after `upto`, as after a purge.
+pub(crate) fn seed_purged(db: &Database, upto: LogId<NodeId>) -> Result<(), String> {
+    write_value_durably(db, META, KEY_PURGED, Some(&Some(upto)))
+}
+
 pub(super) fn read_purged(db: &Database) -> Result<Option<LogId<NodeId>>, StoreError> {
     Ok(read_value::<Option<LogId<NodeId>>>(db, META, KEY_PURGED)
         .map_err(StoreError::Io)?
