@@ -70,6 +70,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "3 sites x 2 nodes: kill -9 of every node of the leader's site at once, restarted 2 s later, every 3-5 s",
     ),
     (
+        "site-kill-witness",
+        "2 sites x 1 node and a witness voter in a third site: kill -9 of the leader's data site (never the witness alone), restarted 2 s later, every 3-5 s; the witness must end with no chunk file",
+    ),
+    (
         "disk-full",
         "one node's data dir on a tmpfs (root needed) shrunk to what it holds (full: ENOSPC) for 4 s, then grown back, every 3-5 s; the node is started again if it stopped",
     ),
@@ -138,6 +142,14 @@ fn layout_for(scenario: &str) -> Layout {
         "minority-partition" => Layout {
             sites: 5,
             nodes_per_site: 1,
+            ..Layout::default()
+        },
+        // The minimal two-site deployment: losing either data site leaves the other and the
+        // witness, 2 of 3 voters.
+        "site-kill-witness" => Layout {
+            sites: 2,
+            nodes_per_site: 1,
+            witness: true,
             ..Layout::default()
         },
         _ => Layout::default(),
@@ -445,7 +457,7 @@ impl ProcessPlan {
             "membership" => (Fault::Membership, Duration::ZERO),
             "chunk-corruption" => (Fault::Corrupt, Duration::ZERO),
             "disk-full" => (Fault::DiskFull, DISK_FULL_HOLD),
-            "site-kill" => (Fault::SiteKill, Duration::from_secs(2)),
+            "site-kill" | "site-kill-witness" => (Fault::SiteKill, Duration::from_secs(2)),
             "power-loss-node" => (Fault::PowerCut, Duration::from_millis(1500)),
             "power-loss-site" | "power-loss-all" => (Fault::PowerCut, Duration::from_secs(2)),
             "fsync-eio" => (Fault::FsyncEio, EIO_HOLD),
@@ -543,11 +555,16 @@ async fn process_schedule(
                 rolled += 1;
                 vec![pg.node(v).cloned().context("victim not in playground.json")?]
             }
-            "site-kill" | "power-loss-site" => {
-                let site = pg
-                    .node(leader)
-                    .map(|n| n.site.clone())
-                    .context("leader not in playground.json")?;
+            "site-kill" | "power-loss-site" | "site-kill-witness" => {
+                let leader_node = pg.node(leader).context("leader not in playground.json")?;
+                // A witness leading (it is handing over) is no data site: one of the data
+                // sites goes instead, so every round loses data nodes, never the witness alone.
+                let site = if leader_node.witness {
+                    let data: Vec<&PlaygroundNode> = pg.nodes.iter().filter(|n| !n.witness).collect();
+                    data[rng.gen_range(0..data.len())].site.clone()
+                } else {
+                    leader_node.site.clone()
+                };
                 pg.nodes.iter().filter(|n| n.site == site).cloned().collect()
             }
             "power-loss-node" => {
@@ -1093,6 +1110,25 @@ async fn change_membership(
     Ok(())
 }
 
+/// Regular files under `dir`, at any depth (0 when it does not exist).
+fn count_files(dir: &Path) -> anyhow::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", dir.display())),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            n += count_files(&entry.path())?;
+        } else {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 // --- majority-loss: recovery of the last site standing (`arkd recover`) ---
 
 /// Longest wait for the recovered node to lead, and for the repair queue to bring every
@@ -1365,9 +1401,12 @@ async fn drive(
         disks_on_lazyfs(dir, disks).await?;
     }
     let pg = Playground::load(dir)?;
-    let copies = u32::try_from(pg.nodes.len().min(3)).unwrap_or(3);
+    // Copies go to data nodes only (a witness holds none).
+    let data_nodes = pg.nodes.iter().filter(|n| !n.witness).count();
+    let copies = u32::try_from(data_nodes.min(3)).unwrap_or(3);
     crate::objects::create_namespace(&client, copies).await?;
-    let endpoints = pg.client_addrs(|_| true);
+    // A witness serves no data: the workload uses the data nodes only.
+    let endpoints = pg.client_addrs(|n| !n.witness);
     let workload = Workload::start(
         &client,
         &endpoints,
@@ -1418,6 +1457,17 @@ async fn drive(
     }
     if !timeline.events.is_empty() {
         report.notes.push(format!("fault log: {}", timeline.events.join("; ")));
+    }
+    if pg.nodes.iter().any(|n| n.witness) {
+        let mut files = 0u64;
+        for w in pg.nodes.iter().filter(|n| n.witness) {
+            files += count_files(&w.data_dir.join("chunks"))
+                .with_context(|| format!("counting chunk files of witness node {}", w.id))?;
+        }
+        report.witness_chunk_files = Some(files);
+        report
+            .notes
+            .push(format!("witness data dirs: {files} chunk files (must be 0)"));
     }
     if spec.scenario == "majority-loss" {
         let (note, unrepaired) = policy_restored(&client).await?;

@@ -114,6 +114,10 @@ pub struct Report {
     /// The power-loss filesystem's own counts (power-loss and fsync-eio scenarios).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<PowerFaults>,
+    /// Chunk files found in the witness voter's data dir at the end (layouts with a
+    /// witness); must be 0: a witness holds no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_chunk_files: Option<u64>,
     /// Explanations for a human: violations, undecided keys, recorder overflow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -241,6 +245,7 @@ impl Report {
             writes_sent_without_durable_majority: None,
             power: None,
             objects: None,
+            witness_chunk_files: None,
             notes,
         }
     }
@@ -273,6 +278,11 @@ impl Report {
         }
         if self.rto_ms.is_none() {
             out.push("no write was acknowledged after the fault began (no recovery)".to_owned());
+        }
+        if let Some(n) = self.witness_chunk_files.filter(|n| *n > 0) {
+            out.push(format!(
+                "{n} chunk files in the witness's data dir (a witness must hold no data)"
+            ));
         }
         out
     }

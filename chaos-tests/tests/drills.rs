@@ -132,6 +132,24 @@ fn site_kill_drill_passes() {
     drill_passes("site-kill");
 }
 
+/// Two data sites and a witness voter in a third: losing the leader's data site leaves one
+/// data node and the witness, a bare majority, and the cluster must fail over by itself
+/// (the witness votes, or wins and hands over) with nothing lost; the witness ends with no
+/// chunk file although objects were written throughout.
+#[test]
+fn site_kill_with_witness_drill_passes() {
+    let (r, out) = drill_passes_kept("site-kill-witness", "loopback");
+    assert_eq!(r["witness_chunk_files"], 0, "{r}");
+    let pg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("cluster/playground.down.json")).unwrap())
+            .unwrap();
+    let nodes = pg["nodes"].as_array().unwrap();
+    let witnesses: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["witness"] == true).collect();
+    assert_eq!(witnesses.len(), 1, "{pg}");
+    assert_eq!(witnesses[0]["site"], "witness", "{pg}");
+    assert_eq!(nodes.len(), 3, "{pg}");
+}
+
 /// Why this host cannot run drills in network namespaces, `None` when it can.
 fn netns_unavailable() -> Option<String> {
     // `Uid: real effective saved fs`.

@@ -24,6 +24,8 @@ use crate::types::{ClusterStatus, ClusterTelemetry, LeaderTransfer, Membership, 
 /// DNS name every node certificate carries.
 const NODE_SERVER_NAME: &str = "ark-node";
 pub(crate) const LEADER_ADDR_HEADER: &str = "ark-leader-addr";
+/// Metadata key a witness voter sets on its refusals (`ark-node-role: witness`).
+const NODE_ROLE_HEADER: &str = "ark-node-role";
 /// HTTP/2 pings on stream connections: a peer that does not answer one within the timeout
 /// is dead, and the transfer on it fails (and may be retried elsewhere).
 const STREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -126,6 +128,9 @@ struct Inner {
     /// Retries of object transfers and reports; its deadline is the overall limit of one
     /// transfer (`None` = only the progress limits apply).
     transfers: RetryPolicy,
+    /// Endpoints that refused a call as witness voters (they hold no data): chosen for data
+    /// calls only when no other endpoint is left.
+    witnesses: Mutex<Vec<String>>,
 }
 
 /// A fresh request id: the time in microseconds (big-endian), then 8 random bytes. Unique
@@ -181,6 +186,7 @@ impl ArkClient {
                 rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
                 stream_channels: Mutex::default(),
                 transfers: RetryPolicy::transfers(None),
+                witnesses: Mutex::default(),
             }),
         })
     }
@@ -250,6 +256,7 @@ impl ArkClient {
                 rpc_timeout: self.inner.rpc_timeout,
                 stream_channels: Mutex::default(),
                 transfers,
+                witnesses: Mutex::default(),
             }),
         }
     }
@@ -321,8 +328,50 @@ impl ArkClient {
         self.pick_avoiding(&[])
     }
 
-    /// The known leader, else the next endpoint in turn, skipping `avoid` while others remain.
+    /// Remembers `addr` as a witness voter when `st` is a witness's refusal.
+    pub(crate) fn note_role(&self, addr: &str, st: &Status) {
+        let witness = st
+            .metadata()
+            .get(NODE_ROLE_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"witness");
+        if witness {
+            let mut w = self.inner.witnesses.lock().unwrap_or_else(|p| p.into_inner());
+            if !w.iter().any(|a| a == addr) {
+                w.push(addr.to_string());
+            }
+        }
+    }
+
+    /// [`classify`], after noting a witness's refusal ([`ArkClient::note_role`]).
+    pub(crate) fn classify_noting(&self, addr: &str, st: &Status) -> Failure {
+        self.note_role(addr, st);
+        classify(addr, st)
+    }
+
+    /// The endpoints to use for data calls, in order: every endpoint not known to be a
+    /// witness, then the witnesses (so that a client with only a witness left still gets
+    /// its refusal, which names the leader).
+    pub(crate) fn data_endpoints(&self) -> Vec<String> {
+        let w = self.inner.witnesses.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut data, wit): (Vec<String>, Vec<String>) =
+            self.inner.endpoints.iter().cloned().partition(|a| !w.contains(a));
+        data.extend(wit);
+        data
+    }
+
+    /// The known leader, else the next endpoint in turn, skipping `avoid` and known witnesses
+    /// while others remain.
     fn pick_avoiding(&self, avoid: &[String]) -> String {
+        let witnesses = self.inner.witnesses.lock().map(|w| w.clone()).unwrap_or_default();
+        let mut avoid_all: Vec<String> = avoid.to_vec();
+        avoid_all.extend(witnesses);
+        if avoid_all.len() > avoid.len() && self.inner.endpoints.iter().any(|e| !avoid_all.contains(e)) {
+            return self.pick_avoiding_exactly(&avoid_all);
+        }
+        self.pick_avoiding_exactly(avoid)
+    }
+
+    fn pick_avoiding_exactly(&self, avoid: &[String]) -> String {
         if let Ok(l) = self.inner.leader.lock() {
             if let Some(a) = l.as_ref().filter(|a| !avoid.contains(a)) {
                 return a.clone();
@@ -378,7 +427,7 @@ impl ArkClient {
                     self.set_leader(Some(target));
                     return Ok(v);
                 }
-                Ok(Err(st)) => match classify(&target, &st) {
+                Ok(Err(st)) => match self.classify_noting(&target, &st) {
                     Failure::Fatal(e) => return Err(e),
                     Failure::Transient(m) => {
                         last = m;
@@ -698,12 +747,12 @@ impl ArkClient {
         let mut budget = Attempts::start(&self.inner.calls);
         let mut last = String::new();
         loop {
-            for addr in &self.inner.endpoints {
+            for addr in &self.data_endpoints() {
                 budget.attempt();
                 let ch = self.channel(addr)?;
                 match tokio::time::timeout(self.inner.rpc_timeout, f(ch)).await {
                     Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(st)) => match classify(addr, &st) {
+                    Ok(Err(st)) => match self.classify_noting(addr, &st) {
                         Failure::Fatal(e) if !e.is_node_local() => return Err(e),
                         Failure::Fatal(e) => {
                             self.forget_channel(addr);

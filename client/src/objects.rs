@@ -498,10 +498,10 @@ impl ArkClient {
     {
         let mut retries = Retries::new(self);
         loop {
-            let addr = retries.endpoint(self.endpoints())?;
+            let addr = retries.endpoint(&self.data_endpoints())?;
             let attempt = async {
                 let ch = self.stream_channel(&addr).await?;
-                f(ch).await.map_err(|st| classify(&addr, &st))
+                f(ch).await.map_err(|st| self.classify_noting(&addr, &st))
             };
             match retries.within(attempt).await {
                 Ok(r) => return Ok(r.into_inner()),
@@ -536,7 +536,7 @@ impl ArkClient {
         };
         let mut retries = Retries::new(self);
         loop {
-            let addr = retries.endpoint(self.endpoints())?;
+            let addr = retries.endpoint(&self.data_endpoints())?;
             let mut touched = false;
             let mut rereadable = false;
             let attempt = async {
@@ -608,7 +608,7 @@ impl ArkClient {
             biased;
             r = &mut rpc => {
                 return Err(match r {
-                    Err(st) => classify(addr, &st),
+                    Err(st) => self.classify_noting(addr, &st),
                     // A node must not answer before the upload's end marker was queued.
                     Ok(_) => Failure::Fatal(ClientError::Server(format!("{addr} answered before the upload ended"))),
                 });
@@ -618,7 +618,7 @@ impl ArkClient {
                 Err(Produce::Closed) => {
                     // The transport dropped the upload: the RPC says why.
                     return Err(match tokio::time::timeout(TRANSFER_STALL_MAX, rpc).await {
-                        Ok(Err(st)) => classify(addr, &st),
+                        Ok(Err(st)) => self.classify_noting(addr, &st),
                         Ok(Ok(_)) => Failure::Fatal(ClientError::Server(format!("{addr} answered before the upload ended"))),
                         Err(_) => Failure::Transient(format!("{addr}: the upload stream closed")),
                     });
@@ -634,7 +634,7 @@ impl ArkClient {
         };
         match tokio::time::timeout(PUT_COMMIT_WAIT_MAX, rpc).await {
             Ok(Ok(resp)) => Ok((resp.into_inner(), sent)),
-            Ok(Err(st)) => Err(classify(addr, &st)),
+            Ok(Err(st)) => Err(self.classify_noting(addr, &st)),
             Err(_) => Err(Failure::Transient(format!(
                 "{addr}: the upload was sent but not committed within {} s",
                 PUT_COMMIT_WAIT_MAX.as_secs()
@@ -678,13 +678,13 @@ impl ArkClient {
         };
         let mut retries = Retries::new(self);
         loop {
-            let addr = retries.endpoint(self.endpoints())?;
+            let addr = retries.endpoint(&self.data_endpoints())?;
             let mut wrote = false;
             let attempt = async {
                 let ch = self.stream_channel(&addr).await?;
                 let stream = match tokio::time::timeout(TRANSFER_STALL_MAX, objects(ch).get_object(req.clone())).await {
                     Ok(Ok(r)) => r.into_inner(),
-                    Ok(Err(st)) => return Err(classify(&addr, &st)),
+                    Ok(Err(st)) => return Err(self.classify_noting(&addr, &st)),
                     Err(_) => {
                         return Err(Failure::Transient(format!(
                             "{addr}: no answer within {} s",

@@ -47,6 +47,19 @@ impl ChunkCache {
         Ok(Self { inner })
     }
 
+    /// A cache with no disk device and 1 MiB of memory, for a witness voter (it reads no
+    /// chunks): nothing is created under the data dir.
+    pub async fn memory_only() -> anyhow::Result<Self> {
+        let inner = HybridCacheBuilder::new()
+            .with_name("ark-chunks")
+            .memory(1024 * 1024)
+            .with_weighter(|_id: &ChunkId, v: &Cached| v.0.len() + 32)
+            .storage(Engine::Large)
+            .build()
+            .await?;
+        Ok(Self { inner })
+    }
+
     /// A verified copy of chunk `id`, if cached.
     pub async fn get(&self, id: &ChunkId) -> Option<Bytes> {
         let entry = match self.inner.get(id).await {

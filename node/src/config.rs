@@ -21,6 +21,10 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Name of the site (data centre) this node runs in; placement spreads across sites.
     pub site: String,
+    /// What this node does: `data` (default) stores chunks and serves clients; `witness`
+    /// only votes and keeps the Raft log (see [`NodeRole`]).
+    #[serde(default)]
+    pub role: NodeRole,
     /// Directory for the Raft log, state machine and snapshots. Created if missing.
     pub data_dir: PathBuf,
     /// Addresses this node listens on.
@@ -59,6 +63,30 @@ pub struct NodeConfig {
     /// Cluster bootstrap: which nodes form the initial voting membership.
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
+}
+
+/// What a node does in the cluster. Replicated through the log as `Command::SetRole`
+/// (postcard encodes the variant's index: append new roles at the end, never reorder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Stores chunks, serves KV and object calls, may lead.
+    #[default]
+    Data,
+    /// Votes and keeps the Raft log and the (metadata-only) state machine, so that it can
+    /// decide elections between two data sites; holds no chunk, serves no client data and
+    /// hands leadership to a data node as soon as it wins an election.
+    Witness,
+}
+
+impl NodeRole {
+    /// `"data"` or `"witness"`, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Data => "data",
+            NodeRole::Witness => "witness",
+        }
+    }
 }
 
 /// Most previous KEKs a node keeps for unwrapping keys not yet rewrapped.
@@ -660,6 +688,10 @@ const SAMPLE: &str = r#"# arkd configuration. Every key is listed; unknown keys 
 node_id = 1
 # Site (data centre) this node runs in.
 site = "site-a"
+# "data" (default): stores chunks and serves clients. "witness": a voter that keeps only
+# the Raft log and metadata, for the third place of a two-site deployment; it holds no
+# chunks, refuses KV and object calls (naming the leader) and never stays leader.
+role = "data"
 # Raft log, state machine and snapshots live here (created if missing).
 data_dir = "/var/lib/ark"
 
@@ -822,6 +854,21 @@ mod tests {
         let cfg = NodeConfig::parse(NodeConfig::sample()).unwrap();
         assert_eq!(cfg.node_id, 1);
         assert_eq!(cfg.bootstrap.peers.len(), 2);
+    }
+
+    #[test]
+    fn role_defaults_to_data_and_rejects_unknown_roles() {
+        let cfg = NodeConfig::parse(NodeConfig::sample()).unwrap();
+        assert_eq!(cfg.role, NodeRole::Data);
+        let without = NodeConfig::sample().replace("role = \"data\"\n", "");
+        assert!(!without.contains("role = "));
+        assert_eq!(NodeConfig::parse(&without).unwrap().role, NodeRole::Data);
+        let w = NodeConfig::sample().replace("role = \"data\"", "role = \"witness\"");
+        assert_eq!(NodeConfig::parse(&w).unwrap().role, NodeRole::Witness);
+        let err = NodeConfig::parse(&NodeConfig::sample().replace("role = \"data\"", "role = \"arbiter\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arbiter") && err.contains("witness"), "{err}");
     }
 
     #[test]

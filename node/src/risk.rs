@@ -458,7 +458,12 @@ fn prestage(risk: &Arc<Risk>, dp: &Arc<DataPlane>, telemetry: &Telemetry, busy: 
     let my_site = site_of(dp.id);
     let Some(target) = successor(
         dp.id,
-        &dp.members.voter_ids(),
+        // A witness holds no chunks: never the successor to warm.
+        &dp.members
+            .voter_ids()
+            .into_iter()
+            .filter(|n| !dp.members.is_witness(*n))
+            .collect::<Vec<_>>(),
         |n| site_of(n) == my_site,
         |n| dp.recently_alive(n),
         |n| risk.probability(n) >= risk.cfg.at_risk_probability,

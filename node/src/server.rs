@@ -89,7 +89,8 @@ async fn stop_within(name: &str, task: tokio::task::JoinHandle<()>) {
 /// Runs a node until `shutdown` resolves, then stops it in order.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let id = cfg.node_id;
-    tracing::info!(node_id = id, site = %cfg.site, "[1/6] config loaded");
+    let witness = cfg.role == crate::config::NodeRole::Witness;
+    tracing::info!(node_id = id, site = %cfg.site, role = cfg.role.as_str(), "[1/6] config loaded");
     let prom = crate::metrics::install(describe_all_metrics);
 
     // SIGHUP reloads the certificates (`net::reload`); caught from here on, so that it never
@@ -129,6 +130,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Recovery::open(db.clone(), id).map_err(|e| anyhow::anyhow!("reading the raft log's damage record: {e}"))?;
     crate::raft::force_new::log_at_start(&db);
     let reader = state_machine.reader();
+    let roles = state_machine.role_view();
     let audit = crate::audit::AuditLog::open(
         &cfg.data_dir.join("audit"),
         crate::audit::FILE_BYTES_MAX,
@@ -137,12 +139,17 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     .context("opening the audit log")?;
     let limits = Arc::new(crate::api::limits::Limits::new(cfg.limits.clone()));
     let authz = crate::api::auth::Authz::new(state_machine.auth_view(), Arc::new(audit), id, limits.clone());
-    let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
-    let cache = Arc::new(
-        crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)
+    // Witness voter: no chunk files and no cache on disk (see `witness_storage`).
+    let (chunk_store, cache) = if witness {
+        witness_storage(&cfg.data_dir).await?
+    } else {
+        let chunk_store = ChunkStore::open(&cfg.data_dir).context("opening the chunk store")?;
+        let cache = crate::cache::ChunkCache::open(&cfg.data_dir, &cfg.cache)
             .await
-            .context("opening the chunk cache")?,
-    );
+            .context("opening the chunk cache")?;
+        (chunk_store, cache)
+    };
+    let cache = Arc::new(cache);
     tracing::info!(data_dir = %cfg.data_dir.display(), "[2/6] storage opened");
 
     let faults = cfg.faults.as_ref().map(|f| {
@@ -183,14 +190,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     ));
     let hot = Arc::new(crate::telemetry::hot::HotReads::default());
     let front = Arc::new(Front::new(
-        Members::new(id, raft.clone()),
+        Members::new(id, raft.clone(), roles.clone()),
         raft.clone(),
         proposer.clone(),
         fence.clone(),
         pool.clone(),
         Duration::from_millis(cfg.raft.rpc_timeout_ms),
     ));
-    let data_plane = Arc::new(DataPlane::new(
+    let data_plane = DataPlane::new(
         cfg.site.clone(),
         chunk_store,
         pool.clone(),
@@ -201,7 +208,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         cache.clone(),
         risk.clone(),
         keyring,
-    ));
+    );
+    let data_plane = Arc::new(if witness { data_plane.into_witness() } else { data_plane });
     let telemetry = Arc::new(Telemetry::new(
         id,
         cfg.telemetry.clone(),
@@ -239,29 +247,52 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     };
     let upkeep_task = prom.map(|h| tokio::spawn(crate::metrics::upkeep(h, stopped(stop_rx.clone()))));
     tokio::spawn(crate::metrics::export_raft(raft.clone()));
-    let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
+    // A witness runs no repair queue, scrub or forecaster: it holds no chunks, and it hands
+    // leadership over as soon as it has it.
+    let data_tasks = (!witness).then(|| {
+        let queue_task = tokio::spawn(crate::replicate::queue::run(data_plane.clone(), stop_rx.clone()));
+        let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
+        let risk_task = tokio::spawn(crate::risk::run(
+            risk.clone(),
+            data_plane.clone(),
+            telemetry.clone(),
+            Duration::from_millis(cfg.telemetry.interval_ms),
+            stop_rx.clone(),
+        ));
+        (queue_task, scrub_task, risk_task)
+    });
     let elector_task = tokio::spawn(crate::raft::elector::run(
         raft.clone(),
-        Members::new(id, raft.clone()),
+        Members::new(id, raft.clone(), roles.clone()),
         pool.clone(),
         pre_voter,
         recovery.clone(),
         crate::raft::elector::Timing {
             tick: Duration::from_millis((cfg.raft.heartbeat_interval_ms / 2).max(10)),
             min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
-            max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+            // A witness asks for votes only after the data voters had their turn (twice the
+            // lease): a data node wins whenever its log is as long as the witness's, and
+            // the witness wins (then hands over) only when it alone holds the newest entries.
+            max: Duration::from_millis(match cfg.role {
+                crate::config::NodeRole::Data => cfg.raft.election_timeout_max_ms,
+                crate::config::NodeRole::Witness => cfg.raft.election_timeout_max_ms * 2,
+            }),
             rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms.min(cfg.raft.election_timeout_min_ms)),
         },
         fenced.clone(),
         stop_rx.clone(),
     ));
-    let scrub_task = tokio::spawn(crate::replicate::scrub::run(data_plane.clone(), stop_rx.clone()));
     let telemetry_task = tokio::spawn(telemetry.clone().run(stop_rx.clone()));
-    let risk_task = tokio::spawn(crate::risk::run(
-        risk.clone(),
-        data_plane.clone(),
-        telemetry.clone(),
-        Duration::from_millis(cfg.telemetry.interval_ms),
+    let hand_over_task = witness.then(|| {
+        tokio::spawn(crate::raft::witness::hand_over_when_leading(
+            data_plane.front.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let role_task = tokio::spawn(crate::raft::witness::announce_role(
+        data_plane.front.clone(),
+        cfg.role,
+        Duration::from_millis(cfg.raft.rpc_timeout_ms * 5),
         stop_rx.clone(),
     ));
 
@@ -303,9 +334,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         data_plane.front.clone(),
         id,
     ));
+    let gate = crate::api::witness::WitnessGate::new(witness, id, raft.clone());
     let kv = KvServer::new(KvService::new(authz.clone(), reader, proposer, fence, limits.clone()))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let kv = {
+        let gate = gate.clone();
+        tonic::service::interceptor::InterceptedService::new(kv, move |r| gate.check(r))
+    };
     let objects = ObjectsServer::new(ObjectsService::new(
         authz.clone(),
         data_plane.clone(),
@@ -314,6 +350,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     ))
     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let objects = tonic::service::interceptor::InterceptedService::new(objects, move |r| gate.check(r));
     let cluster = ClusterService::new(
         authz,
         raft.clone(),
@@ -407,7 +444,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let max = raft.config().election_timeout_max;
         let deadline = Duration::from_millis(3 * max).clamp(Duration::from_secs(1), Duration::from_secs(10));
         tracing::info!("shutdown: handing the leadership over");
-        match front.transfer_leader(None, &[], deadline).await {
+        // Never to a witness: it would only hand the leadership on again.
+        let witnesses: Vec<NodeId> = front.members().roles().witnesses().into_iter().collect();
+        match front.transfer_leader(None, &witnesses, deadline).await {
             Ok(h) => tracing::info!(leader = h.leader, took = ?h.took, "shutdown: leadership handed over"),
             Err(e) => tracing::warn!(error = %e, "shutdown: could not hand the leadership over; stopping anyway"),
         }
@@ -438,10 +477,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // RPC with a deadline of seconds (a chunk pull); a leader waiting for it keeps its
     // leadership while serving no one. Each is abandoned after a short wait: its work is
     // idempotent and the next leader's queue or the next scrub redoes it.
-    stop_within("repair queue", queue_task).await;
-    stop_within("scrub", scrub_task).await;
+    if let Some((queue_task, scrub_task, risk_task)) = data_tasks {
+        stop_within("repair queue", queue_task).await;
+        stop_within("scrub", scrub_task).await;
+        stop_within("risk", risk_task).await;
+    }
     stop_within("telemetry", telemetry_task).await;
-    stop_within("risk", risk_task).await;
+    stop_within("role announcement", role_task).await;
+    if let Some(t) = hand_over_task {
+        stop_within("witness hand-over", t).await;
+    }
     stop_within("elector", elector_task).await;
     stop_within("certificate reload", reload_task).await;
     drop(data_plane);
@@ -466,6 +511,52 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
     }
+}
+
+/// A witness's storage: it refuses to start on a data dir that holds chunk files (a data
+/// node cannot become a witness in place: remove it from the cluster and add a new node),
+/// and opens no chunk store and no on-disk cache. The returned store points at the
+/// (absent) `chunks/` directory and is never written: the data plane refuses every chunk
+/// write on a witness ([`DataPlane::witness`]).
+async fn witness_storage(data_dir: &std::path::Path) -> anyhow::Result<(ChunkStore, crate::cache::ChunkCache)> {
+    let chunks = data_dir.join("chunks");
+    if let Some(f) = first_file_under(&chunks)? {
+        anyhow::bail!(
+            "role = \"witness\" but {} holds chunk files (e.g. {}): this data dir belonged to a data node. \
+             Remove that node from the cluster (`ark members remove`) and start the witness with an empty data dir",
+            chunks.display(),
+            f.display()
+        );
+    }
+    let cache = crate::cache::ChunkCache::memory_only()
+        .await
+        .context("opening the witness's (empty, in-memory) chunk cache")?;
+    Ok((ChunkStore::unopened(data_dir), cache))
+}
+
+/// The first regular file found under `dir` (depth-first), if any; a missing `dir` has none.
+fn first_file_under(dir: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let path = entry.path();
+        if entry
+            .file_type()
+            .with_context(|| format!("inspecting {}", path.display()))?
+            .is_dir()
+        {
+            if let Some(f) = first_file_under(&path)? {
+                return Ok(Some(f));
+            }
+        } else {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
 }
 
 /// Resolves when the Raft core has stopped without being asked to (a fatal error), with why.
@@ -539,6 +630,7 @@ pub(crate) fn describe_all_metrics() {
     crate::raft::state_machine::snapshot::describe_metrics();
     crate::raft::backup::describe_metrics();
     crate::raft::store::describe_metrics();
+    crate::raft::witness::describe_metrics();
     crate::replicate::read::describe_metrics();
     crate::replicate::rpc::describe_metrics();
     crate::replicate::serve::describe_metrics();

@@ -45,6 +45,9 @@ pub struct PlaygroundNode {
     /// namespace, on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// A witness voter (`role = "witness"`): holds no data, not in `client.toml`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub witness: bool,
 }
 
 /// Where a node placed by a [`NodePlacer`] runs.
@@ -101,7 +104,13 @@ pub struct Layout {
     /// \"fifo\"")`; node id 0 means every node. The line goes into that `[section]` of
     /// the node's `arkd.toml`, which is added when the playground does not write it.
     pub settings: Vec<(u64, String, String)>,
+    /// Adds a witness voter (the last node id) in a site of its own, [`WITNESS_SITE`]: with
+    /// `sites: 2, nodes_per_site: 1` the minimal two-site deployment that fails over by itself.
+    pub witness: bool,
 }
+
+/// The site of a playground's witness voter.
+pub const WITNESS_SITE: &str = "witness";
 
 /// A playground keeps 10 minutes of telemetry at its 1 s interval.
 pub const TELEMETRY_WINDOW_POINTS: u32 = 600;
@@ -115,6 +124,7 @@ impl Default for Layout {
             ready_timeout: Duration::from_secs(30),
             telemetry_window_points: TELEMETRY_WINDOW_POINTS,
             settings: Vec::new(),
+            witness: false,
         }
     }
 }
@@ -268,6 +278,7 @@ struct NodeSpec<'a> {
     netns: Option<String>,
     telemetry_window_points: u32,
     settings: Vec<(String, String)>,
+    witness: bool,
 }
 
 /// The playground's key-encryption key file, shared by its nodes (`[encryption] kek_file`),
@@ -305,6 +316,7 @@ fn write_node_config(dir: &Path, spec: &NodeSpec<'_>) -> anyhow::Result<Playgrou
         r#"# Written by `ark playground`.
 node_id = {id}
 site = "{site}"
+role = "{role}"
 data_dir = "data"
 
 [listen]
@@ -363,6 +375,7 @@ initialize = {init}
         init = spec.initialize,
         window = spec.telemetry_window_points,
         kek = KEK_FILE,
+        role = if spec.witness { "witness" } else { "data" },
     );
     let text = spec
         .settings
@@ -380,6 +393,7 @@ initialize = {init}
         data_dir: node_dir.join("data"),
         config,
         netns: spec.netns.clone(),
+        witness: spec.witness,
     })
 }
 
@@ -455,14 +469,19 @@ pub async fn up_placed(
         std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     }
 
-    let count = layout.sites * layout.nodes_per_site;
+    let data_nodes = layout.sites * layout.nodes_per_site;
+    let count = data_nodes + u32::from(layout.witness);
     let mut ports = PortPicker::default();
     let mut addrs = Vec::new();
     // Per node: its namespace and metrics address (listen addresses are in `addrs`).
     let mut places = Vec::new();
     for i in 0..count {
         let id = u64::from(i) + 1;
-        let site = site_name(i / layout.nodes_per_site);
+        let site = if i < data_nodes {
+            site_name(i / layout.nodes_per_site)
+        } else {
+            WITNESS_SITE.to_string()
+        };
         certs::create_node(&certs_dir, &certs_dir, id, &[])?;
         match placer {
             Some(p) => {
@@ -492,6 +511,7 @@ pub async fn up_placed(
                 snapshot_logs_since_last: layout.snapshot_logs_since_last,
                 netns,
                 telemetry_window_points: layout.telemetry_window_points,
+                witness: layout.witness && u64::from(data_nodes) < *id,
                 settings: layout
                     .settings
                     .iter()
@@ -531,7 +551,13 @@ pub async fn up_placed(
 }
 
 fn write_client_config(dir: &Path, pg: &Playground) -> anyhow::Result<()> {
-    let endpoints: Vec<String> = pg.nodes.iter().map(|n| format!("\"{}\"", n.client_addr)).collect();
+    // A witness serves no data: clients are given the data nodes only.
+    let endpoints: Vec<String> = pg
+        .nodes
+        .iter()
+        .filter(|n| !n.witness)
+        .map(|n| format!("\"{}\"", n.client_addr))
+        .collect();
     let text = format!(
         "# Written by `ark playground`. Loopback answers in milliseconds: give up on a silent node\n# (e.g. a paused leader) after 1 s and try the next, reusing the request id.\nendpoints = [{}]\nca = \"certs/ca.pem\"\ncert = \"certs/client.pem\"\nkey = \"certs/client.key\"\nrpc_timeout_ms = 1000\n",
         endpoints.join(", ")
@@ -540,7 +566,8 @@ fn write_client_config(dir: &Path, pg: &Playground) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until a leader is elected and it hears from every voter.
+/// Waits until a leader is elected and it hears from every voter, and the cluster knows
+/// every witness as one.
 pub async fn wait_ready(dir: &Path, pg: &Playground, timeout: Duration) -> anyhow::Result<()> {
     let client = ArkClient::new(&Playground::client_config(dir)?)?.with_op_timeout(Duration::from_secs(2));
     let deadline = Instant::now() + timeout;
@@ -560,7 +587,16 @@ pub async fn wait_ready(dir: &Path, pg: &Playground, timeout: Duration) -> anyho
             }
         }
         match client.status().await {
-            Ok(s) if s.leader_id.is_some() && s.nodes.len() >= pg.nodes.len() && s.nodes.iter().all(|n| n.healthy) => {
+            Ok(s)
+                if s.leader_id.is_some()
+                    && s.nodes.len() >= pg.nodes.len()
+                    && s.nodes.iter().all(|n| n.healthy)
+                    && pg
+                        .nodes
+                        .iter()
+                        .filter(|n| n.witness)
+                        .all(|w| s.nodes.iter().any(|n| n.id == w.id && n.witness)) =>
+            {
                 return Ok(())
             }
             Ok(s) => last = format!("leader {:?}, {} nodes known", s.leader_id, s.nodes.len()),
@@ -667,6 +703,7 @@ pub fn add_node_placed(
             netns,
             telemetry_window_points: TELEMETRY_WINDOW_POINTS,
             settings: Vec::new(),
+            witness: false,
         },
     )?;
     // The node binds these ports itself: release them first, or a node that gets to its
@@ -792,6 +829,7 @@ mod tests {
                     ("objects".into(), "repair_mib_per_s = 4".into()),
                     ("risk".into(), "ordering = \"fifo\"".into()),
                 ],
+                witness: false,
             },
         )
         .unwrap();

@@ -48,6 +48,14 @@ impl Pg {
         Pg { dir, children }
     }
 
+    /// Starts a playground laid out as `layout` says and waits until it is ready.
+    pub async fn up_layout(layout: &Layout) -> Pg {
+        arkd_built();
+        let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+        let (_, children) = playground::up(dir.path(), layout).await.unwrap();
+        Pg { dir, children }
+    }
+
     /// The playground's folder.
     pub fn path(&self) -> &Path {
         self.dir.path()

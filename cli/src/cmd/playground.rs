@@ -58,6 +58,11 @@ pub struct UpArgs {
     /// Snapshot and compact the log after this many applied entries.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
+    /// Add a witness voter in a site of its own ("witness"): it votes and keeps the Raft log
+    /// but holds no data. `--sites 2 --witness` is a two-site deployment that fails over
+    /// by itself when either site is lost.
+    #[arg(long)]
+    witness: bool,
 }
 
 /// Runs one playground command.
@@ -68,17 +73,19 @@ pub async fn run(p: &PlaygroundCmd) -> anyhow::Result<ExitCode> {
                 sites: a.sites,
                 nodes_per_site: a.nodes_per_site,
                 snapshot_logs_since_last: a.snapshot_every,
+                witness: a.witness,
                 ..Layout::default()
             };
             let (pg, _children) = playground::up(&a.dir, &layout).await?;
             for n in &pg.nodes {
                 outln!(
-                    "node {} ({}) pid {} client {} peer {}",
+                    "node {} ({}) pid {} client {} peer {}{}",
                     n.id,
                     n.site,
                     n.pid,
                     n.client_addr,
-                    n.peer_addr
+                    n.peer_addr,
+                    if n.witness { "  witness: holds no data" } else { "" }
                 );
             }
             outln!(

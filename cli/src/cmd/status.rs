@@ -23,6 +23,7 @@ pub async fn run(c: &ArkClient, endpoint: Option<&str>, json: &bool) -> anyhow::
                     "failure_risk": n.failure_risk, "risk_days": n.risk_days, "at_risk": n.at_risk,
                     "load_bytes_per_second": n.load_bytes_per_second,
                     "load_forecast_min": n.load_forecast_min, "load_trough_in": n.load_trough_in,
+                    "witness": n.witness,
                 })
             })
             .collect();
@@ -75,7 +76,8 @@ pub async fn run(c: &ArkClient, endpoint: Option<&str>, json: &bool) -> anyhow::
                 "{:<5} {:<10} {:<8} {:<22} {:<8} {:<9} {}",
                 format!("{}{star}", n.id),
                 n.site,
-                n.role,
+                // A witness votes (or learns) like any member but holds no data.
+                if n.witness { "witness" } else { n.role.as_str() },
                 n.client_addr,
                 if n.healthy { "yes" } else { "no" },
                 n.matched_index,

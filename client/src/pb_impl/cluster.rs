@@ -41,6 +41,7 @@ impl From<pb::NodeStatus> for NodeStatus {
             load_bytes_per_second: n.load_bytes_per_second,
             load_forecast_min: n.load_forecast_min,
             load_trough_in: n.load_trough_in,
+            witness: n.witness,
         }
     }
 }

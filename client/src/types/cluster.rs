@@ -61,6 +61,8 @@ pub struct NodeStatus {
     pub load_forecast_min: Option<f64>,
     /// In how many telemetry intervals that low comes.
     pub load_trough_in: u32,
+    /// A witness voter: keeps the Raft log, holds no data, refuses KV and object calls.
+    pub witness: bool,
 }
 
 /// One chunk at the head of the repair queue.

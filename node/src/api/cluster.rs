@@ -164,6 +164,7 @@ impl Cluster for ClusterService {
                     load_bytes_per_second: troughs.get(id).map(|t| t.now),
                     load_forecast_min: troughs.get(id).map(|t| t.min),
                     load_trough_in: troughs.get(id).map_or(0, |t| t.steps as u32),
+                    witness: self.dp.members.is_witness(*id),
                 }
             })
             .collect();
@@ -282,11 +283,18 @@ impl Cluster for ClusterService {
                 took_ms: 0,
             })));
         }
+        if to != 0 && self.dp.members.is_witness(to) {
+            return call.done(Err(Status::failed_precondition(format!(
+                "node {to} is a witness: it holds no data and cannot lead; name a data voter, or 0 for the most caught-up one"
+            ))));
+        }
         let deadline = self.hand_over_deadline();
+        // Never to a witness (it would hand the leadership on at once).
+        let witnesses: Vec<u64> = self.dp.members.roles().witnesses().into_iter().collect();
         let res = self
             .dp
             .front
-            .transfer_leader((to != 0).then_some(to), &[], deadline)
+            .transfer_leader((to != 0).then_some(to), &witnesses, deadline)
             .await
             .map(|h| {
                 Response::new(TransferLeaderResponse {

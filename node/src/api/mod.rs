@@ -15,6 +15,7 @@ pub mod objects;
 pub mod paging;
 pub mod peer;
 pub mod snapshot;
+pub mod witness;
 
 use tonic::metadata::MetadataValue;
 use tonic::Status;

@@ -782,7 +782,7 @@ impl Objects for ObjectsService {
         let call = self.authz.admin(&request, "Objects/Scrub", "every node")?;
         let r = request.into_inner();
         let dp = self.dp.clone();
-        let members = dp.members.all();
+        let members = dp.members.data_peers();
         let run = {
             let dp = dp.clone();
             async move {

@@ -248,6 +248,22 @@ impl ChunkStore {
         })
     }
 
+    /// A store over `<data_dir>/chunks` that creates nothing on disk: what a witness voter
+    /// holds, since it never stores a chunk (its data plane refuses every chunk write, and a
+    /// put here would fail: the directories do not exist). Reads find nothing.
+    pub fn unopened(data_dir: &Path) -> Self {
+        let root = data_dir.join(CHUNKS_DIR);
+        let tmp = root.join(TMP_DIR);
+        Self {
+            inner: Arc::new(Inner {
+                root,
+                tmp,
+                tmp_seq: AtomicU64::new(0),
+                direct: DirectIo::new(),
+            }),
+        }
+    }
+
     /// The directory holding the chunks (`<data_dir>/chunks`).
     pub fn root(&self) -> &Path {
         &self.inner.root

@@ -135,6 +135,14 @@ fn arb_command() -> impl Strategy<Value = Command> {
             }
         }),
         (".{0,8}", arb_ns_keys()).prop_map(|(name, keys)| Command::NsRekey { name, keys }),
+        (any::<u64>(), any::<bool>()).prop_map(|(node, w)| Command::SetRole {
+            node,
+            role: if w {
+                crate::config::NodeRole::Witness
+            } else {
+                crate::config::NodeRole::Data
+            },
+        }),
     ]
 }
 

@@ -1,11 +1,13 @@
 //! The membership view: who is in the cluster (voters and learners, with their sites and
-//! peer addresses) and who leads, as this node's Raft sees it now.
+//! peer addresses), which of them are witnesses (`raft::roles`), and who leads, as this
+//! node's Raft and state machine see it now.
 //!
 //! Owns reading the membership out of Raft's metrics. Must not touch: changing membership
 //! (the `Cluster` gRPC service does that through Raft), the network.
 
 use std::collections::BTreeSet;
 
+use super::roles::RoleView;
 use super::{ArkRaft, NodeId};
 
 /// A cluster member as the layers above consensus see it.
@@ -24,12 +26,30 @@ pub struct Peer {
 pub struct Members {
     id: NodeId,
     raft: ArkRaft,
+    roles: RoleView,
 }
 
 impl Members {
-    /// The view of node `id` over its Raft.
-    pub fn new(id: NodeId, raft: ArkRaft) -> Self {
-        Self { id, raft }
+    /// The view of node `id` over its Raft and the applied roles.
+    pub fn new(id: NodeId, raft: ArkRaft, roles: RoleView) -> Self {
+        Self { id, raft, roles }
+    }
+
+    /// Members that may hold chunks and serve data: every member but the witnesses. What
+    /// placement, the repair queue, scrub and pre-staging choose from.
+    pub fn data_peers(&self) -> Vec<Peer> {
+        let witnesses = self.roles.witnesses();
+        self.all().into_iter().filter(|p| !witnesses.contains(&p.id)).collect()
+    }
+
+    /// Whether the cluster knows `id` as a witness.
+    pub fn is_witness(&self, id: NodeId) -> bool {
+        self.roles.is_witness(id)
+    }
+
+    /// The applied roles.
+    pub fn roles(&self) -> &RoleView {
+        &self.roles
     }
 
     /// This node.

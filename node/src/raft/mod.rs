@@ -20,10 +20,12 @@ pub mod network;
 pub mod objects;
 pub mod proposer;
 pub mod recovery;
+pub mod roles;
 pub mod state_machine;
 pub mod store;
 pub mod types;
 mod wal;
+pub mod witness;
 
 #[cfg(test)]
 mod codec_props;

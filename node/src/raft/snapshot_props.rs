@@ -170,3 +170,45 @@ fn a_mutated_snapshot_is_installed_or_refused() {
         Ok(())
     });
 }
+
+/// Witness voter: a role applied through the log is in the in-memory view at once, travels
+/// in a snapshot to another node, and a later snapshot without it clears it there.
+#[test]
+fn roles_apply_and_travel_in_snapshots() {
+    use crate::config::NodeRole;
+    let rt = rt();
+    rt.block_on(async {
+        let mut src = node();
+        let set = |index: u64, node: NodeId, role: NodeRole| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                proposed_at_ms: 1_000 + index,
+                ops: vec![Op {
+                    request_id: Vec::new(),
+                    command: Command::SetRole { node, role },
+                }],
+            }),
+        };
+        src.sm
+            .apply(vec![put(1, "k", b"v"), set(2, 3, NodeRole::Witness)])
+            .await
+            .unwrap();
+        assert!(src.sm.role_view().is_witness(3));
+        assert!(!src.sm.role_view().is_witness(1));
+        let s = src.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        let mut dst = node();
+        let view = dst.sm.role_view();
+        assert!(!view.is_witness(3));
+        let _ = dst.sm.begin_receiving_snapshot().await.unwrap();
+        dst.sm.install_snapshot(&s.meta, s.snapshot).await.unwrap();
+        assert!(view.is_witness(3), "the role did not travel in the snapshot");
+
+        src.sm.apply(vec![set(3, 3, NodeRole::Data)]).await.unwrap();
+        assert!(!src.sm.role_view().is_witness(3));
+        let s = src.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let _ = dst.sm.begin_receiving_snapshot().await.unwrap();
+        dst.sm.install_snapshot(&s.meta, s.snapshot).await.unwrap();
+        assert!(!view.is_witness(3));
+    });
+}

@@ -166,6 +166,16 @@ pub enum Command {
         /// The whole new key record.
         keys: NsKeys,
     },
+    // Witness voter (issue 20): appended last, so that every entry written before it decodes
+    // unchanged.
+    /// Record what `node` does in the cluster (`raft::roles` holds the table). Proposed by
+    /// the node itself, from its config, once it knows a leader.
+    SetRole {
+        /// The node.
+        node: NodeId,
+        /// Its role.
+        role: crate::config::NodeRole,
+    },
 }
 
 /// A right an identity can be granted.

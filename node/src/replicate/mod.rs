@@ -135,6 +135,9 @@ pub struct DataPlane {
     pub claims: claims::ChunkClaims,
     /// The KEKs and unwrapped data keys of encrypted namespaces.
     pub keys: keys::Keyring,
+    /// This node is a witness: it refuses every chunk write a peer asks of it (put, pull,
+    /// prestage), so that no chunk is stored here even before the cluster knows its role.
+    pub witness: bool,
 }
 
 impl DataPlane {
@@ -171,7 +174,14 @@ impl DataPlane {
             slow_holders: Default::default(),
             claims,
             keys,
+            witness: false,
         }
+    }
+
+    /// The data plane of a witness (see [`DataPlane::witness`]).
+    pub fn into_witness(mut self) -> Self {
+        self.witness = true;
+        self
     }
 
     /// Re-hashes this node's copies of `ids`: intact, missing or corrupt, in order.

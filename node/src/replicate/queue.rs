@@ -83,7 +83,7 @@ fn snapshot(dp: &DataPlane) -> Result<Snapshot, String> {
             holders: r.holders,
         })
         .collect();
-    s.members = dp.members.all();
+    s.members = dp.members.data_peers();
     s.alive = s
         .members
         .iter()

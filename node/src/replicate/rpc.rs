@@ -51,9 +51,14 @@ impl DataPlane {
                 .is_some_and(|d| d < Duration::from_millis(self.cfg.holder_lost_after_ms))
     }
 
-    /// Members other than this node that answer a no-op chunk query within `timeout`.
+    /// Data members (never a witness) other than this node that answer a no-op chunk query within `timeout`.
     pub async fn live_peers(&self, timeout: Duration) -> Vec<Peer> {
-        let others: Vec<Peer> = self.members.all().into_iter().filter(|p| p.id != self.id).collect();
+        let others: Vec<Peer> = self
+            .members
+            .data_peers()
+            .into_iter()
+            .filter(|p| p.id != self.id)
+            .collect();
         let probes = others.into_iter().map(|p| async move {
             let ok = self
                 .call(&p, peer_request::Body::ChunkHave(ChunkIds { ids: Vec::new() }), timeout)

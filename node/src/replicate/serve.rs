@@ -29,6 +29,16 @@ impl DataPlane {
     /// Answers a data-plane request from a peer.
     pub async fn handle(&self, body: peer_request::Body) -> PeerResponse {
         let body = match body {
+            // Witness voter: nothing that would store a chunk here is accepted.
+            peer_request::Body::ChunkPut(_) | peer_request::Body::ChunkPull(_) | peer_request::Body::Prestage(_)
+                if self.witness =>
+            {
+                metrics::counter!("ark_replication_chunks_refused_total").increment(1);
+                peer_response::Body::Failure(format!(
+                    "node {} is a witness: it stores no chunks (choose a data node)",
+                    self.id
+                ))
+            }
             peer_request::Body::ChunkHave(ids) => match parse_ids(&ids.ids) {
                 Err(e) => peer_response::Body::Failure(e),
                 Ok(ids) => {

@@ -155,7 +155,7 @@ pub(crate) fn plan(
         plan: ObjPlan::default(),
     };
     let result = match cmd {
-        C::Put { .. } | C::Delete { .. } | C::Auth(_) => return Ok(None),
+        C::Put { .. } | C::Delete { .. } | C::Auth(_) | C::SetRole { .. } => return Ok(None),
         C::NsCreate { name, policy }
         | C::NsCreateCapped { name, policy, .. }
         | C::NsCreateEncrypted { name, policy, .. } => {

@@ -65,6 +65,13 @@ pub(super) fn apply_op(
                 },
             }
         }
+        Command::SetRole { node, role } => {
+            crate::raft::roles::apply(&mut t.roles, *node, *role).map_err(sm_write_err)?;
+            OpResult {
+                revision: rev,
+                ..OpResult::default()
+            }
+        }
         cmd => objects::apply(&mut t.obj, rev, proposed_at_ms, cmd)
             .map_err(|e| sm_write_err(std::io::Error::other(e)))?
             .unwrap_or_default(),

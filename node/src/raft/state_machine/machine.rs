@@ -40,6 +40,8 @@ pub struct StateMachine {
     /// The applied authorization state, for the client plane (reloaded after every entry
     /// that changes it and after a snapshot install).
     pub(super) auth: AuthView,
+    /// The applied node roles (which members are witnesses), reloaded like `auth`.
+    pub(super) roles: crate::raft::roles::RoleView,
 }
 
 impl StateMachine {
@@ -60,8 +62,15 @@ impl StateMachine {
             // the next change or snapshot. Loud, because until then only root is admin.
             tracing::error!(error = %e, "cannot read the authorization state; only the bootstrap admin is allowed");
         }
+        let roles = crate::raft::roles::RoleView::default();
+        if let Err(e) = roles.reload(&db) {
+            // Until the next role change or snapshot every member counts as a data node;
+            // a witness then refuses chunk writes itself, so nothing is stored there.
+            tracing::error!(error = %e, "cannot read the node roles; every member counts as a data node");
+        }
         Self {
             auth,
+            roles,
             db,
             overlay: SharedOverlay::default(),
             flush_lock: Arc::default(),
@@ -92,6 +101,18 @@ impl StateMachine {
     /// here is a failure to read the state machine's own database: fatal to the apply.
     pub(super) fn reload_auth(&self) -> Result<(), StorageError<NodeId>> {
         self.auth
+            .reload(&self.db)
+            .map_err(|e| sm_read_err(std::io::Error::other(e)))
+    }
+
+    /// The applied node roles, shared with the layers above.
+    pub fn role_view(&self) -> crate::raft::roles::RoleView {
+        self.roles.clone()
+    }
+
+    /// Re-reads the node roles after a commit that may have changed them.
+    pub(super) fn reload_roles(&self) -> Result<(), StorageError<NodeId>> {
+        self.roles
             .reload(&self.db)
             .map_err(|e| sm_read_err(std::io::Error::other(e)))
     }

@@ -83,6 +83,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if changes_auth(&e) {
                 self.reload_auth()?;
             }
+            if changes_roles(&e) {
+                self.reload_roles()?;
+            }
             out.push(r);
         }
         self.flush_in_background().await;
@@ -110,6 +113,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.current_snapshot()
+    }
+}
+
+/// Whether an entry holds a role change (the in-memory [`crate::raft::roles::RoleView`] is
+/// then reloaded).
+fn changes_roles(e: &Entry<TypeConfig>) -> bool {
+    match &e.payload {
+        EntryPayload::Normal(req) => req.ops.iter().any(|o| matches!(o.command, Command::SetRole { .. })),
+        _ => false,
     }
 }
 

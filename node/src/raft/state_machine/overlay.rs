@@ -122,6 +122,7 @@ pub(super) fn commit_gen(
             by_time: tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?,
             obj: obj_tables(&tx)?,
             auth: tx.open_table(crate::raft::auth::AUTH).map_err(sm_write_err)?,
+            roles: tx.open_table(crate::raft::roles::ROLES).map_err(sm_write_err)?,
         };
         for (k, v) in &gen.kv {
             match v {

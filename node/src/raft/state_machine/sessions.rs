@@ -152,6 +152,7 @@ mod tests {
                 by_time: tx.open_table(SESSIONS_BY_TIME).unwrap(),
                 obj: obj_tables(&tx).unwrap(),
                 auth: tx.open_table(crate::raft::auth::AUTH).unwrap(),
+                roles: tx.open_table(crate::raft::roles::ROLES).unwrap(),
             };
             sweep_sessions(&mut t, late + 10).unwrap();
             assert!(t.sessions.get(&b"req-1"[..]).unwrap().is_some());

@@ -21,6 +21,7 @@ use super::tables::{
 use crate::raft::auth;
 use crate::raft::codec::{decode, decode_with_limit, encode};
 use crate::raft::objects::{self, NsKeys, ObjSnapshot};
+use crate::raft::roles;
 use crate::raft::{ArkNode, NodeId, TypeConfig};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +48,9 @@ struct SnapshotBodyV1 {
 const SECTION_AUTH: &str = "auth";
 /// The section holding encrypted namespaces' wrapped data keys (`Vec<(String, NsKeys)>`).
 const SECTION_NS_KEYS: &str = "ns_keys";
+/// The section holding the node roles (`Vec<(NodeId, NodeRole)>`, `raft::roles`); absent
+/// from snapshots written before witnesses existed, which means "every node is a data node".
+const SECTION_ROLES: &str = "roles";
 
 /// A received or stored snapshot body, in this release's layout or the previous one. The
 /// current one first: postcard ignores trailing bytes, so the old layout would also "decode"
@@ -173,6 +177,12 @@ impl StateMachine {
             };
             let mut at = tx.open_table(auth::AUTH).map_err(sm_write_err)?;
             auth::store(&mut at, &auth_state).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+            let node_roles: Vec<(NodeId, crate::config::NodeRole)> = match body.section(SECTION_ROLES) {
+                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
+                None => Vec::new(),
+            };
+            let mut rt = tx.open_table(roles::ROLES).map_err(sm_write_err)?;
+            roles::store(&mut rt, &node_roles).map_err(sm_write_err)?;
             let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
             let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
             m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
@@ -186,6 +196,7 @@ impl StateMachine {
         tx.commit().map_err(sm_write_err)?;
         drop(ov);
         self.reload_auth()?;
+        self.reload_roles()?;
         self.last_durable = Instant::now();
         metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
         Ok(())
@@ -244,6 +255,8 @@ impl StateMachine {
             let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
             let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
             let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+            let rt = tx.open_table(roles::ROLES).map_err(sm_read_err)?;
+            let node_roles = roles::load(&rt).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
             let sections = vec![
                 (
                     SECTION_AUTH.to_string(),
@@ -252,6 +265,10 @@ impl StateMachine {
                 (
                     SECTION_NS_KEYS.to_string(),
                     serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
+                ),
+                (
+                    SECTION_ROLES.to_string(),
+                    serde_bytes::ByteBuf::from(encode(&node_roles).map_err(sm_read_err)?),
                 ),
             ];
             let data = encode(&SnapshotBody {
@@ -375,6 +392,20 @@ mod tests {
         let b = decode_body(&v3).unwrap();
         let back: Vec<(String, NsKeys)> = decode(b.section(SECTION_NS_KEYS).unwrap()).unwrap();
         assert_eq!(back, keys);
+        let node_roles = vec![(3u64, crate::config::NodeRole::Witness)];
+        let v4 = encode(&SnapshotBody {
+            kv: Vec::new(),
+            sessions: Vec::new(),
+            objects: ObjSnapshot::default(),
+            sections: vec![(
+                SECTION_ROLES.into(),
+                serde_bytes::ByteBuf::from(encode(&node_roles).unwrap()),
+            )],
+        })
+        .unwrap();
+        let b = decode_body(&v4).unwrap();
+        let back: Vec<(NodeId, crate::config::NodeRole)> = decode(b.section(SECTION_ROLES).unwrap()).unwrap();
+        assert_eq!(back, node_roles);
         // Damage is an error, never a default.
         assert!(decode_body(&v2[..v2.len() / 2]).is_err());
     }

@@ -47,6 +47,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableErro
     tx.open_table(objects::CHUNKS)?;
     tx.open_table(crate::raft::auth::AUTH)?;
     tx.open_table(objects::NS_KEYS)?;
+    tx.open_table(crate::raft::roles::ROLES)?;
     Ok(())
 }
 
@@ -91,6 +92,7 @@ pub(super) struct ApplyTables<'t> {
     pub(super) by_time: redb::Table<'t, (u64, u64), &'static [u8]>,
     pub(super) obj: ObjTables<'t>,
     pub(super) auth: redb::Table<'t, &'static str, &'static [u8]>,
+    pub(super) roles: redb::Table<'t, u64, u8>,
 }
 
 /// Encodes like [`StoredValue`] without copying the value first.
