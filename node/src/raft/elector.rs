@@ -247,14 +247,20 @@ pub async fn run(
                 last_log_index: index,
             })),
         };
-        let answers = futures::future::join_all(asked.map(|p| {
-            let (pool, req) = (pool.clone(), req.clone());
-            async move { (p.id, pool.call(p.id, &p.addr, &req, timing.rpc_timeout).await) }
-        }))
-        .await;
+        // Answers as they come: a dead voter's request runs into its timeout, and waiting
+        // for it would add that to every failover. Stop at a majority of yes.
+        let mut pending: futures::stream::FuturesUnordered<_> = asked
+            .map(|p| {
+                let (pool, req) = (pool.clone(), req.clone());
+                async move { (p.id, pool.call(p.id, &p.addr, &req, timing.rpc_timeout).await) }
+            })
+            .collect();
         let mut granted = 1;
         let mut refusals = Vec::new();
-        for (id, a) in answers {
+        while granted * 2 <= voters.len() {
+            let Some((id, a)) = futures::StreamExt::next(&mut pending).await else {
+                break;
+            };
             match a.map(|r| r.body) {
                 Ok(Some(peer_response::Body::Ok(_))) => granted += 1,
                 Ok(Some(peer_response::Body::Failure(why))) => {
@@ -269,6 +275,7 @@ pub async fn run(
                 Err(e) => refusals.push(format!("node {id}: {e}")),
             }
         }
+        drop(pending);
         if granted * 2 <= voters.len() {
             tracing::info!(
                 granted,
