@@ -297,7 +297,10 @@ pub async fn run(
         }
         lost_in_a_row = 0;
         wait = patience(&timing, &mut rand::thread_rng());
-        not_before = Instant::now() + wait;
+        // If this campaign does not make a leader (two followers that won their pre-votes at
+        // the same moment split the vote), ask again after a random half to whole minimum
+        // timeout, not a whole patience: the two then rarely collide twice.
+        not_before = Instant::now() + after_campaign(&timing, &mut rand::thread_rng());
         // A leader may have appeared while the answers came in.
         if contact.elapsed() < timing.tick * 2 {
             continue;
@@ -308,6 +311,13 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// The pause after a campaign before asking again, should it not have made a leader: half
+/// to all of the minimum timeout.
+pub fn after_campaign(t: &Timing, rng: &mut impl Rng) -> Duration {
+    let half = (t.min.as_millis() as u64 / 2).max(1);
+    Duration::from_millis(half + rng.gen_range(0..=half))
 }
 
 /// The pause after a lost pre-vote: a quarter to a half of the minimum timeout.
