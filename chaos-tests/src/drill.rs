@@ -518,23 +518,13 @@ async fn process_schedule(
             tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
             continue;
         }
-        if let Fault::MajorityLoss = fault {
-            let start = ns_since(t0);
-            tl.starts.push(start);
-            let event = lose_majority_and_recover(client, dir, leader, &mut rng).await?;
-            let end = ns_since(t0);
-            tl.last_heal = Some(end);
-            tl.events
-                .push(format!("{}-{} ms: {event}", start / 1_000_000, end / 1_000_000));
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
-            continue;
-        }
-        if let Fault::DiskFull | Fault::Corrupt = fault {
+        if let Fault::DiskFull | Fault::Corrupt | Fault::MajorityLoss = fault {
             // One-shot rounds: the fault and its repair in one step, then a pause.
             let start = ns_since(t0);
             tl.starts.push(start);
             let event = match fault {
                 Fault::DiskFull => fill_then_free(dir, disk_full_victim(dir, spec)?).await?,
+                Fault::MajorityLoss => lose_majority_and_recover(client, dir, leader, &mut rng).await?,
                 _ => corrupt_then_scrub(client, dir, &mut rng).await?,
             };
             let end = ns_since(t0);
