@@ -11,7 +11,7 @@ use ark_proto::v1::{
     AddLearnerRequest, MembershipResponse, NodeStatus, PromoteRequest, QueueEntry, RemoveRequest, SaveSnapshotRequest,
     StatusRequest, StatusResponse, TelemetryRequest, TelemetryResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
@@ -229,17 +229,7 @@ impl Cluster for ClusterService {
             None => {
                 // Only the leader holds the windows: point the client at it.
                 let m = self.raft.metrics().borrow().clone();
-                let leader_node = m.current_leader.and_then(|l| {
-                    m.membership_config
-                        .nodes()
-                        .find(|(id, _)| **id == l)
-                        .map(|(_, n)| n.clone())
-                });
-                Err(ConsensusError::not_leader(&ForwardToLeader {
-                    leader_id: m.current_leader,
-                    leader_node,
-                })
-                .into())
+                Err(ConsensusError::not_leader_seen_in(&m).into())
             }
         }
     }

@@ -13,6 +13,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
 use super::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+use crate::raft::error::ConsensusError;
 use crate::raft::{ArkRaft, NodeId};
 
 /// Metadata key naming the role of a node that refused a call because of it.
@@ -39,13 +40,12 @@ impl WitnessGate {
             return Ok(req);
         }
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader;
-        let leader_addr = leader.filter(|l| *l != self.id).and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.client_addr.clone())
-        });
+        let (leader, leader_addr) = match ConsensusError::not_leader_seen_in(&m) {
+            ConsensusError::NotLeader { leader_id, leader_addr } => (leader_id, leader_addr),
+            _ => (None, None),
+        };
+        // While this witness leads, its own address is no hint.
+        let leader_addr = leader_addr.filter(|_| leader != Some(self.id));
         Err(refusal(self.id, leader, leader_addr))
     }
 }

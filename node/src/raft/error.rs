@@ -43,6 +43,20 @@ impl ConsensusError {
         }
     }
 
+    /// "Not the leader" with the leader `m` (this node's Raft metrics) knows of, and its
+    /// client address from the membership.
+    pub fn not_leader_seen_in(m: &openraft::RaftMetrics<NodeId, ArkNode>) -> Self {
+        ConsensusError::NotLeader {
+            leader_id: m.current_leader,
+            leader_addr: m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.client_addr.clone())
+            }),
+        }
+    }
+
     /// Whether retrying (after a leader change or a short wait) may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ConsensusError::NotLeader { .. } | ConsensusError::Unavailable(_))

@@ -95,7 +95,7 @@ impl Front {
         let me = self.members().id();
         let m = self.raft().metrics().borrow().clone();
         if m.current_leader != Some(me) {
-            return Err(self.not_leader_error());
+            return Err(ConsensusError::not_leader_seen_in(&m));
         }
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let matched: Vec<(NodeId, u64)> = m
@@ -251,21 +251,6 @@ impl Front {
         match self.raft().trigger().elect().await {
             Ok(()) => peer_response::Body::Ok(Vec::new()),
             Err(e) => peer_response::Body::Failure(format!("cannot campaign: {e}")),
-        }
-    }
-
-    /// "Not the leader" with the leader this node knows of.
-    fn not_leader_error(&self) -> ConsensusError {
-        let m = self.raft().metrics().borrow().clone();
-        let leader_id = m.current_leader;
-        ConsensusError::NotLeader {
-            leader_id,
-            leader_addr: leader_id.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.client_addr.clone())
-            }),
         }
     }
 }
