@@ -9,13 +9,15 @@ use anyhow::Context;
 
 use crate::data::{read_entity_table, read_series_csv, split_by_day, SplitAt};
 use crate::eval::{eval_failure, eval_load, FailureReport, LoadReport};
+use crate::eval_cross::{eval_load_cross, eval_load_folds, eval_load_with, CrossReport, NamedPoints};
 use crate::failure::FailureConfig;
 use crate::failure::{label_rows, FailureForecaster};
+use crate::global::{GlobalConfig, GlobalLoadModel, Series};
 use crate::history::{entities_with, entity_history, sample_entities, write_history};
 use crate::load::LoadConfig;
 use crate::metrics::recall_at_fpr;
 use crate::nn::cap_compute_threads;
-use crate::prep::parse_day;
+use crate::prep::{parse_day, prepare};
 
 /// Offline evaluation of the forecasters on public traces.
 #[derive(Debug, clap::Subcommand)]
@@ -30,6 +32,9 @@ pub enum ForecastCmd {
     /// Splits an `entity,date,...` CSV by date into two files, so a train/test split can be
     /// reproduced from commands alone.
     SplitDays(SplitDaysArgs),
+    /// Trains the global load forecaster across every series of a directory and writes it
+    /// (safetensors): `eval-load --csv F --model FILE` scores it on any series.
+    FitLoad(FitLoadArgs),
     /// Trains the failure forecaster on an `entity,date,failure,...` CSV and writes its
     /// weights (safetensors) for the cluster: `ark put _ark/failure-model FILE` makes every
     /// leader score its nodes with it.
@@ -124,15 +129,34 @@ struct FitFailureSummary {
 /// Arguments of `eval-load`.
 #[derive(Debug, clap::Args)]
 pub struct EvalLoadArgs {
-    /// CSV with `timestamp` and `value` columns (the NAB layout), plain or gzip.
-    #[arg(long, value_name = "FILE")]
-    pub csv: PathBuf,
+    /// CSV with `timestamp` and `value` columns (the NAB layout), plain or gzip: trains on
+    /// its first 70% in time (or uses `--model`) and scores the last 30%.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["train", "test", "folds"])]
+    pub csv: Option<PathBuf>,
+    /// With `--csv`: a global model written by `fit-load`, chosen against the baselines on the
+    /// file's own history instead of a model fitted on it.
+    #[arg(long, value_name = "FILE", requires = "csv")]
+    pub model: Option<PathBuf>,
+    /// Leave-series-out: fit the global model on every `*.csv`/`*.csv.gz` file of this
+    /// directory, then score `--test` (or `--folds`).
+    #[arg(long, value_name = "DIR")]
+    pub train: Option<PathBuf>,
+    /// Directory of series the model never saw, scored after fitting on `--train`.
+    #[arg(long, value_name = "DIR", requires = "train", conflicts_with = "folds")]
+    pub test: Option<PathBuf>,
+    /// Leave-series-out within `--train`: deal its files into this many folds and score each
+    /// fold with a model fitted on the others (the number of files: leave one out).
+    #[arg(long, requires = "train")]
+    pub folds: Option<usize>,
     /// Steps to forecast; errors are averaged over horizons 1..=H.
     #[arg(long, default_value_t = 12)]
     pub horizon: usize,
-    /// Past steps the model sees.
+    /// Past steps the per-series model sees (`--csv` without `--model`).
     #[arg(long, default_value_t = 36)]
     pub window: usize,
+    /// Global model: networks averaged, differently seeded.
+    #[arg(long, default_value_t = GlobalConfig::default().ensemble)]
+    pub ensemble: usize,
     /// Seed of initialisation and minibatch order (same seed, same figures).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -140,6 +164,32 @@ pub struct EvalLoadArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `fit-load`.
+#[derive(Debug, clap::Args)]
+pub struct FitLoadArgs {
+    /// Directory of `timestamp,value` series (`*.csv`, `*.csv.gz`): the training corpus.
+    #[arg(long, value_name = "DIR")]
+    pub train: PathBuf,
+    /// Where to write the model (one safetensors blob).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Steps to forecast.
+    #[arg(long, default_value_t = 12)]
+    pub horizon: usize,
+    /// Global model: networks averaged, differently seeded.
+    #[arg(long, default_value_t = GlobalConfig::default().ensemble)]
+    pub ensemble: usize,
+    /// Seed of initialisation and minibatch order (same seed, same weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads for tensor maths (ignored when RAYON_NUM_THREADS is set).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the fit report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -218,19 +268,94 @@ impl ForecastCmd {
         match self {
             ForecastCmd::EvalLoad(a) => {
                 cap_compute_threads(a.threads);
-                let points = read_series_csv(&a.csv).with_context(|| format!("reading series {}", a.csv.display()))?;
-                let config = LoadConfig {
+                let config = GlobalConfig {
                     horizon: a.horizon,
-                    window: a.window,
                     seed: a.seed,
-                    ..LoadConfig::default()
+                    ensemble: a.ensemble,
+                    ..GlobalConfig::default()
                 };
-                let report = eval_load(&a.csv.display().to_string(), &points, &config)
-                    .with_context(|| format!("evaluating the load forecaster on {}", a.csv.display()))?;
+                match (&a.csv, &a.train) {
+                    (Some(csv), _) => {
+                        let points =
+                            read_series_csv(csv).with_context(|| format!("reading series {}", csv.display()))?;
+                        let name = csv.display().to_string();
+                        if let Some(path) = &a.model {
+                            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                            let model = GlobalLoadModel::from_bytes(&bytes)
+                                .with_context(|| format!("decoding the load model {}", path.display()))?;
+                            let report = eval_load_with(&model, &name, &points)
+                                .with_context(|| format!("evaluating {} on {name}", path.display()))?;
+                            print_cross(&mut out, &report, a.json)?;
+                        } else {
+                            let config = LoadConfig {
+                                horizon: a.horizon,
+                                window: a.window,
+                                seed: a.seed,
+                                ..LoadConfig::default()
+                            };
+                            let report = eval_load(&name, &points, &config)
+                                .with_context(|| format!("evaluating the load forecaster on {name}"))?;
+                            if a.json {
+                                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                            } else {
+                                print_load(&mut out, &report)?;
+                            }
+                        }
+                    }
+                    (None, Some(train_dir)) => {
+                        let train = read_series_dir(train_dir)?;
+                        let report = match (&a.test, a.folds) {
+                            (Some(test_dir), _) => eval_load_cross(&train, &read_series_dir(test_dir)?, &config)?,
+                            (None, Some(folds)) => eval_load_folds(&train, folds, &config)?,
+                            (None, None) => anyhow::bail!("--train needs --test DIR or --folds K"),
+                        };
+                        print_cross(&mut out, &report, a.json)?;
+                    }
+                    (None, None) => {
+                        anyhow::bail!("eval-load needs --csv FILE, or --train DIR with --test DIR or --folds K")
+                    }
+                }
+            }
+            ForecastCmd::FitLoad(a) => {
+                cap_compute_threads(a.threads);
+                let config = GlobalConfig {
+                    horizon: a.horizon,
+                    seed: a.seed,
+                    ensemble: a.ensemble,
+                    ..GlobalConfig::default()
+                };
+                let train = read_series_dir(&a.train)?;
+                let series = train
+                    .iter()
+                    .map(|(name, pts)| {
+                        let p = prepare(pts).with_context(|| format!("preparing {name}"))?;
+                        Ok(Series {
+                            name: name.clone(),
+                            values: p.values,
+                            start_s: p.start_s,
+                            step_s: p.step_s,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let (model, fit) = GlobalLoadModel::fit(&series, &config).context("fitting the global load model")?;
+                let bytes = model.to_bytes()?;
+                write_file_durably(&a.out, &bytes)?;
                 if a.json {
-                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&fit)?)?;
                 } else {
-                    print_load(&mut out, &report)?;
+                    writeln!(
+                        out,
+                        "global load model: {} series, {} training rows, {} validation rows, {} parameters, epochs {:?}, validation scaled MAE {:?}, {:.1} s; wrote {} ({} bytes)",
+                        fit.series.len(),
+                        fit.train_rows,
+                        fit.validation_rows,
+                        fit.parameters,
+                        fit.epochs,
+                        fit.validation_scaled_mae,
+                        fit.fit_seconds,
+                        a.out.display(),
+                        bytes.len()
+                    )?;
                 }
             }
             ForecastCmd::EvalFailure(a) => {
@@ -416,6 +541,94 @@ impl ForecastCmd {
     }
 }
 
+/// Every `*.csv` / `*.csv.gz` file of `dir` (not recursive), sorted by name, read as a series.
+fn read_series_dir(dir: &std::path::Path) -> anyhow::Result<Vec<NamedPoints>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if path.is_file() && (name.ends_with(".csv") || name.ends_with(".csv.gz")) {
+            files.push((name, path));
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{} holds no *.csv or *.csv.gz file", dir.display());
+    }
+    files
+        .into_iter()
+        .map(|(name, path)| {
+            let points = read_series_csv(&path).with_context(|| format!("reading series {}", path.display()))?;
+            Ok((name, points))
+        })
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced and renamed, so a crash never
+/// leaves a half-written model behind.
+fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn print_cross(out: &mut impl Write, r: &CrossReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
+        return Ok(());
+    }
+    writeln!(out, "leave-series-out load evaluation, horizon {}", r.horizon)?;
+    for f in &r.fits {
+        writeln!(
+            out,
+            "  fit: {} series, {} rows, epochs {:?}, validation scaled MAE {:?}, {:.1} s",
+            f.series.len(),
+            f.train_rows,
+            f.epochs,
+            f.validation_scaled_mae,
+            f.fit_seconds
+        )?;
+    }
+    writeln!(
+        out,
+        "  {:<40} {:>4} {:<22} {:>12} {:>12} {:<22} {:>7} {:>7} {:>6}",
+        "series", "fold", "chosen", "MAE", "best base", "(which)", "ratio", "model", "p10-90"
+    )?;
+    for s in &r.series {
+        writeln!(
+            out,
+            "  {:<40} {:>4} {:<22} {:>12.5} {:>12.5} {:<22} {:>7.3} {:>7.3} {:>6.2}",
+            s.file,
+            s.fold,
+            s.chosen,
+            s.forecaster.mae,
+            s.baselines.iter().map(|b| b.mae).fold(f64::INFINITY, f64::min),
+            s.best_baseline,
+            s.ratio,
+            s.model_ratio,
+            s.p10_p90_coverage
+        )?;
+    }
+    writeln!(
+        out,
+        "  median ratio {:.3} (model alone {:.3}); {} of {} at most 0.9; {} above 1.0",
+        r.median_ratio,
+        r.median_model_ratio,
+        r.at_most_0_9,
+        r.series.len(),
+        r.above_1
+    )?;
+    Ok(())
+}
+
 fn print_load(out: &mut impl Write, r: &LoadReport) -> std::io::Result<()> {
     writeln!(out, "load forecast evaluation: {}", r.file)?;
     writeln!(
@@ -535,6 +748,19 @@ mod tests {
             ForecastCmd::EvalLoad(a) => assert_eq!((a.horizon, a.seed, a.json), (12, 0, false)),
             other => panic!("parsed as {other:?}"),
         }
+        // Leave-series-out: a training directory with a test directory or folds, never both,
+        // and never together with a single file.
+        let w = Wrapper::try_parse_from(["arkd", "eval-load", "--train", "d", "--folds", "13"]).unwrap();
+        match w.cmd {
+            ForecastCmd::EvalLoad(a) => assert_eq!((a.folds, a.csv, a.ensemble), (Some(13), None, 1)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Wrapper::try_parse_from(["arkd", "eval-load", "--train", "d", "--test", "e"]).is_ok());
+        assert!(Wrapper::try_parse_from(["arkd", "eval-load", "--train", "d", "--test", "e", "--folds", "2"]).is_err());
+        assert!(Wrapper::try_parse_from(["arkd", "eval-load", "--csv", "f", "--train", "d"]).is_err());
+        assert!(Wrapper::try_parse_from(["arkd", "eval-load", "--model", "m"]).is_err());
+        assert!(Wrapper::try_parse_from(["arkd", "eval-load", "--csv", "f", "--model", "m"]).is_ok());
+        assert!(Wrapper::try_parse_from(["arkd", "fit-load", "--train", "d", "--out", "m"]).is_ok());
         let w = Wrapper::try_parse_from(["arkd", "eval-failure", "--train", "a", "--test", "b", "--json"]).unwrap();
         match w.cmd {
             ForecastCmd::EvalFailure(a) => assert_eq!((a.horizon_days, a.json, a.fixed), (10, true, false)),

@@ -10,7 +10,7 @@ use crate::load::{LoadConfig, LoadFitReport, LoadForecaster};
 use crate::metrics::{
     ewma_levels, flag_rates, fpr_at_recall, pick_ewma_alpha, pr_auc, recall_at_fpr, OperatingPoint, EWMA_ALPHAS,
 };
-use crate::prep::{fill_gaps, infer_step_s, resample, steps_per_day};
+use crate::prep::{prepare, steps_per_day};
 
 /// Fraction of a series (in time) used for training in `eval-load`.
 pub const LOAD_TRAIN_FRACTION: f64 = 0.7;
@@ -59,14 +59,14 @@ pub struct LoadReport {
     pub fit: LoadFitReport,
 }
 
-struct ErrorAccumulator {
+pub(crate) struct ErrorAccumulator {
     abs: Vec<f64>,
     sq: Vec<f64>,
     n: Vec<usize>,
 }
 
 impl ErrorAccumulator {
-    fn new(h: usize) -> Self {
+    pub(crate) fn new(h: usize) -> Self {
         Self {
             abs: vec![0.0; h],
             sq: vec![0.0; h],
@@ -74,14 +74,14 @@ impl ErrorAccumulator {
         }
     }
 
-    fn add(&mut self, h: usize, pred: f64, actual: f64) {
+    pub(crate) fn add(&mut self, h: usize, pred: f64, actual: f64) {
         let e = pred - actual;
         self.abs[h] += e.abs();
         self.sq[h] += e * e;
         self.n[h] += 1;
     }
 
-    fn finish(self, method: &str) -> ForecastErrors {
+    pub(crate) fn finish(self, method: &str) -> ForecastErrors {
         let mae_by_horizon: Vec<f64> = self
             .abs
             .iter()
@@ -108,10 +108,8 @@ impl ErrorAccumulator {
 /// step, fill gaps, train on the first 70% in time, forecast from every origin whose
 /// targets lie in the last 30%, and score against observed (not filled) targets only.
 pub fn eval_load(file: &str, points: &[(i64, f64)], config: &LoadConfig) -> Result<LoadReport> {
-    let step_s = infer_step_s(&points.iter().map(|p| p.0).collect::<Vec<_>>())?;
-    let grid = resample(points, step_s)?;
-    let observed: Vec<bool> = grid.values.iter().map(Option::is_some).collect();
-    let series = fill_gaps(&grid.values)?;
+    let grid = prepare(points)?;
+    let (step_s, observed, series) = (grid.step_s, grid.observed, grid.values);
     let n = series.len();
     let n_train = (n as f64 * LOAD_TRAIN_FRACTION).floor() as usize;
     let h = config.horizon;

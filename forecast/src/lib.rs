@@ -16,21 +16,26 @@
 
 #![warn(missing_docs)]
 
+pub mod baseline;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod eval_cross;
 pub mod failure;
+pub mod global;
 pub mod history;
 pub mod load;
 pub mod metrics;
 pub mod nn;
 pub mod prep;
+pub mod seq;
 
 #[cfg(feature = "cli")]
 pub use cli::{EvalFailureArgs, EvalLoadArgs, ForecastCmd, SplitDaysArgs};
 pub use error::{ForecastError, Result};
 pub use failure::{FailureConfig, FailureForecaster};
+pub use global::{GlobalConfig, GlobalLoadModel, QuantileForecast, SeriesForecaster};
 pub use load::{LoadConfig, LoadForecaster};
 pub use nn::{cap_compute_threads, spawn_training};

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::baseline::Method;
 use crate::error::{ForecastError, Result};
+use crate::metrics::{ewma_levels, pick_ewma_alpha, EWMA_ALPHAS};
 use crate::nn::{Loss, Matrix, Mlp, MlpShape, TrainParams};
 use crate::prep::{median, steps_per_day, time_of_day, Normaliser};
 
@@ -269,9 +271,9 @@ impl LoadScaling {
 /// How [`LoadForecaster::fit`] chose its model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LoadFitReport {
-    /// Validation MAE (raw units) of each candidate, by name.
+    /// Validation MAE (raw units) of each network variant, then of each naive method, by name.
     pub validation_mae: Vec<(String, f64)>,
-    /// The chosen variant.
+    /// The method in use: the chosen variant, or the naive method that beat it.
     pub chosen: String,
     /// Epochs used when retraining on the whole training part.
     pub epochs: usize,
@@ -286,6 +288,8 @@ pub struct LoadForecaster {
     variant: LoadVariant,
     /// Ensemble members; forecasts are their mean.
     members: Vec<Mlp>,
+    /// The naive method that beat the network on validation, which then forecasts instead.
+    fallback: Option<Method>,
 }
 
 /// Origins whose targets end before `horizon_end`, at most `max` of them (the latest).
@@ -411,11 +415,39 @@ impl LoadForecaster {
         let best = scored
             .into_iter()
             .find(|c| c.0 <= best_score * (1.0 + SIMPLER_TOLERANCE));
-        let Some((_, variant, epochs)) = best else {
+        let Some((variant_score, variant, epochs)) = best else {
             return Err(ForecastError::NotEnoughData(
                 "no model variant could be validated on this training part".into(),
             ));
         };
+        // The guard: a naive method that beats the chosen variant on the same validation
+        // origins forecasts this series instead, so the forecaster is never worse than naive
+        // on what it has seen.
+        let history = Self::scaling_for(&variant, train, step_s, config, seasonal_period)?.history_len();
+        let first = split.max(history) - 1;
+        let alpha = pick_ewma_alpha(&train[..split], &EWMA_ALPHAS);
+        let levels = ewma_levels(train, alpha);
+        let mut fallback = None;
+        let mut fallback_score = variant_score;
+        for m in Method::candidates(alpha, period, first, config.horizon) {
+            if m == Method::Model {
+                continue;
+            }
+            let (mut sum, mut n) = (0.0, 0usize);
+            for t in first..train.len() - config.horizon {
+                for k in 0..config.horizon {
+                    if let Some(p) = m.point(train, &levels, t, k, f64::NAN) {
+                        sum += (p - train[t + 1 + k]).abs();
+                        n += 1;
+                    }
+                }
+            }
+            let score = sum / n.max(1) as f64;
+            validation_mae.push((m.name(), score));
+            if n > 0 && score < fallback_score {
+                (fallback, fallback_score) = (Some(m), score);
+            }
+        }
         let scaling = Self::scaling_for(&variant, train, step_s, config, seasonal_period)?;
         let z = scaling.normalise(train);
         let (x, y) = dataset(
@@ -440,7 +472,7 @@ impl LoadForecaster {
         }
         let report = LoadFitReport {
             validation_mae,
-            chosen: variant.name(),
+            chosen: fallback.map_or_else(|| variant.name(), |m| m.name()),
             epochs,
             train_examples: x.rows(),
         };
@@ -449,6 +481,7 @@ impl LoadForecaster {
                 scaling,
                 variant,
                 members,
+                fallback,
             },
             report,
         ))
@@ -484,9 +517,25 @@ impl LoadForecaster {
         &self.scaling
     }
 
-    /// Name of the chosen variant.
+    /// Name of the method in use: the network's variant, or the naive method that beat it
+    /// on validation.
     pub fn variant_name(&self) -> String {
-        self.variant.name()
+        self.fallback.map_or_else(|| self.variant.name(), |m| m.name())
+    }
+
+    /// Replaces the network's forecasts by the fallback method's, if there is one.
+    fn apply_fallback(&self, series: &[f64], origins: &[usize], rows: &mut [Vec<f64>]) {
+        let Some(m) = self.fallback else { return };
+        let alpha = match m {
+            Method::Ewma { alpha } => alpha,
+            _ => 1.0,
+        };
+        let levels = ewma_levels(series, alpha);
+        for (&t, row) in origins.iter().zip(rows.iter_mut()) {
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = m.point(series, &levels, t, k, *v).unwrap_or(series[t]);
+            }
+        }
     }
 
     /// Forecasts for every origin in `origins` of a gap-free `series` starting at `start_s`
@@ -509,7 +558,9 @@ impl LoadForecaster {
             s.features(&z, t, start_s + t as i64 * s.step_s, &mut row);
             x.push_row(&row);
         }
-        self.decode_rows(&x, &z, origins)
+        let mut rows = self.decode_rows(&x, &z, origins)?;
+        self.apply_fallback(series, origins, &mut rows);
+        Ok(rows)
     }
 
     /// Forecasts the next `horizon` steps after the last point of `history` (raw values on
@@ -554,7 +605,16 @@ impl LoadForecaster {
             self.scaling.features(&z, t, last_s, &mut row);
             x.push_row(&row);
         }
-        self.decode_rows(&x, &z, &origins)
+        let mut rows = self.decode_rows(&x, &z, &origins)?;
+        if self.fallback.is_some() {
+            // Each history on its own: the EWMA level runs over the whole history given.
+            for (i, h) in histories.iter().enumerate() {
+                let mut one = vec![rows[i].clone()];
+                self.apply_fallback(h, &[h.len() - 1], &mut one);
+                rows[i] = one.swap_remove(0);
+            }
+        }
+        Ok(rows)
     }
 
     fn decode_rows(&self, x: &Matrix, z: &[f64], origins: &[usize]) -> Result<Vec<Vec<f64>>> {
@@ -587,6 +647,7 @@ impl LoadForecaster {
         let meta = serde_json::json!({
             "scaling": self.scaling,
             "variant": self.variant,
+            "fallback": self.fallback,
         })
         .to_string();
         pack_members("ark.load", &meta, &blobs)
@@ -599,6 +660,8 @@ impl LoadForecaster {
         struct Meta {
             scaling: LoadScaling,
             variant: LoadVariant,
+            #[serde(default)]
+            fallback: Option<Method>,
         }
         let meta: Meta = serde_json::from_str(&meta)
             .map_err(|e| ForecastError::Weights(format!("bad load forecaster metadata: {e}")))?;
@@ -615,6 +678,7 @@ impl LoadForecaster {
             scaling: meta.scaling,
             variant: meta.variant,
             members,
+            fallback: meta.fallback,
         })
     }
 }
@@ -734,7 +798,14 @@ mod tests {
         let s = synthetic(24 * 8);
         let (a, report) = LoadForecaster::fit(&s, 0, 3600, &tiny_config(1)).unwrap();
         let (b, _) = LoadForecaster::fit(&s, 0, 3600, &tiny_config(1)).unwrap();
-        assert_eq!(report.validation_mae.len(), LoadVariant::candidates().len());
+        // Every variant, then the naive methods it was guarded against.
+        let names: Vec<&str> = report.validation_mae.iter().map(|(n, _)| n.as_str()).collect();
+        let variants = LoadVariant::candidates().len();
+        assert!(LoadVariant::candidates()
+            .iter()
+            .zip(&names)
+            .all(|(v, n)| v.name() == *n));
+        assert_eq!(&names[variants..variants + 2], &["persistence", "seasonal_naive"]);
         assert_eq!(a.scaling().seasonal_period, Some(24));
         let fa = a.forecast(&s, 3600 * (s.len() as i64 - 1)).unwrap();
         let fb = b.forecast(&s, 3600 * (s.len() as i64 - 1)).unwrap();
@@ -772,6 +843,27 @@ mod tests {
         assert_eq!(&row[8..10], &[1.0, 2.0]);
         assert_eq!(row.len(), scaling.inputs());
         assert_eq!(scaling.history_len(), 5);
+    }
+
+    #[test]
+    fn a_naive_method_that_wins_on_validation_forecasts_instead() {
+        // An exact daily repeat: the value one day earlier is never wrong, a network always
+        // is a little, so the guard must hand the series to seasonal naive.
+        let s: Vec<f64> = (0..24 * 8)
+            .map(|i| {
+                10.0 + 5.0 * (std::f64::consts::TAU * (i % 24) as f64 / 24.0).sin() + (i % 24 == 5) as u8 as f64 * 4.0
+            })
+            .collect();
+        let (m, report) = LoadForecaster::fit(&s, 0, 3600, &tiny_config(0)).unwrap();
+        assert_eq!(report.chosen, "seasonal_naive");
+        assert_eq!(m.variant_name(), "seasonal_naive");
+        let end_s = 3600 * (s.len() as i64 - 1);
+        let fc = m.forecast(&s, end_s).unwrap();
+        let n = s.len();
+        assert_eq!(fc, vec![s[n - 24], s[n - 23], s[n - 22]]);
+        // The choice survives the trip through bytes (a new leader forecasts the same).
+        let back = LoadForecaster::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.forecast(&s, end_s).unwrap(), fc);
     }
 
     #[test]

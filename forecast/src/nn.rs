@@ -71,6 +71,9 @@ pub enum Loss {
     Mse,
     /// Binary cross-entropy on logits, each row weighted by its sample weight.
     WeightedBce,
+    /// Pinball (quantile) loss: the outputs are `quantiles.len()` blocks of `targets`
+    /// columns each, block `k` fitting quantile `quantiles[k]` of every target column.
+    Pinball([f32; 3]),
 }
 
 /// Hyper-parameters of one training run.
@@ -139,7 +142,97 @@ impl Matrix {
 }
 
 /// A validation callback: scores the network after an epoch, lower is better.
-pub type Validator<'a> = dyn FnMut(&Mlp) -> Result<f64> + 'a;
+pub type Validator<'a, N = Mlp> = dyn FnMut(&N) -> Result<f64> + 'a;
+
+/// A trainable network: its parameters and a differentiable forward pass over a
+/// `[rows, inputs]` batch. [`train_network`] trains any of them.
+pub trait Network {
+    /// Every trainable parameter.
+    fn vars(&self) -> Vec<Var>;
+    /// Outputs for a `[rows, inputs]` batch.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Number of outputs per row.
+    fn outputs(&self) -> usize;
+}
+
+/// A dense layer `(weight [out, in], bias [out])` with uniform He initialisation drawn from
+/// `rng` and zero bias.
+pub fn dense_layer(fan_in: usize, fan_out: usize, rng: &mut StdRng) -> Result<(Var, Var)> {
+    let bound = (6.0 / fan_in.max(1) as f64).sqrt() as f32;
+    let w: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.gen_range(-bound..bound)).collect();
+    let w = Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &Device::Cpu)?)?;
+    let b = Var::zeros(fan_out, DType::F32, &Device::Cpu)?;
+    Ok((w, b))
+}
+
+/// `x · wᵀ + b` for a `[rows, in]` batch.
+pub fn dense(x: &Tensor, (w, b): &(Var, Var)) -> Result<Tensor> {
+    Ok(x.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?)
+}
+
+/// Outputs of `net` for every row of `x`, computed in batches of at most 4096 rows.
+pub fn predict_network<N: Network>(net: &N, x: &Matrix) -> Result<Matrix> {
+    let mut out = Matrix::new(net.outputs());
+    out.data.reserve(x.rows() * net.outputs());
+    const BATCH_ROWS_MAX: usize = 4096;
+    let rows = x.rows();
+    let mut start = 0;
+    while start < rows {
+        let end = (start + BATCH_ROWS_MAX).min(rows);
+        let chunk = Tensor::from_slice(
+            &x.data[start * x.cols..end * x.cols],
+            (end - start, x.cols),
+            &Device::Cpu,
+        )?;
+        let y = net.forward(&chunk)?.flatten_all()?.to_vec1::<f32>()?;
+        out.data.extend(y);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Encodes named parameters as one safetensors blob with `metadata` in its header.
+pub fn encode_safetensors(named: &[(String, &Var)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in named {
+        let values = t.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        buffers.push((name.clone(), t.as_tensor().dims().to_vec(), bytes));
+    }
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, shape, bytes) in &buffers {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| ForecastError::Weights(format!("tensor {name}: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, &Some(metadata)).map_err(|e| ForecastError::Weights(format!("cannot serialise: {e}")))
+}
+
+/// Header metadata of a safetensors blob.
+pub fn safetensors_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| ForecastError::Weights(format!("cannot read the header: {e}")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// One f32 tensor of a parsed safetensors blob, checked against the expected shape.
+pub fn load_var(tensors: &safetensors::SafeTensors<'_>, name: &str, want: &[usize]) -> Result<Var> {
+    let bad = |m: String| ForecastError::Weights(m);
+    let view = tensors.tensor(name).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+    if view.dtype() != safetensors::Dtype::F32 || view.shape() != want {
+        return Err(bad(format!(
+            "tensor {name}: expected f32 {want:?}, found {:?} {:?}",
+            view.dtype(),
+            view.shape()
+        )));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(values, want, &Device::Cpu)?)?)
+}
 
 /// What a training run did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -150,6 +243,153 @@ pub struct TrainOutcome {
     pub train_loss: f64,
     /// Best validation score (lower is better), if a validator was given.
     pub best_validation: Option<f64>,
+}
+
+impl Network for Mlp {
+    fn vars(&self) -> Vec<Var> {
+        Mlp::vars(self)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Mlp::forward(self, x)
+    }
+
+    fn outputs(&self) -> usize {
+        self.shape.outputs
+    }
+}
+
+/// Loss of predictions `pred` against `target` (`[rows, outputs]`), with optional per-row
+/// weights `[rows, 1]` (used by [`Loss::WeightedBce`]).
+pub fn loss_of(pred: &Tensor, target: &Tensor, weight: Option<&Tensor>, loss: Loss) -> Result<Tensor> {
+    Ok(match loss {
+        Loss::L1 => (pred - target)?.abs()?.mean_all()?,
+        Loss::Mse => (pred - target)?.sqr()?.mean_all()?,
+        Loss::WeightedBce => {
+            // softplus(z) - y z, written with abs/exp/log so it is stable and every op
+            // has a backward pass.
+            let softplus = (pred.relu()? + ((pred.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+            let per_row = (softplus - (target * pred)?)?;
+            match weight {
+                Some(w) => {
+                    let total = w.sum_all()?;
+                    (per_row.broadcast_mul(w)?.sum_all()? / total)?
+                }
+                None => per_row.mean_all()?,
+            }
+        }
+        Loss::Pinball(qs) => {
+            // q·relu(y − ŷ) + (1 − q)·relu(ŷ − y) per quantile block.
+            let cols = target.dim(1)?;
+            let repeated = Tensor::cat(&vec![target; qs.len()], 1)?;
+            let q: Vec<f32> = qs.iter().flat_map(|&q| std::iter::repeat_n(q, cols)).collect();
+            let q = Tensor::from_vec(q, (1, qs.len() * cols), &Device::Cpu)?;
+            let r = (repeated - pred)?;
+            let over = r.relu()?.broadcast_mul(&q)?;
+            let under = r.neg()?.relu()?.broadcast_mul(&(q.neg()? + 1.0)?)?;
+            (over + under)?.mean_all()?
+        }
+    })
+}
+
+fn snapshot(vars: &[Var]) -> Result<Vec<Tensor>> {
+    Ok(vars
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+fn restore(vars: &[Var], snapshot: &[Tensor]) -> Result<()> {
+    for (v, t) in vars.iter().zip(snapshot) {
+        v.set(t)?;
+    }
+    Ok(())
+}
+
+/// Trains `net` in place on the calling thread. With a `validate` closure (lower is
+/// better), it is called after every epoch, training stops after `patience` epochs without
+/// improvement, and the best epoch's weights are kept.
+pub fn train_network<N: Network>(
+    net: &N,
+    x: &Matrix,
+    y: &Matrix,
+    weights: Option<&[f32]>,
+    params: &TrainParams,
+    mut validate: Option<&mut Validator<'_, N>>,
+) -> Result<TrainOutcome> {
+    let rows = x.rows();
+    if rows == 0 || y.rows() != rows || weights.is_some_and(|w| w.len() != rows) {
+        return Err(ForecastError::NotEnoughData(format!(
+            "training needs matching non-empty inputs and targets, got {rows} and {} rows",
+            y.rows()
+        )));
+    }
+    let vars = net.vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: params.learning_rate,
+            weight_decay: params.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = StdRng::seed_from_u64(params.seed ^ 0x05ee_d0fb_a7c4);
+    let mut order: Vec<usize> = (0..rows).collect();
+    let batch = params.batch_size.clamp(1, rows);
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut since_best = 0usize;
+    let mut train_loss = f64::NAN;
+    let mut epochs_run = 0usize;
+    for epoch in 0..params.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for idx in order.chunks(batch) {
+            let xb = x.select(idx).to_tensor()?;
+            let yb = y.select(idx).to_tensor()?;
+            let wb = match weights {
+                Some(w) => {
+                    let v: Vec<f32> = idx.iter().map(|&i| w[i]).collect();
+                    Some(Tensor::from_vec(v, (idx.len(), 1), &Device::Cpu)?)
+                }
+                None => None,
+            };
+            let pred = net.forward(&xb)?;
+            let loss = loss_of(&pred, &yb, wb.as_ref(), params.loss)?;
+            opt.backward_step(&loss)?;
+            sum += f64::from(loss.to_scalar::<f32>()?);
+            n += 1;
+        }
+        train_loss = sum / n.max(1) as f64;
+        epochs_run = epoch + 1;
+        if let Some(validate) = validate.as_mut() {
+            let score = validate(net)?;
+            let improved = best.as_ref().is_none_or(|b| score < b.0);
+            if improved {
+                best = Some((score, epochs_run, snapshot(&vars)?));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if since_best >= params.patience.max(1) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(match best {
+        Some((score, epochs_used, weights)) => {
+            restore(&vars, &weights)?;
+            TrainOutcome {
+                epochs_used,
+                train_loss,
+                best_validation: Some(score),
+            }
+        }
+        None => TrainOutcome {
+            epochs_used: epochs_run,
+            train_loss,
+            best_validation: None,
+        },
+    })
 }
 
 impl Mlp {
@@ -166,12 +406,7 @@ impl Mlp {
         dims.push(shape.outputs);
         let mut layers = Vec::with_capacity(dims.len() - 1);
         for pair in dims.windows(2) {
-            let (fan_in, fan_out) = (pair[0], pair[1]);
-            let bound = (6.0 / fan_in as f64).sqrt() as f32;
-            let w: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.gen_range(-bound..bound)).collect();
-            let w = Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &Device::Cpu)?)?;
-            let b = Var::zeros(fan_out, DType::F32, &Device::Cpu)?;
-            layers.push((w, b));
+            layers.push(dense_layer(pair[0], pair[1], rng)?);
         }
         Ok(Self { shape, layers })
     }
@@ -190,8 +425,8 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.layers.len() - 1;
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            h = h.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = dense(&h, layer)?;
             if i < last {
                 h = h.relu()?;
             }
@@ -207,145 +442,25 @@ impl Mlp {
                 self.shape.inputs, x.cols
             )));
         }
-        let mut out = Matrix::new(self.shape.outputs);
-        out.data.reserve(x.rows() * self.shape.outputs);
-        const BATCH_ROWS_MAX: usize = 4096;
-        let rows = x.rows();
-        let mut start = 0;
-        while start < rows {
-            let end = (start + BATCH_ROWS_MAX).min(rows);
-            let chunk = Tensor::from_slice(
-                &x.data[start * x.cols..end * x.cols],
-                (end - start, x.cols),
-                &Device::Cpu,
-            )?;
-            let y = self.forward(&chunk)?.flatten_all()?.to_vec1::<f32>()?;
-            out.data.extend(y);
-            start = end;
-        }
-        Ok(out)
+        predict_network(self, x)
     }
 
     /// Loss of predictions `pred` against `target` (`[rows, outputs]`), with optional
     /// per-row weights `[rows, 1]` (used by [`Loss::WeightedBce`]).
     pub fn loss(pred: &Tensor, target: &Tensor, weight: Option<&Tensor>, loss: Loss) -> Result<Tensor> {
-        Ok(match loss {
-            Loss::L1 => (pred - target)?.abs()?.mean_all()?,
-            Loss::Mse => (pred - target)?.sqr()?.mean_all()?,
-            Loss::WeightedBce => {
-                // softplus(z) - y z, written with abs/exp/log so it is stable and every op
-                // has a backward pass.
-                let softplus = (pred.relu()? + ((pred.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
-                let per_row = (softplus - (target * pred)?)?;
-                match weight {
-                    Some(w) => {
-                        let total = w.sum_all()?;
-                        (per_row.broadcast_mul(w)?.sum_all()? / total)?
-                    }
-                    None => per_row.mean_all()?,
-                }
-            }
-        })
+        loss_of(pred, target, weight, loss)
     }
 
-    fn snapshot(&self) -> Result<Vec<Tensor>> {
-        Ok(self
-            .vars()
-            .iter()
-            .map(|v| v.as_tensor().copy())
-            .collect::<candle_core::Result<_>>()?)
-    }
-
-    fn restore(&self, snapshot: &[Tensor]) -> Result<()> {
-        for (v, t) in self.vars().iter().zip(snapshot) {
-            v.set(t)?;
-        }
-        Ok(())
-    }
-
-    /// Trains in place on the calling thread. With a `validate` closure (lower is better),
-    /// it is called after every epoch, training stops after `patience` epochs without
-    /// improvement, and the best epoch's weights are kept.
+    /// Trains in place on the calling thread (see [`train_network`]).
     pub fn train(
         &self,
         x: &Matrix,
         y: &Matrix,
         weights: Option<&[f32]>,
         params: &TrainParams,
-        mut validate: Option<&mut Validator<'_>>,
+        validate: Option<&mut Validator<'_>>,
     ) -> Result<TrainOutcome> {
-        let rows = x.rows();
-        if rows == 0 || y.rows() != rows || weights.is_some_and(|w| w.len() != rows) {
-            return Err(ForecastError::NotEnoughData(format!(
-                "training needs matching non-empty inputs and targets, got {rows} and {} rows",
-                y.rows()
-            )));
-        }
-        let mut opt = AdamW::new(
-            self.vars(),
-            ParamsAdamW {
-                lr: params.learning_rate,
-                weight_decay: params.weight_decay,
-                ..ParamsAdamW::default()
-            },
-        )?;
-        let mut rng = StdRng::seed_from_u64(params.seed ^ 0x05ee_d0fb_a7c4);
-        let mut order: Vec<usize> = (0..rows).collect();
-        let batch = params.batch_size.clamp(1, rows);
-        let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-        let mut since_best = 0usize;
-        let mut train_loss = f64::NAN;
-        let mut epochs_run = 0usize;
-        for epoch in 0..params.epochs {
-            order.shuffle(&mut rng);
-            let (mut sum, mut n) = (0.0f64, 0usize);
-            for idx in order.chunks(batch) {
-                let xb = x.select(idx).to_tensor()?;
-                let yb = y.select(idx).to_tensor()?;
-                let wb = match weights {
-                    Some(w) => {
-                        let v: Vec<f32> = idx.iter().map(|&i| w[i]).collect();
-                        Some(Tensor::from_vec(v, (idx.len(), 1), &Device::Cpu)?)
-                    }
-                    None => None,
-                };
-                let pred = self.forward(&xb)?;
-                let loss = Self::loss(&pred, &yb, wb.as_ref(), params.loss)?;
-                opt.backward_step(&loss)?;
-                sum += f64::from(loss.to_scalar::<f32>()?);
-                n += 1;
-            }
-            train_loss = sum / n.max(1) as f64;
-            epochs_run = epoch + 1;
-            if let Some(validate) = validate.as_mut() {
-                let score = validate(self)?;
-                let improved = best.as_ref().is_none_or(|b| score < b.0);
-                if improved {
-                    best = Some((score, epochs_run, self.snapshot()?));
-                    since_best = 0;
-                } else {
-                    since_best += 1;
-                    if since_best >= params.patience.max(1) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(match best {
-            Some((score, epochs_used, weights)) => {
-                self.restore(&weights)?;
-                TrainOutcome {
-                    epochs_used,
-                    train_loss,
-                    best_validation: Some(score),
-                }
-            }
-            None => TrainOutcome {
-                epochs_used: epochs_run,
-                train_loss,
-                best_validation: None,
-            },
-        })
+        train_network(self, x, y, weights, params, validate)
     }
 
     /// Encodes the weights as a safetensors blob; `metadata` is stored in its header (the
@@ -355,31 +470,19 @@ impl Mlp {
         let shape = serde_json::to_string(&self.shape)
             .map_err(|e| ForecastError::Weights(format!("cannot encode the shape: {e}")))?;
         metadata.insert("ark.mlp_shape".into(), shape);
-        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut named = Vec::new();
         for (i, (w, b)) in self.layers.iter().enumerate() {
-            for (name, t) in [(format!("layer{i}.weight"), w), (format!("layer{i}.bias"), b)] {
-                let values = t.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                buffers.push((name, t.as_tensor().dims().to_vec(), bytes));
-            }
+            named.push((format!("layer{i}.weight"), w));
+            named.push((format!("layer{i}.bias"), b));
         }
-        let mut views = Vec::with_capacity(buffers.len());
-        for (name, shape, bytes) in &buffers {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(|e| ForecastError::Weights(format!("tensor {name}: {e}")))?;
-            views.push((name.clone(), view));
-        }
-        safetensors::serialize(views, &Some(metadata))
-            .map_err(|e| ForecastError::Weights(format!("cannot serialise: {e}")))
+        encode_safetensors(&named, metadata)
     }
 
     /// Decodes a blob written by [`Mlp::to_safetensors`], returning the network and the
     /// header metadata.
     pub fn from_safetensors(bytes: &[u8]) -> Result<(Self, HashMap<String, String>)> {
         let bad = |m: String| ForecastError::Weights(m);
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("cannot read the header: {e}")))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
+        let metadata = safetensors_metadata(bytes)?;
         let shape: MlpShape = serde_json::from_str(
             metadata
                 .get("ark.mlp_shape")
@@ -393,24 +496,8 @@ impl Mlp {
         dims.push(shape.outputs);
         let mut layers = Vec::new();
         for (i, pair) in dims.windows(2).enumerate() {
-            let load = |name: String, want: Vec<usize>| -> Result<Var> {
-                let view = tensors.tensor(&name).map_err(|e| bad(format!("tensor {name}: {e}")))?;
-                if view.dtype() != safetensors::Dtype::F32 || view.shape() != want.as_slice() {
-                    return Err(bad(format!(
-                        "tensor {name}: expected f32 {want:?}, found {:?} {:?}",
-                        view.dtype(),
-                        view.shape()
-                    )));
-                }
-                let values: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                Ok(Var::from_tensor(&Tensor::from_vec(values, want, &Device::Cpu)?)?)
-            };
-            let w = load(format!("layer{i}.weight"), vec![pair[1], pair[0]])?;
-            let b = load(format!("layer{i}.bias"), vec![pair[1]])?;
+            let w = load_var(&tensors, &format!("layer{i}.weight"), &[pair[1], pair[0]])?;
+            let b = load_var(&tensors, &format!("layer{i}.bias"), &[pair[1]])?;
             layers.push((w, b));
         }
         Ok((Self { shape, layers }, metadata))

@@ -260,6 +260,34 @@ pub fn windows(series: &[f64], window: usize, horizon: usize) -> impl Iterator<I
     })
 }
 
+/// A series ready for forecasting: gap-free values on a regular grid, and which grid points
+/// were observed (the others were interpolated and are never scored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Time of `values[0]`, seconds since the epoch.
+    pub start_s: i64,
+    /// Grid step (the median sampling step), seconds.
+    pub step_s: i64,
+    /// Gap-free values.
+    pub values: Vec<f64>,
+    /// Whether each grid point had a sample.
+    pub observed: Vec<bool>,
+}
+
+/// Resamples `(timestamp_s, value)` samples to their median step and fills the gaps.
+pub fn prepare(points: &[(i64, f64)]) -> Result<Prepared> {
+    let step_s = infer_step_s(&points.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let grid = resample(points, step_s)?;
+    let observed = grid.values.iter().map(Option::is_some).collect();
+    let values = fill_gaps(&grid.values)?;
+    Ok(Prepared {
+        start_s: grid.start_s,
+        step_s,
+        values,
+        observed,
+    })
+}
+
 /// Time-of-day encoded as `[sin, cos]` of the angle of the day elapsed at `time_s` (UTC),
 /// so that 23:59 and 00:00 are neighbours.
 pub fn time_of_day(time_s: i64) -> [f64; 2] {
