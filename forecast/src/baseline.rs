@@ -19,6 +19,8 @@ pub enum Method {
     },
     /// The model (its median).
     Model,
+    /// The model after fine-tuning on the series' own past (its median).
+    Tuned,
 }
 
 impl Method {
@@ -41,6 +43,7 @@ impl Method {
             Method::SeasonalNaive { .. } => "seasonal_naive".into(),
             Method::Ewma { alpha } => format!("ewma(alpha={alpha})"),
             Method::Model => "model".into(),
+            Method::Tuned => "model_tuned".into(),
         }
     }
 
@@ -54,7 +57,7 @@ impl Method {
                 (t + 1 + k).checked_sub(back).map(|i| x[i])
             }
             Method::Ewma { .. } => Some(levels[t]),
-            Method::Model => Some(model),
+            Method::Model | Method::Tuned => Some(model),
         }
     }
 }

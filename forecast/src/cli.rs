@@ -157,6 +157,10 @@ pub struct EvalLoadArgs {
     /// Global model: networks averaged, differently seeded.
     #[arg(long, default_value_t = GlobalConfig::default().ensemble)]
     pub ensemble: usize,
+    /// Global model: epochs of fine-tuning on each series' own past before choosing
+    /// (0: choose among the global model and the baselines only).
+    #[arg(long, default_value_t = GlobalConfig::default().tune_epochs)]
+    pub tune_epochs: usize,
     /// Seed of initialisation and minibatch order (same seed, same figures).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -272,6 +276,7 @@ impl ForecastCmd {
                     horizon: a.horizon,
                     seed: a.seed,
                     ensemble: a.ensemble,
+                    tune_epochs: a.tune_epochs,
                     ..GlobalConfig::default()
                 };
                 match (&a.csv, &a.train) {
@@ -281,8 +286,9 @@ impl ForecastCmd {
                         let name = csv.display().to_string();
                         if let Some(path) = &a.model {
                             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                            let model = GlobalLoadModel::from_bytes(&bytes)
+                            let mut model = GlobalLoadModel::from_bytes(&bytes)
                                 .with_context(|| format!("decoding the load model {}", path.display()))?;
+                            model.set_tune_epochs(a.tune_epochs);
                             let report = eval_load_with(&model, &name, &points)
                                 .with_context(|| format!("evaluating {} on {name}", path.display()))?;
                             print_cross(&mut out, &report, a.json)?;

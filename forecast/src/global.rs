@@ -66,6 +66,11 @@ pub struct GlobalConfig {
     pub origins_per_series_max: usize,
     /// Networks averaged (differently seeded), at least 1.
     pub ensemble: usize,
+    /// Epochs of fine-tuning on a series' own past before [`GlobalLoadModel::select`]
+    /// compares methods (0: none). The tuned model is one more candidate there.
+    pub tune_epochs: usize,
+    /// Learning rate of that fine-tuning (lower than training's, so it adapts, not forgets).
+    pub tune_learning_rate: f64,
 }
 
 impl Default for GlobalConfig {
@@ -85,6 +90,8 @@ impl Default for GlobalConfig {
             validation_fraction: 0.2,
             origins_per_series_max: 4000,
             ensemble: 1,
+            tune_epochs: 4,
+            tune_learning_rate: 5e-4,
         }
     }
 }
@@ -373,6 +380,12 @@ impl GlobalLoadModel {
         &self.config
     }
 
+    /// Sets the epochs of fine-tuning [`GlobalLoadModel::select`] does (0: none), e.g. to
+    /// override what a stored model was saved with.
+    pub fn set_tune_epochs(&mut self, epochs: usize) {
+        self.config.tune_epochs = epochs;
+    }
+
     /// Steps forecast.
     pub fn horizon(&self) -> usize {
         self.config.horizon
@@ -470,10 +483,18 @@ impl GlobalLoadModel {
         let alpha = pick_ewma_alpha(&series[..val_start.max(2)], &EWMA_ALPHAS);
         let origins: Vec<usize> = (first_origin..n - h).collect();
         let model = self.forecast_at(series, start_s, step_s, &origins)?;
-        let methods = Method::candidates(alpha, steps_per_day(step_s), first_origin, h);
+        let tuned = self.tuned_on(&series[..val_start], start_s, step_s)?;
+        let tuned_fc = match &tuned {
+            Some(t) => Some(t.forecast_at(series, start_s, step_s, &origins)?),
+            None => None,
+        };
+        let mut methods = Method::candidates(alpha, steps_per_day(step_s), first_origin, h);
+        if tuned.is_some() {
+            methods.push(Method::Tuned);
+        }
         let mut errors = vec![(0.0f64, 0usize); methods.len()];
         let levels = ewma_levels(series, alpha);
-        for (&t, fc) in origins.iter().zip(&model) {
+        for (i, (&t, fc)) in origins.iter().zip(&model).enumerate() {
             for k in 0..h {
                 let target = t + 1 + k;
                 if observed.is_some_and(|o| !o.get(target).copied().unwrap_or(false)) {
@@ -481,7 +502,11 @@ impl GlobalLoadModel {
                 }
                 let actual = series[target];
                 for (m, e) in methods.iter().zip(errors.iter_mut()) {
-                    if let Some(p) = m.point(series, &levels, t, k, fc.p50[k]) {
+                    let model_point = match (m, &tuned_fc) {
+                        (Method::Tuned, Some(tf)) => tf[i].p50[k],
+                        _ => fc.p50[k],
+                    };
+                    if let Some(p) = m.point(series, &levels, t, k, model_point) {
                         e.0 += (p - actual).abs();
                         e.1 += 1;
                     }
@@ -494,7 +519,7 @@ impl GlobalLoadModel {
             .filter(|(_, e)| e.1 > 0)
             .map(|(m, e)| (m.name(), e.0 / e.1 as f64))
             .collect();
-        // Ties go to the earlier (simpler) method; the model is listed last.
+        // Ties go to the earlier (simpler) method; the models are listed last.
         let chosen = methods
             .iter()
             .zip(&errors)
@@ -502,12 +527,49 @@ impl GlobalLoadModel {
             .min_by(|a, b| (a.1 .0 / a.1 .1 as f64).total_cmp(&(b.1 .0 / b.1 .1 as f64)))
             .map(|(m, _)| *m)
             .ok_or_else(|| ForecastError::NotEnoughData("no observed validation target".into()))?;
+        let model = match (chosen, tuned) {
+            (Method::Tuned, Some(t)) => t,
+            _ => self.clone(),
+        };
         Ok(SeriesForecaster {
-            model: self.clone(),
+            model,
             method: chosen,
             validation_mae,
             step_s,
         })
+    }
+
+    /// A copy fine-tuned on `past` for `tune_epochs` (every origin of it, pinball loss, no
+    /// early stopping: the caller judges it on data after `past`). `None` when tuning is off
+    /// or `past` is too short to tune on.
+    fn tuned_on(&self, past: &[f64], start_s: i64, step_s: i64) -> Result<Option<GlobalLoadModel>> {
+        let cfg = &self.config;
+        if cfg.tune_epochs == 0 || past.len() < cfg.context + 4 * cfg.horizon + 20 {
+            return Ok(None);
+        }
+        let series = Series {
+            name: String::new(),
+            values: past.to_vec(),
+            start_s,
+            step_s,
+        };
+        let origins = spaced(cfg.context - 1..past.len() - cfg.horizon, cfg.origins_per_series_max);
+        let rows = dataset(cfg, &series, origins.into_iter());
+        // A deep copy: the tuned weights must not alias the shared model's.
+        let copy = Self::from_bytes(&self.to_bytes()?)?;
+        for (m, net) in copy.members.iter().enumerate() {
+            let params = TrainParams {
+                epochs: cfg.tune_epochs,
+                batch_size: cfg.batch_size,
+                learning_rate: cfg.tune_learning_rate,
+                weight_decay: cfg.weight_decay,
+                loss: Loss::Pinball(QUANTILES),
+                seed: cfg.seed.wrapping_add(0x7u64.wrapping_mul(m as u64 + 1)),
+                patience: cfg.tune_epochs,
+            };
+            train_network(net, &rows.x, &rows.y, None, &params, None)?;
+        }
+        Ok(Some(copy))
     }
 
     /// Encodes the configuration and every member's weights as one safetensors blob.
@@ -591,7 +653,7 @@ impl SeriesForecaster {
     /// p10/p90 are shifted to centre on the baseline's point.
     pub fn forecast_at(&self, series: &[f64], start_s: i64, origins: &[usize]) -> Result<Vec<QuantileForecast>> {
         let model = self.model.forecast_at(series, start_s, self.step_s, origins)?;
-        if self.method == Method::Model {
+        if matches!(self.method, Method::Model | Method::Tuned) {
             return Ok(model);
         }
         let alpha = match self.method {
@@ -727,6 +789,29 @@ mod tests {
         let n = s.len();
         assert_eq!(fc.p50, s[n - 24..n - 20].to_vec());
         assert!(chooser.validation_mae().iter().any(|(m, _)| m == "model"));
+    }
+
+    #[test]
+    fn fine_tuning_adapts_a_copy_and_is_one_more_candidate() {
+        let (model, _) = GlobalLoadModel::fit(&corpus()[..1], &tiny()).unwrap();
+        // A shape the corpus never had: a weekly-free sawtooth with a slow trend.
+        let s: Vec<f64> = (0..24 * 8).map(|i| (i % 9) as f64 * 3.0 + i as f64 * 0.2).collect();
+        let before = model.forecast_at(&s, 0, STEP_S, &[100, 150]).unwrap();
+        let chooser = model.select(&s, None, 0, STEP_S, 0.3).unwrap();
+        let names: Vec<&str> = chooser.validation_mae().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"model") && names.contains(&"model_tuned"), "{names:?}");
+        // Tuning trained a copy: the shared model forecasts exactly as before.
+        assert_eq!(model.forecast_at(&s, 0, STEP_S, &[100, 150]).unwrap(), before);
+        let tuned = model.tuned_on(&s[..120], 0, STEP_S).unwrap().unwrap();
+        assert_ne!(tuned.forecast_at(&s, 0, STEP_S, &[100, 150]).unwrap(), before);
+        let off = GlobalLoadModel {
+            config: GlobalConfig {
+                tune_epochs: 0,
+                ..model.config.clone()
+            },
+            members: model.members.clone(),
+        };
+        assert!(off.tuned_on(&s[..120], 0, STEP_S).unwrap().is_none());
     }
 
     #[test]
