@@ -21,6 +21,8 @@ pub enum Method {
     Model,
     /// The model after fine-tuning on the series' own past (its median).
     Tuned,
+    /// A per-series forecaster fitted on the series' own past alone.
+    PerSeries,
 }
 
 impl Method {
@@ -44,6 +46,7 @@ impl Method {
             Method::Ewma { alpha } => format!("ewma(alpha={alpha})"),
             Method::Model => "model".into(),
             Method::Tuned => "model_tuned".into(),
+            Method::PerSeries => "per_series".into(),
         }
     }
 
@@ -57,7 +60,7 @@ impl Method {
                 (t + 1 + k).checked_sub(back).map(|i| x[i])
             }
             Method::Ewma { .. } => Some(levels[t]),
-            Method::Model | Method::Tuned => Some(model),
+            Method::Model | Method::Tuned | Method::PerSeries => Some(model),
         }
     }
 }

@@ -161,6 +161,10 @@ pub struct EvalLoadArgs {
     /// (0: choose among the global model and the baselines only).
     #[arg(long, default_value_t = GlobalConfig::default().tune_epochs)]
     pub tune_epochs: usize,
+    /// Global model: leave the per-series forecaster (fitted on each series' own past) out
+    /// of the per-series choice.
+    #[arg(long)]
+    pub no_per_series: bool,
     /// Seed of initialisation and minibatch order (same seed, same figures).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -277,6 +281,7 @@ impl ForecastCmd {
                     seed: a.seed,
                     ensemble: a.ensemble,
                     tune_epochs: a.tune_epochs,
+                    per_series_candidate: !a.no_per_series,
                     ..GlobalConfig::default()
                 };
                 match (&a.csv, &a.train) {
@@ -288,7 +293,7 @@ impl ForecastCmd {
                             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                             let mut model = GlobalLoadModel::from_bytes(&bytes)
                                 .with_context(|| format!("decoding the load model {}", path.display()))?;
-                            model.set_tune_epochs(a.tune_epochs);
+                            model.set_candidates(a.tune_epochs, !a.no_per_series);
                             let report = eval_load_with(&model, &name, &points)
                                 .with_context(|| format!("evaluating {} on {name}", path.display()))?;
                             print_cross(&mut out, &report, a.json)?;

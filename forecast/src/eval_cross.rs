@@ -251,3 +251,70 @@ pub fn eval_load_with(model: &GlobalLoadModel, name: &str, points: &[(i64, f64)]
     let scored = score(model, 0, name, &p)?;
     Ok(summarise(model.horizon(), Vec::new(), vec![scored]))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    /// Hourly samples of a daily cycle with its own level and scale, 8 days.
+    fn named(name: &str, level: f64, amplitude: f64) -> NamedPoints {
+        let pts = (0..24 * 8)
+            .map(|i| {
+                let a = std::f64::consts::TAU * i as f64 / 24.0;
+                (
+                    i as i64 * 3600,
+                    level + amplitude * (a.sin() + 0.1 * ((i * 7919) % 7) as f64 / 7.0),
+                )
+            })
+            .collect();
+        (name.to_string(), pts)
+    }
+
+    fn tiny() -> GlobalConfig {
+        GlobalConfig {
+            horizon: 3,
+            context: 16,
+            stats_steps: 48,
+            channels: 4,
+            hidden: 8,
+            epochs_max: 5,
+            tune_epochs: 1,
+            per_series_candidate: false,
+            ..GlobalConfig::default()
+        }
+    }
+
+    #[test]
+    fn folds_score_every_series_with_a_model_that_never_saw_it() {
+        let all: Vec<NamedPoints> = ["a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| named(n, 10.0 * (i + 1) as f64, 1.0 + i as f64))
+            .collect();
+        let r = eval_load_folds(&all, 2, &tiny()).unwrap();
+        assert_eq!(r.series.len(), 4);
+        assert_eq!(r.fits.len(), 2);
+        for s in &r.series {
+            assert!(
+                !r.fits[s.fold].series.contains(&s.file),
+                "{} scored by a model trained on it",
+                s.file
+            );
+            assert!(s.ratio.is_finite() && s.model_ratio.is_finite());
+            assert!(s.validation_mae.iter().any(|(m, _)| m == &s.chosen));
+            assert!(s.test_origins > 0);
+        }
+        assert_eq!(r.at_most_0_9 + r.series.iter().filter(|s| s.ratio > 0.9).count(), 4);
+        assert!(eval_load_folds(&all, 1, &tiny()).is_err());
+        assert!(eval_load_folds(&all, 5, &tiny()).is_err());
+    }
+
+    #[test]
+    fn a_series_in_both_sets_is_refused() {
+        let a = named("a", 10.0, 1.0);
+        let b = named("b", 20.0, 2.0);
+        let err = eval_load_cross(&[a.clone(), b], &[a], &tiny()).unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+    }
+}

@@ -18,6 +18,7 @@ use rand::SeedableRng;
 
 use crate::baseline::Method;
 use crate::error::{ForecastError, Result};
+use crate::load::{LoadConfig, LoadForecaster};
 use crate::metrics::{ewma_levels, pick_ewma_alpha, EWMA_ALPHAS};
 use crate::nn::{encode_safetensors, load_var, predict_network, safetensors_metadata, train_network};
 use crate::nn::{Loss, Matrix, Network, TrainParams};
@@ -71,6 +72,9 @@ pub struct GlobalConfig {
     pub tune_epochs: usize,
     /// Learning rate of that fine-tuning (lower than training's, so it adapts, not forgets).
     pub tune_learning_rate: f64,
+    /// Whether [`GlobalLoadModel::select`] also fits a per-series [`LoadForecaster`] on the
+    /// series' own past as one more candidate.
+    pub per_series_candidate: bool,
 }
 
 impl Default for GlobalConfig {
@@ -92,6 +96,7 @@ impl Default for GlobalConfig {
             ensemble: 1,
             tune_epochs: 4,
             tune_learning_rate: 5e-4,
+            per_series_candidate: true,
         }
     }
 }
@@ -380,10 +385,12 @@ impl GlobalLoadModel {
         &self.config
     }
 
-    /// Sets the epochs of fine-tuning [`GlobalLoadModel::select`] does (0: none), e.g. to
+    /// Sets the candidates [`GlobalLoadModel::select`] adds to the model and the baselines:
+    /// epochs of fine-tuning (0: no tuned copy) and the per-series forecaster, e.g. to
     /// override what a stored model was saved with.
-    pub fn set_tune_epochs(&mut self, epochs: usize) {
-        self.config.tune_epochs = epochs;
+    pub fn set_candidates(&mut self, tune_epochs: usize, per_series: bool) {
+        self.config.tune_epochs = tune_epochs;
+        self.config.per_series_candidate = per_series;
     }
 
     /// Steps forecast.
@@ -488,9 +495,17 @@ impl GlobalLoadModel {
             Some(t) => Some(t.forecast_at(series, start_s, step_s, &origins)?),
             None => None,
         };
+        let local = self.per_series_on(&series[..val_start], start_s, step_s);
+        let local_fc = match &local {
+            Some(l) => l.forecast_at(series, start_s, &origins).ok(),
+            None => None,
+        };
         let mut methods = Method::candidates(alpha, steps_per_day(step_s), first_origin, h);
         if tuned.is_some() {
             methods.push(Method::Tuned);
+        }
+        if local_fc.is_some() {
+            methods.push(Method::PerSeries);
         }
         let mut errors = vec![(0.0f64, 0usize); methods.len()];
         let levels = ewma_levels(series, alpha);
@@ -502,8 +517,9 @@ impl GlobalLoadModel {
                 }
                 let actual = series[target];
                 for (m, e) in methods.iter().zip(errors.iter_mut()) {
-                    let model_point = match (m, &tuned_fc) {
-                        (Method::Tuned, Some(tf)) => tf[i].p50[k],
+                    let model_point = match (m, &tuned_fc, &local_fc) {
+                        (Method::Tuned, Some(tf), _) => tf[i].p50[k],
+                        (Method::PerSeries, _, Some(lf)) => lf[i][k],
                         _ => fc.p50[k],
                     };
                     if let Some(p) = m.point(series, &levels, t, k, model_point) {
@@ -533,10 +549,31 @@ impl GlobalLoadModel {
         };
         Ok(SeriesForecaster {
             model,
+            local: local.filter(|_| chosen == Method::PerSeries),
             method: chosen,
             validation_mae,
             step_s,
         })
+    }
+
+    /// A per-series forecaster fitted on `past` alone, when that candidate is on and `past`
+    /// is long enough for one.
+    fn per_series_on(&self, past: &[f64], start_s: i64, step_s: i64) -> Option<LoadForecaster> {
+        if !self.config.per_series_candidate {
+            return None;
+        }
+        let config = LoadConfig {
+            horizon: self.config.horizon,
+            seed: self.config.seed,
+            ..LoadConfig::default()
+        };
+        match LoadForecaster::fit(past, start_s, step_s, &config) {
+            Ok((m, _)) => Some(m),
+            Err(e) => {
+                tracing::debug!(error = %e, "no per-series candidate");
+                None
+            }
+        }
     }
 
     /// A copy fine-tuned on `past` for `tune_epochs` (every origin of it, pinball loss, no
@@ -632,6 +669,8 @@ impl GlobalLoadModel {
 #[derive(Debug, Clone)]
 pub struct SeriesForecaster {
     model: GlobalLoadModel,
+    /// The per-series forecaster, when it was chosen.
+    local: Option<LoadForecaster>,
     method: Method,
     validation_mae: Vec<(String, f64)>,
     step_s: i64,
@@ -648,9 +687,9 @@ impl SeriesForecaster {
         &self.validation_mae
     }
 
-    /// Forecasts from each origin of `series` (gap-free, from `start_s`). A baseline's
-    /// forecast has equal quantiles except where the model gives its spread: the model's
-    /// p10/p90 are shifted to centre on the baseline's point.
+    /// Forecasts from each origin of `series` (gap-free, from `start_s`). A baseline or the
+    /// per-series forecaster gives a point; the global model's p10/p90 are shifted to centre
+    /// on it, so the spread still comes from the model.
     pub fn forecast_at(&self, series: &[f64], start_s: i64, origins: &[usize]) -> Result<Vec<QuantileForecast>> {
         let model = self.model.forecast_at(series, start_s, self.step_s, origins)?;
         if matches!(self.method, Method::Model | Method::Tuned) {
@@ -661,13 +700,19 @@ impl SeriesForecaster {
             _ => 1.0,
         };
         let levels = ewma_levels(series, alpha);
+        let local = match &self.local {
+            Some(l) => Some(l.forecast_at(series, start_s, origins)?),
+            None => None,
+        };
         Ok(origins
             .iter()
             .zip(model)
-            .map(|(&t, fc)| {
+            .enumerate()
+            .map(|(i, (&t, fc))| {
                 let mut out = fc.clone();
                 for k in 0..fc.p50.len() {
-                    let p = self.method.point(series, &levels, t, k, fc.p50[k]).unwrap_or(series[t]);
+                    let point = local.as_ref().map_or(fc.p50[k], |l| l[i][k]);
+                    let p = self.method.point(series, &levels, t, k, point).unwrap_or(series[t]);
                     let shift = p - fc.p50[k];
                     out.p10[k] = fc.p10[k] + shift;
                     out.p50[k] = p;
@@ -792,14 +837,17 @@ mod tests {
     }
 
     #[test]
-    fn fine_tuning_adapts_a_copy_and_is_one_more_candidate() {
+    fn fine_tuning_adapts_a_copy_and_it_and_a_per_series_fit_are_candidates() {
         let (model, _) = GlobalLoadModel::fit(&corpus()[..1], &tiny()).unwrap();
         // A shape the corpus never had: a weekly-free sawtooth with a slow trend.
         let s: Vec<f64> = (0..24 * 8).map(|i| (i % 9) as f64 * 3.0 + i as f64 * 0.2).collect();
         let before = model.forecast_at(&s, 0, STEP_S, &[100, 150]).unwrap();
         let chooser = model.select(&s, None, 0, STEP_S, 0.3).unwrap();
         let names: Vec<&str> = chooser.validation_mae().iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"model") && names.contains(&"model_tuned"), "{names:?}");
+        assert!(
+            names.contains(&"model") && names.contains(&"model_tuned") && names.contains(&"per_series"),
+            "{names:?}"
+        );
         // Tuning trained a copy: the shared model forecasts exactly as before.
         assert_eq!(model.forecast_at(&s, 0, STEP_S, &[100, 150]).unwrap(), before);
         let tuned = model.tuned_on(&s[..120], 0, STEP_S).unwrap().unwrap();
@@ -807,11 +855,23 @@ mod tests {
         let off = GlobalLoadModel {
             config: GlobalConfig {
                 tune_epochs: 0,
+                per_series_candidate: false,
                 ..model.config.clone()
             },
             members: model.members.clone(),
         };
         assert!(off.tuned_on(&s[..120], 0, STEP_S).unwrap().is_none());
+        let names: Vec<String> = off
+            .select(&s, None, 0, STEP_S, 0.3)
+            .unwrap()
+            .validation_mae()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "model_tuned" || n == "per_series"),
+            "{names:?}"
+        );
     }
 
     #[test]
