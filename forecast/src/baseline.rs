@@ -23,6 +23,9 @@ pub enum Method {
     Tuned,
     /// A per-series forecaster fitted on the series' own past alone.
     PerSeries,
+    /// The mean of the tuned model's median and the per-series forecaster's point: two
+    /// forecasters that err differently, averaged.
+    Blend,
 }
 
 impl Method {
@@ -47,6 +50,7 @@ impl Method {
             Method::Model => "model".into(),
             Method::Tuned => "model_tuned".into(),
             Method::PerSeries => "per_series".into(),
+            Method::Blend => "blend(model_tuned, per_series)".into(),
         }
     }
 
@@ -60,7 +64,7 @@ impl Method {
                 (t + 1 + k).checked_sub(back).map(|i| x[i])
             }
             Method::Ewma { .. } => Some(levels[t]),
-            Method::Model | Method::Tuned | Method::PerSeries => Some(model),
+            Method::Model | Method::Tuned | Method::PerSeries | Method::Blend => Some(model),
         }
     }
 }

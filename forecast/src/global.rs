@@ -506,6 +506,9 @@ impl GlobalLoadModel {
         }
         if local_fc.is_some() {
             methods.push(Method::PerSeries);
+            if tuned.is_some() {
+                methods.push(Method::Blend);
+            }
         }
         let mut errors = vec![(0.0f64, 0usize); methods.len()];
         let levels = ewma_levels(series, alpha);
@@ -520,6 +523,7 @@ impl GlobalLoadModel {
                     let model_point = match (m, &tuned_fc, &local_fc) {
                         (Method::Tuned, Some(tf), _) => tf[i].p50[k],
                         (Method::PerSeries, _, Some(lf)) => lf[i][k],
+                        (Method::Blend, Some(tf), Some(lf)) => (tf[i].p50[k] + lf[i][k]) / 2.0,
                         _ => fc.p50[k],
                     };
                     if let Some(p) = m.point(series, &levels, t, k, model_point) {
@@ -544,12 +548,12 @@ impl GlobalLoadModel {
             .map(|(m, _)| *m)
             .ok_or_else(|| ForecastError::NotEnoughData("no observed validation target".into()))?;
         let model = match (chosen, tuned) {
-            (Method::Tuned, Some(t)) => t,
+            (Method::Tuned | Method::Blend, Some(t)) => t,
             _ => self.clone(),
         };
         Ok(SeriesForecaster {
             model,
-            local: local.filter(|_| chosen == Method::PerSeries),
+            local: local.filter(|_| matches!(chosen, Method::PerSeries | Method::Blend)),
             method: chosen,
             validation_mae,
             step_s,
@@ -711,7 +715,11 @@ impl SeriesForecaster {
             .map(|(i, (&t, fc))| {
                 let mut out = fc.clone();
                 for k in 0..fc.p50.len() {
-                    let point = local.as_ref().map_or(fc.p50[k], |l| l[i][k]);
+                    let point = match (&local, self.method) {
+                        (Some(l), Method::Blend) => (fc.p50[k] + l[i][k]) / 2.0,
+                        (Some(l), _) => l[i][k],
+                        (None, _) => fc.p50[k],
+                    };
                     let p = self.method.point(series, &levels, t, k, point).unwrap_or(series[t]);
                     let shift = p - fc.p50[k];
                     out.p10[k] = fc.p10[k] + shift;
@@ -845,7 +853,9 @@ mod tests {
         let chooser = model.select(&s, None, 0, STEP_S, 0.3).unwrap();
         let names: Vec<&str> = chooser.validation_mae().iter().map(|(n, _)| n.as_str()).collect();
         assert!(
-            names.contains(&"model") && names.contains(&"model_tuned") && names.contains(&"per_series"),
+            ["model", "model_tuned", "per_series", "blend(model_tuned, per_series)"]
+                .iter()
+                .all(|m| names.contains(m)),
             "{names:?}"
         );
         // Tuning trained a copy: the shared model forecasts exactly as before.
