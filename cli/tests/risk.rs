@@ -56,7 +56,7 @@ fn prepare(dir: &Path) -> (std::path::PathBuf, [std::path::PathBuf; 3]) {
         &t,
         &FailureConfig {
             horizon_days: 10,
-            window_days: 7,
+            history_days: 7,
             hidden: vec![],
             epochs: 30,
             batch_size: 64,

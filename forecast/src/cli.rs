@@ -74,6 +74,9 @@ pub struct FitFailureArgs {
     /// A row is positive when its entity fails within this many days (its own day included).
     #[arg(long, default_value_t = 10)]
     pub horizon_days: i64,
+    /// Days of history the sequence features summarise (1..=31, what the leader keeps).
+    #[arg(long, default_value_t = FailureConfig::default().history_days)]
+    pub history_days: i64,
     /// Seed of initialisation and minibatch order (same seed, same weights).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -217,12 +220,13 @@ pub struct EvalFailureArgs {
     /// Seed of initialisation and minibatch order (same seed, same figures).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Use `--hidden` and `--epochs` as given instead of choosing the network shape and the
-    /// epoch count by cross-validation over the training file's entities.
+    /// Use `--hidden`, `--weight-decay` and `--epochs` as given instead of choosing the
+    /// model and the epoch count by cross-validation over the training file's entities.
     #[arg(long)]
     pub fixed: bool,
-    /// Hidden layer widths with `--fixed`, comma-separated; 0 for logistic regression.
-    #[arg(long, value_delimiter = ',', default_values_t = FailureConfig::default().hidden)]
+    /// Hidden layer widths with `--fixed`, comma-separated; none (or 0) for logistic
+    /// regression.
+    #[arg(long, value_delimiter = ',')]
     pub hidden: Vec<usize>,
     /// Training epochs with `--fixed`; otherwise the most epochs cross-validation may pick.
     #[arg(long, default_value_t = FailureConfig::default().epochs)]
@@ -230,12 +234,12 @@ pub struct EvalFailureArgs {
     /// Differently seeded networks averaged.
     #[arg(long, default_value_t = FailureConfig::default().ensemble)]
     pub ensemble: usize,
-    /// AdamW weight decay.
+    /// AdamW weight decay with `--fixed`.
     #[arg(long, default_value_t = FailureConfig::default().weight_decay)]
     pub weight_decay: f64,
-    /// Days of history the change features look back.
-    #[arg(long, default_value_t = FailureConfig::default().window_days)]
-    pub window_days: i64,
+    /// Days of history the sequence features summarise (1..=31).
+    #[arg(long, default_value_t = FailureConfig::default().history_days)]
+    pub history_days: i64,
     /// Threads for tensor maths (ignored when RAYON_NUM_THREADS is set).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -382,7 +386,7 @@ impl ForecastCmd {
                     epochs: a.epochs,
                     ensemble: a.ensemble,
                     weight_decay: a.weight_decay,
-                    window_days: a.window_days,
+                    history_days: a.history_days,
                     select: !a.fixed,
                     ..FailureConfig::default()
                 };
@@ -406,6 +410,7 @@ impl ForecastCmd {
                     .with_context(|| format!("reading training table {}", a.train.display()))?;
                 let config = FailureConfig {
                     horizon_days: a.horizon_days,
+                    history_days: a.history_days,
                     seed: a.seed,
                     ..FailureConfig::default()
                 };
@@ -429,17 +434,17 @@ impl ForecastCmd {
                 } else {
                     writeln!(
                         out,
-                        "wrote {} ({} bytes): {} rows ({} positive), {} hidden, {} epochs",
+                        "wrote {} ({} bytes): {} rows ({} positive), {} days of history, {} at {} epochs, \
+                         calibration p = sigmoid({:.4} z {:+.4})",
                         summary.weights,
                         summary.weights_bytes,
                         summary.fit.rows,
                         summary.fit.positives,
-                        if summary.fit.hidden.is_empty() {
-                            "no".to_string()
-                        } else {
-                            format!("{:?}", summary.fit.hidden)
-                        },
-                        summary.fit.epochs
+                        summary.fit.history_days,
+                        summary.fit.chosen,
+                        summary.fit.epochs,
+                        summary.fit.calibration.slope,
+                        summary.fit.calibration.intercept,
                     )?;
                     for op in &summary.train_operating_points {
                         writeln!(
@@ -672,6 +677,7 @@ fn print_load(out: &mut impl Write, r: &LoadReport) -> std::io::Result<()> {
 }
 
 fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()> {
+    let ratio = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.2}"));
     writeln!(
         out,
         "failure forecast evaluation: train {}, test {}",
@@ -682,6 +688,22 @@ fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()>
         "  train {} rows ({} positive); test {} rows, {} positive, {} failing entities; horizon {} days",
         r.fit.rows, r.fit.positives, r.test_rows, r.test_positives, r.test_failures, r.horizon_days
     )?;
+    if !r.absent_columns.is_empty() || !r.ignored_columns.is_empty() {
+        writeln!(
+            out,
+            "  attributes absent from the test file (scored as missing): {}; unknown (ignored): {}",
+            if r.absent_columns.is_empty() {
+                "none".to_string()
+            } else {
+                r.absent_columns.join(" ")
+            },
+            if r.ignored_columns.is_empty() {
+                "none".to_string()
+            } else {
+                r.ignored_columns.join(" ")
+            },
+        )?;
+    }
     let val: Vec<String> = r
         .fit
         .validation
@@ -690,28 +712,28 @@ fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()>
         .collect();
     writeln!(
         out,
-        "  model: {} hidden, {} epochs (cross-validated mean recall at FPR<=0.1: {})",
-        if r.fit.hidden.is_empty() {
-            "no".to_string()
-        } else {
-            format!("{:?}", r.fit.hidden)
-        },
+        "  model: {} inputs over {} days of history; {} at {} epochs (cross-validated over drives, mean recall at FPR<=0.1: {})",
+        r.fit.inputs,
+        r.fit.history_days,
+        r.fit.chosen,
         r.fit.epochs,
-        if val.is_empty() {
-            "not run".to_string()
-        } else {
-            val.join(", ")
-        }
+        if val.is_empty() { "not run".to_string() } else { val.join(", ") }
+    )?;
+    writeln!(
+        out,
+        "  calibration (Platt, on {} out-of-fold rows): p = sigmoid({:.4} z {:+.4}); fit {:.1} s, scoring {:.2} s",
+        r.fit.calibration_rows, r.fit.calibration.slope, r.fit.calibration.intercept, r.fit_seconds, r.score_seconds
     )?;
     writeln!(out, "  model PR-AUC {:.4}", r.model.pr_auc)?;
     match &r.rule {
         Some(rule) => {
             writeln!(
                 out,
-                "  rule ({}): recall {:.4}, false-positive rate {:.5}",
+                "  rule ({}): recall {:.4}, false-positive rate {:.5}, precision {:.5}",
                 rule.columns.join(" | "),
                 rule.recall,
-                rule.false_positive_rate
+                rule.false_positive_rate,
+                rule.precision
             )?;
             if let Some(op) = r.model.at_rule_fpr {
                 writeln!(
@@ -719,8 +741,7 @@ fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()>
                     "  model at the rule's FPR:    recall {:.4} (FPR {:.5}), gain x{}",
                     op.recall,
                     op.false_positive_rate,
-                    r.recall_gain_at_rule_fpr
-                        .map_or("n/a".to_string(), |g| format!("{g:.2}"))
+                    ratio(r.recall_gain_at_rule_fpr)
                 )?;
             }
             if let Some(op) = r.model.at_rule_recall {
@@ -729,12 +750,46 @@ fn print_failure(out: &mut impl Write, r: &FailureReport) -> std::io::Result<()>
                     "  model at the rule's recall: FPR {:.5} (recall {:.4}), ratio x{}",
                     op.false_positive_rate,
                     op.recall,
-                    r.fpr_ratio_at_rule_recall
-                        .map_or("n/a".to_string(), |g| format!("{g:.2}"))
+                    ratio(r.fpr_ratio_at_rule_recall)
+                )?;
+            }
+            writeln!(
+                out,
+                "  model PR-AUC / rule precision: x{}",
+                ratio(r.pr_auc_over_rule_precision)
+            )?;
+            if let Some(d) = &r.per_drive {
+                writeln!(
+                    out,
+                    "  per drive (caught if any positive row is flagged; FPR per healthy drive-day as above): \
+                     rule {}/{} ({:.4}), model at the rule's FPR {}/{} ({:.4}), gain x{}",
+                    d.rule_caught,
+                    d.failing_drives,
+                    d.rule_recall,
+                    d.model_caught,
+                    d.failing_drives,
+                    d.model_recall,
+                    ratio(d.gain)
                 )?;
             }
         }
         None => writeln!(out, "  rule: no SMART 5/187/188/197/198 column in the test file")?,
+    }
+    writeln!(
+        out,
+        "  reliability on the test file (Brier {:.6}; base rate alone {:.6}):",
+        r.model.brier_score, r.model.brier_base_rate
+    )?;
+    writeln!(
+        out,
+        "    predicted        rows  positives  mean predicted  observed rate"
+    )?;
+    for b in &r.reliability {
+        writeln!(
+            out,
+            "    [{:.3}, {:.3}) {:>9} {:>10}  {:>14.5}  {:>13.5}",
+            b.lo, b.hi, b.rows, b.positives, b.mean_predicted, b.observed_rate
+        )?;
     }
     Ok(())
 }

@@ -3,14 +3,14 @@
 //! test; a separate test file for failures) and the baselines; it must not print (that is
 //! `cli`) nor fit anything on test data.
 
-use crate::data::EntityTable;
 use crate::error::{ForecastError, Result};
-use crate::failure::{label_rows, rule_flags, FailureConfig, FailureFitReport, FailureForecaster};
 use crate::load::{LoadConfig, LoadFitReport, LoadForecaster};
-use crate::metrics::{
-    ewma_levels, flag_rates, fpr_at_recall, pick_ewma_alpha, pr_auc, recall_at_fpr, OperatingPoint, EWMA_ALPHAS,
-};
+use crate::metrics::{ewma_levels, pick_ewma_alpha, EWMA_ALPHAS};
 use crate::prep::{prepare, steps_per_day};
+
+// The failure evaluation lives in its own module; re-exported so `eval` stays the one
+// place callers import reports from.
+pub use crate::eval_failure::{eval_failure, FailureModelFigures, FailureReport, PerDriveFigures, RuleFigures};
 
 /// Fraction of a series (in time) used for training in `eval-load`.
 pub const LOAD_TRAIN_FRACTION: f64 = 0.7;
@@ -177,115 +177,6 @@ pub fn eval_load(file: &str, points: &[(i64, f64)], config: &LoadConfig) -> Resu
     })
 }
 
-/// Model figures of `eval-failure`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FailureModelFigures {
-    /// Area under the precision-recall curve (average precision) over test rows.
-    pub pr_auc: f64,
-    /// Best operating point whose false-positive rate does not exceed the rule's.
-    pub at_rule_fpr: Option<OperatingPoint>,
-    /// Best operating point whose recall reaches the rule's.
-    pub at_rule_recall: Option<OperatingPoint>,
-}
-
-/// Rule baseline figures of `eval-failure`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RuleFigures {
-    /// Rule columns found in the test file.
-    pub columns: Vec<String>,
-    /// Fraction of positive rows flagged.
-    pub recall: f64,
-    /// Fraction of negative rows flagged.
-    pub false_positive_rate: f64,
-}
-
-/// Result of `eval-failure`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FailureReport {
-    /// Training file.
-    pub train_file: String,
-    /// Test file.
-    pub test_file: String,
-    /// Horizon, days.
-    pub horizon_days: i64,
-    /// Test rows.
-    pub test_rows: usize,
-    /// Positive test rows (entity fails within the horizon).
-    pub test_positives: usize,
-    /// Distinct failing entities in the test file.
-    pub test_failures: usize,
-    /// Model figures.
-    pub model: FailureModelFigures,
-    /// Rule figures, when the rule columns exist.
-    pub rule: Option<RuleFigures>,
-    /// Model recall at the rule's false-positive rate divided by the rule's recall.
-    pub recall_gain_at_rule_fpr: Option<f64>,
-    /// Model false-positive rate at the rule's recall divided by the rule's.
-    pub fpr_ratio_at_rule_recall: Option<f64>,
-    /// What the model was trained on.
-    pub fit: FailureFitReport,
-}
-
-/// Trains the failure forecaster on `train`, then scores every row of `test`.
-pub fn eval_failure(
-    train_file: &str,
-    train: &EntityTable,
-    test_file: &str,
-    test: &EntityTable,
-    config: &FailureConfig,
-) -> Result<FailureReport> {
-    let (model, fit) = FailureForecaster::fit(train, config)?;
-    let scores = model.predict(test)?;
-    let labels = label_rows(test, config.horizon_days);
-    let positives = labels.iter().filter(|&&l| l).count();
-    let mut failing: Vec<u32> = (0..test.len())
-        .filter(|&i| test.failure[i])
-        .map(|i| test.entity[i])
-        .collect();
-    failing.sort_unstable();
-    failing.dedup();
-    let rule = rule_flags(test).map(|flags| {
-        let (recall, fpr) = flag_rates(&flags, &labels);
-        RuleFigures {
-            columns: crate::failure::RULE_COLUMNS
-                .iter()
-                .filter(|c| test.column(c).is_some())
-                .map(ToString::to_string)
-                .collect(),
-            recall,
-            false_positive_rate: fpr,
-        }
-    });
-    let at_rule_fpr = rule
-        .as_ref()
-        .map(|r| recall_at_fpr(&scores, &labels, r.false_positive_rate));
-    let at_rule_recall = rule.as_ref().map(|r| fpr_at_recall(&scores, &labels, r.recall));
-    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-    Ok(FailureReport {
-        train_file: train_file.to_string(),
-        test_file: test_file.to_string(),
-        horizon_days: config.horizon_days,
-        test_rows: test.len(),
-        test_positives: positives,
-        test_failures: failing.len(),
-        recall_gain_at_rule_fpr: rule
-            .as_ref()
-            .zip(at_rule_fpr)
-            .and_then(|(r, op)| ratio(op.recall, r.recall)),
-        fpr_ratio_at_rule_recall: rule
-            .as_ref()
-            .zip(at_rule_recall)
-            .and_then(|(r, op)| ratio(op.false_positive_rate, r.false_positive_rate)),
-        model: FailureModelFigures {
-            pr_auc: pr_auc(&scores, &labels),
-            at_rule_fpr,
-            at_rule_recall,
-        },
-        rule,
-        fit,
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 mod tests {
@@ -320,45 +211,5 @@ mod tests {
         assert!(r.model.mae.is_finite() && r.model.mae_by_horizon.len() == 4);
         // A pure daily cycle: the seasonal baseline is nearly exact, persistence is not.
         assert!(r.baselines[1].mae < r.baselines[0].mae);
-    }
-
-    #[test]
-    fn eval_failure_compares_with_the_rule() {
-        let mut t = EntityTable {
-            feature_names: vec!["smart_5_raw".into(), "smart_9_raw".into()],
-            ..EntityTable::default()
-        };
-        for e in 0..60u32 {
-            t.entity_names.push(format!("e{e}"));
-            for d in 0..8i64 {
-                let failing = e % 6 == 0;
-                t.entity.push(e);
-                t.day.push(d);
-                t.failure.push(failing && d == 7);
-                let s5 = if failing {
-                    (d * 3) as f32
-                } else {
-                    f32::from(u8::from(e % 4 == 1))
-                };
-                t.features.extend([s5, 100.0 + e as f32]);
-            }
-        }
-        let config = FailureConfig {
-            horizon_days: 3,
-            window_days: 3,
-            epochs: 4,
-            batch_size: 64,
-            ensemble: 1,
-            folds: 2,
-            ..FailureConfig::default()
-        };
-        let r = eval_failure("a", &t, "b", &t, &config).unwrap();
-        assert_eq!(r.test_failures, 10);
-        assert_eq!(r.test_positives, 30);
-        let rule = r.rule.unwrap();
-        assert_eq!(rule.columns, vec!["smart_5_raw"]);
-        assert!(rule.recall > 0.0 && rule.false_positive_rate > 0.0);
-        assert!(r.model.at_rule_fpr.is_some() && r.model.at_rule_recall.is_some());
-        assert!(r.model.pr_auc.is_finite());
     }
 }

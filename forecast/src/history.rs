@@ -146,9 +146,13 @@ impl FailureForecaster {
     /// being today) fails within the horizon, judged at its last row. `None` for an empty
     /// history.
     pub fn predict_history(&self, rows: &[DayRow]) -> Result<Option<f64>> {
-        let Some(last) = rows.len().checked_sub(1) else {
+        let Some(last_day) = rows.last().map(|r| r.0) else {
             return Ok(None);
         };
+        // Only the days the features look back matter; a longer history is cut so the work
+        // per call stays bounded.
+        let rows: Vec<&DayRow> = rows.iter().filter(|r| r.0 > last_day - self.history_days()).collect();
+        let last = rows.len().saturating_sub(1);
         let columns = self.columns().to_vec();
         let mut t = EntityTable {
             feature_names: columns.clone(),

@@ -7,7 +7,8 @@
 //! - [`load`] and [`failure`]: the two forecasters.
 //! - [`history`]: one entity's daily history (replayed as a node's SMART telemetry) and its
 //!   risk.
-//! - [`metrics`], [`eval`]: figures and the offline evaluation against baselines.
+//! - [`metrics`], [`eval`], [`eval_failure`]: figures and the offline evaluation against
+//!   baselines.
 //! - `cli` (cargo feature `cli`): the `forecast` subcommands (`arkd forecast ...`).
 //!
 //! Training runs on the calling thread; call [`cap_compute_threads`] at start-up and run
@@ -23,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod eval_cross;
+pub mod eval_failure;
 pub mod failure;
 pub mod global;
 pub mod history;

@@ -204,6 +204,21 @@ pub fn flag_rates(flags: &[bool], labels: &[bool]) -> (f64, f64) {
     (tp as f64 / pos.max(1) as f64, fp as f64 / neg.max(1) as f64)
 }
 
+/// Brier score: mean squared difference between probabilities and 0/1 outcomes (lower is
+/// better); `NaN` for empty input.
+pub fn brier_score(probabilities: &[f64], labels: &[bool]) -> f64 {
+    let n = probabilities.len().min(labels.len());
+    if n == 0 {
+        return f64::NAN;
+    }
+    probabilities
+        .iter()
+        .zip(labels)
+        .map(|(&p, &l)| (p - f64::from(u8::from(l))).powi(2))
+        .sum::<f64>()
+        / n as f64
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is the failure report.
 mod tests {
@@ -263,5 +278,12 @@ mod tests {
         assert!((partial_roc_auc(&[0.5, 0.5], &[true, false], 0.5) - 0.25).abs() < 1e-12);
         let (r, f) = flag_rates(&[true, true, false, false], &[true, false, true, false]);
         assert!((r - 0.5).abs() < 1e-12 && (f - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn brier_score_by_hand() {
+        assert!((brier_score(&[1.0, 0.0], &[true, false])).abs() < 1e-12);
+        assert!((brier_score(&[0.5, 0.2], &[true, false]) - (0.25 + 0.04) / 2.0).abs() < 1e-12);
+        assert!(brier_score(&[], &[]).is_nan());
     }
 }

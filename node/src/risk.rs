@@ -42,9 +42,9 @@ use crate::telemetry::Telemetry;
 /// Largest model blob the leader loads (weights of a small MLP ensemble are a few KiB).
 const MODEL_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
-/// Daily rows handed to the forecaster: its change features look back `window_days` (7 by
-/// default); a month covers any sensible window.
-const HISTORY_DAYS: usize = 31;
+/// Daily rows handed to the forecaster: its sequence features look back `history_days` (20
+/// by default), which `fit` refuses above this bound, so every model sees its full history.
+const HISTORY_DAYS: usize = ark_forecast::failure::HISTORY_DAYS_MAX as usize;
 
 /// A node's failure forecast.
 #[derive(Debug, Clone, Copy, PartialEq)]
