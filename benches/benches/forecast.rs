@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use ark_forecast::data::EntityTable;
-use ark_forecast::{FailureConfig, FailureForecaster, LoadConfig, LoadForecaster};
+use ark_forecast::global::Series;
+use ark_forecast::{FailureConfig, FailureForecaster, GlobalConfig, GlobalLoadModel, LoadConfig, LoadForecaster};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 const STEP_S: i64 = 300;
@@ -29,6 +30,18 @@ fn series(len: usize, salt: u64) -> Vec<f64> {
             let day = std::f64::consts::TAU * i as f64 / 288.0;
             let spike = if noise(i as u64 * 31 + salt) > 0.48 { 30.0 } else { 0.0 };
             40.0 + 15.0 * day.sin() + 5.0 * noise(i as u64 + salt) + spike
+        })
+        .collect()
+}
+
+/// `count` series of `len` points, the shape of the NAB CloudWatch corpus.
+fn corpus(count: u64, len: usize) -> Vec<Series> {
+    (0..count)
+        .map(|k| Series {
+            name: format!("s{k}"),
+            values: series(len, 100 + k),
+            start_s: 0,
+            step_s: STEP_S,
         })
         .collect()
 }
@@ -84,6 +97,35 @@ fn inference(c: &mut Criterion) {
         })
     });
 
+    // The global model: fitted once on a synthetic corpus; per interval the leader forecasts
+    // every node with its chosen method; per retrain interval it chooses (and fine-tunes)
+    // again for one node.
+    let (global, _) =
+        GlobalLoadModel::fit(&corpus(4, 2000), &GlobalConfig::default()).expect("training on synthetic data");
+    let chosen: Vec<_> = histories
+        .iter()
+        .map(|h| global.select(h, None, 0, STEP_S, 0.3).expect("select"))
+        .collect();
+    c.bench_function("global_forecast_9_nodes", |b| {
+        b.iter(|| {
+            for (f, h) in chosen.iter().zip(&histories) {
+                black_box(f.forecast(black_box(h), 0).expect("forecast"));
+            }
+        })
+    });
+    let mut group = c.benchmark_group("global_select");
+    group.sample_size(10);
+    group.bench_function("global_select_one_node_600_points", |b| {
+        b.iter(|| {
+            global
+                .select(black_box(&histories[0]), None, 0, STEP_S, 0.3)
+                .expect("select")
+        })
+    });
+    group.finish();
+    let bytes = global.to_bytes().expect("encode");
+    eprintln!("global load model: {} bytes", bytes.len());
+
     let table = drives_table(2_000, 10);
     let (failure, _) = FailureForecaster::fit(&table, &FailureConfig::default()).expect("training on synthetic data");
     // Nine nodes, each with a week of daily rows.
@@ -100,6 +142,10 @@ fn training(c: &mut Criterion) {
     let train = series(2822, 0);
     group.bench_function("load_fit_2822_points", |b| {
         b.iter(|| LoadForecaster::fit(black_box(&train), 0, STEP_S, &LoadConfig::default()).expect("fit"))
+    });
+    let corpus = corpus(13, 4032);
+    group.bench_function("global_fit_13_series_4032_points", |b| {
+        b.iter(|| GlobalLoadModel::fit(black_box(&corpus), &GlobalConfig::default()).expect("fit"))
     });
     let table = drives_table(21_000, 10);
     group.bench_function("failure_fit_210k_rows", |b| {

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use ark_client::objects::{GetOptions, PutOptions, PutSource};
 use ark_client::{ClusterStatus, DurabilityMode, NamespacePolicy};
 use ark_forecast::data::EntityTable;
+use ark_forecast::global::Series;
 use ark_forecast::history::{entity_history, write_history};
-use ark_forecast::{FailureConfig, FailureForecaster};
+use ark_forecast::{FailureConfig, FailureForecaster, GlobalConfig, GlobalLoadModel};
 use ark_playground::playground::{self, Layout};
 use ark_playground::testkit::Pg;
 
@@ -403,6 +404,95 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
         pg.metric(new_leader, "ark_risk_load_trainings_total"),
         0.0,
         "it loaded, not trained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_global_load_model_forecasts_every_node_without_training_one_per_node() {
+    ark_playground::testkit::arkd_built();
+    // A tiny global model fitted here on synthetic cycles: it needs 2 x (8 + 3 + 20) = 62
+    // one-second points of a node's window before it is chosen for that node.
+    let corpus: Vec<Series> = (0..3)
+        .map(|k| Series {
+            name: format!("s{k}"),
+            values: (0..600)
+                .map(|i| 1e5 * (2.0 + k as f64) + 3e4 * (i as f64 / (10.0 + k as f64)).sin())
+                .collect(),
+            start_s: 0,
+            step_s: 1,
+        })
+        .collect();
+    let config = GlobalConfig {
+        horizon: 3,
+        context: 8,
+        stats_steps: 32,
+        channels: 4,
+        hidden: 8,
+        epochs_max: 4,
+        ..GlobalConfig::default()
+    };
+    let (model, _) = GlobalLoadModel::fit(&corpus, &config).unwrap();
+    let work = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+    let weights = work.path().join("load-model");
+    std::fs::write(&weights, model.to_bytes().unwrap()).unwrap();
+
+    let layout = Layout {
+        sites: 3,
+        nodes_per_site: 1,
+        ready_timeout: Duration::from_secs(60),
+        // The per-node path would train after 2 x (6 + 3 + 20) = 58 points and store
+        // load-node-N objects; with the global model stored it must do neither.
+        settings: vec![
+            (0, "risk".to_string(), "load_window = 6".to_string()),
+            (0, "risk".to_string(), "load_horizon = 3".to_string()),
+        ],
+        ..Layout::default()
+    };
+    let dir = tempfile::Builder::new().prefix("ark-test-").tempdir().unwrap();
+    let (_, children) = playground::up(dir.path(), &layout).await.unwrap();
+    let pg = Pg { dir, children };
+    let c = pg.client();
+    c.create_namespace("_ark", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
+        .await
+        .unwrap();
+    c.put_object("_ark", "load-model", PutSource::File(weights), &PutOptions::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let s = loop {
+        let s = leader_status(&pg).await;
+        if s.nodes.iter().all(|n| n.load_forecast_min.is_some()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no load forecast for every node: {s:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let leader = s.leader_id.unwrap();
+    for n in &s.nodes {
+        let min = n.load_forecast_min.unwrap();
+        assert!(min.is_finite(), "{s:?}");
+        assert!((1..=3).contains(&n.load_trough_in), "{s:?}");
+    }
+    assert_eq!(
+        pg.metric(leader, "ark_risk_global_load_model_loads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
+    let keys: Vec<String> = c
+        .list_objects(
+            "_ark",
+            &ark_client::ListObjectsOptions {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
+        .unwrap();
+    assert_eq!(
+        keys,
+        vec!["load-model".to_string()],
+        "no per-node forecaster may be stored"
     );
 }
 

@@ -298,6 +298,11 @@ pub struct RiskConfig {
     /// The object holding the failure forecaster's weights (`NAMESPACE/KEY`, written by
     /// `arkd forecast fit-failure` and `ark put`); the leader reloads it when it changes.
     pub model_object: String,
+    /// The object holding a global load forecaster (`NAMESPACE/KEY`, written by `arkd forecast
+    /// fit-load` and `ark put`). When it exists the leader forecasts every node's load with
+    /// it, choosing per node between it, a copy fine-tuned on the node's own window and the
+    /// naive baselines; without it the leader trains a per-node forecaster.
+    pub load_model_object: String,
     /// A node whose failure probability is at least this is "at risk".
     pub at_risk_probability: f64,
     /// Length of one model day in milliseconds: the forecaster reads one row of SMART
@@ -329,6 +334,7 @@ impl Default for RiskConfig {
         Self {
             ordering: QueueOrdering::ExpectedLoss,
             model_object: "_ark/failure-model".into(),
+            load_model_object: "_ark/load-model".into(),
             at_risk_probability: 0.9,
             day_ms: 86_400_000,
             ageing_s: 3600,
@@ -627,13 +633,13 @@ impl NodeConfig {
         if !gain_ok || !floor_ok {
             return bad("risk.trough_gain must be in (0, 1) and risk.trough_floor_bytes_per_s >= 0".into());
         }
-        match k.model_object.split_once('/') {
-            Some((ns, key)) if !ns.is_empty() && !key.is_empty() => {}
-            _ => {
-                return bad(format!(
-                    "risk.model_object ({:?}) must be NAMESPACE/KEY",
-                    k.model_object
-                ))
+        for (name, object) in [
+            ("model_object", &k.model_object),
+            ("load_model_object", &k.load_model_object),
+        ] {
+            match object.split_once('/') {
+                Some((ns, key)) if !ns.is_empty() && !key.is_empty() => {}
+                _ => return bad(format!("risk.{name} ({object:?}) must be NAMESPACE/KEY")),
             }
         }
         if let Some(problem) = self.limits.problem() {
@@ -775,6 +781,10 @@ ordering = "expected-loss"
 # Weights of the failure forecaster (arkd forecast fit-failure, then ark put); without it
 # no node has a failure probability and the queue falls back to priority and age.
 model_object = "_ark/failure-model"
+# A global load forecaster (arkd forecast fit-load --train DIR, then ark put); when present
+# it forecasts every node's load (chosen per node against its fine-tuned copy and naive
+# baselines on the node's own window) instead of a forecaster trained per node.
+load_model_object = "_ark/load-model"
 # Failure probability (within the model's horizon) from which a node is at risk.
 at_risk_probability = 0.9
 # One day of the model's daily SMART rows, ms.

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ark_forecast::history::DayRow;
-use ark_forecast::{FailureForecaster, LoadConfig, LoadForecaster};
+use ark_forecast::{FailureForecaster, GlobalLoadModel, LoadConfig, LoadForecaster, SeriesForecaster};
 use tokio::sync::watch;
 
 use crate::config::{QueueOrdering, RiskConfig};
@@ -46,6 +46,40 @@ const MODEL_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// by default), which `fit` refuses above this bound, so every model sees its full history.
 const HISTORY_DAYS: usize = ark_forecast::failure::HISTORY_DAYS_MAX as usize;
 
+/// One version of a weights object: `(namespace, key, version)`.
+type ObjectVersion = (String, String, u64);
+
+/// How the leader forecasts one node's load.
+enum NodeLoad {
+    /// A forecaster trained on this node's window alone (no global model stored).
+    PerNode(LoadForecaster),
+    /// The global model, its copy fine-tuned on this node's window, or the naive method
+    /// that beat both there.
+    Global(Box<SeriesForecaster>),
+}
+
+impl NodeLoad {
+    /// The forecast of the next steps after `values` (one per telemetry interval, the first
+    /// at `start_s`, the last at `last_s`) that troughs are judged on: with the global model
+    /// its 90th percentile, so that a trough counts only when the load is likely (9 in 10)
+    /// to fall that low; a per-node forecaster has only its median.
+    fn forecast(&self, values: &[f64], start_s: i64, last_s: i64) -> ark_forecast::Result<Vec<f64>> {
+        let fc = match self {
+            NodeLoad::PerNode(m) => m.forecast(values, last_s)?,
+            NodeLoad::Global(m) => m.forecast(values, start_s)?.p90,
+        };
+        // Traffic is never negative; a model extrapolating a fall below zero means "idle".
+        Ok(fc.into_iter().map(|v| v.max(0.0)).collect())
+    }
+
+    fn name(&self) -> String {
+        match self {
+            NodeLoad::PerNode(m) => m.variant_name(),
+            NodeLoad::Global(m) => m.method().name(),
+        }
+    }
+}
+
 /// A node's failure forecast.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NodeRisk {
@@ -58,9 +92,9 @@ pub struct NodeRisk {
 #[derive(Default)]
 struct State {
     /// `(namespace, key, version)` of the loaded weights and the forecaster.
-    model: Option<((String, String, u64), Arc<FailureForecaster>)>,
+    model: Option<(ObjectVersion, Arc<FailureForecaster>)>,
     /// Versions that failed to load, not retried.
-    bad_model: Option<(String, String, u64)>,
+    bad_model: Option<ObjectVersion>,
     risks: BTreeMap<NodeId, NodeRisk>,
     /// Where and what the hot set was last pre-staged.
     prestaged: Option<(NodeId, Vec<(String, String)>)>,
@@ -68,8 +102,12 @@ struct State {
     since_prestage: u32,
     /// Each node's daily SMART rows, the last [`HISTORY_DAYS`].
     daily: BTreeMap<NodeId, BTreeMap<i64, Vec<(String, f32)>>>,
-    /// Each node's load forecaster and when it was trained.
-    load_models: BTreeMap<NodeId, (Arc<LoadForecaster>, std::time::Instant)>,
+    /// Each node's load forecaster and when it was trained or chosen.
+    load_models: BTreeMap<NodeId, (Arc<NodeLoad>, std::time::Instant)>,
+    /// The stored global load forecaster, `(namespace, key, version)` and the model.
+    global: Option<(ObjectVersion, Arc<GlobalLoadModel>)>,
+    /// A version of it that failed to load, not retried.
+    bad_global: Option<ObjectVersion>,
     /// Each node's latest load forecast.
     troughs: BTreeMap<NodeId, Trough>,
     /// When a node's load training last failed (not retried for a while).
@@ -248,6 +286,7 @@ pub async fn run(
         if let Ok(mut s) = risk.state.lock() {
             s.risks = risks;
         }
+        refresh_global_load_model(&risk, &dp).await;
         load_stored_load_models(&risk, &dp, &members).await;
         forecast_load(&risk, &dp, &telemetry, &members, every, &training);
         if risk.cfg.prestage && !prestaging.load(std::sync::atomic::Ordering::Relaxed) {
@@ -290,7 +329,8 @@ fn forecast_load(
             continue;
         };
         let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
-        match model.forecast(&values, (last_ms / 1000) as i64) {
+        let start_s = (pts[0].0 / 1000) as i64;
+        match model.forecast(&values, start_s, (last_ms / 1000) as i64) {
             Ok(fc) if !fc.is_empty() => {
                 let (i, min) =
                     fc.iter()
@@ -311,12 +351,21 @@ fn forecast_load(
     if training.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
+    let global = risk
+        .state
+        .lock()
+        .ok()
+        .and_then(|s| s.global.as_ref().map(|g| g.1.clone()));
     let config = LoadConfig {
         horizon: cfg.load_horizon,
         window: cfg.load_window,
         ..LoadConfig::default()
     };
-    let needed = 2 * (cfg.load_window + cfg.load_horizon + 20);
+    let needed = match &global {
+        // The choice needs a validation slice (30%) after the model's context.
+        Some(g) => 2 * (g.config().context + g.horizon() + 20),
+        None => 2 * (cfg.load_window + cfg.load_horizon + 20),
+    };
     let retrain = Duration::from_secs(cfg.load_retrain_s);
     let due = series.into_iter().find(|(n, pts)| {
         pts.len() >= needed
@@ -331,7 +380,14 @@ fn forecast_load(
     let start_s = (pts[0].0 / 1000) as i64;
     let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
     tokio::spawn(async move {
-        let fit = ark_forecast::spawn_training(move || LoadForecaster::fit(&values, start_s, step_s, &config));
+        let fit = ark_forecast::spawn_training(move || match global {
+            // Choosing fine-tunes a copy on this window: training, so on its own thread too.
+            Some(g) => g
+                .select(&values, None, start_s, step_s, GLOBAL_SELECTION_FRACTION)
+                .map(|m| (NodeLoad::Global(Box::new(m)), None)),
+            None => LoadForecaster::fit(&values, start_s, step_s, &config)
+                .map(|(m, r)| (NodeLoad::PerNode(m), Some(r.epochs))),
+        });
         let outcome = match fit {
             Ok(handle) => tokio::task::spawn_blocking(move || handle.join())
                 .await
@@ -341,14 +397,20 @@ fn forecast_load(
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok((model, report)) => {
-                tracing::info!(node, variant = %model.variant_name(), epochs = report.epochs, "load forecaster trained");
+            Ok((model, epochs)) => {
+                tracing::info!(node, method = %model.name(), ?epochs, "load forecaster ready");
                 metrics::counter!("ark_risk_load_trainings_total", "result" => "ok").increment(1);
-                let blob = model.to_bytes();
+                // Only a per-node forecaster is worth storing: the global one already is.
+                let blob = match &model {
+                    NodeLoad::PerNode(m) => Some(m.to_bytes()),
+                    NodeLoad::Global(_) => None,
+                };
                 if let Ok(mut s) = risk.state.lock() {
                     s.load_models.insert(node, (Arc::new(model), std::time::Instant::now()));
                 }
-                store_load_model(&risk, &dp, node, blob).await;
+                if let Some(blob) = blob {
+                    store_load_model(&risk, &dp, node, blob).await;
+                }
             }
             Err(why) => {
                 tracing::warn!(node, %why, "load forecaster training failed");
@@ -361,6 +423,10 @@ fn forecast_load(
         training.store(false, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+/// Share of a node's window (its most recent end) on which the global model, its tuned copy
+/// and the baselines are compared.
+const GLOBAL_SELECTION_FRACTION: f64 = 0.3;
 
 /// Where node `n`'s load forecaster is kept: beside the failure forecaster.
 fn load_model_key(risk: &Risk, n: NodeId) -> Option<(String, String)> {
@@ -396,8 +462,12 @@ async fn store_load_model(risk: &Risk, dp: &Arc<DataPlane>, node: NodeId, blob: 
     }
 }
 
-/// A leader without a node's load forecaster loads the stored one (once per version).
+/// A leader without a node's load forecaster loads the stored one (once per version),
+/// unless a global load forecaster is stored: that one serves every node.
 async fn load_stored_load_models(risk: &Risk, dp: &DataPlane, members: &[NodeId]) {
+    if risk.state.lock().map(|s| s.global.is_some()).unwrap_or(true) {
+        return;
+    }
     for &n in members {
         let Some((ns, key)) = load_model_key(risk, n) else {
             return;
@@ -433,7 +503,8 @@ async fn load_stored_load_models(risk: &Risk, dp: &DataPlane, members: &[NodeId]
                     "load forecaster loaded from the cluster"
                 );
                 metrics::counter!("ark_risk_load_models_loaded_total", "result" => "ok").increment(1);
-                s.load_models.insert(n, (Arc::new(m), std::time::Instant::now()));
+                s.load_models
+                    .insert(n, (Arc::new(NodeLoad::PerNode(m)), std::time::Instant::now()));
             }
             Err(why) => {
                 tracing::warn!(node = n, %why, "cannot load the stored load forecaster");
@@ -511,58 +582,117 @@ fn merge_days(acc: &mut BTreeMap<i64, Vec<(String, f32)>>, fresh: BTreeMap<i64, 
     }
 }
 
-/// Loads the weights object when it is new or changed. Failures are logged once per version
-/// and the previous weights stay in use.
-async fn refresh_model(risk: &Risk, dp: &DataPlane) {
-    let Some((ns, key)) = risk.cfg.model_object.split_once('/') else {
-        return;
+/// What became of a weights object since the leader last looked.
+enum Refreshed<T> {
+    /// Same version as loaded (or as the one that failed): nothing to do.
+    Unchanged,
+    /// The object is gone.
+    Removed,
+    /// A new version, decoded.
+    Loaded(ObjectVersion, T),
+    /// A new version that cannot be read or decoded.
+    Failed(ObjectVersion, String),
+}
+
+/// Reads and decodes `object` (`NAMESPACE/KEY`) when its version differs from `loaded` and
+/// from `bad` (a version that failed is not retried).
+async fn refresh<T: Send + 'static>(
+    dp: &DataPlane,
+    object: &str,
+    loaded: Option<ObjectVersion>,
+    bad: Option<ObjectVersion>,
+    decode: fn(&[u8]) -> ark_forecast::Result<T>,
+) -> Refreshed<T> {
+    let Some((ns, key)) = object.split_once('/') else {
+        return Refreshed::Unchanged;
     };
     let entry = match dp.reader.get(ns, key, 0) {
         Ok(Some(e)) if !e.record.deleted => e,
-        Ok(_) => {
-            if let Ok(mut s) = risk.state.lock() {
-                if s.model.take().is_some() {
-                    tracing::info!(object = %risk.cfg.model_object, "failure forecaster removed");
-                }
-            }
-            return;
-        }
+        Ok(_) => return Refreshed::Removed,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot look up the failure forecaster");
-            return;
+            tracing::warn!(%object, error = %e, "cannot look up a forecaster object");
+            return Refreshed::Unchanged;
         }
     };
     let want = (ns.to_string(), key.to_string(), entry.version);
-    {
-        let Ok(s) = risk.state.lock() else { return };
-        if s.model.as_ref().is_some_and(|m| m.0 == want) || s.bad_model.as_ref() == Some(&want) {
-            return;
-        }
+    if loaded.as_ref() == Some(&want) || bad.as_ref() == Some(&want) {
+        return Refreshed::Unchanged;
     }
-    let loaded = load_model(dp, &entry).await;
+    let decoded = match dp.read_small_object(&entry, MODEL_BYTES_MAX).await {
+        Ok(bytes) => tokio::task::spawn_blocking(move || decode(&bytes).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r),
+        Err(e) => Err(e),
+    };
+    match decoded {
+        Ok(m) => Refreshed::Loaded(want, m),
+        Err(why) => Refreshed::Failed(want, why),
+    }
+}
+
+/// Loads the failure forecaster's weights object when it is new or changed. Failures are
+/// logged once per version and the previous weights stay in use.
+async fn refresh_model(risk: &Risk, dp: &DataPlane) {
+    let (loaded, bad) = match risk.state.lock() {
+        Ok(s) => (s.model.as_ref().map(|m| m.0.clone()), s.bad_model.clone()),
+        Err(_) => return,
+    };
+    let object = &risk.cfg.model_object;
+    let refreshed = refresh(dp, object, loaded, bad, FailureForecaster::from_bytes).await;
     let Ok(mut s) = risk.state.lock() else { return };
-    match loaded {
-        Ok(m) => {
-            tracing::info!(object = %risk.cfg.model_object, version = want.2, columns = m.columns().len(),
-                "failure forecaster loaded");
+    match refreshed {
+        Refreshed::Unchanged => {}
+        Refreshed::Removed => {
+            if s.model.take().is_some() {
+                tracing::info!(%object, "failure forecaster removed");
+            }
+        }
+        Refreshed::Loaded(want, m) => {
+            tracing::info!(%object, version = want.2, columns = m.columns().len(), "failure forecaster loaded");
             metrics::counter!("ark_risk_model_loads_total", "result" => "ok").increment(1);
             s.model = Some((want, Arc::new(m)));
             s.bad_model = None;
         }
-        Err(why) => {
-            tracing::warn!(object = %risk.cfg.model_object, version = want.2, %why,
-                "cannot load the failure forecaster; keeping the previous one");
+        Refreshed::Failed(want, why) => {
+            tracing::warn!(%object, version = want.2, %why, "cannot load the failure forecaster; keeping the previous one");
             metrics::counter!("ark_risk_model_loads_total", "result" => "error").increment(1);
             s.bad_model = Some(want);
         }
     }
 }
 
-async fn load_model(dp: &DataPlane, entry: &crate::raft::objects::ObjectEntry) -> Result<FailureForecaster, String> {
-    let bytes = dp.read_small_object(entry, MODEL_BYTES_MAX).await?;
-    tokio::task::spawn_blocking(move || FailureForecaster::from_bytes(&bytes).map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())?
+/// Loads the global load forecaster when it is new or changed; every node's choice made
+/// with another version (or with none) is dropped, so each is chosen again with this one.
+async fn refresh_global_load_model(risk: &Risk, dp: &DataPlane) {
+    let (loaded, bad) = match risk.state.lock() {
+        Ok(s) => (s.global.as_ref().map(|m| m.0.clone()), s.bad_global.clone()),
+        Err(_) => return,
+    };
+    let object = &risk.cfg.load_model_object;
+    let refreshed = refresh(dp, object, loaded, bad, GlobalLoadModel::from_bytes).await;
+    let Ok(mut s) = risk.state.lock() else { return };
+    match refreshed {
+        Refreshed::Unchanged => {}
+        Refreshed::Removed => {
+            if s.global.take().is_some() {
+                tracing::info!(%object, "global load forecaster removed; back to one per node");
+                s.load_models.clear();
+            }
+        }
+        Refreshed::Loaded(want, m) => {
+            tracing::info!(%object, version = want.2, horizon = m.horizon(), "global load forecaster loaded");
+            metrics::counter!("ark_risk_global_load_model_loads_total", "result" => "ok").increment(1);
+            s.global = Some((want, Arc::new(m)));
+            s.bad_global = None;
+            s.load_models.clear();
+        }
+        Refreshed::Failed(want, why) => {
+            tracing::warn!(%object, version = want.2, %why, "cannot load the global load forecaster; keeping the previous one");
+            metrics::counter!("ark_risk_global_load_model_loads_total", "result" => "error").increment(1);
+            s.bad_global = Some(want);
+        }
+    }
 }
 
 /// The cluster's hot set from every node's report: reads summed per object, most read
@@ -625,7 +755,7 @@ pub(crate) fn describe_metrics() {
     );
     describe_counter!(
         "ark_risk_load_trainings_total",
-        "Load forecaster trainings on the leader, by result (ok, error)."
+        "Load forecasters made ready on the leader (a per-node training, or the choice and fine-tuning of the global model for one node), by result (ok, error)."
     );
     describe_counter!(
         "ark_risk_load_models_loaded_total",
@@ -634,6 +764,10 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "ark_risk_model_loads_total",
         "Failure forecaster loads from the cluster object risk.model_object, by result (ok, error)."
+    );
+    describe_counter!(
+        "ark_risk_global_load_model_loads_total",
+        "Global load forecaster loads from the cluster object risk.load_model_object, by result (ok, error)."
     );
 }
 

@@ -63,6 +63,22 @@ pub struct UpArgs {
     /// by itself when either site is lost.
     #[arg(long)]
     witness: bool,
+    /// An extra config line for every node, `SECTION.KEY=VALUE` with VALUE in TOML
+    /// (e.g. `risk.load_retrain_s=60`, `risk.ordering="fifo"`); repeatable. arkd checks it at
+    /// start-up like any config line.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_setting)]
+    set: Vec<(String, String)>,
+}
+
+/// Splits `SECTION.KEY=VALUE` into the section and the `KEY = VALUE` line.
+fn parse_setting(raw: &str) -> Result<(String, String), String> {
+    let (path, value) = raw.split_once('=').ok_or("expected SECTION.KEY=VALUE")?;
+    let (section, key) = path.trim().split_once('.').ok_or("expected SECTION.KEY=VALUE")?;
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok(section) || !ok(key) || value.trim().is_empty() || value.contains('\n') {
+        return Err(format!("expected SECTION.KEY=VALUE on one line, got {raw:?}"));
+    }
+    Ok((section.to_string(), format!("{key} = {}", value.trim())))
 }
 
 /// Runs one playground command.
@@ -74,6 +90,7 @@ pub async fn run(p: &PlaygroundCmd) -> anyhow::Result<ExitCode> {
                 nodes_per_site: a.nodes_per_site,
                 snapshot_logs_since_last: a.snapshot_every,
                 witness: a.witness,
+                settings: a.set.iter().map(|(s, l)| (0, s.clone(), l.clone())).collect(),
                 ..Layout::default()
             };
             let (pg, _children) = playground::up(&a.dir, &layout).await?;
@@ -126,4 +143,32 @@ pub async fn run(p: &PlaygroundCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_setting;
+
+    #[test]
+    fn settings_split_into_section_and_line_and_refuse_junk() {
+        assert_eq!(
+            parse_setting("risk.load_retrain_s=60"),
+            Ok(("risk".into(), "load_retrain_s = 60".into()))
+        );
+        assert_eq!(
+            parse_setting("risk.ordering=\"fifo\""),
+            Ok(("risk".into(), "ordering = \"fifo\"".into()))
+        );
+        for bad in [
+            "risk",
+            "risk=1",
+            ".k=1",
+            "risk.=1",
+            "risk.k=",
+            "a b.k=1",
+            "risk.k=1\n[x]",
+        ] {
+            assert!(parse_setting(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
