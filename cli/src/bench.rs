@@ -1,6 +1,9 @@
 //! `ark bench kv`: a closed-loop load generator for small writes. The same loop drives Ark
 //! or, for side-by-side comparison, etcd's v3 gRPC API (plain `etcdserverpb.KV/Put`), so both
 //! are measured with the same client code, concurrency, value size and connection count.
+//!
+//! Also the small helpers the playground experiments share (`risk_bench`, `pacing_bench`):
+//! percentiles of recorded latencies and reading a node's `/metrics`.
 
 use std::time::{Duration, Instant};
 
@@ -98,7 +101,9 @@ async fn etcd_put(ch: Channel, key: Vec<u8>, value: Vec<u8>) -> Result<(), tonic
         .map(|_| ())
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+/// The `q` quantile (0..=1, nearest rank) of ascending latencies in microseconds, in
+/// milliseconds; 0 when there are none.
+pub fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -196,4 +201,60 @@ pub async fn run(target: Target, p: &Params) -> anyhow::Result<Report> {
             max: all.last().map(|m| f64::from(*m) / 1000.0).unwrap_or(0.0),
         },
     })
+}
+
+/// The body of a node's Prometheus `/metrics` page (plain HTTP on its metrics address).
+pub fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to metrics at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .with_context(|| format!("reading metrics from {addr}"))?;
+    Ok(body)
+}
+
+/// Sum of the samples in a Prometheus text page whose line starts with `prefix` (a metric
+/// name, optionally with the start of its labels); `None` when no line matches.
+pub fn sum_samples(text: &str, prefix: &str) -> Option<f64> {
+    let mut found = None;
+    for v in text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    {
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
+}
+
+/// [`sum_samples`] of a node's page, 0 when it cannot be read or nothing matches.
+pub fn metric_sum(addr: &str, prefix: &str) -> f64 {
+    metrics_text(addr)
+        .ok()
+        .and_then(|t| sum_samples(&t, prefix))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank_in_ms() {
+        let us: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile(&us, 0.5), 51.0);
+        assert_eq!(percentile(&us, 0.99), 99.0);
+        assert_eq!(percentile(&us, 1.0), 100.0);
+        assert_eq!(percentile(&[], 0.99), 0.0);
+    }
+
+    #[test]
+    fn samples_are_summed_by_prefix_and_absence_is_none() {
+        let page = "# HELP ark_x_total X.\n# TYPE ark_x_total counter\nark_x_total{result=\"a\"} 2\nark_x_total{result=\"b\"} 3.5\nark_xy 100\n";
+        assert_eq!(sum_samples(page, "ark_x_total"), Some(5.5));
+        assert_eq!(sum_samples(page, "ark_x_total{result=\"b\"}"), Some(3.5));
+        assert_eq!(sum_samples(page, "ark_y"), None);
+    }
 }

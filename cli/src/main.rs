@@ -2,7 +2,9 @@
 //!
 //! - [`cli`] and [`cmd`]: argument parsing, dispatch, one file per command group.
 //! - [`bench`]: the KV load generator (`ark bench kv`); [`risk_bench`]: the risk-aware
-//!   replication and pre-staging experiments (`ark bench risk`, `ark bench prestage`).
+//!   replication and pre-staging experiments (`ark bench risk`, `ark bench prestage`);
+//!   [`pacing_bench`]: repair paced into forecast load troughs vs a constant rate
+//!   (`ark bench pacing`).
 //! - [`demo`]: the guided failover tour on a playground.
 //! - [`units`]: durations, times and sizes as the CLI reads and prints them.
 
@@ -13,6 +15,7 @@ mod bench;
 mod cli;
 mod cmd;
 mod demo;
+mod pacing_bench;
 mod risk_bench;
 mod units;
 

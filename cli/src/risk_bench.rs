@@ -34,6 +34,8 @@ use ark_client::objects::{PutOptions, PutSource};
 use ark_client::ArkClient;
 use ark_playground::playground::{self, Layout, Playground};
 
+use crate::bench::metric_sum;
+
 /// The node that replays the failing drive and is killed.
 const VICTIM: u64 = 2;
 /// The other node the writers use.
@@ -472,21 +474,6 @@ pub async fn run_prestage(p: &PrestageParams, say: &dyn Fn(&str)) -> anyhow::Res
         }
     }
     Ok(out)
-}
-
-fn metric_sum(addr: &str, prefix: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return 0.0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
 }
 
 async fn prestage_run(

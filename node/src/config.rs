@@ -315,7 +315,9 @@ pub struct RiskConfig {
     /// likely to take over.
     pub prestage: bool,
     /// Defer repair batches that protect no endangered chunk while the load forecast of
-    /// their source or target shows a trough ahead (at most one horizon).
+    /// their source or target shows a trough ahead (at most one horizon). Off by default:
+    /// in `ark bench pacing` it made repair take half as long again with no foreground
+    /// latency gain beyond run-to-run noise (docs/forecasting.md).
     pub pace_into_troughs: bool,
     /// Load forecaster: past telemetry intervals it sees.
     pub load_window: usize,
@@ -339,7 +341,7 @@ impl Default for RiskConfig {
             day_ms: 86_400_000,
             ageing_s: 3600,
             prestage: true,
-            pace_into_troughs: true,
+            pace_into_troughs: false,
             load_window: 36,
             load_horizon: 12,
             load_retrain_s: 3600,
@@ -798,7 +800,8 @@ prestage = true
 # (window and horizon in telemetry intervals, retrained every load_retrain_s) and defers
 # repairs that protect no endangered chunk while a trough below (1 - trough_gain) x the
 # current load is forecast within the horizon, for loads above trough_floor_bytes_per_s.
-pace_into_troughs = true
+# Off by default: it delayed repair without a measurable foreground gain (ark bench pacing).
+pace_into_troughs = false
 load_window = 36
 load_horizon = 12
 load_retrain_s = 3600

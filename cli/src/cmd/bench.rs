@@ -1,5 +1,6 @@
-//! `ark bench`: the KV load generator (`crate::bench`) and the risk and pre-staging
-//! experiments (`crate::risk_bench`); this file parses their flags and prints their reports.
+//! `ark bench`: the KV load generator (`crate::bench`), the risk and pre-staging
+//! experiments (`crate::risk_bench`) and the repair-pacing experiment
+//! (`crate::pacing_bench`); this file parses their flags and prints their reports.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,52 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The repair-pacing experiment: on fresh 3-site playgrounds a replayed load trace drives
+    /// foreground writes (one trace step per telemetry interval) until the leader forecasts
+    /// the nodes' load, then a follower is killed and its copies are rebuilt on the others;
+    /// reports foreground latency during the repair and the time until policy is met, with
+    /// `risk.pace_into_troughs` on and off at the same repair budget, per seed.
+    Pacing {
+        /// Load trace, `timestamp,value` CSV (NAB layout).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "../shared/datasets/nab/realAWSCloudwatch/ec2_network_in_257a54.csv"
+        )]
+        trace: PathBuf,
+        /// Seeds (comma-separated): the trace's starting step and the bytes written; each
+        /// runs with pacing on and off.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0u64, 1, 2])]
+        seeds: Vec<u64>,
+        /// Telemetry interval and trace step, ms.
+        #[arg(long, default_value_t = 500)]
+        step_ms: u64,
+        /// Foreground write rate at the trace's 99th percentile (higher steps are clipped), MiB/s.
+        #[arg(long, default_value_t = 4.0)]
+        peak_mib_per_s: f64,
+        /// Repair budget (`objects.repair_mib_per_s`) in both modes, MiB/s.
+        #[arg(long, default_value_t = 4)]
+        repair_mib_per_s: u64,
+        /// Bulk data written before the warm-up, MiB.
+        #[arg(long, default_value_t = 32)]
+        data_mib: u64,
+        /// Bytes per foreground object (bulk objects are four times larger).
+        #[arg(long, default_value_t = 256 * 1024)]
+        object_bytes: usize,
+        /// Longest warm-up before the kill, seconds (the kill comes then even if the leader
+        /// has no load forecaster yet; the report says so).
+        #[arg(long, default_value_t = 240)]
+        warmup_max_s: u64,
+        /// Longest wait for the repair after the kill, seconds.
+        #[arg(long, default_value_t = 180)]
+        repair_max_s: u64,
+        /// Working directory (default: a temp dir, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs one bench; `cli` gives the client config for `bench kv`.
@@ -158,6 +205,43 @@ pub async fn run(cli: &Cli, b: &BenchCmd) -> anyhow::Result<ExitCode> {
                 }
             };
             let reports = crate::risk_bench::run_prestage(&params, &say).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+        }
+        BenchCmd::Pacing {
+            trace,
+            seeds,
+            step_ms,
+            peak_mib_per_s,
+            repair_mib_per_s,
+            data_mib,
+            object_bytes,
+            warmup_max_s,
+            repair_max_s,
+            dir,
+            json,
+        } => {
+            let tmp = tempfile::Builder::new().prefix("ark-bench-pacing-").tempdir()?;
+            let params = crate::pacing_bench::Params {
+                trace: trace.clone(),
+                seeds: seeds.clone(),
+                step_ms: (*step_ms).max(100),
+                peak_mib_per_s: *peak_mib_per_s,
+                repair_mib_per_s: *repair_mib_per_s,
+                data_mib: *data_mib,
+                object_bytes: (*object_bytes).max(1),
+                warmup_max_s: *warmup_max_s,
+                repair_max_s: *repair_max_s,
+                dir: dir.clone().unwrap_or_else(|| tmp.path().to_path_buf()),
+            };
+            let quiet = *json;
+            let say = move |l: &str| {
+                if !quiet {
+                    outln!("{l}");
+                }
+            };
+            let reports = crate::pacing_bench::run(&params, &say).await?;
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&reports)?);
             }

@@ -1,13 +1,42 @@
-//! Per-peer link counters for telemetry: RPCs in flight, timeouts and errors, and the
-//! connection each peer was last called on (for its round trip and byte counters).
+//! Per-peer link counters for telemetry: RPCs in flight, timeouts and errors, the bytes of
+//! every peer frame sent and received, and the connection each peer was last called on (for
+//! its round trip).
 //!
 //! Owns only counting. It is kept apart from the pool's dialling and reconnect logic so that
-//! either can change without the other; [`super::PeerPool::call`] is its only writer. It
-//! never opens, closes or chooses connections.
+//! either can change without the other; [`super::PeerPool::call`] (calls this node makes)
+//! and the endpoint's stream server (calls peers make to this node) are its only writers.
+//! It never opens, closes or chooses connections.
+//!
+//! Bytes are counted per peer, not per connection: a peer has a control and a bulk
+//! connection dialled by each side, and connections come and go, so a counter tied to one
+//! connection misses most of the traffic (chunks travel on the bulk lane while heartbeats
+//! keep the control lane the latest one used) and restarts whenever a connection does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Bytes of peer frames (length prefix included) exchanged with one peer, on every
+/// connection in both directions, since this entry was created. Monotonic; shared by the
+/// calls and streams that add to it, so adding needs no lock.
+#[derive(Default, Debug)]
+pub(crate) struct LinkBytes {
+    tx: AtomicU64,
+    rx: AtomicU64,
+}
+
+impl LinkBytes {
+    /// `n` bytes were handed to a connection to the peer.
+    pub(crate) fn sent(&self, n: usize) {
+        self.tx.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes were read from a connection to the peer.
+    pub(crate) fn received(&self, n: usize) {
+        self.rx.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
 
 /// Counters of one peer link.
 #[derive(Default)]
@@ -17,8 +46,10 @@ struct Link {
     inflight_peak: u64,
     timeouts_total: u64,
     errors_total: u64,
-    /// The connection the latest call used; dropped from here when the next call uses
-    /// another one.
+    /// Frame bytes both ways, on every connection to or from the peer.
+    bytes: Arc<LinkBytes>,
+    /// The connection the latest call used (for its round trip only); dropped from here
+    /// when the next call uses another one.
     conn: Option<quinn::Connection>,
 }
 
@@ -35,23 +66,24 @@ pub struct LinkSnapshot {
     pub timeouts_total: u64,
     /// Calls that failed otherwise (unreachable, broken stream), since the process started.
     pub errors_total: u64,
-    /// The connection's identity (byte counters restart with a new connection), its
-    /// smoothed round trip and UDP bytes sent and received; `None` while no open connection
-    /// was used.
+    /// Bytes of peer frames sent to the peer on any connection (dialled or accepted, control
+    /// or bulk lane) since the link's entry was created. Monotonic while the entry lives; it
+    /// restarts from 0 only if the peer was forgotten ([`LinkStats::retain`]).
+    pub tx_bytes_total: u64,
+    /// Bytes of peer frames received from the peer, counted like `tx_bytes_total`.
+    pub rx_bytes_total: u64,
+    /// The round trip of the connection the latest call used; `None` while no open
+    /// connection was used.
     pub conn: Option<ConnSnapshot>,
 }
 
-/// Counters of one QUIC connection.
+/// Path figures of one QUIC connection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConnSnapshot {
     /// `quinn::Connection::stable_id`.
     pub id: usize,
     /// Smoothed round trip.
     pub rtt: Duration,
-    /// UDP payload bytes sent on the connection so far.
-    pub tx_bytes: u64,
-    /// UDP payload bytes received so far.
-    pub rx_bytes: u64,
     /// Largest UDP payload the connection sends now (path MTU discovery's current result).
     pub mtu: u16,
 }
@@ -63,10 +95,19 @@ pub struct LinkStats {
     links: Arc<Mutex<HashMap<u64, Link>>>,
 }
 
-/// Counts a call as in flight until dropped.
+/// Counts a call as in flight until dropped, and counts the bytes it moves.
 pub(crate) struct InflightGuard {
     stats: LinkStats,
     peer: u64,
+    /// The link's byte counters (a detached pair if the lock was poisoned: telemetry only).
+    bytes: Arc<LinkBytes>,
+}
+
+impl InflightGuard {
+    /// The call's link's byte counters.
+    pub(crate) fn bytes(&self) -> &LinkBytes {
+        &self.bytes
+    }
 }
 
 impl Drop for InflightGuard {
@@ -98,14 +139,28 @@ impl LinkStats {
 
     /// A call to `peer` starts; it counts as in flight until the guard is dropped.
     pub(crate) fn start(&self, peer: u64) -> InflightGuard {
+        let mut bytes = None;
         if let Some(mut m) = self.lock() {
             let l = m.entry(peer).or_default();
             l.inflight += 1;
             l.inflight_peak = l.inflight_peak.max(l.inflight);
+            bytes = Some(l.bytes.clone());
         }
         InflightGuard {
             stats: self.clone(),
             peer,
+            bytes: bytes.unwrap_or_default(),
+        }
+    }
+
+    /// The byte counters of the link to `peer`, for traffic this node did not start (a
+    /// stream the peer opened). Creating the entry here is bounded like every other: the
+    /// caller has checked that `peer` is the node the connection's certificate names, and
+    /// [`LinkStats::retain`] forgets non-members.
+    pub(crate) fn bytes(&self, peer: u64) -> Arc<LinkBytes> {
+        match self.lock() {
+            Some(mut m) => m.entry(peer).or_default().bytes.clone(),
+            None => Arc::default(),
         }
     }
 
@@ -137,13 +192,13 @@ impl LinkStats {
                 inflight_peak: std::mem::replace(&mut l.inflight_peak, l.inflight).max(l.inflight),
                 timeouts_total: l.timeouts_total,
                 errors_total: l.errors_total,
+                tx_bytes_total: l.bytes.tx.load(Ordering::Relaxed),
+                rx_bytes_total: l.bytes.rx.load(Ordering::Relaxed),
                 conn: l.conn.as_ref().filter(|c| c.close_reason().is_none()).map(|c| {
                     let s = c.stats();
                     ConnSnapshot {
                         id: c.stable_id(),
                         rtt: s.path.rtt,
-                        tx_bytes: s.udp_tx.bytes,
-                        rx_bytes: s.udp_rx.bytes,
                         mtu: s.path.current_mtu,
                     }
                 }),
@@ -193,6 +248,30 @@ mod tests {
         );
         assert!(snap[0].conn.is_none());
         s.retain(|p| p != 2);
+        assert!(s.snapshot().is_empty());
+    }
+
+    #[test]
+    fn calls_and_served_streams_add_to_one_monotonic_pair_per_peer() {
+        let s = LinkStats::default();
+        let call = s.start(3);
+        call.bytes().sent(100);
+        call.bytes().received(10);
+        // A stream peer 3 opened here, on another connection: the same link.
+        let served = s.bytes(3);
+        served.received(1000);
+        served.sent(1);
+        drop(call);
+        s.finish(3, CallOutcome::Ok, None);
+        let snap = s.snapshot();
+        assert_eq!(snap.len(), 1, "one entry per peer");
+        assert_eq!((snap[0].tx_bytes_total, snap[0].rx_bytes_total), (101, 1010));
+        // Another call later, as on a new connection: the totals go on from where they were.
+        s.start(3).bytes().sent(5);
+        assert_eq!(s.snapshot()[0].tx_bytes_total, 106);
+        // A forgotten peer's entry goes, whoever still holds its counters.
+        s.retain(|p| p != 3);
+        served.sent(7);
         assert!(s.snapshot().is_empty());
     }
 }

@@ -81,6 +81,9 @@ pub struct PeerEndpoint {
     client: live::Live<quinn::ClientConfig>,
     /// Shared by both sides' configs, kept to rebuild them on a reload.
     transport: Arc<quinn::TransportConfig>,
+    /// Per-peer counters, shared with the [`PeerPool`] built on this endpoint: the streams
+    /// peers open here count their bytes in the same place as the calls this node makes.
+    links: LinkStats,
 }
 
 /// The peer plane's TLS, built from new material by [`PeerEndpoint::prepare_tls`] and put
@@ -144,6 +147,7 @@ impl PeerEndpoint {
             identity: live::Live::new(peer_tls.identity),
             client: live::Live::new(peer_tls.client),
             transport,
+            links: LinkStats::default(),
         })
     }
 
@@ -202,6 +206,7 @@ impl PeerEndpoint {
             };
             let handler = handler.clone();
             let identity = tls::NodeIdentity::clone(&self.identity.get());
+            let links = self.links.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
@@ -230,8 +235,9 @@ impl PeerEndpoint {
                     };
                     let handler = handler.clone();
                     let peer = peer.clone();
+                    let links = links.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_stream(handler, &peer, send, recv).await {
+                        if let Err(e) = serve_stream(handler, &peer, &links, send, recv).await {
                             tracing::debug!(%remote, error = %e, "peer stream failed");
                         }
                     });
@@ -272,39 +278,57 @@ impl AcceptedPeer {
     }
 }
 
+/// Serves one request on a stream a peer opened. Its bytes count on the link to the peer
+/// once the peer is admitted: a request from a node its certificate does not name is not
+/// that node's traffic.
 async fn serve_stream<H: PeerHandler>(
     handler: Arc<H>,
     peer: &AcceptedPeer,
+    links: &LinkStats,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let buf = read_frame(&mut recv).await?;
+    let request_frame_bytes = FRAME_PREFIX_BYTES + buf.len();
     let req = PeerRequest::decode(buf)?;
-    let resp = match peer.admit(req.from) {
-        Ok(()) => handler.handle(req).await,
+    let from = req.from;
+    let (resp, bytes) = match peer.admit(from) {
+        Ok(()) => {
+            let bytes = links.bytes(from);
+            bytes.received(request_frame_bytes);
+            (handler.handle(req).await, Some(bytes))
+        }
         Err(why) => {
             metrics::counter!("ark_peer_requests_refused_total").increment(1);
             tracing::warn!(from = req.from, reason = %why, "refused a peer request");
-            PeerResponse {
+            let resp = PeerResponse {
                 body: Some(peer_response::Body::Failure(format!("refused: {why}"))),
-            }
+            };
+            (resp, None)
         }
     };
-    write_frame(&mut send, encode_response(&resp)).await?;
+    let sent = write_frame(&mut send, encode_response(&resp)).await?;
+    if let Some(b) = bytes {
+        b.sent(sent);
+    }
     send.finish()?;
     Ok(())
 }
 
+/// Bytes of a frame's length prefix.
+const FRAME_PREFIX_BYTES: usize = 4;
+
 /// Writes one length-prefixed frame from its pieces. The pieces are handed to quinn as they
 /// are (no copy into the stream's buffer: chunk bytes are the bulk of the peer traffic).
-async fn write_frame(send: &mut quinn::SendStream, parts: Vec<Bytes>) -> anyhow::Result<()> {
+/// Returns the bytes written, prefix included.
+async fn write_frame(send: &mut quinn::SendStream, parts: Vec<Bytes>) -> anyhow::Result<usize> {
     let total: usize = parts.iter().map(Bytes::len).sum();
     anyhow::ensure!(total <= FRAME_BYTES_MAX, "frame of {total} bytes exceeds the limit");
     let mut chunks = Vec::with_capacity(parts.len() + 1);
     chunks.push(Bytes::copy_from_slice(&(total as u32).to_be_bytes()));
     chunks.extend(parts);
     send.write_all_chunks(&mut chunks).await?;
-    Ok(())
+    Ok(FRAME_PREFIX_BYTES + total)
 }
 
 /// Protobuf field numbers that [`encode_request`] and [`encode_response`] write by hand
@@ -377,7 +401,7 @@ const _: () = assert!(PEER_UDP_PAYLOAD_MAX as usize * QUINN_GSO_SEGMENTS_MAX <= 
 /// a stream that ends early is an error. Generic over the reader so that it is tested
 /// without sockets (`frame_props.rs`).
 pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(recv: &mut R) -> anyhow::Result<Bytes> {
-    let mut len = [0u8; 4];
+    let mut len = [0u8; FRAME_PREFIX_BYTES];
     tokio::io::AsyncReadExt::read_exact(recv, &mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     anyhow::ensure!(
@@ -460,22 +484,25 @@ pub struct PeerPool {
     /// When each peer last answered an RPC on each lane, for health reporting and for
     /// spotting stuck connections.
     last_ok: Arc<std::sync::Mutex<HashMap<(u64, Lane), Instant>>>,
-    /// Per-link counters for telemetry, written only by `call`.
+    /// Per-link counters for telemetry, written by `call` and by the endpoint's streams
+    /// (the same counters as `endpoint.links`).
     links: LinkStats,
 }
 
 impl PeerPool {
     /// A pool dialling from `endpoint`.
     pub fn new(endpoint: PeerEndpoint) -> Self {
+        let links = endpoint.links.clone();
         Self {
             endpoint,
             conns: Arc::default(),
             last_ok: Arc::default(),
-            links: LinkStats::default(),
+            links,
         }
     }
 
-    /// Per-link counters (calls in flight, timeouts, errors, the connection last used).
+    /// Per-link counters (calls in flight, timeouts, errors, bytes both ways on every
+    /// connection, the connection last used).
     pub fn link_stats(&self) -> &LinkStats {
         &self.links
     }
@@ -644,7 +671,7 @@ impl PeerPool {
     ) -> Result<PeerResponse, NetError> {
         let body = encode_request(req);
         let lane = Lane::of(req);
-        let _inflight = self.links.start(id);
+        let inflight = self.links.start(id);
         let mut used: Option<(quinn::Connection, u64)> = None;
         let fut = async {
             let conn = self.connection(id, lane, addr).await?;
@@ -660,9 +687,11 @@ impl PeerPool {
             // link, crowd out the retries (a new leader's AppendEntries timed out for 10 s).
             let mut send = AbandonOnDrop(Some(send));
             if let Some(s) = send.0.as_mut() {
-                write_frame(s, body.clone()).await.map_err(|e| io(e.to_string()))?;
+                let sent = write_frame(s, body.clone()).await.map_err(|e| io(e.to_string()))?;
+                inflight.bytes().sent(sent);
             }
             let buf = read_frame(&mut recv).await.map_err(|e| io(e.to_string()))?;
+            inflight.bytes().received(FRAME_PREFIX_BYTES + buf.len());
             if let Some(mut s) = send.0.take() {
                 let _ = s.finish();
             }

@@ -10,9 +10,11 @@
 //! files. Pure parts live in [`parse`] and [`windows`].
 //!
 //! Series names (one point per interval each): `link_rtt_seconds:P`,
-//! `link_tx_bytes_per_second:P`, `link_rx_bytes_per_second:P`, `link_inflight_rpcs:P` (at
+//! `link_tx_bytes_per_second:P`, `link_rx_bytes_per_second:P` (peer frame bytes on every
+//! connection to and from P, both lanes, dialled and accepted), `link_inflight_rpcs:P` (at
 //! the sample) and `link_inflight_peak_rpcs:P` (most at once in the interval),
-//! `link_timeouts:P`, `link_errors:P` (in the interval) for every peer P this node calls;
+//! `link_timeouts:P`, `link_errors:P` (in the interval) for every peer P this node calls
+//! or is called by;
 //! `fsync_count`, `fsync_max_seconds`, `fsync_mean_seconds` (the latter two when the log
 //! was written in the interval); `disk_free_bytes`, `disk_total_bytes`; `cpu_load1`,
 //! `cpu_busy_ratio`; `smart_raw:ID` (ATA) or `smart_raw:nvme_KEY` (NVMe health log).
@@ -59,6 +61,9 @@ struct LinkSample {
     errors: u64,
     timeouts_total: u64,
     errors_total: u64,
+    /// Frame bytes exchanged with the peer so far, every connection and lane.
+    tx_bytes_total: u64,
+    rx_bytes_total: u64,
 }
 
 /// One interval's sample of this node.
@@ -141,7 +146,10 @@ impl Sample {
             metrics::gauge!("ark_link_inflight_rpcs", "peer" => peer.clone()).set(l.inflight as f64);
             metrics::gauge!("ark_link_inflight_peak_rpcs", "peer" => peer.clone()).set(l.inflight_peak as f64);
             metrics::counter!("ark_link_rpc_timeouts_total", "peer" => peer.clone()).absolute(l.timeouts_total);
-            metrics::counter!("ark_link_rpc_errors_total", "peer" => peer).absolute(l.errors_total);
+            metrics::counter!("ark_link_rpc_errors_total", "peer" => peer.clone()).absolute(l.errors_total);
+            metrics::counter!("ark_link_bytes_total", "peer" => peer.clone(), "direction" => "tx")
+                .absolute(l.tx_bytes_total);
+            metrics::counter!("ark_link_bytes_total", "peer" => peer, "direction" => "rx").absolute(l.rx_bytes_total);
         }
         // An interval without log writes leaves the last measured latency in place.
         if let Some(f) = self.fsync.filter(|f| f.count > 0) {
@@ -178,8 +186,9 @@ struct SamplerState {
 /// A link's counters at the previous sample.
 #[derive(Clone, Copy)]
 struct LinkMemory {
-    /// (connection id, tx bytes, rx bytes) of the connection then in use.
-    conn: Option<(usize, u64, u64)>,
+    /// Frame bytes sent to and received from the peer on all its connections.
+    tx_bytes_total: u64,
+    rx_bytes_total: u64,
     timeouts_total: u64,
     errors_total: u64,
 }
@@ -330,28 +339,28 @@ impl Telemetry {
         let mut links = Vec::new();
         for l in self.pool.link_stats().snapshot() {
             let prev = st.links.get(&l.peer).copied();
-            let conn = l.conn.map(|c| (c.id, c.tx_bytes, c.rx_bytes));
-            let rate = |pick: fn(&(usize, u64, u64)) -> u64| {
-                let now_c = conn?;
-                let prev = prev.and_then(|p| p.conn).map(|p| (p.0, pick(&p)));
-                parse::rate_per_second(prev, (now_c.0, pick(&now_c)), elapsed?)
-            };
+            // Per-peer counters over every connection: a connection opening or closing
+            // between two samples changes nothing here, so no interval's rate is lost.
+            let rate = |prev: Option<u64>, now: u64| parse::rate_per_second(prev, now, elapsed?);
             links.push(LinkSample {
                 peer: l.peer,
                 rtt: l.conn.map(|c| c.rtt).filter(|r| !r.is_zero()),
-                tx_bytes_per_second: rate(|c| c.1),
-                rx_bytes_per_second: rate(|c| c.2),
+                tx_bytes_per_second: rate(prev.map(|p| p.tx_bytes_total), l.tx_bytes_total),
+                rx_bytes_per_second: rate(prev.map(|p| p.rx_bytes_total), l.rx_bytes_total),
                 inflight: l.inflight,
                 inflight_peak: l.inflight_peak,
                 timeouts: parse::counter_delta(prev.map(|p| p.timeouts_total), l.timeouts_total),
                 errors: parse::counter_delta(prev.map(|p| p.errors_total), l.errors_total),
                 timeouts_total: l.timeouts_total,
                 errors_total: l.errors_total,
+                tx_bytes_total: l.tx_bytes_total,
+                rx_bytes_total: l.rx_bytes_total,
             });
             st.links.insert(
                 l.peer,
                 LinkMemory {
-                    conn,
+                    tx_bytes_total: l.tx_bytes_total,
+                    rx_bytes_total: l.rx_bytes_total,
                     timeouts_total: l.timeouts_total,
                     errors_total: l.errors_total,
                 },
@@ -701,11 +710,16 @@ pub(crate) fn describe_metrics() {
     describe_gauge!(
         "ark_link_rtt_seconds",
         Unit::Seconds,
-        "Round-trip time of the QUIC connection to the peer, by peer (latest sample)."
+        "Round-trip time of the QUIC connection the latest call to the peer used, by peer (latest sample)."
     );
     describe_gauge!(
         "ark_link_bytes_per_second",
-        "Traffic on the link to the peer in bytes per second, by peer and direction (tx, rx)."
+        "Peer frame bytes per second exchanged with the peer over the last interval, on every connection (both lanes, dialled and accepted), by peer and direction (tx, rx)."
+    );
+    describe_counter!(
+        "ark_link_bytes_total",
+        Unit::Bytes,
+        "Peer frame bytes exchanged with the peer on every connection (both lanes, dialled and accepted), by peer and direction (tx, rx)."
     );
     describe_gauge!(
         "ark_link_inflight_rpcs",

@@ -55,16 +55,14 @@ pub fn busy_ratio(prev: CpuTimes, now: CpuTimes) -> Option<f64> {
     Some((busy as f64 / total as f64).clamp(0.0, 1.0))
 }
 
-/// Bytes per second from two readings of a connection's byte counter, each tagged with the
-/// connection's id. `None` when there is no earlier reading of the same connection (a new
-/// connection restarts its counters, so a delta across two connections means nothing), when
-/// the counter went backwards, or when no time passed.
-pub fn rate_per_second(prev: Option<(usize, u64)>, now: (usize, u64), elapsed: Duration) -> Option<f64> {
-    let (prev_id, prev_bytes) = prev?;
-    if prev_id != now.0 || elapsed.is_zero() {
+/// Bytes per second from two readings of a link's monotonic byte counter. `None` when there
+/// is no earlier reading, when the counter went backwards (the link was forgotten and
+/// counts afresh: the delta means nothing), or when no time passed.
+pub fn rate_per_second(prev: Option<u64>, now: u64, elapsed: Duration) -> Option<f64> {
+    if elapsed.is_zero() {
         return None;
     }
-    let delta = now.1.checked_sub(prev_bytes)?;
+    let delta = now.checked_sub(prev?)?;
     Some(delta as f64 / elapsed.as_secs_f64())
 }
 
@@ -136,11 +134,10 @@ mod tests {
     #[test]
     fn rates_only_within_one_connection() {
         let s = Duration::from_secs(2);
-        assert_eq!(rate_per_second(Some((7, 1000)), (7, 5000), s), Some(2000.0));
-        assert_eq!(rate_per_second(None, (7, 5000), s), None, "first reading");
-        assert_eq!(rate_per_second(Some((6, 1000)), (7, 5000), s), None, "new connection");
-        assert_eq!(rate_per_second(Some((7, 9000)), (7, 5000), s), None, "went backwards");
-        assert_eq!(rate_per_second(Some((7, 1000)), (7, 5000), Duration::ZERO), None);
+        assert_eq!(rate_per_second(Some(1000), 5000, s), Some(2000.0));
+        assert_eq!(rate_per_second(None, 5000, s), None, "first reading");
+        assert_eq!(rate_per_second(Some(9000), 5000, s), None, "went backwards");
+        assert_eq!(rate_per_second(Some(1000), 5000, Duration::ZERO), None);
         assert_eq!(counter_delta(None, 5), 0);
         assert_eq!(counter_delta(Some(3), 5), 2);
         assert_eq!(counter_delta(Some(9), 5), 0);
