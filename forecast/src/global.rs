@@ -94,7 +94,7 @@ impl Default for GlobalConfig {
             validation_fraction: 0.2,
             origins_per_series_max: 4000,
             ensemble: 1,
-            tune_epochs: 4,
+            tune_epochs: 10,
             tune_learning_rate: 5e-4,
             per_series_candidate: true,
         }
