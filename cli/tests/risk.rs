@@ -111,6 +111,16 @@ fn chunk_files(root: &Path) -> usize {
     n
 }
 
+/// The keys of the objects in `_ark` (where the forecasters live), at most 100.
+async fn ark_keys(pg: &Pg) -> Option<Vec<String>> {
+    let options = ark_client::ListObjectsOptions {
+        limit: 100,
+        ..Default::default()
+    };
+    let (list, _) = pg.client().list_objects("_ark", &options).await.ok()?;
+    Some(list.into_iter().map(|i| i.key).collect())
+}
+
 async fn put(pg: &Pg, node: u64, key: &str, byte: u8) {
     put_in(pg, "data", node, key, byte).await;
 }
@@ -364,18 +374,7 @@ async fn leader_learns_every_nodes_load_stores_it_and_a_new_leader_starts_warm()
     // The weights are cluster objects...
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let keys: Vec<String> = pg
-            .client()
-            .list_objects(
-                "_ark",
-                &ark_client::ListObjectsOptions {
-                    limit: 100,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
-            .unwrap_or_default();
+        let keys = ark_keys(&pg).await.unwrap_or_default();
         if (1..=3).all(|n| keys.contains(&format!("load-node-{n}"))) {
             break;
         }
@@ -478,17 +477,7 @@ async fn a_stored_global_load_model_forecasts_every_node_without_training_one_pe
         1.0
     );
     assert!(pg.metric(leader, "ark_risk_load_trainings_total{result=\"ok\"}") >= 3.0);
-    let keys: Vec<String> = c
-        .list_objects(
-            "_ark",
-            &ark_client::ListObjectsOptions {
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .map(|(l, _)| l.into_iter().map(|i| i.key).collect())
-        .unwrap();
+    let keys = ark_keys(&pg).await.unwrap();
     assert_eq!(
         keys,
         vec!["load-model".to_string()],

@@ -3,6 +3,7 @@
 //! test; a separate test file for failures) and the baselines; it must not print (that is
 //! `cli`) nor fit anything on test data.
 
+use crate::baseline::Method;
 use crate::error::{ForecastError, Result};
 use crate::load::{LoadConfig, LoadFitReport, LoadForecaster};
 use crate::metrics::{ewma_levels, pick_ewma_alpha, EWMA_ALPHAS};
@@ -104,6 +105,47 @@ impl ErrorAccumulator {
     }
 }
 
+/// Errors of the naive methods (persistence; seasonal naive when every origin has a day
+/// behind it; EWMA with `alpha`) forecasting from `origins` of `series`, scored on observed
+/// targets only, and the one with the lowest MAE. Shared by every load evaluation, so they
+/// all judge against the same baselines.
+pub(crate) fn baseline_errors(
+    series: &[f64],
+    observed: &[bool],
+    origins: &[usize],
+    horizon: usize,
+    alpha: f64,
+    step_s: i64,
+) -> Result<(Vec<ForecastErrors>, ForecastErrors)> {
+    let first = origins.first().copied().unwrap_or(0);
+    let methods: Vec<Method> = Method::candidates(alpha, steps_per_day(step_s), first, horizon)
+        .into_iter()
+        .filter(|m| *m != Method::Model)
+        .collect();
+    let levels = ewma_levels(series, alpha);
+    let mut acc: Vec<ErrorAccumulator> = methods.iter().map(|_| ErrorAccumulator::new(horizon)).collect();
+    for &t in origins {
+        for k in 0..horizon {
+            let target = t + 1 + k;
+            if !observed[target] {
+                continue;
+            }
+            for (m, a) in methods.iter().zip(acc.iter_mut()) {
+                if let Some(p) = m.point(series, &levels, t, k, f64::NAN) {
+                    a.add(k, p, series[target]);
+                }
+            }
+        }
+    }
+    let baselines: Vec<ForecastErrors> = methods.iter().zip(acc).map(|(m, a)| a.finish(&m.name())).collect();
+    let best = baselines
+        .iter()
+        .min_by(|a, b| a.mae.total_cmp(&b.mae))
+        .cloned()
+        .ok_or_else(|| ForecastError::NotEnoughData("no baseline".into()))?;
+    Ok((baselines, best))
+}
+
 /// Evaluates the load forecaster on `(timestamp_s, value)` samples: resample to the median
 /// step, fill gaps, train on the first 70% in time, forecast from every origin whose
 /// targets lie in the last 30%, and score against observed (not filled) targets only.
@@ -125,40 +167,16 @@ pub fn eval_load(file: &str, points: &[(i64, f64)], config: &LoadConfig) -> Resu
     let origins: Vec<usize> = (n_train - 1..n - h).collect();
     let model_pred = model.forecast_at(&series, grid.start_s, &origins)?;
     let alpha = pick_ewma_alpha(train, &EWMA_ALPHAS);
-    let levels = ewma_levels(&series, alpha);
-    let day = steps_per_day(step_s);
-    let seasonal_ok = n_train > day;
-
+    let (baselines, best) = baseline_errors(&series, &observed, &origins, h, alpha, step_s)?;
     let mut acc_model = ErrorAccumulator::new(h);
-    let mut acc_persist = ErrorAccumulator::new(h);
-    let mut acc_seasonal = ErrorAccumulator::new(h);
-    let mut acc_ewma = ErrorAccumulator::new(h);
     for (&t, pred) in origins.iter().zip(&model_pred) {
         for (k, &p) in pred.iter().enumerate().take(h) {
             let target = t + 1 + k;
-            if !observed[target] {
-                continue;
-            }
-            let actual = series[target];
-            acc_model.add(k, p, actual);
-            acc_persist.add(k, series[t], actual);
-            acc_ewma.add(k, levels[t], actual);
-            if seasonal_ok {
-                let back = day * (k + 1).div_ceil(day);
-                acc_seasonal.add(k, series[target - back], actual);
+            if observed[target] {
+                acc_model.add(k, p, series[target]);
             }
         }
     }
-    let mut baselines = vec![acc_persist.finish("persistence")];
-    if seasonal_ok {
-        baselines.push(acc_seasonal.finish("seasonal_naive"));
-    }
-    baselines.push(acc_ewma.finish(&format!("ewma(alpha={alpha})")));
-    let best = baselines
-        .iter()
-        .min_by(|a, b| a.mae.total_cmp(&b.mae))
-        .cloned()
-        .ok_or_else(|| ForecastError::NotEnoughData("no baseline".into()))?;
     let model_errors = acc_model.finish(&format!("model({})", model.variant_name()));
     Ok(LoadReport {
         file: file.to_string(),

@@ -7,10 +7,10 @@
 //! targets lie in the last 30%, on observed targets only. It must not print (that is `cli`).
 
 use crate::error::{ForecastError, Result};
-use crate::eval::{ErrorAccumulator, ForecastErrors, LOAD_TRAIN_FRACTION};
+use crate::eval::{baseline_errors, ErrorAccumulator, ForecastErrors, LOAD_TRAIN_FRACTION};
 use crate::global::{GlobalConfig, GlobalFitReport, GlobalLoadModel, Series};
-use crate::metrics::{ewma_levels, pick_ewma_alpha, EWMA_ALPHAS};
-use crate::prep::{prepare, steps_per_day, Prepared};
+use crate::metrics::{pick_ewma_alpha, EWMA_ALPHAS};
+use crate::prep::{prepare, Prepared};
 
 /// Fraction of a test series' history (its most recent end) on which the method is chosen.
 pub const SELECTION_FRACTION: f64 = 0.3;
@@ -103,15 +103,8 @@ fn score(model: &GlobalLoadModel, fold: usize, name: &str, p: &Prepared) -> Resu
     let chosen = chooser.forecast_at(&p.values, p.start_s, &origins)?;
     let raw = model.forecast_at(&p.values, p.start_s, p.step_s, &origins)?;
     let alpha = pick_ewma_alpha(history, &EWMA_ALPHAS);
-    let levels = ewma_levels(&p.values, alpha);
-    let day = steps_per_day(p.step_s);
-    let seasonal_ok = n_hist > day * h.div_ceil(day);
+    let (baselines, best) = baseline_errors(&p.values, &p.observed, &origins, h, alpha, p.step_s)?;
     let (mut acc_chosen, mut acc_model) = (ErrorAccumulator::new(h), ErrorAccumulator::new(h));
-    let (mut acc_p, mut acc_s, mut acc_e) = (
-        ErrorAccumulator::new(h),
-        ErrorAccumulator::new(h),
-        ErrorAccumulator::new(h),
-    );
     let (mut inside, mut scored) = (0usize, 0usize);
     for ((&t, c), m) in origins.iter().zip(&chosen).zip(&raw) {
         for k in 0..h {
@@ -122,27 +115,12 @@ fn score(model: &GlobalLoadModel, fold: usize, name: &str, p: &Prepared) -> Resu
             let actual = p.values[target];
             acc_chosen.add(k, c.p50[k], actual);
             acc_model.add(k, m.p50[k], actual);
-            acc_p.add(k, p.values[t], actual);
-            acc_e.add(k, levels[t], actual);
-            if seasonal_ok {
-                acc_s.add(k, p.values[target - day * (k + 1).div_ceil(day)], actual);
-            }
             scored += 1;
             if m.p10[k] <= actual && actual <= m.p90[k] {
                 inside += 1;
             }
         }
     }
-    let mut baselines = vec![acc_p.finish("persistence")];
-    if seasonal_ok {
-        baselines.push(acc_s.finish("seasonal_naive"));
-    }
-    baselines.push(acc_e.finish(&format!("ewma(alpha={alpha})")));
-    let best = baselines
-        .iter()
-        .min_by(|a, b| a.mae.total_cmp(&b.mae))
-        .cloned()
-        .ok_or_else(|| ForecastError::NotEnoughData("no baseline".into()))?;
     let forecaster = acc_chosen.finish(&chooser.method().name());
     let model_errors = acc_model.finish("model");
     Ok(HeldOutReport {

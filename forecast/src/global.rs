@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use candle_core::Var;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -122,6 +123,17 @@ impl GlobalConfig {
     /// Summary inputs per origin (after the `context` sequence values).
     fn statics(&self) -> usize {
         LEVEL_ALPHAS.len() + 3 + 1 + self.horizon + 2 + 2
+    }
+
+    /// The network these settings build.
+    fn shape(&self) -> SeqShape {
+        SeqShape {
+            context: self.context,
+            channels: self.channels,
+            statics: self.statics(),
+            hidden: self.hidden,
+            outputs: self.horizon * QUANTILES.len(),
+        }
     }
 
     /// Points a series needs before its first origin.
@@ -320,13 +332,7 @@ impl GlobalLoadModel {
                 config.context + 4 * config.horizon + 20
             )));
         }
-        let shape = SeqShape {
-            context: config.context,
-            channels: config.channels,
-            statics: config.statics(),
-            hidden: config.hidden,
-            outputs: config.horizon * QUANTILES.len(),
-        };
+        let shape = config.shape();
         let mut members = Vec::new();
         let (mut epochs, mut scores) = (Vec::new(), Vec::new());
         for m in 0..config.ensemble {
@@ -615,16 +621,16 @@ impl GlobalLoadModel {
 
     /// Encodes the configuration and every member's weights as one safetensors blob.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut named = Vec::new();
-        let mut names = Vec::new();
-        for (m, net) in self.members.iter().enumerate() {
-            for (name, var) in net.named() {
-                names.push((format!("m{m}.{name}"), var));
-            }
-        }
-        for (name, var) in &names {
-            named.push((name.clone(), *var));
-        }
+        let named: Vec<(String, &Var)> = self
+            .members
+            .iter()
+            .enumerate()
+            .flat_map(|(m, net)| {
+                net.named()
+                    .into_iter()
+                    .map(move |(name, var)| (format!("m{m}.{name}"), var))
+            })
+            .collect();
         let mut meta = HashMap::new();
         let config = serde_json::to_string(&self.config)
             .map_err(|e| ForecastError::Weights(format!("cannot encode the configuration: {e}")))?;
@@ -651,13 +657,7 @@ impl GlobalLoadModel {
             .ok_or_else(|| bad("missing or invalid ark.members".into()))?;
         let tensors =
             safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("cannot parse tensors: {e}")))?;
-        let shape = SeqShape {
-            context: config.context,
-            channels: config.channels,
-            statics: config.statics(),
-            hidden: config.hidden,
-            outputs: config.horizon * QUANTILES.len(),
-        };
+        let shape = config.shape();
         let mut nets = Vec::with_capacity(members);
         for m in 0..members {
             nets.push(SeqNet::load(shape.clone(), |name, dims| {

@@ -75,18 +75,25 @@ pub struct SeqNet {
 impl SeqNet {
     /// A network with weights drawn from `rng` (same seed, same network).
     pub fn new(shape: SeqShape, rng: &mut StdRng) -> Result<Self> {
+        let net = Self::build(shape, |_, fan_in, fan_out| dense_layer(fan_in, fan_out, rng))?;
+        // The skip starts at zero: the head learns first, the skip adds a linear correction.
+        net.skip.0.set(&net.skip.0.as_tensor().zeros_like()?)?;
+        Ok(net)
+    }
+
+    /// Lays out the layers of `shape`, each made by `layer(name, fan_in, fan_out)`: the one
+    /// place that knows which layers a network has, for a fresh one and a decoded one alike.
+    fn build(shape: SeqShape, mut layer: impl FnMut(&str, usize, usize) -> Result<(Var, Var)>) -> Result<Self> {
         shape.validate()?;
         let mut conv = Vec::with_capacity(shape.levels());
         let mut channels_in = 1;
-        for _ in 0..shape.levels() {
-            conv.push(dense_layer(2 * channels_in, shape.channels, rng)?);
+        for i in 0..shape.levels() {
+            conv.push(layer(&format!("conv{i}"), 2 * channels_in, shape.channels)?);
             channels_in = shape.channels;
         }
-        let hidden = dense_layer(shape.channels + shape.statics, shape.hidden, rng)?;
-        let out = dense_layer(shape.hidden, shape.outputs, rng)?;
-        let skip = dense_layer(shape.statics.max(1), shape.outputs, rng)?;
-        // The skip starts at zero: the head learns first, the skip adds a linear correction.
-        skip.0.set(&skip.0.as_tensor().zeros_like()?)?;
+        let hidden = layer("hidden", shape.channels + shape.statics, shape.hidden)?;
+        let out = layer("out", shape.hidden, shape.outputs)?;
+        let skip = layer("skip", shape.statics.max(1), shape.outputs)?;
         Ok(Self {
             shape,
             conv,
@@ -142,28 +149,11 @@ impl SeqNet {
 
     /// Builds a network of `shape` from tensors fetched by name (`get` checks each shape).
     pub(crate) fn load(shape: SeqShape, mut get: impl FnMut(&str, &[usize]) -> Result<Var>) -> Result<Self> {
-        shape.validate()?;
-        let mut layer = |name: &str, fan_in: usize, fan_out: usize| -> Result<(Var, Var)> {
+        Self::build(shape, |name, fan_in, fan_out| {
             Ok((
                 get(&format!("{name}.weight"), &[fan_out, fan_in])?,
                 get(&format!("{name}.bias"), &[fan_out])?,
             ))
-        };
-        let mut conv = Vec::new();
-        let mut channels_in = 1;
-        for i in 0..shape.levels() {
-            conv.push(layer(&format!("conv{i}"), 2 * channels_in, shape.channels)?);
-            channels_in = shape.channels;
-        }
-        let hidden = layer("hidden", shape.channels + shape.statics, shape.hidden)?;
-        let out = layer("out", shape.hidden, shape.outputs)?;
-        let skip = layer("skip", shape.statics.max(1), shape.outputs)?;
-        Ok(Self {
-            shape,
-            conv,
-            hidden,
-            out,
-            skip,
         })
     }
 }
