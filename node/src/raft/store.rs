@@ -341,6 +341,13 @@ impl Writer {
                     }
                 }
             }
+            // After the answers, so that no acknowledged write waits for it.
+            if self.failed.is_none() {
+                if let Err(e) = self.wal.extend_runway() {
+                    tracing::error!(error = %e, "raft log write failed (zeroing space ahead of the log)");
+                    self.failed = Some(format!("zeroing space ahead of the raft log failed: {e}"));
+                }
+            }
         }
     }
 

@@ -4,7 +4,16 @@
 //! It holds records back to back, each `[payload length: u32 LE][CRC-32 of the length bytes
 //! and the payload: u32 LE][payload]`, the payload being one encoded log entry. Appends
 //! write at the end of the newest segment and become durable with one `fdatasync` per batch;
-//! a segment past [`SEGMENT_BYTES`] is closed and a new one started. Truncation (a follower
+//! a segment past [`SEGMENT_BYTES`] is closed and a new one started.
+//!
+//! Ahead of the newest record the active segment keeps a runway of zeros, written and synced
+//! between group commits ([`Wal::extend_runway`]): an append then overwrites blocks the file
+//! already has, so its `fdatasync` writes the data alone. Growing the file instead makes every
+//! `fdatasync` also write the inode (its new size), which on this project's disks doubles its
+//! cost (0.34 against 0.15 ms per synchronous 4 KiB write, measured with `dd oflag=dsync`).
+//! `fallocate` does not help: its extents are marked unwritten, and the first write to each
+//! block updates them. So a segment ends in zero bytes that are not records; on open, a tail
+//! of zeros after the last record is that runway, kept as it is. Truncation (a follower
 //! dropping a conflicting suffix) cuts the file and deletes later segments; a purge (after a
 //! snapshot) deletes segments that hold only purged entries.
 //!
@@ -34,6 +43,9 @@ use super::NodeId;
 
 /// A segment is closed once it reaches this size (a single larger entry still fits).
 pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Zero-filled space kept ahead of the newest record (see the module's documentation); it is
+/// topped up once less than half of it is left.
+const RUNWAY: u64 = 8 << 20;
 const HEADER: usize = 8;
 const SUFFIX: &str = ".wal";
 
@@ -207,6 +219,10 @@ pub(crate) struct Wal {
     active: Arc<File>,
     active_len: u64,
     active_dirty: bool,
+    /// Where the active segment's file ends: from `active_len` up to here it holds zeros.
+    prealloc_end: u64,
+    /// The runway could not be extended for lack of space; not retried in this segment.
+    runway_full: bool,
     /// Records encoded but not yet written to `active`.
     buf: Vec<u8>,
     /// Written since the last [`Wal::commit`], not yet visible to readers.
@@ -274,7 +290,9 @@ impl Wal {
             let mut off = 0usize;
             let bad = loop {
                 let rest = &data[off..];
-                if rest.is_empty() {
+                // Nothing, or only zeros (the runway, never a record: a record's length is
+                // never 0): the end of this segment's records.
+                if rest.iter().all(|b| *b == 0) {
                     break None;
                 }
                 let (len, log_id) = match check_record(rest, &id_of) {
@@ -313,7 +331,7 @@ impl Wal {
                 cut = Some((key, off, why, torn));
                 break;
             }
-            if data.is_empty() && !last_segment {
+            if off == 0 && !last_segment {
                 cut = Some((key, 0, "the segment is empty but a later one exists".to_string(), false));
                 break;
             }
@@ -374,12 +392,16 @@ impl Wal {
             active,
             active_len,
             active_dirty: false,
+            prealloc_end: 0,
+            runway_full: false,
             buf: Vec::new(),
             pending_locs: Vec::new(),
             pending_segments: Vec::new(),
             dirty: Vec::new(),
             dir_dirty: false,
         };
+        let mut wal = wal;
+        wal.prealloc_end = wal.active.metadata()?.len().max(active_len);
         Ok((wal, rec))
     }
 
@@ -420,10 +442,47 @@ impl Wal {
     }
 
     fn set_active(&mut self, key: u64, file: Arc<File>, len: u64) {
+        // Callers have just created the file or cut it at `len`: nothing lies beyond.
         self.active_key = key;
         self.active = file;
         self.active_len = len;
         self.active_dirty = false;
+        self.prealloc_end = len;
+        self.runway_full = false;
+    }
+
+    /// Tops up the zeros ahead of the newest record of the active segment (up to [`RUNWAY`],
+    /// within [`SEGMENT_BYTES`]) and syncs them, once less than half the runway is left.
+    /// Called by the log writer between group commits, so that the cost falls on no
+    /// acknowledged write. A full disk only stops the runway from growing (appends then grow
+    /// the file, and fail themselves if there is no room); any other error is returned.
+    pub(crate) fn extend_runway(&mut self) -> io::Result<()> {
+        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        self.write_buf()?;
+        let have = self.prealloc_end.max(self.active_len);
+        if self.runway_full || have >= self.segment_bytes || have - self.active_len >= RUNWAY / 2 {
+            return Ok(());
+        }
+        let target = (self.active_len + RUNWAY).min(self.segment_bytes);
+        let mut at = have;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            match self.active.write_all_at(&ZEROS[..n], at) {
+                Ok(()) => at += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                    self.runway_full = true;
+                    // Whatever got written is still zeros beyond the records.
+                    at = self.active.metadata()?.len().max(self.active_len);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if at > have {
+            self.active.sync_data()?;
+        }
+        self.prealloc_end = at;
+        Ok(())
     }
 
     fn write_buf(&mut self) -> io::Result<()> {
@@ -771,7 +830,7 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_filled_or_short_tail_is_torn() {
+    fn a_zero_filled_tail_is_unwritten_space_kept_for_later_appends() {
         let d = tempfile::tempdir().unwrap();
         let (mut w, _) = open(d.path(), None).unwrap();
         w.segment_bytes = SEGMENT_BYTES;
@@ -779,13 +838,124 @@ mod tests {
         drop(w);
         let seg = segment_path(d.path(), 0);
         let full = std::fs::metadata(&seg).unwrap().len();
-        // The file grew but the pages of the last write never reached the disk.
+        // The file grew but the pages of the last write never reached the disk: zeros, which
+        // is also what the runway ahead of the records looks like.
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.write_all_at(&[0u8; 4096], full).unwrap();
         drop(f);
-        let (_, rec) = open(d.path(), None).unwrap();
-        assert_eq!((rec.torn_bytes, rec.damage), (4096, None));
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
+        let (mut w, rec) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        assert_eq!((rec.entries, rec.torn_bytes, rec.damage), (5, 0, None));
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), full + 4096);
+        // Appends go right after the last record, into the zeros.
+        append(&mut w, 5..8, 60);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), full + 4096);
+        drop(w);
+        let (w, rec) = open(d.path(), None).unwrap();
+        assert_eq!((rec.torn_bytes, rec.damage), (0, None));
+        assert_eq!(indices(&w), (0..8).collect::<Vec<_>>());
+        for (i, p) in read_all(&w) {
+            assert_eq!(p, payload(i, 60));
+        }
+    }
+
+    /// Appends with the runway topped up after each commit, as the log writer does.
+    fn append_with_runway(w: &mut Wal, range: std::ops::Range<u64>, size: usize) {
+        for i in range {
+            w.append(id(i), &payload(i, size)).unwrap();
+            w.commit().unwrap();
+            w.extend_runway().unwrap();
+        }
+    }
+
+    #[test]
+    fn appends_overwrite_the_runway_in_place_and_survive_reopen_across_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append_with_runway(&mut w, 0..3, 100);
+        let seg = segment_path(d.path(), 0);
+        // The runway reaches the segment's size (1000 bytes in these tests) ahead of time.
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 1000);
+        append_with_runway(&mut w, 3..40, 100);
+        assert!(
+            segments(d.path()) > 3,
+            "several segments, each closed with zeros after its records"
+        );
+        drop(w);
+        let (mut w, rec) = open(d.path(), None).unwrap();
+        assert_eq!((rec.entries, rec.torn_bytes, rec.damage), (40, 0, None));
+        append_with_runway(&mut w, 40..45, 100);
+        drop(w);
+        let (w, rec) = open(d.path(), None).unwrap();
+        assert_eq!((rec.torn_bytes, rec.damage), (0, None));
+        assert_eq!(indices(&w), (0..45).collect::<Vec<_>>());
+        for (i, p) in read_all(&w) {
+            assert_eq!(p, payload(i, 100));
+        }
+    }
+
+    #[test]
+    fn a_torn_record_before_the_runway_is_cut_as_torn() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        append_with_runway(&mut w, 0..5, 60);
+        let end = w.active_len;
+        assert!(std::fs::metadata(segment_path(d.path(), 0)).unwrap().len() > end + 4096);
+        drop(w);
+        // Half of the next record reached the disk: its header and some payload, then zeros.
+        let mut rec6 = Vec::new();
+        rec6.extend_from_slice(&60u32.to_le_bytes());
+        rec6.extend_from_slice(&crc(60, &payload(5, 60)).to_le_bytes());
+        rec6.extend_from_slice(&payload(5, 60)[..30]);
+        let seg = segment_path(d.path(), 0);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .write_all_at(&rec6, end)
+            .unwrap();
+        let (w, rec) = open(d.path(), None).unwrap();
+        assert_eq!(rec.damage, None);
+        assert!(rec.torn_bytes > 0);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), end);
+        assert_eq!(indices(&w), (0..5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn zeros_over_a_record_followed_by_a_valid_one_are_damage_not_runway() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        w.segment_bytes = SEGMENT_BYTES;
+        append_with_runway(&mut w, 0..6, 60);
+        drop(w);
+        // Entry 3's record (each record: 8 header bytes + 60) lost to zeros; 4 and 5 are intact.
+        let seg = segment_path(d.path(), 0);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0u8; 68], 3 * 68).unwrap();
+        drop(f);
+        let (w, rec) = open(d.path(), None).unwrap();
+        let damage = rec.damage.expect("damage, not a clean end");
+        assert_eq!((damage.offset, damage.first_lost), (3 * 68, 3));
+        assert_eq!(indices(&w), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn an_older_segment_whose_last_records_became_zeros_is_a_gap() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, _) = open(d.path(), None).unwrap();
+        append_with_runway(&mut w, 0..20, 100);
+        drop(w);
+        // The first segment holds entries 0..=8 (108-byte records, 1000-byte segments): its
+        // last record becomes zeros, so it seems to end one entry early.
+        let seg = segment_path(d.path(), 0);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0u8; 108], 8 * 108).unwrap();
+        drop(f);
+        let (w, rec) = open(d.path(), None).unwrap();
+        let damage = rec.damage.expect("a gap is damage");
+        assert_eq!(damage.first_lost, 8);
+        assert_eq!(indices(&w), (0..8).collect::<Vec<_>>());
     }
 
     #[test]
