@@ -457,7 +457,7 @@ impl Wal {
     /// acknowledged write. A full disk only stops the runway from growing (appends then grow
     /// the file, and fail themselves if there is no room); any other error is returned.
     pub(crate) fn extend_runway(&mut self) -> io::Result<()> {
-        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         self.write_buf()?;
         let have = self.prealloc_end.max(self.active_len);
         if self.runway_full || have >= self.segment_bytes || have - self.active_len >= RUNWAY / 2 {
