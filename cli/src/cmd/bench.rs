@@ -1,5 +1,5 @@
-//! `ark bench`: the KV load generator (`crate::bench`), the risk and pre-staging
-//! experiments (`crate::risk_bench`) and the repair-pacing experiment
+//! `ark bench`: the KV load generator (`crate::bench`), the object load generator
+//! (`crate::objects_bench`), the risk and pre-staging experiments (`crate::risk_bench`) and the repair-pacing experiment
 //! (`crate::pacing_bench`); this file parses their flags and prints their reports.
 
 use std::path::PathBuf;
@@ -36,6 +36,51 @@ pub enum BenchCmd {
         /// https://, the CA, certificate and key of --config are used (server name localhost).
         #[arg(long, value_name = "URL")]
         etcd: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closed-loop object puts (and gets with --get) into one namespace; prints objects/s and
+    /// p50/p99/p999 latency, per slice of --slice objects and over the whole run.
+    ///
+    /// Every client talks to the leader, or to the node given with --endpoint. Each object's
+    /// bytes follow from --seed and its index, so every get is checked by the SDK (size and
+    /// SHA-256 against the manifest) and compared byte for byte with what was put.
+    Objects {
+        /// Namespace; created with the cluster's default policy if it does not exist.
+        #[arg(long, default_value = "bench")]
+        ns: String,
+        /// Objects to put.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Bytes per object (the smallest, with --object-bytes-max).
+        #[arg(long, default_value_t = 4096)]
+        object_bytes: usize,
+        /// Mixed sizes: the largest object; sizes are log-uniform from --object-bytes to this.
+        #[arg(long)]
+        object_bytes_max: Option<usize>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Connections the clients share.
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        /// Objects per reported slice (default: the whole run is one slice).
+        #[arg(long)]
+        slice: Option<u64>,
+        /// After each slice's puts, read objects back (verified) and time the gets.
+        #[arg(long)]
+        get: bool,
+        /// With --get: read this many objects per slice, drawn from every object put so far,
+        /// instead of the slice's own objects.
+        #[arg(long, default_value_t = 0)]
+        get_sample: u64,
+        /// Key prefix; keys are PREFIX plus the object's index in 9 digits.
+        #[arg(long, default_value = "o/")]
+        prefix: String,
+        /// Seeds the objects' bytes and sizes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -246,6 +291,64 @@ pub async fn run(cli: &Cli, b: &BenchCmd) -> anyhow::Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&reports)?);
             }
         }
+        BenchCmd::Objects {
+            ns,
+            count,
+            object_bytes,
+            object_bytes_max,
+            clients,
+            conns,
+            slice,
+            get,
+            get_sample,
+            prefix,
+            seed,
+            json,
+        } => {
+            let params = crate::objects_bench::Params {
+                ns: ns.clone(),
+                count: *count,
+                object_bytes: *object_bytes,
+                object_bytes_max: object_bytes_max.unwrap_or(*object_bytes),
+                clients: *clients,
+                conns: *conns,
+                slice: slice.unwrap_or(*count),
+                get: *get,
+                get_sample: *get_sample,
+                prefix: prefix.clone(),
+                seed: *seed,
+            };
+            let quiet = *json;
+            let show = move |s: &crate::objects_bench::Slice| {
+                if !quiet {
+                    outln!("{}", slice_line(s));
+                }
+            };
+            let r = crate::objects_bench::run(&crate::cli::client(cli)?, &params, &show).await?;
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                outln!(
+                    "objects: {} clients, {} conns via {}, {} to {} B, namespace {} ({} objects at start)",
+                    r.clients,
+                    r.conns,
+                    r.endpoint,
+                    r.object_bytes,
+                    r.object_bytes_max,
+                    r.namespace,
+                    r.namespace_objects_at_start
+                );
+                outln!("{}", phase_line("put", &r.put));
+                if let Some(g) = &r.get {
+                    outln!("{}", phase_line("get", g));
+                }
+            }
+            let failed = r.put.errors + r.get.as_ref().map(|g| g.errors).unwrap_or(0);
+            if failed > 0 {
+                eprintln!("error: {failed} operations failed");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         BenchCmd::Kv {
             clients,
             conns,
@@ -311,4 +414,38 @@ pub async fn run(cli: &Cli, b: &BenchCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One phase as a line: counts, rate and latency.
+fn phase_line(what: &str, p: &crate::objects_bench::Phase) -> String {
+    format!(
+        "{what}: {} ok, {} errors{}, {:.1} s, {:.0} objects/s, {:.1} MiB/s, latency ms p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}{}",
+        p.ok,
+        p.errors,
+        if p.mismatched > 0 { format!(" ({} MISMATCHED)", p.mismatched) } else { String::new() },
+        p.duration_s,
+        p.objects_per_s,
+        p.mib_per_s,
+        p.latency_ms.p50,
+        p.latency_ms.p99,
+        p.latency_ms.p999,
+        p.latency_ms.max,
+        p.first_error.as_ref().map(|e| format!("; first error: {e}")).unwrap_or_default()
+    )
+}
+
+/// One slice as a line.
+fn slice_line(s: &crate::objects_bench::Slice) -> String {
+    let mut l = format!(
+        "slice {}..{} (namespace {} objects): {}",
+        s.from,
+        s.to,
+        s.namespace_objects,
+        phase_line("put", &s.put)
+    );
+    if let Some(g) = &s.get {
+        l.push_str(" | ");
+        l.push_str(&phase_line("get", g));
+    }
+    l
 }
