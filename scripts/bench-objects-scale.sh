@@ -87,6 +87,16 @@ growth() {
     printf "# growth node %s: rss %+.1f MiB = %.0f B/object, %.0f B/chunk; redb %+.1f MiB = %.0f B/object, %.0f B/chunk (%d objects, %d chunks)\n",
       $1, ($6 - $2) / 1024, ($6 - $2) * 1024 / o, ($6 - $2) * 1024 / c, ($8 - $4) / 1048576, ($8 - $4) / o, ($8 - $4) / c, o, c }'
 }
+# idle_cpu PG SECONDS: each node's CPU over SECONDS (utime + stime from /proc/<pid>/stat).
+idle_cpu() {
+  local pg=$1 secs=$2 pids
+  pids=$(jq -r '.nodes[].pid' "$pg/playground.json")
+  sample() { for p in $pids; do awk -v p="$p" '{ print p, $14 + $15 }' "/proc/$p/stat"; done; }
+  local before after
+  before=$(sample); sleep "$secs"; after=$(sample)
+  join <(echo "$before") <(echo "$after") | awk -v t="$(getconf CLK_TCK)" -v s="$secs" \
+    '{ printf "# idle: arkd pid %s used %.1f%% of a core over %d s with no load\n", $1, ($3 - $2) / t / s * 100, s }'
+}
 metric() { # metric PG NODE PREFIX: sum of the node's samples whose line starts with PREFIX
   curl -s --max-time 5 "http://$(node_field "$1" "$2" metrics_addr)/metrics" |
     awk -v p="$3" 'index($0, p) == 1 { s += $NF; f = 1 } END { if (f) print s; else print "none" }'
@@ -113,9 +123,13 @@ if [ "$COUNT" -gt 0 ]; then
       break
     fi
     n=$((COUNT - done_n < BATCH ? COUNT - done_n : BATCH))
+    # A batch with failed operations exits 1 but still reports: go on, and show the failure.
     L "$ARK" "${C1[@]}" bench objects --ns scale --count "$n" --object-bytes 4096 --clients "$CLIENTS" \
-      --slice "$SLICE" --prefix "b$b/" --seed "$((b + 1))" --get --get-sample "$GET_SAMPLE" --json >"$WORK/b$b.json"
-    jq -r '.slices[] | [.namespace_objects, (.put.objects_per_s | round), .put.latency_ms.p50, .put.latency_ms.p99,
+      --slice "$SLICE" --prefix "b$b/" --seed "$((b + 1))" --get --get-sample "$GET_SAMPLE" --json >"$WORK/b$b.json" ||
+      [ -s "$WORK/b$b.json" ] || { echo "batch $b reported nothing" >&2; exit 1; }
+    jq -r '.slices[] | select(.put.first_error or .get.first_error) |
+      "# slice \(.from)..\(.to): first error: \(.put.first_error // .get.first_error)"' "$WORK/b$b.json"
+    jq -r --argjson done "$done_n" '.slices[] | [$done + .to, (.put.objects_per_s | round), .put.latency_ms.p50, .put.latency_ms.p99,
       .put.latency_ms.p999, (.put.errors + .get.errors), (.get.objects_per_s | round), .get.latency_ms.p50, .get.latency_ms.p99] | @tsv' \
       "$WORK/b$b.json" | awk '{ printf "%-10s %9s %9.2f %8.2f %8.2f %8s %9s %8.2f %8.2f\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
     done_n=$((done_n + n))
@@ -127,6 +141,10 @@ if [ "$COUNT" -gt 0 ]; then
     growth "$base" "$now_nodes" "$done_n" "$done_n"
     b=$((b + 1))
   done
+  # With no load at all: what each node spends keeping this many objects (the leader's
+  # repair queue looks at every object and chunk on each pass).
+  sleep 5
+  idle_cpu "$P1" 10
   L "$ARK" playground down --dir "$P1" >/dev/null
   rm -rf "$P1"
 fi

@@ -337,6 +337,7 @@ pub async fn run(cli: &Cli, b: &BenchCmd) -> anyhow::Result<ExitCode> {
                     r.object_bytes_max,
                     r.namespace,
                     r.namespace_objects_at_start
+                        .map_or_else(|| "unknown".to_string(), |n| n.to_string())
                 );
                 outln!("{}", phase_line("put", &r.put));
                 if let Some(g) = &r.get {
@@ -440,7 +441,8 @@ fn slice_line(s: &crate::objects_bench::Slice) -> String {
         "slice {}..{} (namespace {} objects): {}",
         s.from,
         s.to,
-        s.namespace_objects,
+        s.namespace_objects
+            .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
         phase_line("put", &s.put)
     );
     if let Some(g) = &s.get {
