@@ -119,8 +119,8 @@ pub(crate) enum ObjectCmd {
         /// (restore from a site that lost contact with the majority).
         #[arg(long)]
         stale: bool,
-        /// Objects downloaded at once.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=RESTORE_PARALLEL_MAX as i64))]
+        /// Objects downloaded at once (default: the most).
+        #[arg(long, default_value_t = RESTORE_PARALLEL_MAX as u16, value_parser = clap::value_parser!(u16).range(1..=RESTORE_PARALLEL_MAX as i64))]
         parallel: u16,
     },
     /// Check objects against their namespace's policy.
