@@ -101,16 +101,21 @@ metric() { # metric PG NODE PREFIX: sum of the node's samples whose line starts 
   curl -s --max-time 5 "http://$(node_field "$1" "$2" metrics_addr)/metrics" |
     awk -v p="$3" 'index($0, p) == 1 { s += $NF; f = 1 } END { if (f) print s; else print "none" }'
 }
+# The locked catch-up step runs in its own bash: it needs these two as well.
+export -f metric node_field
+fresh_playground() { # fresh_playground PG NS: a 3-site playground with a sync namespace NS
+  L "$ARK" playground up --dir "$1" --sites 3 >/dev/null
+  "$ARK" --config "$1/client.toml" ns create "$2" --mode sync --copies 3 --min-sites 2 >/dev/null
+  sleep 3
+}
 
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) count=$COUNT batch=$BATCH slice=$SLICE clients=$CLIENTS get_sample=$GET_SAMPLE catchup=${CATCHUP_GIB}GiB"
 
 if [ "$COUNT" -gt 0 ]; then
   P1=$WORK/p1
-  L "$ARK" playground up --dir "$P1" --sites 3 >/dev/null
+  fresh_playground "$P1" scale
   C1=(--config "$P1/client.toml")
-  "$ARK" "${C1[@]}" ns create scale --mode sync --copies 3 --min-sites 2 >/dev/null
-  sleep 3
   base=$(per_node "$P1")
   show "start" "$base"
   printf "%-10s %9s %9s %8s %8s %8s %9s %8s %8s\n" objects put/s p50_ms p99_ms p999_ms errors get/s p50_ms p99_ms
@@ -151,10 +156,8 @@ fi
 
 if [ "$CATCHUP_GIB" -gt 0 ]; then
   P2=$WORK/p2
-  L "$ARK" playground up --dir "$P2" --sites 3 >/dev/null
+  fresh_playground "$P2" cu
   C2=(--config "$P2/client.toml")
-  "$ARK" "${C2[@]}" ns create cu --mode sync --copies 3 --min-sites 2 >/dev/null
-  sleep 3
   before=$(per_node "$P2")
   t0=$(now)
   L "$ARK" "${C2[@]}" bench objects --ns cu --count "$((CATCHUP_GIB * 64))" --object-bytes 16777216 --clients 2 \
@@ -181,15 +184,13 @@ if [ "$CATCHUP_GIB" -gt 0 ]; then
   L bash -c '
     set -euo pipefail
     ARK=$1; P2=$2; site=$3; max=$4; leader=$5
-    metric() { curl -s --max-time 5 "http://$1/metrics" | awk -v p="$2" '"'"'index($0, p) == 1 { s += $NF; f = 1 } END { if (f) print s; else print "none" }'"'"'; }
-    lm=$(jq -r --argjson n "$leader" ".nodes[] | select(.id == \$n) | .metrics_addr" "$P2/playground.json")
     new=$("$ARK" playground add-node --dir "$P2" --site "$site" --json)
     id=$(echo "$new" | jq .id)
     t0=$(date +%s.%N)
     "$ARK" --config "$P2/client.toml" --timeout-ms 30000 members add "$id" --site "$site" \
       --peer-addr "$(echo "$new" | jq -r .peer_addr)" --client-addr "$(echo "$new" | jq -r .client_addr)" >/dev/null
     while :; do
-      b=$(metric "$lm" "ark_namespace_behind_objects{namespace=\"cu\"}")
+      b=$(metric "$P2" "$leader" "ark_namespace_behind_objects{namespace=\"cu\"}")
       [ "$b" = 0 ] && break
       [ "$(awk -v a="$t0" -v b="$(date +%s.%N)" -v m="$max" "BEGIN { print (b - a > m) }")" = 1 ] && { echo "not at policy after $max s" >&2; exit 1; }
       sleep 0.2

@@ -384,6 +384,8 @@ impl Wal {
                 (key, f)
             }
         };
+        // Whatever lies past the records is zeros: the runway an earlier run left.
+        let prealloc_end = active.metadata()?.len().max(active_len);
         let wal = Self {
             dir: dir.to_path_buf(),
             shared: Arc::new(RwLock::new(index)),
@@ -392,7 +394,7 @@ impl Wal {
             active,
             active_len,
             active_dirty: false,
-            prealloc_end: 0,
+            prealloc_end,
             runway_full: false,
             buf: Vec::new(),
             pending_locs: Vec::new(),
@@ -400,8 +402,6 @@ impl Wal {
             dirty: Vec::new(),
             dir_dirty: false,
         };
-        let mut wal = wal;
-        wal.prealloc_end = wal.active.metadata()?.len().max(active_len);
         Ok((wal, rec))
     }
 
@@ -458,7 +458,7 @@ impl Wal {
     /// the file, and fail themselves if there is no room); any other error is returned.
     pub(crate) fn extend_runway(&mut self) -> io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        self.write_buf()?;
+        // Records still in `buf` go at `active_len` when written, over these zeros.
         let have = self.prealloc_end.max(self.active_len);
         if self.runway_full || have >= self.segment_bytes || have - self.active_len >= RUNWAY / 2 {
             return Ok(());
