@@ -37,7 +37,7 @@ TREE_OBJECTS=${TREE_OBJECTS:-2000}
 SMALL_OBJECTS=${SMALL_OBJECTS:-10000}
 STEP_MAX_S=600 # no single step may take longer
 cd "$(dirname "$0")/.."
-ARK=$(pwd)/target/release/ark
+ARK=${ARK:-$(pwd)/target/release/ark} # (env ARK: another build, with its arkd beside it)
 command -v rsync >/dev/null || { echo "rsync not found: apt-get install rsync" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq not found: apt-get install jq" >&2; exit 1; }
 [ -x "$ARK" ] || { echo "build first: cargo build --release" >&2; exit 1; }

@@ -99,11 +99,23 @@ async fn sync_object_is_identical_everywhere_survives_its_receiver_and_increment
     std::fs::write(&src, &data).unwrap();
     let all = [1, 2, 3];
     let before = bytes_between_nodes(&pg, &all);
-    ok(
+    let out = ok(
         &pg.ark(&["--endpoint", &raddr, "put", "ckpt/model.bin", src.to_str().unwrap()]),
         "second put",
     );
     let sent = bytes_between_nodes(&pg, &all) - before;
+    // Nor did the unchanged chunks travel from the client: it named them.
+    let not_sent: f64 = out
+        .trim_end()
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" bytes not sent (the previous version has them)"))
+        .unwrap_or_else(|| panic!("the second put sent every byte: {out}"))
+        .parse()
+        .unwrap();
+    assert!(
+        not_sent >= 0.95 * LEN as f64,
+        "only {not_sent} of {LEN} bytes were named instead of sent: {out}"
+    );
     eprintln!(
         "second put moved {sent} bytes between nodes = {:.2}% of the object",
         100.0 * sent / LEN as f64

@@ -40,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 eprintln!("{label}: {sent} of {total} bytes ({}%)", step * 10);
             }
         })),
+        ..PutOptions::default()
     };
     let put = client
         .put_object(ns, key, PutSource::File(PathBuf::from(file)), &opts)

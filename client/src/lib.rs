@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod delta;
 pub mod error;
 pub mod objects;
 mod pb_impl;

@@ -36,6 +36,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::client::{new_request_id, ArkClient};
+use crate::delta::{self, Base, DeltaStats, DELTA_MIN_BYTES};
 use crate::error::{classify, ClientError, Failure};
 use crate::retry::Attempts;
 use crate::types::{DeletedObject, NamespaceInfo, NamespacePolicy, ObjectInfo, RekeyReport, ScrubReport, VerifyReport};
@@ -106,6 +107,10 @@ impl std::fmt::Debug for PutSource {
 pub struct PutOptions {
     /// Told the bytes handed to the transport so far.
     pub progress: Option<Progress>,
+    /// Send every byte even when the key's current version shares chunks with the file
+    /// (by default a file of at least [`crate::delta::DELTA_MIN_BYTES`] is sent as the
+    /// chunks that version lacks).
+    pub whole: bool,
 }
 
 /// Options of [`ArkClient::get_object`] and [`ArkClient::get_object_to_file`].
@@ -170,6 +175,8 @@ pub struct PutOutcome {
     pub chunks_new: u64,
     /// Bytes sent to other nodes before the put was acknowledged.
     pub bytes_replicated: u64,
+    /// Bytes not sent because the key's previous version already had those chunks.
+    pub bytes_reused: u64,
     /// The node answered from an earlier attempt's commit (same request id).
     pub duplicate: bool,
     /// Uploads made, the successful one included.
@@ -239,7 +246,7 @@ impl Retries {
 }
 
 /// An object client on `ch` that accepts the node's largest messages.
-fn objects(ch: Channel) -> ObjectsClient<Channel> {
+pub(crate) fn objects(ch: Channel) -> ObjectsClient<Channel> {
     ObjectsClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX)
 }
 
@@ -535,6 +542,8 @@ impl ArkClient {
             PutSource::Reader { reader, size } => (None, Some((reader, size))),
         };
         let mut retries = Retries::new(self);
+        // Off for good once a node said the base version is gone.
+        let mut delta = !opts.whole;
         loop {
             let addr = retries.endpoint(&self.data_endpoints())?;
             let mut touched = false;
@@ -551,19 +560,31 @@ impl ArkClient {
                     (None, Some((reader, size))) => (reader.as_mut(), *size),
                     (None, None) => return Err(Failure::Fatal(ClientError::Config("upload without a source".into()))),
                 };
+                let base = match size {
+                    Some(s) if delta && rereadable && s >= DELTA_MIN_BYTES => {
+                        let ch = self.stream_channel(&addr).await?;
+                        delta::fetch_base(ch, &addr, ns, key).await?
+                    }
+                    _ => None,
+                };
                 let header = PutObjectHeader {
                     namespace: ns.to_string(),
                     key: key.to_string(),
                     request_id: request_id.clone(),
                     size,
                     sha256: Vec::new(),
+                    base_version: base.as_ref().map_or(0, |b| b.version),
                 };
-                self.put_attempt(&addr, header, src, &mut touched, opts.progress.as_ref())
+                self.put_attempt(&addr, header, src, base.as_ref(), &mut touched, opts.progress.as_ref())
                     .await
             };
             match retries.within(attempt).await {
-                Ok((resp, sent)) => {
-                    return check_put(ns, key, resp, &sent, retries.budget.made());
+                Ok((resp, sent, stats)) => {
+                    return check_put(ns, key, resp, &sent, stats, retries.budget.made());
+                }
+                Err(Failure::Fatal(e)) if delta && delta::base_gone(&e) => {
+                    tracing::info!(%ns, %key, error = %e, "the key's previous version is gone; uploading the whole file");
+                    delta = false;
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(m)) => {
@@ -581,15 +602,17 @@ impl ArkClient {
         }
     }
 
-    /// One upload to `addr`: the header, then the source in [`PUT_MESSAGE_BYTES`] messages.
+    /// One upload to `addr`: the header, then the source in [`PUT_MESSAGE_BYTES`] messages,
+    /// or, with a `base`, as the chunks it lacks ([`crate::delta`]).
     async fn put_attempt(
         &self,
         addr: &str,
         header: PutObjectHeader,
         source: &mut (dyn AsyncRead + Send + Unpin),
+        base: Option<&Base>,
         touched: &mut bool,
         progress: Option<&Progress>,
-    ) -> Result<(PutObjectResponse, Sent), Failure> {
+    ) -> Result<(PutObjectResponse, Sent, DeltaStats), Failure> {
         let ch = self.stream_channel(addr).await?;
         let total = header.size;
         let (tx, rx) = mpsc::channel::<Option<PutObjectRequest>>(PUT_QUEUE_MESSAGES);
@@ -602,7 +625,14 @@ impl ArkClient {
         if let Some(p) = progress {
             p(0, total);
         }
-        let producer = send_data(&tx, source, total, touched, progress);
+        let producer = async {
+            match (base, total) {
+                (Some(b), Some(total)) => delta::send_delta(&tx, source, total, b, touched, progress).await,
+                _ => send_data(&tx, source, total, touched, progress)
+                    .await
+                    .map(|s| (s, DeltaStats::default())),
+            }
+        };
         tokio::pin!(producer);
         let sent = tokio::select! {
             biased;
@@ -633,7 +663,7 @@ impl ArkClient {
             },
         };
         match tokio::time::timeout(PUT_COMMIT_WAIT_MAX, rpc).await {
-            Ok(Ok(resp)) => Ok((resp.into_inner(), sent)),
+            Ok(Ok(resp)) => Ok((resp.into_inner(), sent.0, sent.1)),
             Ok(Err(st)) => Err(self.classify_noting(addr, &st)),
             Err(_) => Err(Failure::Transient(format!(
                 "{addr}: the upload was sent but not committed within {} s",
@@ -811,13 +841,13 @@ async fn open_source(path: &Path) -> Result<(tokio::fs::File, Option<u64>), Fail
 
 /// What an upload attempt sent.
 #[derive(Debug)]
-struct Sent {
-    bytes: u64,
-    sha256: Vec<u8>,
+pub(crate) struct Sent {
+    pub bytes: u64,
+    pub sha256: Vec<u8>,
 }
 
 /// Why the producer of an upload stopped early.
-enum Produce {
+pub(crate) enum Produce {
     /// The transport no longer takes messages (the RPC ended).
     Closed,
     /// The transport took nothing for [`TRANSFER_STALL_MAX`].
@@ -889,7 +919,7 @@ async fn send_data(
     })
 }
 
-fn changed_while_sent(sent: u64, total: Option<u64>) -> ClientError {
+pub(crate) fn changed_while_sent(sent: u64, total: Option<u64>) -> ClientError {
     ClientError::InvalidArgument(format!(
         "the source changed while it was being uploaded ({}{sent} bytes read, {} announced); nothing was committed",
         if total.is_some_and(|t| sent > t) {
@@ -923,6 +953,7 @@ fn check_put(
     key: &str,
     resp: PutObjectResponse,
     sent: &Sent,
+    stats: DeltaStats,
     attempts: u32,
 ) -> Result<PutOutcome, ClientError> {
     let object = ObjectInfo::from(resp.object.ok_or_else(|| missing("object"))?);
@@ -942,6 +973,7 @@ fn check_put(
         chunks: resp.chunks,
         chunks_new: resp.chunks_new,
         bytes_replicated: resp.bytes_replicated,
+        bytes_reused: stats.reused,
         duplicate: resp.duplicate,
         attempts,
     })

@@ -328,6 +328,7 @@ fn protobuf_envelopes_stay_within_the_bound() {
         raft_codec: 1,
         body: Some(peer_request::Body::ChunkHave(ark_proto::v1::ChunkIds {
             ids: (0..20u8).map(|i| vec![i; 32]).collect(),
+            presence_only: false,
         })),
     }
     .encode_to_vec();

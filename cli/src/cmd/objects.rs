@@ -42,6 +42,10 @@ pub(crate) enum ObjectCmd {
         /// The file to upload, or `-` for stdin.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Send every byte. By default a file of 8 MiB or more is sent as the chunks the
+        /// key's current version does not have (the others are read by the cluster).
+        #[arg(long)]
+        whole: bool,
     },
     /// Download NS/KEY, verified against its SHA-256.
     ///
@@ -454,7 +458,7 @@ fn short_sha(sha: &[u8]) -> String {
 pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ObjectCmd::Ns(ns) => return run_ns(c, ns).await,
-        ObjectCmd::Put { target, file } => {
+        ObjectCmd::Put { target, file, whole } => {
             let stdin = file.as_os_str() == "-";
             let source = if stdin {
                 PutSource::reader(tokio::io::stdin())
@@ -464,6 +468,7 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
             let bar = progress_bar(stderr_is_terminal(), &format!("put {target}"), !stdin);
             let opts = PutOptions {
                 progress: bar_progress(&bar),
+                whole: *whole,
             };
             let r = c.put_object(&target.ns, &target.key, source, &opts).await;
             bar.finish_and_clear();
@@ -478,13 +483,18 @@ pub(crate) async fn run(c: &ArkClient, cmd: &ObjectCmd) -> anyhow::Result<ExitCo
                 )
             })?;
             outln!(
-                "{target} version {}: {} bytes, {} chunks ({} new), sha256 {}, {} bytes replicated{}",
+                "{target} version {}: {} bytes, {} chunks ({} new), sha256 {}, {} bytes replicated{}{}",
                 r.object.version,
                 r.object.size,
                 r.chunks,
                 r.chunks_new,
                 hex(&r.object.sha256),
                 r.bytes_replicated,
+                if r.bytes_reused > 0 {
+                    format!(", {} bytes not sent (the previous version has them)", r.bytes_reused)
+                } else {
+                    String::new()
+                },
                 if r.duplicate {
                     " (committed by an earlier attempt)"
                 } else {

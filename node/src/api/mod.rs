@@ -87,7 +87,9 @@ impl From<UploadError> for Status {
     fn from(e: UploadError) -> Status {
         match e {
             UploadError::Mismatch(_) => Status::invalid_argument(e.to_string()),
-            UploadError::TooFewSites(_) | UploadError::Key(_) => Status::failed_precondition(e.to_string()),
+            UploadError::TooFewSites(_) | UploadError::Key(_) | UploadError::BaseUnreadable(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             UploadError::DiskFull(_) => Status::resource_exhausted(e.to_string()),
             UploadError::Store(m) => Status::internal(m),
             UploadError::Consensus(c) => c.into(),

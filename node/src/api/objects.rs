@@ -15,10 +15,10 @@ use ark_proto::v1::objects_server::Objects;
 use ark_proto::v1::{
     get_object_response, put_object_request, ChunkState, CreateNamespaceRequest, DeleteNamespaceRequest,
     DeleteNamespaceResponse, DeleteObjectRequest, DeleteObjectResponse, DurabilityMode, GetObjectRequest,
-    GetObjectResponse, ListNamespacesRequest, ListNamespacesResponse, ListObjectsRequest, ListObjectsResponse,
-    Namespace, NamespacePolicy, NamespaceResponse, NodeScrub, ObjectInfo, ObjectReport, PutObjectRequest,
-    PutObjectResponse, RekeyNamespaceRequest, RekeyNamespaceResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest,
-    VerifyRequest, VerifyResponse,
+    GetObjectResponse, KnownChunk, ListNamespacesRequest, ListNamespacesResponse, ListObjectsRequest,
+    ListObjectsResponse, Namespace, NamespacePolicy, NamespaceResponse, NodeScrub, ObjectChunksRequest,
+    ObjectChunksResponse, ObjectInfo, ObjectReport, PutObjectRequest, PutObjectResponse, RekeyNamespaceRequest,
+    RekeyNamespaceResponse, ScrubRequest, ScrubResponse, SetNamespaceRequest, VerifyRequest, VerifyResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +29,7 @@ use super::auth::Authz;
 use super::check_request_id;
 use super::limits::Limits;
 use super::paging;
-use crate::chunks::to_hex;
+use crate::chunks::{to_hex, ChunkId};
 use crate::clock::wall_ms as now_ms;
 use crate::raft::auth::Need;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
@@ -40,6 +40,8 @@ use crate::telemetry::hot::HotReads;
 
 /// Bytes per data message sent to clients (under tonic's default 4 MiB decoding limit).
 const SEND_PIECE: usize = 1024 * 1024;
+/// Chunks per `ObjectChunks` message (about 40 bytes each).
+const CHUNK_LIST_PAGE: usize = 16 * 1024;
 /// How long a write may look for a leader before it fails.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -146,6 +148,23 @@ fn info(o: &ObjectEntry) -> ObjectInfo {
 }
 
 /// Maps a state machine refusal to a status.
+/// The id of a `known` message, checked against the upload's base version.
+fn known_chunk(base: Option<&HashMap<ChunkId, u32>>, k: &KnownChunk) -> Result<ChunkId, Status> {
+    let base = base.ok_or_else(|| Status::invalid_argument("a known message needs the header's base_version"))?;
+    let id: ChunkId =
+        k.id.as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("a known chunk id must be 32 bytes"))?;
+    match base.get(&id) {
+        Some(len) if *len == k.len => Ok(id),
+        _ => Err(Status::invalid_argument(format!(
+            "chunk {} ({} bytes) is not a chunk of the base version",
+            to_hex(&id),
+            k.len
+        ))),
+    }
+}
+
 fn refused(r: &OpResult) -> Result<(), Status> {
     match &r.error {
         None => Ok(()),
@@ -198,6 +217,34 @@ impl ObjectsService {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(Status::not_found(format!("namespace {ns} does not exist")))
+    }
+
+    /// The chunks of version `version` of `ns/key` that an upload may name instead of
+    /// sending them. The caller must be allowed to read the key (naming a chunk proves
+    /// nothing the caller could not read), the version must be live on this node, and the
+    /// namespace must not be encrypted.
+    fn base_chunks(
+        &self,
+        who: &super::auth::Caller,
+        ns: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<HashMap<ChunkId, u32>, Status> {
+        self.authz.check(who, "Objects/PutObject", Need::Read { ns, key })?;
+        if self.dp.reader.ns_keys(ns).map_err(internal)?.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "namespace {ns} is encrypted: an upload cannot name chunks of a base version"
+            )));
+        }
+        let entry = self.dp.reader.get(ns, key, version).map_err(internal)?;
+        match entry {
+            Some(e) if !e.record.deleted && e.version == version => {
+                Ok(e.record.chunks.iter().map(|c| (c.id, c.len)).collect())
+            }
+            _ => Err(Status::failed_precondition(format!(
+                "base version {version} of {ns}/{key} is not on this node (deleted or collected); upload the whole object"
+            ))),
+        }
     }
 
     fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
@@ -408,6 +455,10 @@ impl Objects for ObjectsService {
             self.limits.check_object_size(size)?;
         }
         let policy = self.policy(&header.namespace).await?;
+        let base = match header.base_version {
+            0 => None,
+            v => Some(self.base_chunks(&who, &header.namespace, &header.key, v)?),
+        };
         let dp = self.dp.clone();
         let targets = dp
             .place_upload(&header.namespace, &header.key, &policy, false, Duration::from_secs(2))
@@ -441,12 +492,22 @@ impl Objects for ObjectsService {
                         )))
                     }
                 };
-                let data = match msg.part {
-                    Some(put_object_request::Part::Data(d)) => d,
-                    _ => return Err(Status::invalid_argument("only data messages may follow the header")),
-                };
-                self.limits.check_object_size(upload.size() + data.len() as u64)?;
-                upload.write(&data).await?;
+                match msg.part {
+                    Some(put_object_request::Part::Data(data)) => {
+                        self.limits.check_object_size(upload.size() + data.len() as u64)?;
+                        upload.write(data).await?;
+                    }
+                    Some(put_object_request::Part::Known(k)) => {
+                        let id = known_chunk(base.as_ref(), &k)?;
+                        self.limits.check_object_size(upload.size() + u64::from(k.len))?;
+                        upload.write_known(id, k.len).await?;
+                    }
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "only data and known messages may follow the header",
+                        ))
+                    }
+                }
             }
         }
         .await;
@@ -574,6 +635,54 @@ impl Objects for ObjectsService {
         // After the last message, the stall's error if there was one (not a clean end).
         let stall = futures::stream::once(stall_rx).filter_map(|s| async move { s.ok().map(Err) });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(stall))))
+    }
+
+    type ObjectChunksStream = Pin<Box<dyn Stream<Item = Result<ObjectChunksResponse, Status>> + Send>>;
+
+    async fn object_chunks(
+        &self,
+        request: Request<ObjectChunksRequest>,
+    ) -> Result<Response<Self::ObjectChunksStream>, Status> {
+        let (ns, key) = (&request.get_ref().namespace, &request.get_ref().key);
+        self.authz
+            .require(&request, "Objects/ObjectChunks", Need::Read { ns, key })?;
+        let r = request.into_inner();
+        check_ns(&r.namespace)?;
+        check_key(&r.key)?;
+        if self.dp.reader.ns_keys(&r.namespace).map_err(internal)?.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "namespace {} is encrypted: its chunk ids are of sealed bytes",
+                r.namespace
+            )));
+        }
+        // This node's replica, unconfirmed: the list is only a hint for an upload to this
+        // same node, which checks every named chunk against its own copy of the version.
+        let entry = self
+            .dp
+            .reader
+            .get(&r.namespace, &r.key, r.version)
+            .map_err(internal)?
+            .filter(|e| !e.record.deleted)
+            .ok_or_else(|| Status::not_found(format!("{}/{} not found", r.namespace, r.key)))?;
+        let version = entry.version;
+        let pages: Vec<Result<ObjectChunksResponse, Status>> = entry
+            .record
+            .chunks
+            .chunks(CHUNK_LIST_PAGE)
+            .map(|page| {
+                Ok(ObjectChunksResponse {
+                    version,
+                    chunks: page
+                        .iter()
+                        .map(|c| KnownChunk {
+                            id: c.id.to_vec(),
+                            len: c.len,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(pages))))
     }
 
     async fn list_objects(

@@ -8,7 +8,9 @@
 //! this module only cuts, names, stores, verifies and serves bytes. Everything here is
 //! synchronous; async callers use `tokio::task::spawn_blocking`.
 
-pub mod cdc;
+/// Content-defined chunking lives in its own crate, which the SDK also uses (a client that
+/// cuts a file the same way can name the chunks a node already has).
+pub use ark_cdc as cdc;
 pub mod seal;
 pub mod store;
 

@@ -45,14 +45,20 @@ fn arb_request() -> impl Strategy<Value = PeerRequest> {
         blob(512).prop_map(Body::AppendEntries),
         blob(64).prop_map(Body::Vote),
         blob(512).prop_map(Body::InstallSnapshot),
-        ids().prop_map(|ids| Body::ChunkHave(ChunkIds { ids })),
+        ids().prop_map(|ids| Body::ChunkHave(ChunkIds {
+            ids,
+            presence_only: false
+        })),
         (blob(40), blob(4096), any::<bool>()).prop_map(|(id, data, compress)| Body::ChunkPut(ChunkPut {
             id,
             data: data.into(),
             compress
         })),
         blob(40).prop_map(|id| Body::ChunkGet(ChunkGet { id })),
-        ids().prop_map(|ids| Body::ChunkVerify(ChunkIds { ids })),
+        ids().prop_map(|ids| Body::ChunkVerify(ChunkIds {
+            ids,
+            presence_only: false
+        })),
         (
             ids(),
             proptest::collection::vec((any::<u64>(), ".{0,20}"), 0..4),
@@ -107,7 +113,10 @@ fn arb_response() -> impl Strategy<Value = PeerResponse> {
         blob(512).prop_map(Body::Ok),
         blob(128).prop_map(Body::RaftError),
         ".{0,40}".prop_map(Body::Failure),
-        ids().prop_map(|ids| Body::ChunkIds(ChunkIds { ids })),
+        ids().prop_map(|ids| Body::ChunkIds(ChunkIds {
+            ids,
+            presence_only: false
+        })),
         blob(4096).prop_map(|d| Body::ChunkData(d.into())),
         proptest::collection::vec(0i32..4, 0..16).prop_map(|states| Body::ChunkStates(ChunkStates { states })),
         any::<[u64; 5]>().prop_map(|[a, b, c, d, e]| Body::Scrub(ScrubResult {

@@ -832,6 +832,6 @@ mod tests {
         assert_eq!(Lane::of(&req(Body::InstallSnapshot(vec![]))), Lane::Bulk);
         assert_eq!(Lane::of(&req(Body::AppendEntries(vec![]))), Lane::Control);
         assert_eq!(Lane::of(&req(Body::Vote(vec![]))), Lane::Control);
-        assert_eq!(Lane::of(&req(Body::ChunkHave(ChunkIds { ids: vec![] }))), Lane::Control);
+        assert_eq!(Lane::of(&req(Body::ChunkHave(ChunkIds::default()))), Lane::Control);
     }
 }

@@ -61,7 +61,7 @@ impl DataPlane {
             .collect();
         let probes = others.into_iter().map(|p| async move {
             let ok = self
-                .call(&p, peer_request::Body::ChunkHave(ChunkIds { ids: Vec::new() }), timeout)
+                .call(&p, peer_request::Body::ChunkHave(ChunkIds::default()), timeout)
                 .await
                 .is_ok();
             ok.then_some(p)
@@ -70,11 +70,24 @@ impl DataPlane {
     }
 
     /// Sends chunk `id` to `p` unless it already holds it; returns the bytes sent.
-    pub async fn push_chunk(&self, p: &Peer, id: ChunkId, data: Bytes, compress: bool) -> Result<u64, DataError> {
+    ///
+    /// `recorded`: `p` is a recorded holder of a chunk of a live version (an upload's known
+    /// chunk), so it is asked for the file's presence only, not to re-hash it.
+    pub async fn push_chunk(
+        &self,
+        p: &Peer,
+        id: ChunkId,
+        data: Bytes,
+        compress: bool,
+        recorded: bool,
+    ) -> Result<u64, DataError> {
         let have = self
             .call(
                 p,
-                peer_request::Body::ChunkHave(ChunkIds { ids: vec![id.to_vec()] }),
+                peer_request::Body::ChunkHave(ChunkIds {
+                    ids: vec![id.to_vec()],
+                    presence_only: recorded,
+                }),
                 self.rpc_timeout * 2,
             )
             .await?;
@@ -226,6 +239,7 @@ impl DataPlane {
         }
         let body = peer_request::Body::ChunkVerify(ChunkIds {
             ids: ids.iter().map(|i| i.to_vec()).collect(),
+            presence_only: false,
         });
         match self
             .call(p, body, chunk_timeout(self.rpc_timeout, bytes as usize))

@@ -39,27 +39,39 @@ impl DataPlane {
                     self.id
                 ))
             }
-            peer_request::Body::ChunkHave(ids) => match parse_ids(&ids.ids) {
+            peer_request::Body::ChunkHave(have) => match parse_ids(&have.ids) {
                 Err(e) => peer_response::Body::Failure(e),
                 Ok(ids) => {
                     // Claimed first: a put is about to refer to them, so garbage collection
                     // must not take them meanwhile. A copy counts as present only if it is
                     // intact, read and hashed now: a rotten one answered as present would
                     // make the uploader throw away the good bytes it holds. (The upload
-                    // then pushes the chunk, and the put replaces the bad copy.)
+                    // then pushes the chunk, and the put replaces the bad copy.) Asked for
+                    // presence only, about a recorded copy of a live version's chunk, the
+                    // file's existence answers (the scrubber re-hashes it on its schedule).
                     for id in &ids {
                         self.claims.claim(id);
                     }
                     let store = self.store.clone();
+                    let presence_only = have.presence_only;
                     let missing = tokio::task::spawn_blocking(move || {
                         ids.into_iter()
-                            .filter(|id| store.verify(id).is_err())
+                            .filter(|id| {
+                                if presence_only {
+                                    !store.has(id)
+                                } else {
+                                    store.verify(id).is_err()
+                                }
+                            })
                             .map(|id| id.to_vec())
                             .collect()
                     })
                     .await;
                     match missing {
-                        Ok(ids) => peer_response::Body::ChunkIds(ChunkIds { ids }),
+                        Ok(ids) => peer_response::Body::ChunkIds(ChunkIds {
+                            ids,
+                            presence_only: false,
+                        }),
                         Err(e) => peer_response::Body::Failure(e.to_string()),
                     }
                 }
@@ -179,7 +191,10 @@ impl DataPlane {
                 _ => {}
             }
         }
-        peer_response::Body::ChunkIds(ChunkIds { ids: held })
+        peer_response::Body::ChunkIds(ChunkIds {
+            ids: held,
+            presence_only: false,
+        })
     }
 
     /// Reads the chunks of the latest versions of `objects` that this node does not hold

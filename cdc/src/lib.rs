@@ -1,7 +1,10 @@
 //! Streaming content-defined chunking (FastCDC 2020 style, gear hash with normalized chunking).
 //!
 //! Owns: where an object's byte stream is cut into chunks. It does no I/O, knows nothing of
-//! chunk ids or the disk, and must not grow any dependency on Raft or the network.
+//! chunk ids or the disk, and must not grow any dependency on Raft or the network. It is a
+//! crate of its own because both sides cut: a node cuts every upload, and the SDK cuts a
+//! changed file so that it can send only the chunks the key's previous version lacks (the
+//! two must agree on every boundary, so they share this code).
 //!
 //! # Why not the `fastcdc` crate
 //!

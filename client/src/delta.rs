@@ -1,0 +1,543 @@
+//! Re-putting a changed copy of a large object as its new chunks only.
+//!
+//! Before uploading a file of at least [`DELTA_MIN_BYTES`] to a key that already has a
+//! version, the SDK asks the node that will take the upload for that version's chunk list
+//! (`ObjectChunks`: ids and lengths). It then cuts the file itself with the same
+//! content-defined chunker the nodes use ([`ark_cdc`], default parameters) and hashes every
+//! chunk: a chunk the base version already has is sent as a `known` message (its id and
+//! length), any other as data. The node reads the known chunks from its own store or another
+//! holder, verified, so the new version is made of checked bytes exactly as if they had been
+//! sent, and its SHA-256 is computed by the node over all of them and checked by the client
+//! against its own as for any put.
+//!
+//! The have-query is deliberately scoped to one version of the same key, which the caller
+//! must be allowed to read: a namespace-wide or store-wide "do you have this chunk" would let
+//! a writer learn whether given content exists in places it cannot read.
+//!
+//! Owns the base lookup and the producer of a delta upload. Must not touch retries or the
+//! transport (`objects.rs`).
+
+use std::collections::HashMap;
+
+use ark_cdc::{Chunker, ChunkerParams};
+use ark_proto::v1::{put_object_request, KnownChunk, ObjectChunksRequest, PutObjectRequest};
+use bytes::Bytes;
+use futures::StreamExt;
+use ring::digest;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::error::{classify, ClientError, Failure};
+use crate::objects::{Produce, Progress, Sent, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX};
+
+/// Smallest file for which a put first asks for the key's current chunks: below it the extra
+/// round trip costs more than the few chunks could save.
+pub const DELTA_MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bytes read and hashed per step (one step hashes while the previous one's chunks are sent).
+const READ_BLOCK_BYTES: usize = 4 * 1024 * 1024;
+
+/// A version of the key whose chunks the upload may name instead of sending.
+#[derive(Debug)]
+pub(crate) struct Base {
+    pub version: u64,
+    /// Chunk id to its length.
+    pub chunks: HashMap<[u8; 32], u32>,
+}
+
+/// The chunk list of the latest version of `ns/key` on the node behind `ch`, or `None` when
+/// there is nothing to reuse (no such key, a deleted one, an encrypted namespace, a caller
+/// without read access, or a node that predates the call). Transient failures are the caller's to retry.
+pub(crate) async fn fetch_base(ch: Channel, addr: &str, ns: &str, key: &str) -> Result<Option<Base>, Failure> {
+    let req = ObjectChunksRequest {
+        namespace: ns.to_string(),
+        key: key.to_string(),
+        version: 0,
+    };
+    let mut client = crate::objects::objects(ch);
+    let mut pages = match client.object_chunks(req).await {
+        Ok(r) => r.into_inner(),
+        Err(st) if no_base(st.code()) => return Ok(None),
+        Err(st) => return Err(classify(addr, &st)),
+    };
+    let mut base = Base {
+        version: 0,
+        chunks: HashMap::new(),
+    };
+    loop {
+        let page = match tokio::time::timeout(TRANSFER_STALL_MAX, pages.next()).await {
+            Ok(Some(Ok(p))) => p,
+            Ok(None) => break,
+            Ok(Some(Err(st))) if no_base(st.code()) => return Ok(None),
+            Ok(Some(Err(st))) => return Err(classify(addr, &st)),
+            Err(_) => return Err(Failure::Transient(format!("{addr}: the chunk list stalled"))),
+        };
+        base.version = page.version;
+        for c in page.chunks {
+            let id: [u8; 32] =
+                c.id.as_slice()
+                    .try_into()
+                    .map_err(|_| Failure::Fatal(ClientError::Server(format!("{addr}: a chunk id is not 32 bytes"))))?;
+            base.chunks.insert(id, c.len);
+        }
+    }
+    Ok((base.version != 0 && !base.chunks.is_empty()).then_some(base))
+}
+
+/// Answers that mean "upload the whole object" (PERMISSION_DENIED: the caller may write
+/// the key but not read it, and naming chunks needs both).
+fn no_base(code: Code) -> bool {
+    matches!(
+        code,
+        Code::NotFound | Code::FailedPrecondition | Code::Unimplemented | Code::PermissionDenied
+    )
+}
+
+/// Whether a refused delta upload should be made again in full: the node no longer has the
+/// base version (deleted or replaced and collected between the lookup and the upload).
+pub(crate) fn base_gone(e: &ClientError) -> bool {
+    matches!(e, ClientError::FailedPrecondition(m) if m.contains("base version"))
+}
+
+/// The chunker's and the whole-object hash's state between read steps.
+struct Hashing {
+    /// `None` once the last step flushed it.
+    chunker: Option<Chunker>,
+    whole: digest::Context,
+}
+
+/// Chunks cut in one step, each with its id.
+type Cut = Vec<(Bytes, [u8; 32])>;
+
+/// Feeds `block` to the whole-object hash (one thread) and to the chunker, hashing every
+/// chunk it cuts (another); with `last`, also the chunker's remainder.
+fn hash_step(mut h: Hashing, block: Vec<u8>, last: bool) -> (Hashing, Cut) {
+    let Hashing { chunker, whole } = &mut h;
+    let cut = std::thread::scope(|s| {
+        s.spawn(|| whole.update(&block));
+        let mut chunks = chunker.as_mut().map(|c| c.push(&block)).unwrap_or_default();
+        if last {
+            chunks.extend(chunker.take().map(Chunker::finish).unwrap_or_default());
+        }
+        chunks
+            .into_iter()
+            .map(|c| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(digest::digest(&digest::SHA256, &c).as_ref());
+                (c, id)
+            })
+            .collect()
+    });
+    (h, cut)
+}
+
+/// What a delta upload sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DeltaStats {
+    /// Bytes named as chunks of the base version instead of being sent.
+    pub reused: u64,
+}
+
+/// Reads `source` (exactly `total` bytes), cuts and hashes it, and queues each chunk as a
+/// `known` message when `base` has it and as data otherwise, then the end marker.
+pub(crate) async fn send_delta(
+    tx: &mpsc::Sender<Option<PutObjectRequest>>,
+    source: &mut (dyn AsyncRead + Send + Unpin),
+    total: u64,
+    base: &Base,
+    touched: &mut bool,
+    progress: Option<&Progress>,
+) -> Result<(Sent, DeltaStats), Produce> {
+    let queue = |msg: Option<PutObjectRequest>| async move {
+        match tokio::time::timeout(TRANSFER_STALL_MAX, tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Produce::Closed),
+            Err(_) => Err(Produce::Stalled),
+        }
+    };
+    let chunker = Chunker::new(ChunkerParams::default())
+        .map_err(|e| Produce::Fatal(ClientError::Config(format!("chunker: {e}"))))?;
+    let mut state = Some(Hashing {
+        chunker: Some(chunker),
+        whole: digest::Context::new(&digest::SHA256),
+    });
+    let mut read: u64 = 0;
+    let mut done: u64 = 0;
+    let mut stats = DeltaStats::default();
+    let mut step: Option<tokio::task::JoinHandle<(Hashing, Cut)>> = None;
+    let mut finished = false;
+    loop {
+        // Start hashing the next block, then send the previous block's chunks meanwhile.
+        let cut = match step.take() {
+            Some(s) => {
+                let (h, cut) = s
+                    .await
+                    .map_err(|e| Produce::Fatal(ClientError::Config(format!("hashing the upload: {e}"))))?;
+                state = Some(h);
+                Some(cut)
+            }
+            None => None,
+        };
+        if !finished {
+            let block = read_block(source)
+                .await
+                .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
+            read += block.len() as u64;
+            if read > total {
+                return Err(Produce::Fatal(crate::objects::changed_while_sent(read, Some(total))));
+            }
+            finished = block.len() < READ_BLOCK_BYTES;
+            let h = state.take().ok_or_else(lost_state)?;
+            let last = finished;
+            step = Some(tokio::task::spawn_blocking(move || hash_step(h, block, last)));
+        }
+        let Some(cut) = cut else {
+            continue;
+        };
+        for (chunk, id) in cut {
+            *touched = true;
+            let len = chunk.len() as u64;
+            if base.chunks.get(&id).is_some_and(|l| u64::from(*l) == len) {
+                stats.reused += len;
+                queue(Some(PutObjectRequest {
+                    part: Some(put_object_request::Part::Known(KnownChunk {
+                        id: id.to_vec(),
+                        len: len as u32,
+                    })),
+                }))
+                .await?;
+            } else {
+                let mut off = 0;
+                while off < chunk.len() {
+                    let end = (off + PUT_MESSAGE_BYTES).min(chunk.len());
+                    queue(Some(PutObjectRequest {
+                        part: Some(put_object_request::Part::Data(chunk.slice(off..end))),
+                    }))
+                    .await?;
+                    off = end;
+                }
+            }
+            done += len;
+            if let Some(p) = progress {
+                p(done, Some(total));
+            }
+        }
+        if finished && step.is_none() {
+            break;
+        }
+    }
+    if read != total || done != total {
+        return Err(Produce::Fatal(crate::objects::changed_while_sent(read, Some(total))));
+    }
+    queue(None).await?;
+    let whole = state.take().ok_or_else(lost_state)?.whole;
+    Ok((
+        Sent {
+            bytes: total,
+            sha256: whole.finish().as_ref().to_vec(),
+        },
+        stats,
+    ))
+}
+
+fn lost_state() -> Produce {
+    Produce::Fatal(ClientError::Config("the upload's hashing state was lost".into()))
+}
+
+/// Up to [`READ_BLOCK_BYTES`] from `source`, fewer only at its end.
+async fn read_block(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; READ_BLOCK_BYTES];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+    use std::time::Duration;
+
+    use ark_proto::v1::PutObjectHeader;
+    use rand::{RngCore, SeedableRng};
+    use tonic::Request;
+
+    use super::*;
+    use crate::client::{new_request_id, ArkClient};
+    use crate::config::ClientConfig;
+    use crate::objects::{PutOptions, PutSource};
+    use crate::types::{DurabilityMode, NamespacePolicy};
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut b);
+        b
+    }
+
+    /// The node's cut of `data`: every chunk with its id.
+    fn chunks_of(data: &[u8]) -> Vec<(Vec<u8>, [u8; 32])> {
+        let mut c = Chunker::new(ChunkerParams::default()).unwrap();
+        let mut out = c.push(data);
+        out.extend(c.finish());
+        out.into_iter()
+            .map(|b| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(digest::digest(&digest::SHA256, &b).as_ref());
+                (b.to_vec(), id)
+            })
+            .collect()
+    }
+
+    /// Runs the producer over `data` against the chunks of `old`; returns the messages, what
+    /// it reports as sent, and its stats.
+    async fn produce(old: &[u8], data: &[u8]) -> (Vec<PutObjectRequest>, Sent, DeltaStats) {
+        let base = Base {
+            version: 1,
+            chunks: chunks_of(old).into_iter().map(|(b, id)| (id, b.len() as u32)).collect(),
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let collect = tokio::spawn(async move {
+            let mut msgs = Vec::new();
+            while let Some(Some(m)) = rx.recv().await {
+                msgs.push(m);
+            }
+            msgs
+        });
+        let mut src: &[u8] = data;
+        let mut touched = false;
+        let r = send_delta(&tx, &mut src, data.len() as u64, &base, &mut touched, None).await;
+        let (sent, stats) = match r {
+            Ok(v) => v,
+            Err(_) => panic!("the producer failed"),
+        };
+        drop(tx);
+        (collect.await.unwrap(), sent, stats)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_producer_names_only_the_bases_chunks_and_every_byte_is_accounted_for() {
+        let old = random(20 << 20, 1);
+        let mut new = old.clone();
+        // One contiguous 1% change in the middle, and a different tail length (not a
+        // multiple of the read step).
+        let at = 10 << 20;
+        new[at..at + (200 << 10)].copy_from_slice(&random(200 << 10, 2));
+        new.truncate(new.len() - 12345);
+        let (msgs, sent, stats) = produce(&old, &new).await;
+
+        let old_chunks: HashMap<[u8; 32], Vec<u8>> = chunks_of(&old).into_iter().map(|(b, id)| (id, b)).collect();
+        let mut rebuilt = Vec::new();
+        let mut known = 0u64;
+        for m in msgs {
+            match m.part {
+                Some(put_object_request::Part::Data(d)) => {
+                    assert!(d.len() <= PUT_MESSAGE_BYTES);
+                    rebuilt.extend_from_slice(&d);
+                }
+                Some(put_object_request::Part::Known(k)) => {
+                    let id: [u8; 32] = k.id.as_slice().try_into().unwrap();
+                    let b = old_chunks.get(&id).expect("a known chunk that is not the base's");
+                    assert_eq!(b.len(), k.len as usize);
+                    rebuilt.extend_from_slice(b);
+                    known += u64::from(k.len);
+                }
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+        assert!(rebuilt == new, "data and known chunks do not rebuild the file");
+        assert_eq!(sent.bytes, new.len() as u64);
+        assert_eq!(sent.sha256, digest::digest(&digest::SHA256, &new).as_ref());
+        assert_eq!(stats.reused, known);
+        // Only the chunks around the change (and the cut tail) are sent.
+        assert!(
+            known >= new.len() as u64 * 85 / 100 && known < new.len() as u64,
+            "reused {known} of {}",
+            new.len()
+        );
+
+        // Nothing in common: everything is sent as data.
+        let (msgs, _, stats) = produce(&random(9 << 20, 3), &new).await;
+        assert_eq!(stats.reused, 0);
+        assert!(msgs
+            .iter()
+            .all(|m| matches!(m.part, Some(put_object_request::Part::Data(_)))));
+    }
+
+    async fn pg_client(pg: &ark_playground::testkit::Pg) -> ArkClient {
+        ArkClient::new(&ClientConfig::load(&pg.client_toml()).unwrap()).unwrap()
+    }
+
+    /// Sends `msgs` after `header` as one upload to `addr`; the node's answer.
+    async fn raw_put(
+        c: &ArkClient,
+        addr: &str,
+        header: PutObjectHeader,
+        msgs: Vec<put_object_request::Part>,
+    ) -> Result<ark_proto::v1::PutObjectResponse, tonic::Status> {
+        let ch = c.stream_channel(addr).await.unwrap();
+        let mut all = vec![PutObjectRequest {
+            part: Some(put_object_request::Part::Header(header)),
+        }];
+        all.extend(msgs.into_iter().map(|p| PutObjectRequest { part: Some(p) }));
+        crate::objects::objects(ch)
+            .put_object(Request::new(futures::stream::iter(all)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    fn header(key: &str, size: u64, base_version: u64) -> PutObjectHeader {
+        PutObjectHeader {
+            namespace: "d".into(),
+            key: key.into(),
+            request_id: new_request_id(),
+            size: Some(size),
+            sha256: Vec::new(),
+            base_version,
+        }
+    }
+
+    /// End to end on real nodes: a changed copy is sent as its new chunks and reads back
+    /// whole; `whole` sends every byte; and a node refuses known chunks that are not its
+    /// base version's, a base that is not there, and known chunks without a base.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_copy_travels_as_its_new_chunks_and_bad_references_are_refused() {
+        let pg = ark_playground::testkit::Pg::up(3, 20_000).await;
+        pg.wait_leader(None, Duration::from_secs(20)).await;
+        let c = pg_client(&pg).await;
+        c.create_namespace("d", NamespacePolicy::replicated(3, 2, DurabilityMode::Sync))
+            .await
+            .unwrap();
+        let len = 24 << 20;
+        let mut data = random(len, 11);
+        let file = pg.path().join("obj.bin");
+        std::fs::write(&file, &data).unwrap();
+        let first = c
+            .put_object("d", "obj", PutSource::File(file.clone()), &PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(first.bytes_reused, 0, "nothing to reuse for a new key");
+
+        data[len / 2..len / 2 + len / 100].copy_from_slice(&random(len / 100, 12));
+        std::fs::write(&file, &data).unwrap();
+        let second = c
+            .put_object("d", "obj", PutSource::File(file.clone()), &PutOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            second.bytes_reused >= len as u64 * 9 / 10 && second.bytes_reused < len as u64,
+            "reused {} of {len}",
+            second.bytes_reused
+        );
+        assert_eq!(second.object.size, len as u64);
+        let out = pg.path().join("back.bin");
+        for n in 1..=3 {
+            let one = ArkClient::new(&ClientConfig::load(&pg.client_toml()).unwrap())
+                .unwrap()
+                .with_endpoints(vec![pg.node(n).client_addr]);
+            one.get_object_to_file("d", "obj", &out, &Default::default())
+                .await
+                .unwrap();
+            assert!(std::fs::read(&out).unwrap() == data, "node {n} read back other bytes");
+        }
+        let whole = c
+            .put_object(
+                "d",
+                "obj",
+                PutSource::File(file.clone()),
+                &PutOptions {
+                    whole: true,
+                    ..PutOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(whole.bytes_reused, 0);
+
+        // Raw uploads that name chunks wrongly: each refused, nothing committed.
+        let addr = pg.node(1).client_addr;
+        let base = fetch_base(c.stream_channel(&addr).await.unwrap(), &addr, "d", "obj")
+            .await
+            .unwrap()
+            .unwrap();
+        let (id, clen) = base.chunks.iter().next().map(|(i, l)| (*i, *l)).unwrap();
+        let known = |id: [u8; 32], len: u32| put_object_request::Part::Known(KnownChunk { id: id.to_vec(), len });
+        let bad = [
+            // a chunk that is not the base's
+            (
+                header("obj", 4096, base.version),
+                vec![known([7u8; 32], 4096)],
+                Code::InvalidArgument,
+            ),
+            // the base's chunk with another length
+            (
+                header("obj", u64::from(clen) + 1, base.version),
+                vec![known(id, clen + 1)],
+                Code::InvalidArgument,
+            ),
+            // known chunks without a base
+            (
+                header("obj", u64::from(clen), 0),
+                vec![known(id, clen)],
+                Code::InvalidArgument,
+            ),
+            // a base version that does not exist
+            (
+                header("obj", u64::from(clen), base.version + 100),
+                vec![known(id, clen)],
+                Code::FailedPrecondition,
+            ),
+            // past the announced size
+            (
+                header("obj", 10, base.version),
+                vec![known(id, clen)],
+                Code::InvalidArgument,
+            ),
+        ];
+        for (h, msgs, code) in bad {
+            let st = raw_put(&c, &addr, h, msgs).await.unwrap_err();
+            assert_eq!(st.code(), code, "{st:?}");
+        }
+        // Only versions of the same key may be named: `obj`'s base is no version of `new`.
+        // The SDK reads this refusal as "upload the whole object".
+        let st = raw_put(
+            &c,
+            &addr,
+            header("new", u64::from(clen), base.version),
+            vec![known(id, clen)],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+        assert!(base_gone(&crate::error::ClientError::FailedPrecondition(
+            st.message().to_string()
+        )));
+        // The same chunk named under its own key is accepted.
+        let r = raw_put(
+            &c,
+            &addr,
+            header("obj", u64::from(clen), base.version),
+            vec![known(id, clen)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.chunks, 1);
+        // No refused upload committed a version in between.
+        assert_eq!(r.object.unwrap().version, base.version + 1);
+        let (listed, _) = c.list_objects("d", &Default::default()).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["obj"],
+            "a refused upload became visible"
+        );
+    }
+}
