@@ -473,7 +473,9 @@ impl GlobalLoadModel {
     /// Chooses, on `series`' own past, between this model and the naive baselines: every
     /// method forecasts from each origin whose targets lie in the last `validation_fraction`
     /// of `series`; the lowest mean absolute error (over observed targets, when `observed` is
-    /// given) wins. EWMA's alpha is picked on the part before that slice.
+    /// given) wins. EWMA's alpha is picked on the part before that slice. The chosen method
+    /// is then fitted again on the whole of `series` (the fine-tuned copy, the per-series
+    /// forecaster, EWMA's alpha).
     pub fn select(
         &self,
         series: &[f64],
@@ -553,14 +555,36 @@ impl GlobalLoadModel {
             .min_by(|a, b| (a.1 .0 / a.1 .1 as f64).total_cmp(&(b.1 .0 / b.1 .1 as f64)))
             .map(|(m, _)| *m)
             .ok_or_else(|| ForecastError::NotEnoughData("no observed validation target".into()))?;
-        let model = match (chosen, tuned) {
-            (Method::Tuned | Method::Blend, Some(t)) => t,
-            _ => self.clone(),
+        // Chosen on the validation slice, then fitted again on the whole past, that slice
+        // included: the forecasts start where the past ends, so its most recent part is the
+        // most telling, and the comparison above only had to rank the methods.
+        let (model, local, method) = match chosen {
+            Method::Tuned | Method::Blend | Method::PerSeries => {
+                let refit_tuned = if matches!(chosen, Method::PerSeries) {
+                    None
+                } else {
+                    self.tuned_on(series, start_s, step_s)?.or(tuned)
+                };
+                let refit_local = if matches!(chosen, Method::Tuned) {
+                    None
+                } else {
+                    self.per_series_on(series, start_s, step_s).or(local)
+                };
+                (refit_tuned.unwrap_or_else(|| self.clone()), refit_local, chosen)
+            }
+            Method::Ewma { .. } => (
+                self.clone(),
+                None,
+                Method::Ewma {
+                    alpha: pick_ewma_alpha(series, &EWMA_ALPHAS),
+                },
+            ),
+            _ => (self.clone(), None, chosen),
         };
         Ok(SeriesForecaster {
             model,
-            local: local.filter(|_| matches!(chosen, Method::PerSeries | Method::Blend)),
-            method: chosen,
+            local,
+            method,
             validation_mae,
             step_s,
         })
@@ -882,6 +906,41 @@ mod tests {
             !names.iter().any(|n| n == "model_tuned" || n == "per_series"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn the_chosen_forecaster_is_fitted_again_on_the_whole_past() {
+        let (model, _) = GlobalLoadModel::fit(&corpus()[..1], &tiny()).unwrap();
+        // The sawtooth with a trend, which the baselines forecast badly.
+        let s: Vec<f64> = (0..24 * 8).map(|i| (i % 9) as f64 * 3.0 + i as f64 * 0.2).collect();
+        let chooser = model.select(&s, None, 0, STEP_S, 0.3).unwrap();
+        let n = s.len();
+        let val_start = n - (n as f64 * 0.3) as usize;
+        let last = [n - 1];
+        // What the chosen method forecasts after the last point when fitted on `past`.
+        let point = |past: &[f64]| -> Vec<f64> {
+            let tuned = model
+                .tuned_on(past, 0, STEP_S)
+                .unwrap()
+                .map(|t| t.forecast_at(&s, 0, STEP_S, &last).unwrap()[0].p50.clone());
+            let local = model
+                .per_series_on(past, 0, STEP_S)
+                .map(|l| l.forecast_at(&s, 0, &last).unwrap()[0].clone());
+            match chooser.method() {
+                Method::Tuned => tuned.unwrap(),
+                Method::PerSeries => local.unwrap(),
+                Method::Blend => tuned
+                    .unwrap()
+                    .iter()
+                    .zip(local.unwrap())
+                    .map(|(t, l)| (t + l) / 2.0)
+                    .collect(),
+                other => panic!("a fitted method should win on this series, not {other:?}"),
+            }
+        };
+        let whole = point(&s);
+        assert_ne!(whole, point(&s[..val_start]), "refitting changed nothing to check");
+        assert_eq!(chooser.forecast(&s, 0).unwrap().p50, whole);
     }
 
     #[test]
