@@ -17,6 +17,9 @@ use super::{chunk_timeout, parse_ids, DataError, DataPlane, Peer, PRESTAGE_TIMEO
 use crate::chunks::{chunk_id, to_hex, ChunkId};
 use crate::raft::NodeId;
 
+/// A member that answered this recently counts as live for a placement without a probe.
+pub const ANSWERED_FRESH: Duration = Duration::from_millis(500);
+
 impl DataPlane {
     pub(super) async fn call(
         &self,
@@ -51,7 +54,9 @@ impl DataPlane {
                 .is_some_and(|d| d < Duration::from_millis(self.cfg.holder_lost_after_ms))
     }
 
-    /// Data members (never a witness) other than this node that answer a no-op chunk query within `timeout`.
+    /// Data members (never a witness) other than this node that answered anything in the
+    /// last [`ANSWERED_FRESH`] or answer a no-op chunk query within `timeout`. (Under load every
+    /// member answers all the time; probing each again would cost every put a round trip.)
     pub async fn live_peers(&self, timeout: Duration) -> Vec<Peer> {
         let others: Vec<Peer> = self
             .members
@@ -60,6 +65,9 @@ impl DataPlane {
             .filter(|p| p.id != self.id)
             .collect();
         let probes = others.into_iter().map(|p| async move {
+            if self.pool.since_last_ok(p.id).is_some_and(|d| d < ANSWERED_FRESH) {
+                return Some(p);
+            }
             let ok = self
                 .call(&p, peer_request::Body::ChunkHave(ChunkIds::default()), timeout)
                 .await
