@@ -24,13 +24,13 @@ use ark_proto::v1::{put_object_request, KnownChunk, ObjectChunksRequest, PutObje
 use bytes::Bytes;
 use futures::StreamExt;
 use ring::digest;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{classify, ClientError, Failure};
-use crate::objects::{Produce, Progress, Sent, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX};
+use crate::objects::{read_up_to, Produce, Progress, Sent, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX};
 
 /// Smallest file for which a put first asks for the key's current chunks: below it the extra
 /// round trip costs more than the few chunks could save.
@@ -181,7 +181,7 @@ pub(crate) async fn send_delta(
             None => None,
         };
         if !finished {
-            let block = read_block(source)
+            let block = read_up_to(source, READ_BLOCK_BYTES)
                 .await
                 .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
             read += block.len() as u64;
@@ -244,22 +244,6 @@ pub(crate) async fn send_delta(
 
 fn lost_state() -> Produce {
     Produce::Fatal(ClientError::Config("the upload's hashing state was lost".into()))
-}
-
-/// Up to [`READ_BLOCK_BYTES`] from `source`, fewer only at its end.
-async fn read_block(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; READ_BLOCK_BYTES];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]).await {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -933,7 +933,12 @@ pub(crate) fn changed_while_sent(sent: u64, total: Option<u64>) -> ClientError {
 
 /// Up to [`PUT_MESSAGE_BYTES`] from `source`, fewer only at its end; empty at its end.
 async fn read_message(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Bytes> {
-    let mut buf = vec![0u8; PUT_MESSAGE_BYTES];
+    read_up_to(source, PUT_MESSAGE_BYTES).await.map(Bytes::from)
+}
+
+/// Up to `len` bytes from `source`, fewer only at its end; empty at its end.
+pub(crate) async fn read_up_to(source: &mut (dyn AsyncRead + Send + Unpin), len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
     let mut filled = 0;
     while filled < buf.len() {
         match source.read(&mut buf[filled..]).await {
@@ -944,7 +949,7 @@ async fn read_message(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::R
         }
     }
     buf.truncate(filled);
-    Ok(Bytes::from(buf))
+    Ok(buf)
 }
 
 /// Checks a put's answer against what was sent.

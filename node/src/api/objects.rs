@@ -231,11 +231,7 @@ impl ObjectsService {
         version: u64,
     ) -> Result<HashMap<ChunkId, u32>, Status> {
         self.authz.check(who, "Objects/PutObject", Need::Read { ns, key })?;
-        if self.dp.reader.ns_keys(ns).map_err(internal)?.is_some() {
-            return Err(Status::failed_precondition(format!(
-                "namespace {ns} is encrypted: an upload cannot name chunks of a base version"
-            )));
-        }
+        self.refuse_encrypted(ns)?;
         let entry = self.dp.reader.get(ns, key, version).map_err(internal)?;
         match entry {
             Some(e) if !e.record.deleted && e.version == version => {
@@ -244,6 +240,17 @@ impl ObjectsService {
             _ => Err(Status::failed_precondition(format!(
                 "base version {version} of {ns}/{key} is not on this node (deleted or collected); upload the whole object"
             ))),
+        }
+    }
+
+    /// Chunk lists and uploads that name chunks are for namespaces that are not encrypted:
+    /// an encrypted one's chunk ids are of sealed bytes, which a client cannot compute.
+    fn refuse_encrypted(&self, ns: &str) -> Result<(), Status> {
+        match self.dp.reader.ns_keys(ns).map_err(internal)? {
+            Some(_) => Err(Status::failed_precondition(format!(
+                "namespace {ns} is encrypted: its chunk ids are of sealed bytes, so chunks cannot be named"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -649,12 +656,7 @@ impl Objects for ObjectsService {
         let r = request.into_inner();
         check_ns(&r.namespace)?;
         check_key(&r.key)?;
-        if self.dp.reader.ns_keys(&r.namespace).map_err(internal)?.is_some() {
-            return Err(Status::failed_precondition(format!(
-                "namespace {} is encrypted: its chunk ids are of sealed bytes",
-                r.namespace
-            )));
-        }
+        self.refuse_encrypted(&r.namespace)?;
         // This node's replica, unconfirmed: the list is only a hint for an upload to this
         // same node, which checks every named chunk against its own copy of the version.
         let entry = self
