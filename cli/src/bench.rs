@@ -55,6 +55,18 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The percentiles of ascending latencies in microseconds.
+    pub fn of_sorted_us(sorted: &[u32]) -> Self {
+        Self {
+            p50: percentile(sorted, 0.50),
+            p99: percentile(sorted, 0.99),
+            p999: percentile(sorted, 0.999),
+            max: sorted.last().map(|m| f64::from(*m) / 1000.0).unwrap_or(0.0),
+        }
+    }
+}
+
 /// Result of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -194,12 +206,7 @@ pub async fn run(target: Target, p: &Params) -> anyhow::Result<Report> {
         ops: all.len() as u64,
         errors,
         throughput_ops_per_s: all.len() as f64 / elapsed,
-        latency_ms: Latency {
-            p50: percentile(&all, 0.50),
-            p99: percentile(&all, 0.99),
-            p999: percentile(&all, 0.999),
-            max: all.last().map(|m| f64::from(*m) / 1000.0).unwrap_or(0.0),
-        },
+        latency_ms: Latency::of_sorted_us(&all),
     })
 }
 

@@ -25,7 +25,7 @@ use ark_client::{ArkClient, ClientError, NamespacePolicy};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::bench::{percentile, Latency};
+use crate::bench::Latency;
 
 /// Longest one put or get may take, retries included, before it counts as failed: a stuck
 /// transfer must not hold the run forever.
@@ -199,12 +199,7 @@ impl Tally {
             duration_s,
             objects_per_s: ok as f64 / d,
             mib_per_s: self.bytes as f64 / d / 1_048_576.0,
-            latency_ms: Latency {
-                p50: percentile(&self.lat_us, 0.50),
-                p99: percentile(&self.lat_us, 0.99),
-                p999: percentile(&self.lat_us, 0.999),
-                max: self.lat_us.last().map(|m| f64::from(*m) / 1000.0).unwrap_or(0.0),
-            },
+            latency_ms: Latency::of_sorted_us(&self.lat_us),
             first_error: self.first_error.clone(),
         }
     }

@@ -14,8 +14,9 @@
 //! must be allowed to read: a namespace-wide or store-wide "do you have this chunk" would let
 //! a writer learn whether given content exists in places it cannot read.
 //!
-//! Owns the base lookup and the producer of a delta upload. Must not touch retries or the
-//! transport (`objects.rs`).
+//! Owns the base lookup and the producer of a delta upload, above the shared transfer
+//! primitives (`transfer.rs`). Must not touch retries or endpoints (`objects.rs`, which
+//! calls this).
 
 use std::collections::HashMap;
 
@@ -30,7 +31,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::{classify, ClientError, Failure};
-use crate::objects::{read_up_to, Produce, Progress, Sent, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX};
+use crate::transfer::{
+    changed_while_sent, objects, queue, read_up_to, Produce, Progress, Sent, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX,
+};
 
 /// Smallest file for which a put first asks for the key's current chunks: below it the extra
 /// round trip costs more than the few chunks could save.
@@ -56,7 +59,7 @@ pub(crate) async fn fetch_base(ch: Channel, addr: &str, ns: &str, key: &str) -> 
         key: key.to_string(),
         version: 0,
     };
-    let mut client = crate::objects::objects(ch);
+    let mut client = objects(ch);
     let mut pages = match client.object_chunks(req).await {
         Ok(r) => r.into_inner(),
         Err(st) if no_base(st.code()) => return Ok(None),
@@ -133,15 +136,9 @@ fn hash_step(mut h: Hashing, block: Vec<u8>, last: bool) -> (Hashing, Cut) {
     (h, cut)
 }
 
-/// What a delta upload sent.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DeltaStats {
-    /// Bytes named as chunks of the base version instead of being sent.
-    pub reused: u64,
-}
-
 /// Reads `source` (exactly `total` bytes), cuts and hashes it, and queues each chunk as a
-/// `known` message when `base` has it and as data otherwise, then the end marker.
+/// `known` message when `base` has it and as data otherwise, then the end marker. Each read
+/// step is hashed while the previous step's chunks are sent.
 pub(crate) async fn send_delta(
     tx: &mpsc::Sender<Option<PutObjectRequest>>,
     source: &mut (dyn AsyncRead + Send + Unpin),
@@ -149,101 +146,82 @@ pub(crate) async fn send_delta(
     base: &Base,
     touched: &mut bool,
     progress: Option<&Progress>,
-) -> Result<(Sent, DeltaStats), Produce> {
-    let queue = |msg: Option<PutObjectRequest>| async move {
-        match tokio::time::timeout(TRANSFER_STALL_MAX, tx.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Produce::Closed),
-            Err(_) => Err(Produce::Stalled),
-        }
-    };
+) -> Result<Sent, Produce> {
     let chunker = Chunker::new(ChunkerParams::default())
         .map_err(|e| Produce::Fatal(ClientError::Config(format!("chunker: {e}"))))?;
-    let mut state = Some(Hashing {
+    let mut hashing = Hashing {
         chunker: Some(chunker),
         whole: digest::Context::new(&digest::SHA256),
-    });
+    };
+    let mut sent = Sent {
+        bytes: 0,
+        sha256: Vec::new(),
+        reused: 0,
+    };
     let mut read: u64 = 0;
-    let mut done: u64 = 0;
-    let mut stats = DeltaStats::default();
-    let mut step: Option<tokio::task::JoinHandle<(Hashing, Cut)>> = None;
-    let mut finished = false;
-    loop {
-        // Start hashing the next block, then send the previous block's chunks meanwhile.
-        let cut = match step.take() {
-            Some(s) => {
-                let (h, cut) = s
-                    .await
-                    .map_err(|e| Produce::Fatal(ClientError::Config(format!("hashing the upload: {e}"))))?;
-                state = Some(h);
-                Some(cut)
-            }
-            None => None,
-        };
-        if !finished {
-            let block = read_up_to(source, READ_BLOCK_BYTES)
-                .await
-                .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
-            read += block.len() as u64;
-            if read > total {
-                return Err(Produce::Fatal(crate::objects::changed_while_sent(read, Some(total))));
-            }
-            finished = block.len() < READ_BLOCK_BYTES;
-            let h = state.take().ok_or_else(lost_state)?;
-            let last = finished;
-            step = Some(tokio::task::spawn_blocking(move || hash_step(h, block, last)));
+    let mut cut = Cut::new();
+    // Until the step that flushed the chunker.
+    while hashing.chunker.is_some() {
+        let block = read_up_to(source, READ_BLOCK_BYTES)
+            .await
+            .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
+        read += block.len() as u64;
+        if read > total {
+            return Err(Produce::Fatal(changed_while_sent(read, Some(total))));
         }
-        let Some(cut) = cut else {
-            continue;
-        };
-        for (chunk, id) in cut {
-            *touched = true;
-            let len = chunk.len() as u64;
-            if base.chunks.get(&id).is_some_and(|l| u64::from(*l) == len) {
-                stats.reused += len;
-                queue(Some(PutObjectRequest {
-                    part: Some(put_object_request::Part::Known(KnownChunk {
-                        id: id.to_vec(),
-                        len: len as u32,
-                    })),
-                }))
-                .await?;
-            } else {
-                let mut off = 0;
-                while off < chunk.len() {
-                    let end = (off + PUT_MESSAGE_BYTES).min(chunk.len());
-                    queue(Some(PutObjectRequest {
-                        part: Some(put_object_request::Part::Data(chunk.slice(off..end))),
-                    }))
-                    .await?;
-                    off = end;
-                }
-            }
-            done += len;
-            if let Some(p) = progress {
-                p(done, Some(total));
-            }
-        }
-        if finished && step.is_none() {
-            break;
-        }
+        let last = block.len() < READ_BLOCK_BYTES;
+        let step = tokio::task::spawn_blocking(move || hash_step(hashing, block, last));
+        send_cut(tx, base, std::mem::take(&mut cut), &mut sent, total, touched, progress).await?;
+        (hashing, cut) = step
+            .await
+            .map_err(|e| Produce::Fatal(ClientError::Config(format!("hashing the upload: {e}"))))?;
     }
-    if read != total || done != total {
-        return Err(Produce::Fatal(crate::objects::changed_while_sent(read, Some(total))));
+    send_cut(tx, base, cut, &mut sent, total, touched, progress).await?;
+    if read != total || sent.bytes != total {
+        return Err(Produce::Fatal(changed_while_sent(read, Some(total))));
     }
-    queue(None).await?;
-    let whole = state.take().ok_or_else(lost_state)?.whole;
-    Ok((
-        Sent {
-            bytes: total,
-            sha256: whole.finish().as_ref().to_vec(),
-        },
-        stats,
-    ))
+    queue(tx, None).await?;
+    sent.sha256 = hashing.whole.finish().as_ref().to_vec();
+    Ok(sent)
 }
 
-fn lost_state() -> Produce {
-    Produce::Fatal(ClientError::Config("the upload's hashing state was lost".into()))
+/// Queues the chunks of one step: a `known` message for each chunk `base` has (same id
+/// and length), data messages for the others; counts them in `sent`.
+async fn send_cut(
+    tx: &mpsc::Sender<Option<PutObjectRequest>>,
+    base: &Base,
+    cut: Cut,
+    sent: &mut Sent,
+    total: u64,
+    touched: &mut bool,
+    progress: Option<&Progress>,
+) -> Result<(), Produce> {
+    for (chunk, id) in cut {
+        *touched = true;
+        let len = chunk.len() as u64;
+        if base.chunks.get(&id).is_some_and(|l| u64::from(*l) == len) {
+            sent.reused += len;
+            let known = KnownChunk {
+                id: id.to_vec(),
+                len: len as u32,
+            };
+            let part = put_object_request::Part::Known(known);
+            queue(tx, Some(PutObjectRequest { part: Some(part) })).await?;
+        } else {
+            let mut off = 0;
+            while off < chunk.len() {
+                let end = (off + PUT_MESSAGE_BYTES).min(chunk.len());
+                let part = put_object_request::Part::Data(chunk.slice(off..end));
+                queue(tx, Some(PutObjectRequest { part: Some(part) })).await?;
+                off = end;
+            }
+        }
+        sent.bytes += len;
+        if let Some(p) = progress {
+            p(sent.bytes, Some(total));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -283,8 +261,8 @@ mod tests {
     }
 
     /// Runs the producer over `data` against the chunks of `old`; returns the messages, what
-    /// it reports as sent, and its stats.
-    async fn produce(old: &[u8], data: &[u8]) -> (Vec<PutObjectRequest>, Sent, DeltaStats) {
+    /// it reports as sent.
+    async fn produce(old: &[u8], data: &[u8]) -> (Vec<PutObjectRequest>, Sent) {
         let base = Base {
             version: 1,
             chunks: chunks_of(old).into_iter().map(|(b, id)| (id, b.len() as u32)).collect(),
@@ -300,12 +278,9 @@ mod tests {
         let mut src: &[u8] = data;
         let mut touched = false;
         let r = send_delta(&tx, &mut src, data.len() as u64, &base, &mut touched, None).await;
-        let (sent, stats) = match r {
-            Ok(v) => v,
-            Err(_) => panic!("the producer failed"),
-        };
+        let Ok(sent) = r else { panic!("the producer failed") };
         drop(tx);
-        (collect.await.unwrap(), sent, stats)
+        (collect.await.unwrap(), sent)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +292,7 @@ mod tests {
         let at = 10 << 20;
         new[at..at + (200 << 10)].copy_from_slice(&random(200 << 10, 2));
         new.truncate(new.len() - 12345);
-        let (msgs, sent, stats) = produce(&old, &new).await;
+        let (msgs, sent) = produce(&old, &new).await;
 
         let old_chunks: HashMap<[u8; 32], Vec<u8>> = chunks_of(&old).into_iter().map(|(b, id)| (id, b)).collect();
         let mut rebuilt = Vec::new();
@@ -341,7 +316,7 @@ mod tests {
         assert!(rebuilt == new, "data and known chunks do not rebuild the file");
         assert_eq!(sent.bytes, new.len() as u64);
         assert_eq!(sent.sha256, digest::digest(&digest::SHA256, &new).as_ref());
-        assert_eq!(stats.reused, known);
+        assert_eq!(sent.reused, known);
         // Only the chunks around the change (and the cut tail) are sent.
         assert!(
             known >= new.len() as u64 * 85 / 100 && known < new.len() as u64,
@@ -350,8 +325,8 @@ mod tests {
         );
 
         // Nothing in common: everything is sent as data.
-        let (msgs, _, stats) = produce(&random(9 << 20, 3), &new).await;
-        assert_eq!(stats.reused, 0);
+        let (msgs, sent) = produce(&random(9 << 20, 3), &new).await;
+        assert_eq!(sent.reused, 0);
         assert!(msgs
             .iter()
             .all(|m| matches!(m.part, Some(put_object_request::Part::Data(_)))));
@@ -373,7 +348,7 @@ mod tests {
             part: Some(put_object_request::Part::Header(header)),
         }];
         all.extend(msgs.into_iter().map(|p| PutObjectRequest { part: Some(p) }));
-        crate::objects::objects(ch)
+        objects(ch)
             .put_object(Request::new(futures::stream::iter(all)))
             .await
             .map(|r| r.into_inner())

@@ -28,6 +28,7 @@ mod pb_impl;
 pub mod restore;
 pub mod retry;
 pub mod snapshot;
+mod transfer;
 pub mod types;
 
 pub use client::{AddLearnerOptions, ArkClient, KeyPage, ListKeysOptions, ReadOptions};

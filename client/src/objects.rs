@@ -12,49 +12,43 @@
 //! - Downloads to a file go to `<file>.ark-partial`, are fsynced and renamed into place only
 //!   once verified, and removed on failure.
 //!
-//! Owns the transfer loops and their limits and the partial-file protocol. Must not touch
+//! Owns the transfer loops, their retries and commit wait, and the partial-file protocol;
+//! the primitives both upload producers share (message size, stall limit, the request
+//! stream) are in `transfer.rs`, the changed-file producer in `delta.rs`. Must not touch
 //! leader discovery or KV retries (`client.rs`), restore policy (`restore.rs`) or printing
 //! (the CLI).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ark_proto::v1::objects_client::ObjectsClient;
 use ark_proto::v1::{
     get_object_response, put_object_request, CreateNamespaceRequest, DeleteNamespaceRequest, DeleteObjectRequest,
     GetObjectRequest, GetObjectResponse, ListNamespacesRequest, ListObjectsRequest, PutObjectHeader, PutObjectRequest,
     PutObjectResponse, RekeyNamespaceRequest, ScrubRequest, SetNamespaceRequest, VerifyRequest,
 };
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use ring::digest;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::client::{new_request_id, ArkClient};
-use crate::delta::{self, Base, DeltaStats, DELTA_MIN_BYTES};
+use crate::delta::{self, Base, DELTA_MIN_BYTES};
 use crate::error::{classify, ClientError, Failure};
 use crate::retry::Attempts;
+use crate::transfer::{objects, send_data, upload_stream, Produce, Sent};
+pub use crate::transfer::{Progress, PUT_MESSAGE_BYTES, TRANSFER_STALL_MAX};
 use crate::types::{DeletedObject, NamespaceInfo, NamespacePolicy, ObjectInfo, RekeyReport, ScrubReport, VerifyReport};
 
-/// Bytes per data message of an upload (the node's own pieces are the same size).
-pub const PUT_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Messages queued ahead of the transport per upload: with the one being read, the
 /// client's memory per upload is bounded by `PUT_QUEUE_MESSAGES + 1` messages (plus the
 /// HTTP/2 send window).
 const PUT_QUEUE_MESSAGES: usize = 2;
-/// Longest a transfer may go without progress (a message accepted by the transport on a
-/// put, received on a get, or the first answer) before it is treated as a dead connection.
-pub const TRANSFER_STALL_MAX: Duration = Duration::from_secs(30);
 /// Longest a node may take to commit an upload once its last byte was sent (it may still
 /// be replicating the last chunks and then commits the manifest through Raft).
 pub const PUT_COMMIT_WAIT_MAX: Duration = Duration::from_secs(120);
-/// Largest message accepted from a node; the node's own encoding limit.
-const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Lower-case hex of bytes (how digests are spelled in errors and reports).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -62,10 +56,6 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Suffix of a download that is not yet verified.
 pub const PARTIAL_SUFFIX: &str = ".ark-partial";
-
-/// Called with the bytes transferred so far and the total when known. An upload that is
-/// retried from the start reports from 0 again.
-pub type Progress = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
 /// Where an upload's bytes come from.
 pub enum PutSource {
@@ -243,11 +233,6 @@ impl Retries {
             },
         }
     }
-}
-
-/// An object client on `ch` that accepts the node's largest messages.
-pub(crate) fn objects(ch: Channel) -> ObjectsClient<Channel> {
-    ObjectsClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX)
 }
 
 fn missing(what: &str) -> ClientError {
@@ -579,8 +564,8 @@ impl ArkClient {
                     .await
             };
             match retries.within(attempt).await {
-                Ok((resp, sent, stats)) => {
-                    return check_put(ns, key, resp, &sent, stats, retries.budget.made());
+                Ok((resp, sent)) => {
+                    return check_put(ns, key, resp, &sent, retries.budget.made());
                 }
                 Err(Failure::Fatal(e)) if delta && delta::base_gone(&e) => {
                     tracing::info!(%ns, %key, error = %e, "the key's previous version is gone; uploading the whole file");
@@ -612,7 +597,7 @@ impl ArkClient {
         base: Option<&Base>,
         touched: &mut bool,
         progress: Option<&Progress>,
-    ) -> Result<(PutObjectResponse, Sent, DeltaStats), Failure> {
+    ) -> Result<(PutObjectResponse, Sent), Failure> {
         let ch = self.stream_channel(addr).await?;
         let total = header.size;
         let (tx, rx) = mpsc::channel::<Option<PutObjectRequest>>(PUT_QUEUE_MESSAGES);
@@ -628,9 +613,7 @@ impl ArkClient {
         let producer = async {
             match (base, total) {
                 (Some(b), Some(total)) => delta::send_delta(&tx, source, total, b, touched, progress).await,
-                _ => send_data(&tx, source, total, touched, progress)
-                    .await
-                    .map(|s| (s, DeltaStats::default())),
+                _ => send_data(&tx, source, total, touched, progress).await,
             }
         };
         tokio::pin!(producer);
@@ -663,7 +646,7 @@ impl ArkClient {
             },
         };
         match tokio::time::timeout(PUT_COMMIT_WAIT_MAX, rpc).await {
-            Ok(Ok(resp)) => Ok((resp.into_inner(), sent.0, sent.1)),
+            Ok(Ok(resp)) => Ok((resp.into_inner(), sent)),
             Ok(Err(st)) => Err(self.classify_noting(addr, &st)),
             Err(_) => Err(Failure::Transient(format!(
                 "{addr}: the upload was sent but not committed within {} s",
@@ -839,126 +822,12 @@ async fn open_source(path: &Path) -> Result<(tokio::fs::File, Option<u64>), Fail
     Ok((f, meta.is_file().then_some(meta.len())))
 }
 
-/// What an upload attempt sent.
-#[derive(Debug)]
-pub(crate) struct Sent {
-    pub bytes: u64,
-    pub sha256: Vec<u8>,
-}
-
-/// Why the producer of an upload stopped early.
-pub(crate) enum Produce {
-    /// The transport no longer takes messages (the RPC ended).
-    Closed,
-    /// The transport took nothing for [`TRANSFER_STALL_MAX`].
-    Stalled,
-    Fatal(ClientError),
-}
-
-/// The request stream of an upload. It ends cleanly only at the explicit end marker
-/// (`None`), which is queued only after the whole source was read and sent. If the sender
-/// goes away without it (read error, cancelled attempt), the stream stays pending instead of
-/// ending: a clean end would let the node commit a truncated upload of unannounced size. The
-/// attempt's RPC is dropped at the same time, which resets the HTTP/2 stream.
-fn upload_stream(rx: mpsc::Receiver<Option<PutObjectRequest>>) -> impl Stream<Item = PutObjectRequest> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Some(Some(m)) => Some((m, rx)),
-            Some(None) => None,
-            None => futures::future::pending().await,
-        }
-    })
-}
-
-/// Reads `source` in [`PUT_MESSAGE_BYTES`] messages, hashes and queues them, then queues the
-/// end marker.
-async fn send_data(
-    tx: &mpsc::Sender<Option<PutObjectRequest>>,
-    source: &mut (dyn AsyncRead + Send + Unpin),
-    total: Option<u64>,
-    touched: &mut bool,
-    progress: Option<&Progress>,
-) -> Result<Sent, Produce> {
-    let queue = |msg: Option<PutObjectRequest>| async move {
-        match tokio::time::timeout(TRANSFER_STALL_MAX, tx.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Produce::Closed),
-            Err(_) => Err(Produce::Stalled),
-        }
-    };
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut sent: u64 = 0;
-    loop {
-        let data = read_message(source)
-            .await
-            .map_err(|e| Produce::Fatal(ClientError::io("cannot read the upload source", e)))?;
-        if data.is_empty() {
-            break;
-        }
-        *touched = true;
-        sent += data.len() as u64;
-        if total.is_some_and(|t| sent > t) {
-            return Err(Produce::Fatal(changed_while_sent(sent, total)));
-        }
-        ctx.update(&data);
-        queue(Some(PutObjectRequest {
-            part: Some(put_object_request::Part::Data(data)),
-        }))
-        .await?;
-        if let Some(p) = progress {
-            p(sent, total);
-        }
-    }
-    if total.is_some_and(|t| sent != t) {
-        return Err(Produce::Fatal(changed_while_sent(sent, total)));
-    }
-    queue(None).await?;
-    Ok(Sent {
-        bytes: sent,
-        sha256: ctx.finish().as_ref().to_vec(),
-    })
-}
-
-pub(crate) fn changed_while_sent(sent: u64, total: Option<u64>) -> ClientError {
-    ClientError::InvalidArgument(format!(
-        "the source changed while it was being uploaded ({}{sent} bytes read, {} announced); nothing was committed",
-        if total.is_some_and(|t| sent > t) {
-            "at least "
-        } else {
-            ""
-        },
-        total.unwrap_or_default()
-    ))
-}
-
-/// Up to [`PUT_MESSAGE_BYTES`] from `source`, fewer only at its end; empty at its end.
-async fn read_message(source: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Bytes> {
-    read_up_to(source, PUT_MESSAGE_BYTES).await.map(Bytes::from)
-}
-
-/// Up to `len` bytes from `source`, fewer only at its end; empty at its end.
-pub(crate) async fn read_up_to(source: &mut (dyn AsyncRead + Send + Unpin), len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]).await {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
-}
-
 /// Checks a put's answer against what was sent.
 fn check_put(
     ns: &str,
     key: &str,
     resp: PutObjectResponse,
     sent: &Sent,
-    stats: DeltaStats,
     attempts: u32,
 ) -> Result<PutOutcome, ClientError> {
     let object = ObjectInfo::from(resp.object.ok_or_else(|| missing("object"))?);
@@ -978,7 +847,7 @@ fn check_put(
         chunks: resp.chunks,
         chunks_new: resp.chunks_new,
         bytes_replicated: resp.bytes_replicated,
-        bytes_reused: stats.reused,
+        bytes_reused: sent.reused,
         duplicate: resp.duplicate,
         attempts,
     })
@@ -1168,6 +1037,7 @@ async fn commit_partial(file: &mut tokio::fs::File, partial: &Path, dest: &Path)
 #[cfg(test)]
 mod tests {
     use ark_proto::v1 as pb;
+    use bytes::Bytes;
 
     use super::*;
 

@@ -558,29 +558,21 @@ impl GlobalLoadModel {
         // Chosen on the validation slice, then fitted again on the whole past, that slice
         // included: the forecasts start where the past ends, so its most recent part is the
         // most telling, and the comparison above only had to rank the methods.
-        let (model, local, method) = match chosen {
-            Method::Tuned | Method::Blend | Method::PerSeries => {
-                let refit_tuned = if matches!(chosen, Method::PerSeries) {
-                    None
-                } else {
-                    self.tuned_on(series, start_s, step_s)?.or(tuned)
-                };
-                let refit_local = if matches!(chosen, Method::Tuned) {
-                    None
-                } else {
-                    self.per_series_on(series, start_s, step_s).or(local)
-                };
-                (refit_tuned.unwrap_or_else(|| self.clone()), refit_local, chosen)
-            }
-            Method::Ewma { .. } => (
-                self.clone(),
-                None,
-                Method::Ewma {
-                    alpha: pick_ewma_alpha(series, &EWMA_ALPHAS),
-                },
-            ),
-            _ => (self.clone(), None, chosen),
+        let model = match chosen {
+            Method::Tuned | Method::Blend => self.tuned_on(series, start_s, step_s)?.or(tuned),
+            _ => None,
         };
+        let local = match chosen {
+            Method::PerSeries | Method::Blend => self.per_series_on(series, start_s, step_s).or(local),
+            _ => None,
+        };
+        let method = match chosen {
+            Method::Ewma { .. } => Method::Ewma {
+                alpha: pick_ewma_alpha(series, &EWMA_ALPHAS),
+            },
+            m => m,
+        };
+        let model = model.unwrap_or_else(|| self.clone());
         Ok(SeriesForecaster {
             model,
             local,

@@ -18,7 +18,7 @@ use crate::chunks::{chunk_id, to_hex, ChunkId};
 use crate::raft::NodeId;
 
 /// A member that answered this recently counts as live for a placement without a probe.
-pub const ANSWERED_FRESH: Duration = Duration::from_millis(500);
+const ANSWERED_FRESH: Duration = Duration::from_millis(500);
 
 impl DataPlane {
     pub(super) async fn call(

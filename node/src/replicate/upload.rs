@@ -543,11 +543,7 @@ async fn store_new(
         // between this check and the manifest's commit. An existing copy counts only if it
         // equals these bytes (compared, not re-hashed); a corrupt one is replaced by them.
         dp.claims.claim(&id);
-        match dp.store.put_hashed(&id, &d, store_compress) {
-            Ok(new) => Ok((id, new, d)),
-            Err(ChunkError::DiskFull) => Err(UploadError::DiskFull(dp.id)),
-            Err(e) => Err(UploadError::Store(e.to_string())),
-        }
+        store_here(&dp, &id, &d, store_compress).map(|new| (id, new, d))
     })
     .await
     .map_err(|e| UploadError::Store(e.to_string()))?
@@ -590,19 +586,24 @@ async fn store_known(
             data.len()
         )));
     }
-    // `read_chunk` keeps a copy here when this node is a recorded holder; otherwise store it.
-    let new = if dp.store.has(&id) {
-        false
-    } else {
-        let dp = dp.clone();
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || match dp.store.put_hashed(&id, &d, store_compress) {
-            Ok(new) => Ok(new),
-            Err(ChunkError::DiskFull) => Err(UploadError::DiskFull(dp.id)),
-            Err(e) => Err(UploadError::Store(e.to_string())),
-        })
-        .await
-        .map_err(|e| UploadError::Store(e.to_string()))??
-    };
+    // `read_chunk` keeps a copy here when this node is a recorded holder (unless that
+    // repair failed); any node without the file stores it now.
+    let (keep, d) = (dp.clone(), data.clone());
+    let new = tokio::task::spawn_blocking(move || match keep.store.has(&id) {
+        true => Ok(false),
+        false => store_here(&keep, &id, &d, store_compress),
+    })
+    .await
+    .map_err(|e| UploadError::Store(e.to_string()))??;
     Ok((new, data, holders))
+}
+
+/// Stores chunk `id` on this node (an existing copy is compared, a bad one replaced);
+/// whether this node lacked it. Blocking.
+fn store_here(dp: &DataPlane, id: &ChunkId, data: &[u8], compress: bool) -> Result<bool, UploadError> {
+    match dp.store.put_hashed(id, data, compress) {
+        Ok(new) => Ok(new),
+        Err(ChunkError::DiskFull) => Err(UploadError::DiskFull(dp.id)),
+        Err(e) => Err(UploadError::Store(e.to_string())),
+    }
 }
