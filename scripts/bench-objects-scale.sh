@@ -23,7 +23,8 @@
 #      (their own time, not waits for the lock); the report then says how far it got.
 #      LOCK=FILE: each heavy step (playground start, batch, put, catch-up) runs holding
 #      `flock FILE`, released in between; no process a step starts keeps it.
-# Needs: jq; a release build (cargo build --release -p ark-cli -p ark-node).
+# Needs: jq; a release build (cargo build --release -p ark-cli -p ark-node), or ARK=path/to/ark
+# (its arkd beside it) to measure another build.
 # Everything it starts is stopped and removed on exit; every step has a time limit.
 set -euo pipefail
 COUNT=${1:-100000}
@@ -36,7 +37,7 @@ REPAIR_WAIT_MAX_S=${REPAIR_WAIT_MAX_S:-1800}
 PART1_MAX_S=${PART1_MAX_S:-1500}
 STEP_MAX_S=1800
 cd "$(dirname "$0")/.."
-ARK=$(pwd)/target/release/ark
+ARK=${ARK:-$(pwd)/target/release/ark}
 command -v jq >/dev/null || { echo "jq not found: apt-get install jq" >&2; exit 1; }
 [ -x "$ARK" ] || { echo "build first: cargo build --release -p ark-cli -p ark-node" >&2; exit 1; }
 
@@ -87,6 +88,24 @@ growth() {
     printf "# growth node %s: rss %+.1f MiB = %.0f B/object, %.0f B/chunk; redb %+.1f MiB = %.0f B/object, %.0f B/chunk (%d objects, %d chunks)\n",
       $1, ($6 - $2) / 1024, ($6 - $2) * 1024 / o, ($6 - $2) * 1024 / c, ($8 - $4) / 1048576, ($8 - $4) / o, ($8 - $4) / c, o, c }'
 }
+# cpu_and_scans PG: one line per node: id cpu_seconds repair_scan_seconds repair_scans (the last
+# two from the node's metrics: only the leader scans; "none" elsewhere).
+cpu_and_scans() {
+  local pg=$1 id pid
+  for id in $(jq -r '.nodes[].id' "$pg/playground.json"); do
+    pid=$(node_field "$pg" "$id" pid)
+    [ -d "/proc/$pid" ] || continue
+    echo "$id $(awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$pid/stat")" \
+      "$(metric "$pg" "$id" ark_repair_scan_seconds_sum)" "$(metric "$pg" "$id" ark_repair_scan_seconds_count)"
+  done
+}
+# busy BEFORE AFTER: per node, the CPU it used between two cpu_and_scans, and how much of it
+# went to the repair queue's scans (builds before the scan metric show n/a).
+busy() {
+  join <(echo "$1") <(echo "$2") | awk '{
+    scan = ($7 == "none" || $3 == "none") ? "n/a" : sprintf("%.1f s in %d scans", $7 - $3, $8 - $4)
+    printf "# cpu node %s: %.1f s, repair scans %s\n", $1, $5 - $2, scan }'
+}
 # idle_cpu PG SECONDS: each node's CPU over SECONDS (utime + stime from /proc/<pid>/stat).
 idle_cpu() {
   local pg=$1 secs=$2 pids
@@ -128,6 +147,7 @@ if [ "$COUNT" -gt 0 ]; then
       break
     fi
     n=$((COUNT - done_n < BATCH ? COUNT - done_n : BATCH))
+    cpu_before=$(cpu_and_scans "$P1")
     # A batch with failed operations exits 1 but still reports: go on, and show the failure.
     L "$ARK" "${C1[@]}" bench objects --ns scale --count "$n" --object-bytes 4096 --clients "$CLIENTS" \
       --slice "$SLICE" --prefix "b$b/" --seed "$((b + 1))" --get --get-sample "$GET_SAMPLE" --json >"$WORK/b$b.json" ||
@@ -138,10 +158,12 @@ if [ "$COUNT" -gt 0 ]; then
       .put.latency_ms.p999, (.put.errors + .get.errors), (.get.objects_per_s | round), .get.latency_ms.p50, .get.latency_ms.p99] | @tsv' \
       "$WORK/b$b.json" | awk '{ printf "%-10s %9s %9.2f %8.2f %8.2f %8s %9s %8.2f %8.2f\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
     done_n=$((done_n + n))
+    cpu_after=$(cpu_and_scans "$P1")
     now_nodes=$(per_node "$P1")
     bs=$(jq '.put.duration_s + .get.duration_s' "$WORK/b$b.json")
     p1_s=$(awk -v a="$p1_s" -v b="$bs" 'BEGIN { print a + b }')
     echo "# batch $b: $n objects, puts $(jq '.put.duration_s | . * 10 | round / 10' "$WORK/b$b.json") s, sampled gets $(jq '.get.duration_s | . * 10 | round / 10' "$WORK/b$b.json") s; all batches so far ${p1_s} s"
+    busy "$cpu_before" "$cpu_after"
     show "after $done_n objects" "$now_nodes"
     growth "$base" "$now_nodes" "$done_n" "$done_n"
     b=$((b + 1))

@@ -160,6 +160,19 @@ async fn every_nodes_metrics_pass_promtool_and_health_endpoints_answer() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // An idle cluster with nothing to repair is not scanned again and again: after a scan
+    // that found nothing, the leader's repair queue waits for a change (a playground's
+    // interval is 500 ms, so a queue that scanned every interval would count about 6 here).
+    let quiet_scans = |pg: &Pg| {
+        let t = Http::get(&pg.node(leader).metrics_addr, "/metrics").body;
+        sample(&t, "ark_repair_scans_total{found=\"nothing\"}").unwrap_or(0.0)
+    };
+    let before = quiet_scans(&pg);
+    assert!(before >= 1.0, "the leader's repair queue never scanned");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = quiet_scans(&pg) - before;
+    assert!(idle <= 1.0, "{idle} repair scans in 3 s of an idle cluster");
+
     let mut entries_total = 0.0;
     for n in 1..=3 {
         let addr = pg.node(n).metrics_addr;

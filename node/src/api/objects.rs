@@ -203,7 +203,7 @@ impl ObjectsService {
         let policy = policy_from_proto(policy)?;
         self.write(request_id, make(name.clone(), policy.clone())).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&name, &policy)?),
+            namespace: Some(self.namespace_view(&name, &policy).await?),
         }))
     }
 
@@ -254,35 +254,34 @@ impl ObjectsService {
         }
     }
 
-    fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
-        let live = self.dp.reader.list(name, "", false).map_err(internal)?;
+    /// The namespace as `GetNamespace` and `ListNamespaces` show it. Its counts walk the
+    /// namespace's records once, on the blocking pool.
+    async fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
         // From the records alone (any node): objects with a chunk recorded on too few holders
         // or sites. The leader also knows which holders stopped answering; take the worse.
         let now = now_ms();
-        let mut behind = 0u64;
-        let mut oldest: Option<u64> = None;
-        for o in &live {
-            let mut short = false;
-            for c in &o.record.chunks {
-                let holders = self
-                    .dp
-                    .reader
-                    .chunk(&c.id)
-                    .map_err(internal)?
-                    .map(|r| r.holders)
-                    .unwrap_or_default();
-                if holders.len() < policy.copies as usize
-                    || self.dp.members.sites_of(&holders).len() < policy.min_sites as usize
-                {
-                    short = true;
-                    break;
-                }
-            }
-            if short {
-                behind += 1;
-                oldest = Some(oldest.map_or(o.record.created_ms, |t: u64| t.min(o.record.created_ms)));
-            }
-        }
+        let usage = {
+            let (dp, ns, copies, min_sites) = (self.dp.clone(), name.to_string(), policy.copies, policy.min_sites);
+            tokio::task::spawn_blocking(move || {
+                let members = dp.members.all();
+                let site = |n: &NodeId| members.iter().find(|m| m.id == *n).map(|m| m.site.as_str());
+                dp.reader.namespace_usage(&ns, |holders| {
+                    let mut sites: Vec<Result<&str, NodeId>> = Vec::with_capacity(holders.len());
+                    for h in holders {
+                        // A holder that is not a member counts as a site of its own.
+                        let s = site(h).ok_or(*h);
+                        if !sites.contains(&s) {
+                            sites.push(s);
+                        }
+                    }
+                    holders.len() < copies as usize || sites.len() < min_sites as usize
+                })
+            })
+            .await
+            .map_err(|e| Status::internal(format!("namespace count failed: {e}")))?
+            .map_err(internal)?
+        };
+        let mut behind = usage.behind;
         let keys = self.dp.reader.ns_keys(name).map_err(internal)?;
         let mut kek_ids: Vec<String> = keys
             .iter()
@@ -291,7 +290,7 @@ impl ObjectsService {
             .collect();
         kek_ids.sort();
         kek_ids.dedup();
-        let mut lag_ms = oldest.map(|t| now.saturating_sub(t)).unwrap_or(0);
+        let mut lag_ms = usage.oldest_behind_ms.map(|t| now.saturating_sub(t)).unwrap_or(0);
         if let Some((b, l)) = self.dp.lag.lock().ok().and_then(|l| l.get(name).copied()) {
             behind = behind.max(b);
             lag_ms = lag_ms.max(l);
@@ -299,8 +298,8 @@ impl ObjectsService {
         Ok(Namespace {
             name: name.to_string(),
             policy: Some(policy_to_proto(policy)),
-            objects: live.len() as u64,
-            bytes: live.iter().map(|o| o.record.size).sum(),
+            objects: usage.objects,
+            bytes: usage.bytes,
             behind,
             lag_ms,
             encrypted: keys.is_some(),
@@ -416,7 +415,7 @@ impl Objects for ObjectsService {
             if !auth.sees_namespace(&who.identity, &name) {
                 continue;
             }
-            namespaces.push(self.namespace_view(&name, &rec.policy)?);
+            namespaces.push(self.namespace_view(&name, &rec.policy).await?);
         }
         Ok(Response::new(ListNamespacesResponse { namespaces }))
     }
@@ -969,7 +968,7 @@ impl ObjectsService {
         };
         self.write(r.request_id, command).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy)?),
+            namespace: Some(self.namespace_view(&r.name, &policy).await?),
         }))
     }
 
@@ -1012,7 +1011,7 @@ impl ObjectsService {
         )
         .await?;
         Ok(Response::new(RekeyNamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy)?),
+            namespace: Some(self.namespace_view(&r.name, &policy).await?),
             rewrapped: keys.generations.len() as u32,
             kek_id,
         }))

@@ -90,6 +90,12 @@ impl Members {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The index of the last log entry this node's state machine applied (`None` before
+    /// the first). Every change to the replicated tables moves it.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().last_applied.map(|l| l.index)
+    }
+
     /// Whether this node is the leader now.
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.id)

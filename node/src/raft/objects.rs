@@ -251,6 +251,19 @@ pub struct ObjectEntry {
     pub record: ObjectRecord,
 }
 
+/// A namespace's live objects as [`ObjectReader::namespace_usage`] counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NsUsage {
+    /// Live objects (each key's latest version, when it is not a tombstone).
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Those with a chunk whose recorded holders were judged too few.
+    pub behind: u64,
+    /// Creation time (ms) of the oldest of those.
+    pub oldest_behind_ms: Option<u64>,
+}
+
 /// Read-only queries over the object tables (one read transaction per call).
 #[derive(Clone)]
 pub struct ObjectReader {
@@ -422,6 +435,55 @@ impl ObjectReader {
         }
     }
 
+    /// Counts `ns`'s live objects and their bytes, and those with a chunk whose recorded
+    /// holders `short` judges too few. One read transaction, and nothing kept per object,
+    /// so it costs one walk of the namespace's versions and one lookup per chunk.
+    pub fn namespace_usage(&self, ns: &str, short: impl Fn(&[super::NodeId]) -> bool) -> Result<NsUsage, ObjReadError> {
+        let tx = self.db.begin_read().map_err(re)?;
+        let objects = tx.open_table(OBJECTS).map_err(re)?;
+        let chunks = tx.open_table(CHUNKS).map_err(re)?;
+        let mut usage = NsUsage::default();
+        let mut count = |record: &ObjectRecord| -> Result<(), ObjReadError> {
+            if record.deleted {
+                return Ok(());
+            }
+            usage.objects += 1;
+            usage.bytes += record.size;
+            for c in &record.chunks {
+                let holders = match chunks.get(&c.id[..]).map_err(re)? {
+                    Some(v) => decode::<ChunkRecord>(v.value()).map_err(re)?.holders,
+                    None => Vec::new(),
+                };
+                if short(&holders) {
+                    usage.behind += 1;
+                    let t = usage.oldest_behind_ms.get_or_insert(record.created_ms);
+                    *t = (*t).min(record.created_ms);
+                    break;
+                }
+            }
+            Ok(())
+        };
+        // Versions come in key then version order: a key's last one is its latest.
+        let mut latest: Option<(String, ObjectRecord)> = None;
+        for item in objects.range((ns, "", 0u64)..).map_err(re)? {
+            let (k, v) = item.map_err(re)?;
+            let (n, key, _) = k.value();
+            if n != ns {
+                break;
+            }
+            if let Some((prev, record)) = latest.take() {
+                if prev != key {
+                    count(&record)?;
+                }
+            }
+            latest = Some((key.to_string(), decode(v.value()).map_err(re)?));
+        }
+        if let Some((_, record)) = latest {
+            count(&record)?;
+        }
+        Ok(usage)
+    }
+
     /// One chunk's record.
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, ObjReadError> {
         let tx = self.db.begin_read().map_err(re)?;
@@ -554,6 +616,83 @@ mod tests {
         assert!(reader.chunks().unwrap().is_empty());
         assert!(reader.namespaces().unwrap().is_empty());
         assert!(reader.list("ns", "", true).unwrap().is_empty());
+    }
+
+    fn put_on(ns: &str, key: &str, chunk: u8, holders: &[crate::raft::NodeId], created_ms: u64, size: u64) -> Command {
+        Command::ObjPut {
+            ns: ns.into(),
+            key: key.into(),
+            manifest: Manifest {
+                size,
+                sha256: [0; 32],
+                chunks: vec![ChunkRef {
+                    id: [chunk; 32],
+                    len: 1,
+                }],
+                holders: holders.to_vec(),
+                created_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn namespace_usage_counts_each_keys_latest_live_version_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let policy = NsPolicy {
+            copies: 1,
+            min_sites: 1,
+            versions_kept: 3,
+            ..NsPolicy::default()
+        };
+        let mut cmds = vec![
+            Command::NsCreate {
+                name: "ns".into(),
+                policy: policy.clone(),
+            },
+            Command::NsCreate {
+                name: "nt".into(),
+                policy,
+            },
+        ];
+        // a: one holder. b: its old version on one holder, its latest on two. c: deleted.
+        // d: two holders. In another namespace, e on one holder.
+        cmds.push(put_on("ns", "a", 1, &[2], 30, 10));
+        cmds.push(put_on("ns", "b", 2, &[2], 5, 100));
+        cmds.push(put_on("ns", "b", 3, &[2, 3], 40, 20));
+        cmds.push(put_on("ns", "c", 4, &[2], 1, 1000));
+        cmds.push(Command::ObjDelete {
+            ns: "ns".into(),
+            key: "c".into(),
+        });
+        cmds.push(put_on("ns", "d", 5, &[2, 3], 50, 40));
+        cmds.push(put_on("nt", "e", 6, &[2], 2, 1));
+        apply_all(&db, cmds);
+        let reader = ObjectReader::new(db.clone());
+        let usage = reader.namespace_usage("ns", |h| h.len() < 2).unwrap();
+        assert_eq!(
+            usage,
+            NsUsage {
+                objects: 3,
+                bytes: 10 + 20 + 40,
+                behind: 1,
+                oldest_behind_ms: Some(30),
+            }
+        );
+        // The same counts as listing the latest versions and reading each chunk.
+        let live = reader.list("ns", "", false).unwrap();
+        assert_eq!(live.len() as u64, usage.objects);
+        assert_eq!(live.iter().map(|o| o.record.size).sum::<u64>(), usage.bytes);
+        assert_eq!(
+            reader.namespace_usage("ns", |_| false).unwrap(),
+            NsUsage {
+                behind: 0,
+                oldest_behind_ms: None,
+                ..usage
+            }
+        );
+        assert_eq!(reader.namespace_usage("nt", |h| h.len() < 2).unwrap().behind, 1);
+        assert_eq!(reader.namespace_usage("none", |_| true).unwrap(), NsUsage::default());
     }
 
     /// Walks `list_page` from the start, `page` entries at a time, as the API's cursors do.

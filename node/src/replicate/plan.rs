@@ -176,6 +176,35 @@ impl Snapshot {
     }
 }
 
+/// Each member's site as a small number, so that counting the sites of a chunk's holders
+/// allocates nothing (the planner does it for every chunk). A node that is not a member is
+/// a site of its own, as in [`crate::raft::members::sites_of`].
+struct SiteIndex(HashMap<NodeId, u64>);
+
+impl SiteIndex {
+    fn new(members: &[Peer]) -> Self {
+        let mut names: HashMap<&str, u64> = HashMap::new();
+        let mut of = HashMap::new();
+        for m in members {
+            let next = names.len() as u64;
+            of.insert(m.id, *names.entry(m.site.as_str()).or_insert(next));
+        }
+        Self(of)
+    }
+
+    /// Distinct sites among `nodes`.
+    fn count(&self, nodes: &[NodeId]) -> usize {
+        let mut seen: Vec<u64> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let site = self.0.get(n).copied().unwrap_or(u64::MAX - *n);
+            if !seen.contains(&site) {
+                seen.push(site);
+            }
+        }
+        seen.len()
+    }
+}
+
 /// One entry at the head of the repair queue, as `ark status` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueEntry {
@@ -283,9 +312,9 @@ fn order(work: &mut [Work], ordering: QueueOrdering) {
 /// (the pass budget; `u64::MAX` without one).
 pub fn plan(s: &Snapshot, risk: &RiskView, batch_bytes_max: u64) -> Plan {
     let mut need: HashMap<ChunkId, Need> = HashMap::new();
-    // An object using each chunk, for `ark status`.
-    let mut users: HashMap<ChunkId, String> = HashMap::new();
-    for o in &s.objects {
+    // An object using each chunk (its index in `s.objects`), for `ark status`.
+    let mut users: HashMap<ChunkId, usize> = HashMap::new();
+    for (i, o) in s.objects.iter().enumerate() {
         let Some(p) = s.namespaces.get(&o.ns) else { continue };
         for id in &o.chunks {
             let n = need.entry(*id).or_insert(Need {
@@ -297,24 +326,25 @@ pub fn plan(s: &Snapshot, risk: &RiskView, batch_bytes_max: u64) -> Plan {
             n.copies = n.copies.max(p.copies);
             n.min_sites = n.min_sites.max(p.min_sites);
             n.priority = n.priority.max(p.priority);
-            users.entry(*id).or_insert_with(|| format!("{}/{}", o.ns, o.key));
+            users.entry(*id).or_insert(i);
         }
     }
     let alive: Vec<Peer> = s.members.iter().filter(|m| s.alive.contains(&m.id)).cloned().collect();
     // Nodes at risk neither count as safe copies nor receive new ones (expected-loss only).
     let candidates: Vec<Peer> = alive.iter().filter(|p| !risk.at_risk(p.id)).cloned().collect();
 
+    let sites = SiteIndex::new(&s.members);
     let mut below: HashSet<ChunkId> = HashSet::new();
     let mut work: Vec<Work> = Vec::new();
     let mut lost = 0u64;
     for c in &s.chunks {
         let Some(n) = need.get(&c.id).copied() else { continue };
         let live: Vec<NodeId> = c.holders.iter().copied().filter(|h| s.alive.contains(h)).collect();
-        if live.len() < n.copies as usize || s.sites_of(&live).len() < n.min_sites as usize {
+        if live.len() < n.copies as usize || sites.count(&live) < n.min_sites as usize {
             below.insert(c.id);
         }
         let safe: Vec<NodeId> = live.iter().copied().filter(|h| !risk.at_risk(*h)).collect();
-        if safe.len() >= n.copies as usize && s.sites_of(&safe).len() >= n.min_sites as usize {
+        if safe.len() >= n.copies as usize && sites.count(&safe) >= n.min_sites as usize {
             continue;
         }
         if live.is_empty() {
@@ -337,25 +367,36 @@ pub fn plan(s: &Snapshot, risk: &RiskView, batch_bytes_max: u64) -> Plan {
         });
     }
 
-    // Lag per namespace, measured before this pass repairs anything.
-    let mut lag = BTreeMap::new();
-    for ns in s.namespaces.keys() {
-        let behind: Vec<u64> = s
-            .objects
-            .iter()
-            .filter(|o| &o.ns == ns && o.chunks.iter().any(|i| below.contains(i)))
-            .map(|o| o.created_ms)
-            .collect();
-        let lag_ms = behind.iter().min().map(|t| s.now_ms.saturating_sub(*t)).unwrap_or(0);
-        lag.insert(ns.clone(), (behind.len() as u64, lag_ms));
+    // Lag per namespace, measured before this pass repairs anything: objects below policy
+    // and the creation time of the oldest of them.
+    let mut behind: HashMap<&str, (u64, u64)> = HashMap::new();
+    if !below.is_empty() {
+        for o in &s.objects {
+            if o.chunks.iter().any(|i| below.contains(i)) {
+                let b = behind.entry(o.ns.as_str()).or_insert((0, u64::MAX));
+                b.0 += 1;
+                b.1 = b.1.min(o.created_ms);
+            }
+        }
     }
+    let lag = s
+        .namespaces
+        .keys()
+        .map(|ns| {
+            let (n, oldest) = behind.get(ns.as_str()).copied().unwrap_or((0, s.now_ms));
+            (ns.clone(), (n, s.now_ms.saturating_sub(oldest)))
+        })
+        .collect();
 
     order(&mut work, risk.ordering);
     let head = work
         .iter()
         .take(QUEUE_HEAD)
         .map(|w| QueueEntry {
-            object: users.get(&w.id).cloned().unwrap_or_default(),
+            object: users
+                .get(&w.id)
+                .map(|i| format!("{}/{}", s.objects[*i].ns, s.objects[*i].key))
+                .unwrap_or_default(),
             chunk: crate::chunks::to_hex(&w.id),
             bytes: u64::from(w.len),
             holders: w.live.clone(),
@@ -478,6 +519,25 @@ mod tests {
 
     fn id(n: u8) -> ChunkId {
         [n; 32]
+    }
+
+    #[test]
+    fn the_site_index_counts_sites_as_the_membership_does() {
+        let s = snapshot(&[]);
+        let index = SiteIndex::new(&s.members);
+        // Members, repeated members, and nodes that are not members (a site each).
+        for nodes in [
+            vec![],
+            vec![1],
+            vec![1, 2],
+            vec![1, 3, 5],
+            vec![2, 2, 4],
+            vec![7],
+            vec![7, 8, 1],
+            vec![7, 7],
+        ] {
+            assert_eq!(index.count(&nodes), s.sites_of(&nodes).len(), "{nodes:?}");
+        }
     }
 
     /// Six nodes in three sites (a: 1, 2; b: 3, 4; c: 5, 6), all alive, one namespace

@@ -10,14 +10,14 @@
 //!
 //! Owns executing the plan and pacing. Must not touch: the order itself (the planner's).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::plan::{self, Batch, ChunkUse, Deferrals, ObjectUse, Snapshot};
+use super::plan::{self, Batch, ChunkUse, Deferrals, ObjectUse, RiskView, Snapshot};
 use super::{DataPlane, Peer};
 use crate::chunks::ChunkId;
 use crate::raft::{Command, NodeId, Op};
@@ -25,11 +25,26 @@ use crate::raft::{Command, NodeId, Op};
 /// With `objects.repair_mib_per_s`, the bytes of one pass: this long at that rate.
 const PASS_BUDGET: Duration = Duration::from_secs(1);
 
+/// After a pass that found nothing to repair, the next scan waits at least this many times
+/// as long as that pass's scan took: with writes arriving all the time and nothing to
+/// repair, scanning takes at most about a fifth of a core whatever the namespace's size.
+const QUIET_SCAN_SPACING: u32 = 4;
+
 /// Runs the queue until `stop` turns true. Does nothing on followers.
+///
+/// A pass reads every object and chunk record, so its cost grows with the cluster's
+/// contents. When a pass finds nothing below policy, the queue does not scan again until
+/// what the plan depends on changes ([`Inputs`]: a newly applied entry, the membership,
+/// who answers, who is at risk), and then not before [`QUIET_SCAN_SPACING`] times that
+/// scan's duration has passed. A pass that finds work is followed by the next one after
+/// `objects.repair_interval_ms`, as before.
 pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(dp.cfg.repair_interval_ms.max(100));
     // One budget across passes: a new pass does not get a fresh allowance.
     let pacer = Pacer::new(dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024));
+    let mut scanner: Option<Scanner> = None;
+    // The inputs of the last pass, when it found nothing, and the earliest next scan.
+    let mut quiet: Option<(Inputs, Instant)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -43,16 +58,87 @@ pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
             if let Ok(mut h) = dp.queue_head.lock() {
                 *h = Default::default();
             }
+            quiet = None;
             continue;
         }
-        if let Err(e) = pass(&dp, &pacer).await {
-            tracing::warn!(error = %e, "replication pass failed");
+        let risk = dp.risk.view();
+        let inputs = Inputs::now(&dp, &risk);
+        if let Some((last, not_before)) = &quiet {
+            if *last == inputs || Instant::now() < *not_before {
+                continue;
+            }
+        }
+        if scanner.is_none() {
+            match Scanner::start(dp.clone()) {
+                Ok(s) => scanner = Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "the repair queue could not start its scan thread");
+                    continue;
+                }
+            }
+        }
+        let Some(scanner) = &scanner else { continue };
+        let started = Instant::now();
+        quiet = match pass(&dp, scanner, &pacer, &inputs, risk).await {
+            Ok(Found::Nothing { scan }) => {
+                metrics::counter!("ark_repair_scans_total", "found" => "nothing").increment(1);
+                Some((inputs, started + every.max(scan * QUIET_SCAN_SPACING)))
+            }
+            Ok(Found::Work) => {
+                metrics::counter!("ark_repair_scans_total", "found" => "work").increment(1);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replication pass failed");
+                None
+            }
+        };
+    }
+}
+
+/// What a pass's plan depends on besides the time, read before the pass. A pass that found
+/// nothing to repair would find nothing again while all of this stays the same: the object
+/// tables change only by applying log entries, and which chunks are below policy depends
+/// only on them, the members' sites, who answers and who is at risk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inputs {
+    /// The state machine's last applied log index.
+    applied: Option<u64>,
+    /// Data members with their sites.
+    members: Vec<Peer>,
+    /// Data members that answered recently.
+    alive: BTreeSet<NodeId>,
+    /// Members the forecasts put at risk (they count for no safe copy).
+    at_risk: BTreeSet<NodeId>,
+}
+
+impl Inputs {
+    fn now(dp: &DataPlane, risk: &RiskView) -> Self {
+        // Applied index first: an entry applied while the rest is read makes the next
+        // pass scan again, never the reverse.
+        let applied = dp.members.applied_index();
+        let members = dp.members.data_peers();
+        let alive = members.iter().map(|m| m.id).filter(|n| dp.recently_alive(*n)).collect();
+        let at_risk = members.iter().map(|m| m.id).filter(|n| risk.at_risk(*n)).collect();
+        Self {
+            applied,
+            members,
+            alive,
+            at_risk,
         }
     }
 }
 
-/// Reads the state one pass plans from.
-fn snapshot(dp: &DataPlane) -> Result<Snapshot, String> {
+/// What a pass found.
+enum Found {
+    /// Nothing below policy and no chunk lost; reading and planning took `scan`.
+    Nothing { scan: Duration },
+    /// Something to repair (or lost).
+    Work,
+}
+
+/// Reads the state one pass plans from. Blocking (it reads every record): on the scan thread.
+fn snapshot(dp: &DataPlane, inputs: &Inputs) -> Result<Snapshot, String> {
     let mut s = Snapshot {
         now_ms: crate::clock::wall_ms(),
         ..Snapshot::default()
@@ -83,27 +169,74 @@ fn snapshot(dp: &DataPlane) -> Result<Snapshot, String> {
             holders: r.holders,
         })
         .collect();
-    s.members = dp.members.data_peers();
-    s.alive = s
-        .members
-        .iter()
-        .map(|m| m.id)
-        .filter(|n| dp.recently_alive(*n))
-        .collect();
+    s.members = inputs.members.clone();
+    s.alive = inputs.alive.iter().copied().collect();
     Ok(s)
 }
 
+/// The thread that reads the records and plans, off the runtime that serves requests and
+/// Raft. One long-lived thread rather than the blocking pool: the memory a scan allocates
+/// and frees is then reused by the next scan, instead of staying in the allocator arena of
+/// whichever pool thread ran it (on the leader of a 50,000-object namespace the pool's
+/// threads kept about 300 MiB that way).
+struct Scanner {
+    jobs: std::sync::mpsc::Sender<ScanJob>,
+}
+
+/// What to scan with, and where the plan goes.
+type ScanJob = (
+    Inputs,
+    RiskView,
+    u64,
+    oneshot::Sender<Result<(plan::Plan, RiskView), String>>,
+);
+
+impl Scanner {
+    /// Starts the thread; it ends when the scanner is dropped.
+    fn start(dp: Arc<DataPlane>) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<ScanJob>();
+        std::thread::Builder::new()
+            .name("ark-repair-scan".into())
+            .spawn(move || {
+                for (inputs, risk, budget, reply) in rx {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        snapshot(&dp, &inputs).map(|snap| (plan::plan(&snap, &risk, budget), risk))
+                    });
+                    let result =
+                        std::panic::catch_unwind(run).unwrap_or_else(|_| Err("the repair scan panicked".into()));
+                    let _ = reply.send(result);
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Reads the records and plans one pass with `risk` and a batch budget of `budget` bytes.
+    async fn scan(&self, inputs: Inputs, risk: RiskView, budget: u64) -> Result<(plan::Plan, RiskView), String> {
+        let (reply, plan) = oneshot::channel();
+        let stopped = || "the repair scan thread stopped".to_string();
+        self.jobs.send((inputs, risk, budget, reply)).map_err(|_| stopped())?;
+        plan.await.map_err(|_| stopped())?
+    }
+}
+
 /// One pass: measure, then repair what is below policy.
-pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
-    let snap = snapshot(dp)?;
-    let risk = dp.risk.view();
+async fn pass(
+    dp: &DataPlane,
+    scanner: &Scanner,
+    pacer: &Pacer,
+    inputs: &Inputs,
+    risk: RiskView,
+) -> Result<Found, String> {
     let rate = dp.cfg.repair_mib_per_s.saturating_mul(1024 * 1024);
     let budget = if rate > 0 {
         (rate as f64 * PASS_BUDGET.as_secs_f64()) as u64
     } else {
         u64::MAX
     };
-    let p = plan::plan(&snap, &risk, budget);
+    let started = Instant::now();
+    let (p, risk) = scanner.scan(inputs.clone(), risk, budget).await?;
+    let scan = started.elapsed();
+    metrics::histogram!("ark_repair_scan_seconds").record(scan.as_secs_f64());
     metrics::gauge!("ark_chunks_without_live_copy").set(p.lost as f64);
     for (ns, (behind, lag_ms)) in &p.lag {
         metrics::gauge!("ark_namespace_lag_seconds", "namespace" => ns.clone()).set(*lag_ms as f64 / 1000.0);
@@ -118,9 +251,12 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
     if let Ok(mut h) = dp.queue_head.lock() {
         *h = (p.head.clone(), p.queued as u64);
     }
+    if p.queued == 0 && p.lost == 0 && p.batches.is_empty() {
+        return Ok(Found::Nothing { scan });
+    }
     let mut batches = p.batches;
     if batches.is_empty() {
-        return Ok(());
+        return Ok(Found::Work);
     }
     let before = batches.len();
     let now = std::time::Instant::now();
@@ -130,7 +266,7 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
         metrics::counter!("ark_repair_deferred_batches_total").increment(deferred as u64);
     }
     if batches.is_empty() {
-        return Ok(());
+        return Ok(Found::Work);
     }
     if rate > 0 {
         batches = plan::within_budget(batches, budget);
@@ -163,7 +299,7 @@ pub async fn pass(dp: &DataPlane, pacer: &Pacer) -> Result<(), String> {
         .into_iter()
         .sum();
     metrics::counter!("ark_replication_repaired_chunks_total").increment(added as u64);
-    Ok(())
+    Ok(Found::Work)
 }
 
 /// Spaces transfers so that they average at most `rate` bytes per second (0: no limit).
@@ -250,7 +386,7 @@ async fn run_batch(dp: &DataPlane, b: &Batch) -> Result<usize, ()> {
 /// Describes this module's metrics (HELP text and unit) to the recorder; called once at start-up by
 /// `server` (through `metrics::install`).
 pub(crate) fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(
         "ark_chunks_without_live_copy",
         "Chunks none of whose holders is a live member (leader only; last repair pass)."
@@ -275,6 +411,15 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "ark_repair_deferred_batches_total",
         "Repair batches deferred into a forecast load trough."
+    );
+    describe_histogram!(
+        "ark_repair_scan_seconds",
+        Unit::Seconds,
+        "Time one repair pass took to read the object and chunk records and plan (leader only)."
+    );
+    describe_counter!(
+        "ark_repair_scans_total",
+        "Repair passes that read the records, by whether they found anything below policy (leader only)."
     );
     describe_counter!(
         "ark_replication_repaired_chunks_total",
