@@ -21,6 +21,11 @@
 # env: CLIENTS=16 GET_SAMPLE=1000 CATCHUP_GIB=4 REPAIR_WAIT_MAX_S=1800
 #      PART1_MAX_S=1500: no new batch starts once the batches have run this many seconds
 #      (their own time, not waits for the lock); the report then says how far it got.
+#      QUIET_FS_S=310: before starting, sync and wait this long. On ext4 without a journal
+#      (this machine's disk), creating a file skips every free inode deleted in the last
+#      minute (6 while its inode-table block is dirty), so a run that starts right after another
+#      run's clean-up (hundreds of thousands of chunk files deleted) creates its chunk files
+#      ever more slowly (docs/benchmarks.md, "Scale, re-measured").
 #      LOCK=FILE: each heavy step (playground start, batch, put, catch-up) runs holding
 #      `flock FILE`, released in between; no process a step starts keeps it.
 # Needs: jq; a release build (cargo build --release -p ark-cli -p ark-node), or ARK=path/to/ark
@@ -103,7 +108,7 @@ cpu_and_scans() {
 # went to the repair queue's scans (builds before the scan metric show n/a).
 busy() {
   join <(echo "$1") <(echo "$2") | awk '{
-    scan = ($7 == "none" || $3 == "none") ? "n/a" : sprintf("%.1f s in %d scans", $7 - $3, $8 - $4)
+    scan = ($6 == "none" || $3 == "none") ? "n/a" : sprintf("%.1f s in %d scans", $6 - $3, $7 - $4)
     printf "# cpu node %s: %.1f s, repair scans %s\n", $1, $5 - $2, scan }'
 }
 # idle_cpu PG SECONDS: each node's CPU over SECONDS (utime + stime from /proc/<pid>/stat).
@@ -128,6 +133,11 @@ fresh_playground() { # fresh_playground PG NS: a 3-site playground with a sync n
   sleep 3
 }
 
+if [ "${QUIET_FS_S:-0}" -gt 0 ]; then
+  sync
+  echo "# waiting ${QUIET_FS_S} s for recently deleted inodes to age out"
+  sleep "$QUIET_FS_S"
+fi
 echo "# load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) count=$COUNT batch=$BATCH slice=$SLICE clients=$CLIENTS get_sample=$GET_SAMPLE catchup=${CATCHUP_GIB}GiB"
 
@@ -172,6 +182,13 @@ if [ "$COUNT" -gt 0 ]; then
   # repair queue looks at every object and chunk on each pass).
   sleep 5
   idle_cpu "$P1" 10
+  # One namespace listing (every namespace's counts), timed.
+  t0=$(now)
+  if "$ARK" "${C1[@]}" ns ls >/dev/null 2>"$WORK/ns-ls.err"; then
+    echo "# ark ns ls with $done_n objects: $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }') s"
+  else
+    echo "# ark ns ls with $done_n objects failed: $(head -c 300 "$WORK/ns-ls.err")"
+  fi
   L "$ARK" playground down --dir "$P1" >/dev/null
   rm -rf "$P1"
 fi
