@@ -27,7 +27,8 @@ const PASS_BUDGET: Duration = Duration::from_secs(1);
 
 /// After a pass that found nothing to repair, the next scan waits at least this many times
 /// as long as that pass's scan took: with writes arriving all the time and nothing to
-/// repair, scanning takes at most about a fifth of a core whatever the namespace's size.
+/// repair, scanning takes about a quarter of a core at most (one scan per four scan durations,
+/// counted from the start of the last), whatever the namespace's size.
 const QUIET_SCAN_SPACING: u32 = 4;
 
 /// Runs the queue until `stop` turns true. Does nothing on followers.
