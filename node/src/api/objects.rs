@@ -32,6 +32,7 @@ use super::paging;
 use crate::chunks::{to_hex, ChunkId};
 use crate::clock::wall_ms as now_ms;
 use crate::raft::auth::Need;
+use crate::raft::members::SiteIndex;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
 use crate::replicate::upload::{Expected, Upload};
@@ -263,18 +264,9 @@ impl ObjectsService {
         let usage = {
             let (dp, ns, copies, min_sites) = (self.dp.clone(), name.to_string(), policy.copies, policy.min_sites);
             tokio::task::spawn_blocking(move || {
-                let members = dp.members.all();
-                let site = |n: &NodeId| members.iter().find(|m| m.id == *n).map(|m| m.site.as_str());
+                let sites = SiteIndex::new(&dp.members.all());
                 dp.reader.namespace_usage(&ns, |holders| {
-                    let mut sites: Vec<Result<&str, NodeId>> = Vec::with_capacity(holders.len());
-                    for h in holders {
-                        // A holder that is not a member counts as a site of its own.
-                        let s = site(h).ok_or(*h);
-                        if !sites.contains(&s) {
-                            sites.push(s);
-                        }
-                    }
-                    holders.len() < copies as usize || sites.len() < min_sites as usize
+                    holders.len() < copies as usize || sites.count(holders) < min_sites as usize
                 })
             })
             .await

@@ -121,3 +121,69 @@ pub fn sites_of(members: &[Peer], nodes: &[NodeId]) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// Each member's site as a small number, so that counting the sites of a chunk's holders
+/// allocates nothing (the repair planner and the namespace counts do it for every chunk).
+/// Counts as [`sites_of`] does: a node that is not a member is a site of its own.
+pub struct SiteIndex(std::collections::HashMap<NodeId, u64>);
+
+impl SiteIndex {
+    /// The index of `members`' sites.
+    pub fn new(members: &[Peer]) -> Self {
+        let mut names: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        let mut of = std::collections::HashMap::new();
+        for m in members {
+            let next = names.len() as u64;
+            of.insert(m.id, *names.entry(m.site.as_str()).or_insert(next));
+        }
+        Self(of)
+    }
+
+    /// Distinct sites among `nodes`.
+    pub fn count(&self, nodes: &[NodeId]) -> usize {
+        let mut seen: Vec<u64> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let site = self.0.get(n).copied().unwrap_or(u64::MAX - *n);
+            if !seen.contains(&site) {
+                seen.push(site);
+            }
+        }
+        seen.len()
+    }
+}
+
+/// Six members in three sites (a: 1, 2; b: 3, 4; c: 5, 6), for tests here and above.
+#[cfg(test)]
+pub(crate) fn six_in_three_sites() -> Vec<Peer> {
+    (1..=6)
+        .map(|n| Peer {
+            id: n,
+            site: ["a", "b", "c"][((n - 1) / 2) as usize].to_string(),
+            addr: String::new(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_site_index_counts_sites_as_sites_of_does() {
+        let members = six_in_three_sites();
+        let index = SiteIndex::new(&members);
+        // Members, repeated members, and nodes that are not members (a site each).
+        for nodes in [
+            vec![],
+            vec![1],
+            vec![1, 2],
+            vec![1, 3, 5],
+            vec![2, 2, 4],
+            vec![7],
+            vec![7, 8, 1],
+            vec![7, 7],
+        ] {
+            assert_eq!(index.count(&nodes), sites_of(&members, &nodes).len(), "{nodes:?}");
+        }
+    }
+}

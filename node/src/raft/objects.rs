@@ -542,24 +542,42 @@ mod tests {
         out
     }
 
+    /// A fresh database in a temporary folder (kept while the folder lives).
+    fn db() -> (tempfile::TempDir, Arc<redb::Database>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        (dir, db)
+    }
+
     fn put(key: &str, chunks: &[u8]) -> Command {
+        put_on("ns", key, chunks, &[2], 7, 1)
+    }
+
+    /// A put of `ns/key` made of 1-byte chunks `[c; 32]`, each recorded on `holders`.
+    fn put_on(
+        ns: &str,
+        key: &str,
+        chunks: &[u8],
+        holders: &[crate::raft::NodeId],
+        created_ms: u64,
+        size: u64,
+    ) -> Command {
         Command::ObjPut {
-            ns: "ns".into(),
+            ns: ns.into(),
             key: key.into(),
             manifest: Manifest {
-                size: 1,
+                size,
                 sha256: [0; 32],
                 chunks: chunks.iter().map(|&c| ChunkRef { id: [c; 32], len: 1 }).collect(),
-                holders: vec![2],
-                created_ms: 7,
+                holders: holders.to_vec(),
+                created_ms,
             },
         }
     }
 
     #[test]
     fn the_shell_writes_what_the_plan_decided_into_redb() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let (_dir, db) = db();
         let policy = NsPolicy {
             copies: 1,
             min_sites: 1,
@@ -618,27 +636,9 @@ mod tests {
         assert!(reader.list("ns", "", true).unwrap().is_empty());
     }
 
-    fn put_on(ns: &str, key: &str, chunk: u8, holders: &[crate::raft::NodeId], created_ms: u64, size: u64) -> Command {
-        Command::ObjPut {
-            ns: ns.into(),
-            key: key.into(),
-            manifest: Manifest {
-                size,
-                sha256: [0; 32],
-                chunks: vec![ChunkRef {
-                    id: [chunk; 32],
-                    len: 1,
-                }],
-                holders: holders.to_vec(),
-                created_ms,
-            },
-        }
-    }
-
     #[test]
     fn namespace_usage_counts_each_keys_latest_live_version_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let (_dir, db) = db();
         let policy = NsPolicy {
             copies: 1,
             min_sites: 1,
@@ -657,16 +657,16 @@ mod tests {
         ];
         // a: one holder. b: its old version on one holder, its latest on two. c: deleted.
         // d: two holders. In another namespace, e on one holder.
-        cmds.push(put_on("ns", "a", 1, &[2], 30, 10));
-        cmds.push(put_on("ns", "b", 2, &[2], 5, 100));
-        cmds.push(put_on("ns", "b", 3, &[2, 3], 40, 20));
-        cmds.push(put_on("ns", "c", 4, &[2], 1, 1000));
+        cmds.push(put_on("ns", "a", &[1], &[2], 30, 10));
+        cmds.push(put_on("ns", "b", &[2], &[2], 5, 100));
+        cmds.push(put_on("ns", "b", &[3], &[2, 3], 40, 20));
+        cmds.push(put_on("ns", "c", &[4], &[2], 1, 1000));
         cmds.push(Command::ObjDelete {
             ns: "ns".into(),
             key: "c".into(),
         });
-        cmds.push(put_on("ns", "d", 5, &[2, 3], 50, 40));
-        cmds.push(put_on("nt", "e", 6, &[2], 2, 1));
+        cmds.push(put_on("ns", "d", &[5], &[2, 3], 50, 40));
+        cmds.push(put_on("nt", "e", &[6], &[2], 2, 1));
         apply_all(&db, cmds);
         let reader = ObjectReader::new(db.clone());
         let usage = reader.namespace_usage("ns", |h| h.len() < 2).unwrap();
@@ -715,8 +715,7 @@ mod tests {
 
     #[test]
     fn pages_list_every_entry_once_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let (_dir, db) = db();
         let policy = NsPolicy {
             copies: 1,
             min_sites: 1,

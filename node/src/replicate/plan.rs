@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::placement;
 use crate::chunks::ChunkId;
 use crate::config::QueueOrdering;
-use crate::raft::members::Peer;
+use crate::raft::members::{Peer, SiteIndex};
 use crate::raft::objects::NsPolicy;
 use crate::raft::NodeId;
 
@@ -173,35 +173,6 @@ pub struct Snapshot {
 impl Snapshot {
     fn sites_of(&self, nodes: &[NodeId]) -> BTreeSet<String> {
         crate::raft::members::sites_of(&self.members, nodes)
-    }
-}
-
-/// Each member's site as a small number, so that counting the sites of a chunk's holders
-/// allocates nothing (the planner does it for every chunk). A node that is not a member is
-/// a site of its own, as in [`crate::raft::members::sites_of`].
-struct SiteIndex(HashMap<NodeId, u64>);
-
-impl SiteIndex {
-    fn new(members: &[Peer]) -> Self {
-        let mut names: HashMap<&str, u64> = HashMap::new();
-        let mut of = HashMap::new();
-        for m in members {
-            let next = names.len() as u64;
-            of.insert(m.id, *names.entry(m.site.as_str()).or_insert(next));
-        }
-        Self(of)
-    }
-
-    /// Distinct sites among `nodes`.
-    fn count(&self, nodes: &[NodeId]) -> usize {
-        let mut seen: Vec<u64> = Vec::with_capacity(nodes.len());
-        for n in nodes {
-            let site = self.0.get(n).copied().unwrap_or(u64::MAX - *n);
-            if !seen.contains(&site) {
-                seen.push(site);
-            }
-        }
-        seen.len()
     }
 }
 
@@ -521,35 +492,10 @@ mod tests {
         [n; 32]
     }
 
-    #[test]
-    fn the_site_index_counts_sites_as_the_membership_does() {
-        let s = snapshot(&[]);
-        let index = SiteIndex::new(&s.members);
-        // Members, repeated members, and nodes that are not members (a site each).
-        for nodes in [
-            vec![],
-            vec![1],
-            vec![1, 2],
-            vec![1, 3, 5],
-            vec![2, 2, 4],
-            vec![7],
-            vec![7, 8, 1],
-            vec![7, 7],
-        ] {
-            assert_eq!(index.count(&nodes), s.sites_of(&nodes).len(), "{nodes:?}");
-        }
-    }
-
     /// Six nodes in three sites (a: 1, 2; b: 3, 4; c: 5, 6), all alive, one namespace
     /// ("ns": 2 copies in 2 sites) and the given chunks, each used by an object of its own.
     fn snapshot(chunks: &[(u8, u64, &[NodeId])]) -> Snapshot {
-        let members: Vec<Peer> = (1..=6)
-            .map(|n| Peer {
-                id: n,
-                site: ["a", "b", "c"][((n - 1) / 2) as usize].to_string(),
-                addr: String::new(),
-            })
-            .collect();
+        let members = crate::raft::members::six_in_three_sites();
         let policy = NsPolicy {
             copies: 2,
             min_sites: 2,

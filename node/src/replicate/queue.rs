@@ -185,12 +185,7 @@ struct Scanner {
 }
 
 /// What to scan with, and where the plan goes.
-type ScanJob = (
-    Inputs,
-    RiskView,
-    u64,
-    oneshot::Sender<Result<(plan::Plan, RiskView), String>>,
-);
+type ScanJob = (Inputs, RiskView, u64, oneshot::Sender<Result<plan::Plan, String>>);
 
 impl Scanner {
     /// Starts the thread; it ends when the scanner is dropped.
@@ -201,7 +196,7 @@ impl Scanner {
             .spawn(move || {
                 for (inputs, risk, budget, reply) in rx {
                     let run = std::panic::AssertUnwindSafe(|| {
-                        snapshot(&dp, &inputs).map(|snap| (plan::plan(&snap, &risk, budget), risk))
+                        snapshot(&dp, &inputs).map(|snap| plan::plan(&snap, &risk, budget))
                     });
                     let result =
                         std::panic::catch_unwind(run).unwrap_or_else(|_| Err("the repair scan panicked".into()));
@@ -212,7 +207,7 @@ impl Scanner {
     }
 
     /// Reads the records and plans one pass with `risk` and a batch budget of `budget` bytes.
-    async fn scan(&self, inputs: Inputs, risk: RiskView, budget: u64) -> Result<(plan::Plan, RiskView), String> {
+    async fn scan(&self, inputs: Inputs, risk: RiskView, budget: u64) -> Result<plan::Plan, String> {
         let (reply, plan) = oneshot::channel();
         let stopped = || "the repair scan thread stopped".to_string();
         self.jobs.send((inputs, risk, budget, reply)).map_err(|_| stopped())?;
@@ -235,7 +230,7 @@ async fn pass(
         u64::MAX
     };
     let started = Instant::now();
-    let (p, risk) = scanner.scan(inputs.clone(), risk, budget).await?;
+    let p = scanner.scan(inputs.clone(), risk.clone(), budget).await?;
     let scan = started.elapsed();
     metrics::histogram!("ark_repair_scan_seconds").record(scan.as_secs_f64());
     metrics::gauge!("ark_chunks_without_live_copy").set(p.lost as f64);
@@ -252,7 +247,8 @@ async fn pass(
     if let Ok(mut h) = dp.queue_head.lock() {
         *h = (p.head.clone(), p.queued as u64);
     }
-    if p.queued == 0 && p.lost == 0 && p.batches.is_empty() {
+    // Batches are cut from queued chunks only: none queued, none to run.
+    if p.queued == 0 && p.lost == 0 {
         return Ok(Found::Nothing { scan });
     }
     let mut batches = p.batches;
