@@ -344,13 +344,32 @@ async fn async_namespace_keeps_writing_through_a_site_partition_and_catches_up()
         );
         files.push((key, data));
     }
-    let first = ns_state(&pg, leader, "logs");
+    // The figures are the leader's latest repair pass's: within an interval (2 s) and a
+    // scan of the last put, all four are behind.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let s = ns_state(&pg, leader, "logs");
+        if s["behind"].as_u64() == Some(4) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the 4 objects never showed as behind: {s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = ns_state(&pg, leader, "logs");
     assert_eq!(second["behind"].as_u64(), Some(4), "{second}");
     assert!(
         second["lag_ms"].as_u64().unwrap() > first["lag_ms"].as_u64().unwrap(),
         "lag must grow while a site is cut off: {first} then {second}"
+    );
+    // A follower shows the same: counts from its own tables, lag from the leader's pass.
+    let other = (1..=3).find(|n| *n != leader && *n != lost).unwrap();
+    let seen = ns_state(&pg, other, "logs");
+    assert_eq!(seen["objects"].as_u64(), Some(4), "{seen}");
+    assert_eq!(seen["behind"].as_u64(), Some(4), "{seen}");
+    assert!(
+        seen["lag_ms"].as_u64().unwrap() >= second["lag_ms"].as_u64().unwrap(),
+        "the follower's lag is the leader's, aged: {second} then {seen}"
     );
     assert!(pg.metric(leader, "ark_namespace_lag_seconds") > 0.0);
 

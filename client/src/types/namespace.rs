@@ -57,9 +57,10 @@ pub struct NamespaceInfo {
     pub objects: u64,
     /// Bytes of those objects.
     pub bytes: u64,
-    /// Objects whose chunks do not yet meet the policy.
+    /// Objects whose chunks do not yet meet the policy, as the leader's latest repair pass
+    /// found them (at most `objects.repair_interval_ms` and one scan old).
     pub behind: u64,
-    /// How long the oldest of those has waited.
+    /// How long the oldest of those has waited (aged since that pass).
     pub lag_ms: u64,
     /// Chunks are sealed under a data key of the namespace's own (set at creation only).
     pub encrypted: bool,

@@ -32,9 +32,9 @@ use super::paging;
 use crate::chunks::{to_hex, ChunkId};
 use crate::clock::wall_ms as now_ms;
 use crate::raft::auth::Need;
-use crate::raft::members::SiteIndex;
 use crate::raft::objects::{Mode, NsPolicy, ObjectEntry, NS_NAME_MAX, OBJECT_KEY_MAX};
 use crate::raft::{Command, NodeId, Op, OpResult};
+use crate::replicate::plan::LagReport;
 use crate::replicate::upload::{Expected, Upload};
 use crate::replicate::DataPlane;
 use crate::telemetry::hot::HotReads;
@@ -204,7 +204,7 @@ impl ObjectsService {
         let policy = policy_from_proto(policy)?;
         self.write(request_id, make(name.clone(), policy.clone())).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&name, &policy).await?),
+            namespace: Some(self.namespace_view(&name, &policy, &*self.lag().await?, now_ms())?),
         }))
     }
 
@@ -255,25 +255,19 @@ impl ObjectsService {
         }
     }
 
-    /// The namespace as `GetNamespace` and `ListNamespaces` show it. Its counts walk the
-    /// namespace's records once, on the blocking pool.
-    async fn namespace_view(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
-        // From the records alone (any node): objects with a chunk recorded on too few holders
-        // or sites. The leader also knows which holders stopped answering; take the worse.
-        let now = now_ms();
-        let usage = {
-            let (dp, ns, copies, min_sites) = (self.dp.clone(), name.to_string(), policy.copies, policy.min_sites);
-            tokio::task::spawn_blocking(move || {
-                let sites = SiteIndex::new(&dp.members.all());
-                dp.reader.namespace_usage(&ns, |holders| {
-                    holders.len() < copies as usize || sites.count(holders) < min_sites as usize
-                })
-            })
-            .await
-            .map_err(|e| Status::internal(format!("namespace count failed: {e}")))?
-            .map_err(internal)?
-        };
-        let mut behind = usage.behind;
+    /// The leader's latest lag report, for namespace views (`unavailable` when it cannot
+    /// be had: no leader, or one that has not finished a pass since it took over).
+    async fn lag(&self) -> Result<Arc<LagReport>, Status> {
+        self.dp.leader_lag().await.map_err(Status::unavailable)
+    }
+
+    /// The namespace as `GetNamespace` and `ListNamespaces` show it: its counts are kept
+    /// on apply (one lookup, whatever its size); how many objects are below policy and for
+    /// how long is what the leader's latest repair pass measured (`lag`, asked once per
+    /// request).
+    fn namespace_view(&self, name: &str, policy: &NsPolicy, lag: &LagReport, now: u64) -> Result<Namespace, Status> {
+        let usage = self.dp.reader.namespace_usage(name).map_err(internal)?;
+        let (behind, lag_ms) = lag.at(name, now);
         let keys = self.dp.reader.ns_keys(name).map_err(internal)?;
         let mut kek_ids: Vec<String> = keys
             .iter()
@@ -282,11 +276,6 @@ impl ObjectsService {
             .collect();
         kek_ids.sort();
         kek_ids.dedup();
-        let mut lag_ms = usage.oldest_behind_ms.map(|t| now.saturating_sub(t)).unwrap_or(0);
-        if let Some((b, l)) = self.dp.lag.lock().ok().and_then(|l| l.get(name).copied()) {
-            behind = behind.max(b);
-            lag_ms = lag_ms.max(l);
-        }
         Ok(Namespace {
             name: name.to_string(),
             policy: Some(policy_to_proto(policy)),
@@ -403,11 +392,12 @@ impl Objects for ObjectsService {
         let auth = self.authz.state();
         self.dp.front.linearize().await?;
         let mut namespaces = Vec::new();
+        let (lag, now) = (self.lag().await?, now_ms());
         for (name, rec) in self.dp.reader.namespaces().map_err(internal)? {
             if !auth.sees_namespace(&who.identity, &name) {
                 continue;
             }
-            namespaces.push(self.namespace_view(&name, &rec.policy).await?);
+            namespaces.push(self.namespace_view(&name, &rec.policy, &lag, now)?);
         }
         Ok(Response::new(ListNamespacesResponse { namespaces }))
     }
@@ -960,7 +950,7 @@ impl ObjectsService {
         };
         self.write(r.request_id, command).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy).await?),
+            namespace: Some(self.namespace_view(&r.name, &policy, &*self.lag().await?, now_ms())?),
         }))
     }
 
@@ -1003,7 +993,7 @@ impl ObjectsService {
         )
         .await?;
         Ok(Response::new(RekeyNamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy).await?),
+            namespace: Some(self.namespace_view(&r.name, &policy, &*self.lag().await?, now_ms())?),
             rewrapped: keys.generations.len() as u32,
             kek_id,
         }))

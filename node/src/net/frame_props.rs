@@ -72,6 +72,7 @@ fn arb_request() -> impl Strategy<Value = PeerRequest> {
         blob(256).prop_map(Body::ForwardWrite),
         Just(Body::ScrubRun(ScrubRun {})),
         Just(Body::ReadIndex(ReadIndex {})),
+        Just(Body::NsLag(NsLag {})),
         (
             any::<u64>(),
             any::<u64>(),

@@ -15,6 +15,7 @@
 
 mod plan;
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
@@ -36,6 +37,11 @@ pub(crate) const OBJECTS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefin
 pub(crate) const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("obj_chunks");
 /// namespace → [`NsKeys`], for encrypted namespaces only (wrapped keys, never in clear).
 pub(crate) const NS_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("obj_ns_keys");
+/// namespace → (live objects, their bytes), a live object being a key whose latest version
+/// is not a tombstone. Derived from [`OBJECTS`], so that counting a namespace does not walk
+/// it: [`execute`] keeps it in the apply transaction that changes the objects, a snapshot
+/// import rebuilds it, and [`open_usage`] builds it for a database from before it existed.
+pub(crate) const NS_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("obj_ns_usage");
 
 /// The tables the object commands write.
 pub(crate) struct ObjTables<'t> {
@@ -43,6 +49,7 @@ pub(crate) struct ObjTables<'t> {
     pub objects: Table<'t, (&'static str, &'static str, u64), &'static [u8]>,
     pub chunks: Table<'t, &'static [u8], &'static [u8]>,
     pub keys: Table<'t, &'static str, &'static [u8]>,
+    pub usage: Table<'t, &'static str, (u64, u64)>,
 }
 
 fn e<E: std::fmt::Display>(err: E) -> String {
@@ -99,8 +106,137 @@ impl ObjRead for ObjTables<'_> {
     }
 }
 
-/// Writes what a plan decided; decides nothing itself.
+/// The size of `ns/key`'s latest version, or `None` when it has none or it is a tombstone.
+fn latest_live(
+    objects: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
+    ns: &str,
+    key: &str,
+) -> Result<Option<u64>, String> {
+    match objects
+        .range((ns, key, 0u64)..=(ns, key, u64::MAX))
+        .map_err(e)?
+        .next_back()
+    {
+        Some(item) => {
+            let (_, v) = item.map_err(e)?;
+            let r: ObjectRecord = decode(v.value()).map_err(e)?;
+            Ok((!r.deleted).then_some(r.size))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Every namespace's live objects and bytes, counted from the object table in one walk
+/// (versions come in key then version order, so a key's last one is its latest).
+fn count_usage(
+    objects: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
+    only: Option<&str>,
+) -> Result<BTreeMap<String, (u64, u64)>, String> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut latest: Option<(String, String, ObjectRecord)> = None;
+    let mut add = |ns: String, r: ObjectRecord| {
+        if !r.deleted {
+            let u = out.entry(ns).or_default();
+            u.0 += 1;
+            u.1 += r.size;
+        }
+    };
+    let range = match only {
+        Some(ns) => objects.range((ns, "", 0u64)..).map_err(e)?,
+        None => objects.range::<(&str, &str, u64)>(..).map_err(e)?,
+    };
+    for item in range {
+        let (k, v) = item.map_err(e)?;
+        let (ns, key, _) = k.value();
+        if only.is_some_and(|o| o != ns) {
+            break;
+        }
+        if let Some((pns, pkey, r)) = latest.take() {
+            if pns != ns || pkey != key {
+                add(pns, r);
+            }
+        }
+        latest = Some((ns.to_string(), key.to_string(), decode(v.value()).map_err(e)?));
+    }
+    if let Some((ns, _, r)) = latest {
+        add(ns, r);
+    }
+    Ok(out)
+}
+
+/// Replaces the usage table with a count of the object table.
+fn rebuild_usage(
+    objects: &impl ReadableTable<(&'static str, &'static str, u64), &'static [u8]>,
+    usage: &mut Table<'_, &'static str, (u64, u64)>,
+) -> Result<(), String> {
+    let counted = count_usage(objects, None)?;
+    usage.retain(|_, _| false).map_err(e)?;
+    for (ns, u) in &counted {
+        usage.insert(ns.as_str(), u).map_err(e)?;
+    }
+    Ok(())
+}
+
+/// Opens the usage table in `tx`, counting the object table into it when the database is
+/// from a release without it (once: an upgrade's first start walks every object).
+pub(crate) fn open_usage(tx: &redb::WriteTransaction) -> Result<(), String> {
+    use redb::TableHandle;
+    let exists = tx.list_tables().map_err(e)?.any(|h| h.name() == NS_USAGE.name());
+    let mut usage = tx.open_table(NS_USAGE).map_err(e)?;
+    if !exists {
+        let objects = tx.open_table(OBJECTS).map_err(e)?;
+        rebuild_usage(&objects, &mut usage)?;
+    }
+    Ok(())
+}
+
+/// Moves `ns`'s counts by what one key's latest live version weighed before and after.
+fn shift_usage(t: &mut ObjTables<'_>, ns: &str, before: Option<u64>, after: Option<u64>) -> Result<(), String> {
+    if before == after {
+        return Ok(());
+    }
+    let (objects, bytes) = t.usage.get(ns).map_err(e)?.map(|v| v.value()).unwrap_or((0, 0));
+    let shifted = objects
+        .checked_sub(u64::from(before.is_some()))
+        .and_then(|o| o.checked_add(u64::from(after.is_some())))
+        .zip(
+            bytes
+                .checked_sub(before.unwrap_or(0))
+                .and_then(|b| b.checked_add(after.unwrap_or(0))),
+        );
+    let next = match shifted {
+        Some(n) => n,
+        None => {
+            // The counts disagree with the table they are derived from (which only a bug
+            // or a damaged database can do): count this namespace again rather than carry
+            // a wrong figure. The object table is what holds the truth; it is not touched.
+            tracing::error!(
+                namespace = ns,
+                objects,
+                bytes,
+                "namespace usage disagreed with the object table; recounted"
+            );
+            count_usage(&t.objects, Some(ns))?.remove(ns).unwrap_or((0, 0))
+        }
+    };
+    if next == (0, 0) {
+        t.usage.remove(ns).map_err(e)?;
+    } else {
+        t.usage.insert(ns, next).map_err(e)?;
+    }
+    Ok(())
+}
+
+/// Writes what a plan decided; decides nothing itself (the usage counts follow the
+/// object versions it writes).
 fn execute(t: &mut ObjTables<'_>, plan: &ObjPlan) -> Result<(), String> {
+    // Each key this plan writes a version of, with its latest live size before.
+    let mut touched: BTreeMap<(&str, &str), Option<u64>> = BTreeMap::new();
+    for (ns, key, _) in plan.objects.keys() {
+        if let std::collections::btree_map::Entry::Vacant(v) = touched.entry((ns.as_str(), key.as_str())) {
+            v.insert(latest_live(&t.objects, ns, key)?);
+        }
+    }
     for (name, rec) in &plan.ns {
         match rec {
             Some(r) => {
@@ -146,6 +282,10 @@ fn execute(t: &mut ObjTables<'_>, plan: &ObjPlan) -> Result<(), String> {
                 t.keys.remove(name.as_str()).map_err(e)?;
             }
         }
+    }
+    for ((ns, key), before) in touched {
+        let after = latest_live(&t.objects, ns, key)?;
+        shift_usage(t, ns, before, after)?;
     }
     Ok(())
 }
@@ -235,7 +375,8 @@ pub(crate) fn import(t: &mut ObjTables<'_>, snap: &ObjSnapshot) -> Result<(), St
         let b = encode(v).map_err(e)?;
         t.chunks.insert(id.as_slice(), b.as_slice()).map_err(e)?;
     }
-    Ok(())
+    // Snapshots carry no counts: they are derived, so they are counted here.
+    rebuild_usage(&t.objects, &mut t.usage)
 }
 
 /// A listed object version.
@@ -251,17 +392,14 @@ pub struct ObjectEntry {
     pub record: ObjectRecord,
 }
 
-/// A namespace's live objects as [`ObjectReader::namespace_usage`] counts them.
+/// A namespace's live objects (each key's latest version, when it is not a tombstone), as
+/// [`NS_USAGE`] keeps them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NsUsage {
-    /// Live objects (each key's latest version, when it is not a tombstone).
+    /// Live objects.
     pub objects: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Those with a chunk whose recorded holders were judged too few.
-    pub behind: u64,
-    /// Creation time (ms) of the oldest of those.
-    pub oldest_behind_ms: Option<u64>,
 }
 
 /// Read-only queries over the object tables (one read transaction per call).
@@ -435,53 +573,13 @@ impl ObjectReader {
         }
     }
 
-    /// Counts `ns`'s live objects and their bytes, and those with a chunk whose recorded
-    /// holders `short` judges too few. One read transaction, and nothing kept per object,
-    /// so it costs one walk of the namespace's versions and one lookup per chunk.
-    pub fn namespace_usage(&self, ns: &str, short: impl Fn(&[super::NodeId]) -> bool) -> Result<NsUsage, ObjReadError> {
+    /// A namespace's live objects and bytes: one lookup, whatever its size (the counts
+    /// are kept on apply).
+    pub fn namespace_usage(&self, ns: &str) -> Result<NsUsage, ObjReadError> {
         let tx = self.db.begin_read().map_err(re)?;
-        let objects = tx.open_table(OBJECTS).map_err(re)?;
-        let chunks = tx.open_table(CHUNKS).map_err(re)?;
-        let mut usage = NsUsage::default();
-        let mut count = |record: &ObjectRecord| -> Result<(), ObjReadError> {
-            if record.deleted {
-                return Ok(());
-            }
-            usage.objects += 1;
-            usage.bytes += record.size;
-            for c in &record.chunks {
-                let holders = match chunks.get(&c.id[..]).map_err(re)? {
-                    Some(v) => decode::<ChunkRecord>(v.value()).map_err(re)?.holders,
-                    None => Vec::new(),
-                };
-                if short(&holders) {
-                    usage.behind += 1;
-                    let t = usage.oldest_behind_ms.get_or_insert(record.created_ms);
-                    *t = (*t).min(record.created_ms);
-                    break;
-                }
-            }
-            Ok(())
-        };
-        // Versions come in key then version order: a key's last one is its latest.
-        let mut latest: Option<(String, ObjectRecord)> = None;
-        for item in objects.range((ns, "", 0u64)..).map_err(re)? {
-            let (k, v) = item.map_err(re)?;
-            let (n, key, _) = k.value();
-            if n != ns {
-                break;
-            }
-            if let Some((prev, record)) = latest.take() {
-                if prev != key {
-                    count(&record)?;
-                }
-            }
-            latest = Some((key.to_string(), decode(v.value()).map_err(re)?));
-        }
-        if let Some((_, record)) = latest {
-            count(&record)?;
-        }
-        Ok(usage)
+        let t = tx.open_table(NS_USAGE).map_err(re)?;
+        let (objects, bytes) = t.get(ns).map_err(re)?.map(|v| v.value()).unwrap_or((0, 0));
+        Ok(NsUsage { objects, bytes })
     }
 
     /// One chunk's record.
@@ -525,6 +623,7 @@ mod tests {
             objects: tx.open_table(OBJECTS).unwrap(),
             chunks: tx.open_table(CHUNKS).unwrap(),
             keys: tx.open_table(NS_KEYS).unwrap(),
+            usage: tx.open_table(NS_USAGE).unwrap(),
         }
     }
 
@@ -636,8 +735,84 @@ mod tests {
         assert!(reader.list("ns", "", true).unwrap().is_empty());
     }
 
+    /// What a walk of the latest versions gives: the figures the kept counts must equal.
+    fn recount(reader: &ObjectReader, ns: &str) -> NsUsage {
+        let live = reader.list(ns, "", false).unwrap();
+        NsUsage {
+            objects: live.len() as u64,
+            bytes: live.iter().map(|o| o.record.size).sum(),
+        }
+    }
+
+    /// One step of the usage property: (namespace, key, what).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Create(usize, u32),
+        Put(usize, usize, u64, u8),
+        Delete(usize, usize),
+        DropNs(usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..2usize, 1..4u32).prop_map(|(n, k)| Step::Create(n, k)),
+            (0..2usize, 0..4usize, 0..5000u64, 1..6u8).prop_map(|(n, k, size, c)| Step::Put(n, k, size, c)),
+            (0..2usize, 0..4usize).prop_map(|(n, k)| Step::Delete(n, k)),
+            (0..2usize).prop_map(Step::DropNs),
+        ]
+    }
+
     #[test]
-    fn namespace_usage_counts_each_keys_latest_live_version_once() {
+    fn namespace_usage_kept_on_apply_equals_a_recount_after_any_commands() {
+        use proptest::prelude::*;
+        let nss = ["ns", "nt"];
+        let keys = ["a", "b", "c", "d"];
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            // Each transaction is a redb commit with an fsync.
+            cases: 48,
+            ..ProptestConfig::default()
+        });
+        let strategy = proptest::collection::vec(proptest::collection::vec(step(), 1..8), 1..6);
+        let res = runner.run(&strategy, |batches| {
+            let (_dir, db) = db();
+            let reader = ObjectReader::new(db.clone());
+            for batch in batches {
+                let cmds = batch
+                    .iter()
+                    .map(|s| match *s {
+                        Step::Create(n, kept) => Command::NsCreate {
+                            name: nss[n].into(),
+                            policy: NsPolicy {
+                                copies: 1,
+                                min_sites: 1,
+                                versions_kept: kept,
+                                ..NsPolicy::default()
+                            },
+                        },
+                        Step::Put(n, k, size, c) => put_on(nss[n], keys[k], &[c], &[2], 1, size),
+                        Step::Delete(n, k) => Command::ObjDelete {
+                            ns: nss[n].into(),
+                            key: keys[k].into(),
+                        },
+                        Step::DropNs(n) => Command::NsDelete { name: nss[n].into() },
+                    })
+                    .collect();
+                // Refused commands (no such namespace, not empty) change nothing, counts included.
+                apply_all(&db, cmds);
+                for ns in nss {
+                    prop_assert_eq!(reader.namespace_usage(ns).unwrap(), recount(&reader, ns), "{}", ns);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn namespace_usage_is_counted_for_an_older_database_and_after_a_snapshot_import() {
         let (_dir, db) = db();
         let policy = NsPolicy {
             copies: 1,
@@ -645,18 +820,11 @@ mod tests {
             versions_kept: 3,
             ..NsPolicy::default()
         };
-        let mut cmds = vec![
-            Command::NsCreate {
-                name: "ns".into(),
-                policy: policy.clone(),
-            },
-            Command::NsCreate {
-                name: "nt".into(),
-                policy,
-            },
-        ];
-        // a: one holder. b: its old version on one holder, its latest on two. c: deleted.
-        // d: two holders. In another namespace, e on one holder.
+        let mut cmds = vec![Command::NsCreate {
+            name: "ns".into(),
+            policy,
+        }];
+        // b: two versions, the latest counts. c: a tombstone, not counted.
         cmds.push(put_on("ns", "a", &[1], &[2], 30, 10));
         cmds.push(put_on("ns", "b", &[2], &[2], 5, 100));
         cmds.push(put_on("ns", "b", &[3], &[2, 3], 40, 20));
@@ -665,34 +833,45 @@ mod tests {
             ns: "ns".into(),
             key: "c".into(),
         });
-        cmds.push(put_on("ns", "d", &[5], &[2, 3], 50, 40));
-        cmds.push(put_on("nt", "e", &[6], &[2], 2, 1));
         apply_all(&db, cmds);
         let reader = ObjectReader::new(db.clone());
-        let usage = reader.namespace_usage("ns", |h| h.len() < 2).unwrap();
-        assert_eq!(
-            usage,
-            NsUsage {
-                objects: 3,
-                bytes: 10 + 20 + 40,
-                behind: 1,
-                oldest_behind_ms: Some(30),
-            }
-        );
-        // The same counts as listing the latest versions and reading each chunk.
-        let live = reader.list("ns", "", false).unwrap();
-        assert_eq!(live.len() as u64, usage.objects);
-        assert_eq!(live.iter().map(|o| o.record.size).sum::<u64>(), usage.bytes);
-        assert_eq!(
-            reader.namespace_usage("ns", |_| false).unwrap(),
-            NsUsage {
-                behind: 0,
-                oldest_behind_ms: None,
-                ..usage
-            }
-        );
-        assert_eq!(reader.namespace_usage("nt", |h| h.len() < 2).unwrap().behind, 1);
-        assert_eq!(reader.namespace_usage("none", |_| true).unwrap(), NsUsage::default());
+        let want = NsUsage { objects: 2, bytes: 30 };
+        assert_eq!(reader.namespace_usage("ns").unwrap(), want);
+        assert_eq!(recount(&reader, "ns"), want);
+        assert_eq!(reader.namespace_usage("none").unwrap(), NsUsage::default());
+
+        // A database written by a release without the counts: opening it counts them.
+        let tx = db.begin_write().unwrap();
+        assert!(tx.delete_table(NS_USAGE).unwrap());
+        tx.commit().unwrap();
+        let tx = db.begin_write().unwrap();
+        open_usage(&tx).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(reader.namespace_usage("ns").unwrap(), want);
+        // Opening it again does not count twice.
+        let tx = db.begin_write().unwrap();
+        open_usage(&tx).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(reader.namespace_usage("ns").unwrap(), want);
+
+        // A snapshot carries no counts; importing one counts what it holds and drops the rest.
+        let snap = export(&db.begin_read().unwrap()).unwrap();
+        let (_dir2, other) = db_with_other_usage();
+        let tx = other.begin_write().unwrap();
+        import(&mut tables(&tx), &snap).unwrap();
+        tx.commit().unwrap();
+        let r2 = ObjectReader::new(other.clone());
+        assert_eq!(r2.namespace_usage("ns").unwrap(), want);
+        assert_eq!(r2.namespace_usage("gone").unwrap(), NsUsage::default());
+    }
+
+    /// A database whose counts name a namespace that a snapshot will not hold.
+    fn db_with_other_usage() -> (tempfile::TempDir, Arc<redb::Database>) {
+        let (dir, db) = db();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(NS_USAGE).unwrap().insert("gone", (5, 50)).unwrap();
+        tx.commit().unwrap();
+        (dir, db)
     }
 
     /// Walks `list_page` from the start, `page` entries at a time, as the API's cursors do.

@@ -81,7 +81,7 @@ pub fn open_database(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
     {
         tx.open_table(LOG).map_err(|e| StoreError::Io(e.to_string()))?;
         tx.open_table(META).map_err(|e| StoreError::Io(e.to_string()))?;
-        super::state_machine::create_tables(&tx).map_err(|e| StoreError::Io(e.to_string()))?;
+        super::state_machine::create_tables(&tx).map_err(StoreError::Io)?;
     }
     tx.commit().map_err(|e| StoreError::Io(e.to_string()))?;
     Ok(Arc::new(db))

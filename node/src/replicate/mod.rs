@@ -13,7 +13,8 @@
 //! (the one upload pipeline: chunk, store, push, commit; used by the gRPC put and by every
 //! internal small-object put), [`read`] (a verified chunk from wherever a good copy is),
 //! [`placement`] (which nodes get copies), [`plan`] (the repair queue's pure planner),
-//! [`queue`] (the leader's repair loop that executes the plan, and lag metrics), [`scrub`]
+//! [`queue`] (the leader's repair loop that executes the plan, and lag metrics), [`lag`]
+//! (the lag it measured, as namespace queries read it on any node), [`scrub`]
 //! (re-hashing local copies, repair, garbage collection), [`claims`] (chunks about to be
 //! referred to), [`keys`] (the KEKs and the unwrapped data keys of encrypted namespaces;
 //! every path above moves sealed chunks unchanged, only upload and read seal and open).
@@ -23,6 +24,7 @@
 
 pub mod claims;
 pub mod keys;
+pub mod lag;
 pub mod placement;
 pub mod plan;
 pub mod queue;
@@ -122,8 +124,9 @@ pub struct DataPlane {
     scrub_lock: tokio::sync::Mutex<()>,
     /// Hot chunks held by other nodes.
     cache: Arc<ChunkCache>,
-    /// The leader's latest view of each namespace: (objects behind policy, lag ms).
-    pub(crate) lag: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// The leader's latest repair pass's lag per namespace ([`lag`]); `None` on a follower
+    /// and on a leader before its first pass.
+    lag: tokio::sync::watch::Sender<Option<Arc<plan::LagReport>>>,
     /// Node failure and load forecasts, as the leader's risk loop publishes them.
     risk: Arc<dyn RiskSource>,
     /// The repair queue's head and length, as its last pass left them.
@@ -168,7 +171,7 @@ impl DataPlane {
             rpc_timeout,
             scrub_lock: tokio::sync::Mutex::new(()),
             cache,
-            lag: Default::default(),
+            lag: tokio::sync::watch::channel(None).0,
             risk,
             queue_head: Default::default(),
             slow_holders: Default::default(),

@@ -228,6 +228,36 @@ impl Batch {
     }
 }
 
+/// What one repair pass found, per namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LagReport {
+    /// When the pass read the tables (ms since the epoch, the leader's clock).
+    pub scanned_ms: u64,
+    /// Per namespace: objects below policy, and how old (ms) the oldest of them was then.
+    pub by_ns: BTreeMap<String, (u64, u64)>,
+}
+
+impl LagReport {
+    /// `ns`'s objects below policy and its lag (ms) at `now_ms`: the oldest object behind
+    /// has aged since the pass. (0, 0) for a namespace the pass did not see, which held no
+    /// object then.
+    pub fn at(&self, ns: &str, now_ms: u64) -> (u64, u64) {
+        match self.by_ns.get(ns) {
+            Some(&(behind, lag)) if behind > 0 => (behind, lag.saturating_add(now_ms.saturating_sub(self.scanned_ms))),
+            _ => (0, 0),
+        }
+    }
+
+    /// The same figures as of `now_ms`, stamped with it (what the leader sends, so that a
+    /// follower whose clock differs from the leader's does not skew them).
+    pub fn aged(&self, now_ms: u64) -> LagReport {
+        LagReport {
+            scanned_ms: now_ms,
+            by_ns: self.by_ns.keys().map(|ns| (ns.clone(), self.at(ns, now_ms))).collect(),
+        }
+    }
+}
+
 /// What one pass found and what it will do.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -766,5 +796,33 @@ mod tests {
             "an idle link is never waited out"
         );
         assert!(!trough_ahead(None, 0.3, 1e6), "no forecast, no waiting");
+    }
+
+    #[test]
+    fn a_report_aged_for_a_follower_keeps_its_figures_as_of_then() {
+        let r = LagReport {
+            scanned_ms: 10_000,
+            by_ns: [("late".to_string(), (3, 2_000)), ("fine".to_string(), (0, 0))]
+                .into_iter()
+                .collect(),
+        };
+        let sent = r.aged(10_700);
+        assert_eq!(sent.scanned_ms, 10_700);
+        assert_eq!(sent.at("late", 10_700), (3, 2_700));
+        assert_eq!(sent.at("fine", 10_700), (0, 0));
+    }
+
+    #[test]
+    fn a_namespace_behind_ages_from_the_pass_and_one_at_policy_has_no_lag() {
+        let r = LagReport {
+            scanned_ms: 10_000,
+            by_ns: [("late".to_string(), (3, 2_000)), ("fine".to_string(), (0, 0))]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(r.at("late", 10_500), (3, 2_500));
+        assert_eq!(r.at("late", 9_000), (3, 2_000), "a clock step back does not shrink it");
+        assert_eq!(r.at("fine", 99_000), (0, 0));
+        assert_eq!(r.at("new", 99_000), (0, 0));
     }
 }

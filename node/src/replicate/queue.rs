@@ -46,20 +46,29 @@ pub async fn run(dp: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
     let mut scanner: Option<Scanner> = None;
     // The inputs of the last pass, when it found nothing, and the earliest next scan.
     let mut quiet: Option<(Inputs, Instant)> = None;
+    // A node that just took over scans within a tenth of a second, not an interval later:
+    // namespace queries wait for its first report (`super::lag`).
+    let mut leading = false;
     loop {
+        let pause = if leading {
+            every
+        } else {
+            every.min(Duration::from_millis(100))
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !dp.members.is_leader() {
-            // Only the leader measures lag; a former leader's figures would go stale.
-            if let Ok(mut l) = dp.lag.lock() {
-                l.clear();
+        let led = std::mem::replace(&mut leading, dp.members.is_leader());
+        if !leading {
+            if led {
+                // Only the leader measures lag; a former leader's figures would go stale.
+                dp.publish_lag(None);
+                if let Ok(mut h) = dp.queue_head.lock() {
+                    *h = Default::default();
+                }
+                quiet = None;
             }
-            if let Ok(mut h) = dp.queue_head.lock() {
-                *h = Default::default();
-            }
-            quiet = None;
             continue;
         }
         let risk = dp.risk.view();
@@ -230,6 +239,7 @@ async fn pass(
         u64::MAX
     };
     let started = Instant::now();
+    let scanned_ms = crate::clock::wall_ms();
     let p = scanner.scan(inputs.clone(), risk.clone(), budget).await?;
     let scan = started.elapsed();
     metrics::histogram!("ark_repair_scan_seconds").record(scan.as_secs_f64());
@@ -238,9 +248,10 @@ async fn pass(
         metrics::gauge!("ark_namespace_lag_seconds", "namespace" => ns.clone()).set(*lag_ms as f64 / 1000.0);
         metrics::gauge!("ark_namespace_behind_objects", "namespace" => ns.clone()).set(*behind as f64);
     }
-    if let Ok(mut l) = dp.lag.lock() {
-        *l = p.lag.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    }
+    dp.publish_lag(Some(plan::LagReport {
+        scanned_ms,
+        by_ns: p.lag.clone(),
+    }));
     metrics::gauge!("ark_replication_queue_chunks").set(p.queued as f64);
     metrics::gauge!("ark_replication_queue_head_loss_probability")
         .set(p.head.first().map_or(0.0, |e| e.loss_probability));

@@ -100,6 +100,7 @@ impl DataPlane {
             peer_request::Body::ChunkPull(p) => self.handle_pull(p).await,
             peer_request::Body::ForwardWrite(b) => self.front.serve_forwarded_write(&b).await,
             peer_request::Body::ReadIndex(_) => self.front.serve_read_index().await,
+            peer_request::Body::NsLag(_) => self.serve_ns_lag().await,
             peer_request::Body::Campaign(_) => {
                 peer_response::Body::Failure("campaign request sent to the data plane".into())
             }

@@ -36,18 +36,20 @@ pub struct StoredValue {
     pub value: Vec<u8>,
 }
 
-pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableError> {
-    tx.open_table(KV)?;
-    tx.open_table(SESSIONS)?;
-    tx.open_table(SESSIONS_BY_TIME)?;
-    tx.open_table(SM_META)?;
-    tx.open_table(SNAPSHOT)?;
-    tx.open_table(objects::NAMESPACES)?;
-    tx.open_table(objects::OBJECTS)?;
-    tx.open_table(objects::CHUNKS)?;
-    tx.open_table(crate::raft::auth::AUTH)?;
-    tx.open_table(objects::NS_KEYS)?;
-    tx.open_table(crate::raft::roles::ROLES)?;
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), String> {
+    let e = |err: redb::TableError| err.to_string();
+    tx.open_table(KV).map_err(e)?;
+    tx.open_table(SESSIONS).map_err(e)?;
+    tx.open_table(SESSIONS_BY_TIME).map_err(e)?;
+    tx.open_table(SM_META).map_err(e)?;
+    tx.open_table(SNAPSHOT).map_err(e)?;
+    tx.open_table(objects::NAMESPACES).map_err(e)?;
+    tx.open_table(objects::OBJECTS).map_err(e)?;
+    tx.open_table(objects::CHUNKS).map_err(e)?;
+    tx.open_table(crate::raft::auth::AUTH).map_err(e)?;
+    tx.open_table(objects::NS_KEYS).map_err(e)?;
+    tx.open_table(crate::raft::roles::ROLES).map_err(e)?;
+    objects::open_usage(tx)?;
     Ok(())
 }
 
@@ -65,6 +67,7 @@ pub(super) fn obj_tables(tx: &WriteTransaction) -> Result<ObjTables<'_>, Storage
         objects: tx.open_table(objects::OBJECTS).map_err(sm_write_err)?,
         chunks: tx.open_table(objects::CHUNKS).map_err(sm_write_err)?,
         keys: tx.open_table(objects::NS_KEYS).map_err(sm_write_err)?,
+        usage: tx.open_table(objects::NS_USAGE).map_err(sm_write_err)?,
     })
 }
 
