@@ -26,6 +26,7 @@
 #      minute (6 while its inode-table block is dirty), so a run that starts right after another
 #      run's clean-up (hundreds of thousands of chunk files deleted) creates its chunk files
 #      ever more slowly (docs/benchmarks.md, "Scale, re-measured").
+#      KEEP_LOGS=DIR: copy every node's arkd.log there before the clean-up.
 #      LOCK=FILE: each heavy step (playground start, batch, put, catch-up) runs holding
 #      `flock FILE`, released in between; no process a step starts keeps it.
 # Needs: jq; a release build (cargo build --release -p ark-cli -p ark-node), or ARK=path/to/ark
@@ -47,9 +48,19 @@ command -v jq >/dev/null || { echo "jq not found: apt-get install jq" >&2; exit 
 [ -x "$ARK" ] || { echo "build first: cargo build --release -p ark-cli -p ark-node" >&2; exit 1; }
 
 WORK=$(mktemp -d /var/tmp/ark-scale-XXXXXX)
+# keep_logs PG: with KEEP_LOGS=DIR, the nodes' logs outlive the run (leader changes, refused puts).
+keep_logs() {
+  if [ -n "${KEEP_LOGS:-}" ] && [ -d "$1" ]; then
+    mkdir -p "$KEEP_LOGS/$(basename "$1")"
+    find "$1" -name arkd.log | while read -r f; do
+      cp "$f" "$KEEP_LOGS/$(basename "$1")/$(basename "$(dirname "$f")").log"
+    done
+  fi
+}
 cleanup() {
   for pg in "$WORK/p1" "$WORK/p2"; do
     [ -f "$pg/playground.json" ] && "$ARK" playground down --dir "$pg" >/dev/null 2>&1 || true
+    keep_logs "$pg"
   done
   rm -rf "$WORK"
 }
@@ -182,14 +193,19 @@ if [ "$COUNT" -gt 0 ]; then
   # repair queue looks at every object and chunk on each pass).
   sleep 5
   idle_cpu "$P1" 10
-  # One namespace listing (every namespace's counts), timed.
-  t0=$(now)
-  if "$ARK" "${C1[@]}" ns ls >/dev/null 2>"$WORK/ns-ls.err"; then
-    echo "# ark ns ls with $done_n objects: $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }') s"
-  else
-    echo "# ark ns ls with $done_n objects failed: $(head -c 300 "$WORK/ns-ls.err")"
-  fi
+  # One namespace listing (every namespace's counts) through each node, timed: a follower
+  # asks the leader for the lag (peer request NsLag), the counts are its own.
+  for id in $(jq -r '.nodes[].id' "$P1/playground.json"); do
+    t0=$(now)
+    if "$ARK" "${C1[@]}" --endpoint "$(node_field "$P1" "$id" client_addr)" ns ls --json >"$WORK/ns-ls.out" 2>"$WORK/ns-ls.err"; then
+      echo "# ark ns ls through node $id with $done_n objects: $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }') s:" \
+        "$(jq -c '.[] | select(.name == "scale") | {objects, bytes, behind, lag_ms}' "$WORK/ns-ls.out")"
+    else
+      echo "# ark ns ls through node $id with $done_n objects failed: $(head -c 300 "$WORK/ns-ls.err")"
+    fi
+  done
   L "$ARK" playground down --dir "$P1" >/dev/null
+  keep_logs "$P1"
   rm -rf "$P1"
 fi
 
