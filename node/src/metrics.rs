@@ -74,6 +74,7 @@ const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     ("ark_sm_flush_seconds", LATENCY_SECONDS),
     ("ark_raft_log_fsync_seconds", LATENCY_SECONDS),
     ("ark_repair_scan_seconds", LATENCY_SECONDS),
+    ("ark_raft_snapshot_build_seconds", LATENCY_SECONDS),
     ("ark_raft_entry_ops", ENTRY_OPS),
     ("ark_raft_log_flush_batch_size", LOG_BATCH_OPS),
 ];

@@ -212,3 +212,59 @@ fn roles_apply_and_travel_in_snapshots() {
         assert!(!view.is_witness(3));
     });
 }
+
+#[test]
+fn a_snapshot_is_built_off_the_runtime() {
+    // One runtime thread: a build that read and encoded every record on it would stop every
+    // other task (heartbeats, replication) until it finished.
+    let rt = rt();
+    rt.block_on(async {
+        let mut n = node();
+        let entries: Vec<_> = (0..50u64)
+            .map(|e| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), e + 1),
+                payload: EntryPayload::Normal(Request {
+                    proposed_at_ms: 1_000,
+                    ops: (0..1000)
+                        .map(|i| Op {
+                            request_id: format!("r{e}-{i}").into_bytes(),
+                            command: Command::Put {
+                                key: format!("k{e}-{i}"),
+                                value: vec![7; 64],
+                            },
+                        })
+                        .collect(),
+                }),
+            })
+            .collect();
+        n.sm.apply(entries).await.unwrap();
+        // The first build also writes the applied state out; the second only reads it.
+        n.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = tokio::spawn({
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let s = n.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let took_ms = started.elapsed().as_millis() as u64;
+        let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ticker.await.unwrap();
+        assert!(s.snapshot.into_inner().len() > 50_000 * 64);
+        // Ticking every millisecond, the other task ran throughout the build.
+        assert!(
+            during >= (took_ms / 10).max(2),
+            "another task ran {during} times during a {took_ms} ms build"
+        );
+    });
+}

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use openraft::{LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
-use redb::{Durability, ReadableTable};
+use redb::{Database, Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::machine::StateMachine;
@@ -224,90 +224,118 @@ impl StateMachine {
     /// Everything applied so far, as a snapshot body and its meta, without keeping it: what
     /// openraft's snapshot builder stores, and what a metadata backup (`raft::backup`)
     /// writes to a file. Covers at least every entry applied when it was called.
-    pub(crate) async fn export(&mut self) -> Result<(SnapshotMeta<NodeId, ArkNode>, Vec<u8>), StorageError<NodeId>> {
+    pub(crate) async fn export(&mut self) -> Result<Exported, StorageError<NodeId>> {
         // Everything applied so far goes to redb first; then one read transaction gives the
         // tables and the applied position as one consistent view even while apply() goes on.
         self.flush_overlay().await?;
-        let (meta, data) = {
-            let tx = self.db.begin_read().map_err(sm_read_err)?;
-            let m = tx.open_table(SM_META).map_err(sm_read_err)?;
-            let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
-                Some(v) => decode(v.value()).map_err(sm_read_err)?,
-                None => None,
-            };
-            let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
-                Some(v) => decode(v.value()).map_err(sm_read_err)?,
-                None => StoredMembership::default(),
-            };
-            let kvt = tx.open_table(KV).map_err(sm_read_err)?;
-            let mut kv = Vec::new();
-            for item in kvt.iter().map_err(sm_read_err)? {
-                let (k, v) = item.map_err(sm_read_err)?;
-                kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
-            }
-            let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
-            let mut sessions = Vec::new();
-            for item in st.iter().map_err(sm_read_err)? {
-                let (k, v) = item.map_err(sm_read_err)?;
-                sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
-            }
-            let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
-            let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let rt = tx.open_table(roles::ROLES).map_err(sm_read_err)?;
-            let node_roles = roles::load(&rt).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-            let sections = vec![
-                (
-                    SECTION_AUTH.to_string(),
-                    serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
-                ),
-                (
-                    SECTION_NS_KEYS.to_string(),
-                    serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
-                ),
-                (
-                    SECTION_ROLES.to_string(),
-                    serde_bytes::ByteBuf::from(encode(&node_roles).map_err(sm_read_err)?),
-                ),
-            ];
-            let data = encode(&SnapshotBody {
-                kv,
-                sessions,
-                objects,
-                sections,
-            })
-            .map_err(sm_read_err)?;
-            let snapshot_id = match last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
-                None => format!("empty-{}", rand::random::<u32>()),
-            };
-            (
-                SnapshotMeta {
-                    last_log_id: last_applied,
-                    last_membership: membership,
-                    snapshot_id,
-                },
-                data,
-            )
-        };
-        Ok((meta, data))
+        // Reading and encoding every record takes seconds at a million objects: off the
+        // runtime, whose workers also carry heartbeats and replication.
+        let db = self.db.clone();
+        off_runtime(move || export_db(&db)).await
     }
+}
+
+/// A snapshot's meta and its encoded body.
+pub(crate) type Exported = (SnapshotMeta<NodeId, ArkNode>, Vec<u8>);
+
+/// Runs `f` on the blocking pool (a panic there is a storage error, not a lost task).
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
+) -> Result<T, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| sm_read_err(std::io::Error::other(format!("snapshot task failed: {e}"))))?
+}
+
+/// The body of [`StateMachine::export`], from one read transaction of `db`.
+fn export_db(db: &Database) -> Result<Exported, StorageError<NodeId>> {
+    let (meta, data) = {
+        let tx = db.begin_read().map_err(sm_read_err)?;
+        let m = tx.open_table(SM_META).map_err(sm_read_err)?;
+        let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
+            Some(v) => decode(v.value()).map_err(sm_read_err)?,
+            None => None,
+        };
+        let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
+            Some(v) => decode(v.value()).map_err(sm_read_err)?,
+            None => StoredMembership::default(),
+        };
+        let kvt = tx.open_table(KV).map_err(sm_read_err)?;
+        let mut kv = Vec::new();
+        for item in kvt.iter().map_err(sm_read_err)? {
+            let (k, v) = item.map_err(sm_read_err)?;
+            kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
+        }
+        let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
+        let mut sessions = Vec::new();
+        for item in st.iter().map_err(sm_read_err)? {
+            let (k, v) = item.map_err(sm_read_err)?;
+            sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
+        }
+        let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+        let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
+        let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+        let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+        let rt = tx.open_table(roles::ROLES).map_err(sm_read_err)?;
+        let node_roles = roles::load(&rt).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+        let sections = vec![
+            (
+                SECTION_AUTH.to_string(),
+                serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
+            ),
+            (
+                SECTION_NS_KEYS.to_string(),
+                serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
+            ),
+            (
+                SECTION_ROLES.to_string(),
+                serde_bytes::ByteBuf::from(encode(&node_roles).map_err(sm_read_err)?),
+            ),
+        ];
+        let data = encode(&SnapshotBody {
+            kv,
+            sessions,
+            objects,
+            sections,
+        })
+        .map_err(sm_read_err)?;
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("empty-{}", rand::random::<u32>()),
+        };
+        (
+            SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            data,
+        )
+    };
+    Ok((meta, data))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let started = Instant::now();
         let (meta, data) = self.export().await?;
-        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
-        tx.set_durability(Durability::None);
-        {
-            let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
-            let sm = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
-            snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
-            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
-        }
-        tx.commit().map_err(sm_write_err)?;
+        let db = self.db.clone();
+        let kept = meta.clone();
+        let data = off_runtime(move || {
+            let mut tx = db.begin_write().map_err(sm_write_err)?;
+            tx.set_durability(Durability::None);
+            {
+                let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
+                let sm = encode(&StoredSnapshot { meta: kept }).map_err(sm_write_err)?;
+                snap.insert(KEY_SNAP_META, sm.as_slice()).map_err(sm_write_err)?;
+                snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(sm_write_err)?;
+            }
+            tx.commit().map_err(sm_write_err)?;
+            Ok(data)
+        })
+        .await?;
         metrics::counter!("ark_raft_snapshots_built_total").increment(1);
+        metrics::histogram!("ark_raft_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -318,12 +346,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// Describes this file's metrics (HELP text and unit) to the recorder; called once at
 /// start-up by `server` (through `metrics::install`).
 pub(crate) fn describe_metrics() {
-    use metrics::describe_counter;
+    use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
         "ark_raft_snapshots_installed_total",
         "Raft snapshots received from a leader and installed."
     );
     describe_counter!("ark_raft_snapshots_built_total", "Raft snapshots built by this node.");
+    describe_histogram!(
+        "ark_raft_snapshot_build_seconds",
+        Unit::Seconds,
+        "Time to build one Raft snapshot: write the applied state out, read and encode every record, store it."
+    );
 }
 
 #[cfg(test)]
