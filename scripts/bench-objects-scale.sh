@@ -193,6 +193,13 @@ if [ "$COUNT" -gt 0 ]; then
   # repair queue looks at every object and chunk on each pass).
   sleep 5
   idle_cpu "$P1" 10
+  # Raft snapshots each node built and how long they took (builds before the metric: none),
+  # and the term: 2 after the first election, one more per leadership change.
+  for id in $(jq -r '.nodes[].id' "$P1/playground.json"); do
+    echo "# node $id: term $(metric "$P1" "$id" ark_raft_term), snapshots built" \
+      "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_count) in" \
+      "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_sum) s"
+  done
   # One namespace listing (every namespace's counts) through each node, timed: a follower
   # asks the leader for the lag (peer request NsLag), the counts are its own.
   for id in $(jq -r '.nodes[].id' "$P1/playground.json"); do
