@@ -798,14 +798,19 @@ mod tests {
         assert!(!trough_ahead(None, 0.3, 1e6), "no forecast, no waiting");
     }
 
-    #[test]
-    fn a_report_aged_for_a_follower_keeps_its_figures_as_of_then() {
-        let r = LagReport {
+    /// "late": 3 objects behind, the oldest 2 s old at the pass; "fine": none behind.
+    fn two_namespaces_scanned_at_10s() -> LagReport {
+        LagReport {
             scanned_ms: 10_000,
             by_ns: [("late".to_string(), (3, 2_000)), ("fine".to_string(), (0, 0))]
                 .into_iter()
                 .collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_report_aged_for_a_follower_keeps_its_figures_as_of_then() {
+        let r = two_namespaces_scanned_at_10s();
         let sent = r.aged(10_700);
         assert_eq!(sent.scanned_ms, 10_700);
         assert_eq!(sent.at("late", 10_700), (3, 2_700));
@@ -814,12 +819,7 @@ mod tests {
 
     #[test]
     fn a_namespace_behind_ages_from_the_pass_and_one_at_policy_has_no_lag() {
-        let r = LagReport {
-            scanned_ms: 10_000,
-            by_ns: [("late".to_string(), (3, 2_000)), ("fine".to_string(), (0, 0))]
-                .into_iter()
-                .collect(),
-        };
+        let r = two_namespaces_scanned_at_10s();
         assert_eq!(r.at("late", 10_500), (3, 2_500));
         assert_eq!(r.at("late", 9_000), (3, 2_000), "a clock step back does not shrink it");
         assert_eq!(r.at("fine", 99_000), (0, 0));
