@@ -204,7 +204,7 @@ impl ObjectsService {
         let policy = policy_from_proto(policy)?;
         self.write(request_id, make(name.clone(), policy.clone())).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&name, &policy, &*self.lag().await?, now_ms())?),
+            namespace: Some(self.namespace_now(&name, &policy).await?),
         }))
     }
 
@@ -259,6 +259,11 @@ impl ObjectsService {
     /// be had: no leader, or one that has not finished a pass since it took over).
     async fn lag(&self) -> Result<Arc<LagReport>, Status> {
         self.dp.leader_lag().await.map_err(Status::unavailable)
+    }
+
+    /// One namespace's view now, as a namespace write answers it.
+    async fn namespace_now(&self, name: &str, policy: &NsPolicy) -> Result<Namespace, Status> {
+        self.namespace_view(name, policy, &*self.lag().await?, now_ms())
     }
 
     /// The namespace as `GetNamespace` and `ListNamespaces` show it: its counts are kept
@@ -950,7 +955,7 @@ impl ObjectsService {
         };
         self.write(r.request_id, command).await?;
         Ok(Response::new(NamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy, &*self.lag().await?, now_ms())?),
+            namespace: Some(self.namespace_now(&r.name, &policy).await?),
         }))
     }
 
@@ -993,7 +998,7 @@ impl ObjectsService {
         )
         .await?;
         Ok(Response::new(RekeyNamespaceResponse {
-            namespace: Some(self.namespace_view(&r.name, &policy, &*self.lag().await?, now_ms())?),
+            namespace: Some(self.namespace_now(&r.name, &policy).await?),
             rewrapped: keys.generations.len() as u32,
             kek_id,
         }))

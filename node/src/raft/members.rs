@@ -123,7 +123,7 @@ pub fn sites_of(members: &[Peer], nodes: &[NodeId]) -> BTreeSet<String> {
 }
 
 /// Each member's site as a small number, so that counting the sites of a chunk's holders
-/// allocates nothing (the repair planner and the namespace counts do it for every chunk).
+/// allocates nothing (the repair planner does it for every chunk).
 /// Counts as [`sites_of`] does: a node that is not a member is a site of its own.
 pub struct SiteIndex(std::collections::HashMap<NodeId, u64>);
 

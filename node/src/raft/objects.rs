@@ -813,7 +813,10 @@ mod tests {
 
     #[test]
     fn namespace_usage_is_counted_for_an_older_database_and_after_a_snapshot_import() {
-        let (_dir, db) = db();
+        // Through the node's own open, so that the start-up path is what is checked.
+        let dir = tempfile::tempdir().unwrap();
+        let open = || crate::raft::store::open_database(dir.path()).unwrap();
+        let db = open();
         let policy = NsPolicy {
             copies: 1,
             min_sites: 1,
@@ -844,14 +847,14 @@ mod tests {
         let tx = db.begin_write().unwrap();
         assert!(tx.delete_table(NS_USAGE).unwrap());
         tx.commit().unwrap();
-        let tx = db.begin_write().unwrap();
-        open_usage(&tx).unwrap();
-        tx.commit().unwrap();
+        drop((reader, db));
+        let db = open();
+        let reader = ObjectReader::new(db.clone());
         assert_eq!(reader.namespace_usage("ns").unwrap(), want);
         // Opening it again does not count twice.
-        let tx = db.begin_write().unwrap();
-        open_usage(&tx).unwrap();
-        tx.commit().unwrap();
+        drop((reader, db));
+        let db = open();
+        let reader = ObjectReader::new(db.clone());
         assert_eq!(reader.namespace_usage("ns").unwrap(), want);
 
         // A snapshot carries no counts; importing one counts what it holds and drops the rest.

@@ -32,19 +32,17 @@ impl DataPlane {
             return Err(format!("node {} is not the leader", self.id));
         }
         let mut rx = self.lag.subscribe();
-        let waited = match tokio::time::timeout(FIRST_PASS_WAIT, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(r)) => Ok(r.as_ref().cloned()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Ok(None),
+        let report = match tokio::time::timeout(FIRST_PASS_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(r)) => r.clone(),
+            Ok(Err(_)) => return Err("the repair loop has stopped".into()),
+            Err(_) => None,
         };
-        match waited {
-            Ok(Some(r)) => Ok(r),
-            Err(_) => Err("the repair loop has stopped".into()),
-            Ok(None) => Err(format!(
+        report.ok_or_else(|| {
+            format!(
                 "leader {} has not finished a repair pass since it took over; try again shortly",
                 self.id
-            )),
-        }
+            )
+        })
     }
 
     /// The leader's latest report: its own on the leader, asked of it from a follower.

@@ -261,8 +261,9 @@ impl LagReport {
 /// What one pass found and what it will do.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// Per namespace: objects below policy, and the age (ms) of the oldest of them.
-    pub lag: BTreeMap<String, (u64, u64)>,
+    /// Per namespace: objects below policy, and the age (ms) of the oldest of them, as of
+    /// the snapshot's time.
+    pub lag: LagReport,
     /// Chunks no live node holds.
     pub lost: u64,
     /// Chunks below their (safe) policy.
@@ -380,14 +381,17 @@ pub fn plan(s: &Snapshot, risk: &RiskView, batch_bytes_max: u64) -> Plan {
             }
         }
     }
-    let lag = s
-        .namespaces
-        .keys()
-        .map(|ns| {
-            let (n, oldest) = behind.get(ns.as_str()).copied().unwrap_or((0, s.now_ms));
-            (ns.clone(), (n, s.now_ms.saturating_sub(oldest)))
-        })
-        .collect();
+    let lag = LagReport {
+        scanned_ms: s.now_ms,
+        by_ns: s
+            .namespaces
+            .keys()
+            .map(|ns| {
+                let (n, oldest) = behind.get(ns.as_str()).copied().unwrap_or((0, s.now_ms));
+                (ns.clone(), (n, s.now_ms.saturating_sub(oldest)))
+            })
+            .collect(),
+    };
 
     order(&mut work, risk.ordering);
     let head = work
@@ -656,7 +660,7 @@ mod tests {
         let r = risk(QueueOrdering::ExpectedLoss, &[(3, 0.95), (5, 0.97)]);
         let p = plan(&s, &r, u64::MAX);
         assert_eq!(p.queued, 1);
-        assert_eq!(p.lag["ns"].0, 0, "on live holders it is within policy, so no lag");
+        assert_eq!(p.lag.by_ns["ns"].0, 0, "on live holders it is within policy, so no lag");
         for b in &p.batches {
             assert!(
                 !r.at_risk(b.target.id),
@@ -681,7 +685,7 @@ mod tests {
         let p = plan(&s, &RiskView::blind(QueueOrdering::ExpectedLoss, 3600.0), u64::MAX);
         assert_eq!(p.lost, 1, "chunk 3's only holder is down");
         assert_eq!(
-            p.lag["ns"],
+            p.lag.by_ns["ns"],
             (3, s.now_ms - 1_000),
             "three objects behind, the oldest's age"
         );

@@ -239,19 +239,15 @@ async fn pass(
         u64::MAX
     };
     let started = Instant::now();
-    let scanned_ms = crate::clock::wall_ms();
     let p = scanner.scan(inputs.clone(), risk.clone(), budget).await?;
     let scan = started.elapsed();
     metrics::histogram!("ark_repair_scan_seconds").record(scan.as_secs_f64());
     metrics::gauge!("ark_chunks_without_live_copy").set(p.lost as f64);
-    for (ns, (behind, lag_ms)) in &p.lag {
+    for (ns, (behind, lag_ms)) in &p.lag.by_ns {
         metrics::gauge!("ark_namespace_lag_seconds", "namespace" => ns.clone()).set(*lag_ms as f64 / 1000.0);
         metrics::gauge!("ark_namespace_behind_objects", "namespace" => ns.clone()).set(*behind as f64);
     }
-    dp.publish_lag(Some(plan::LagReport {
-        scanned_ms,
-        by_ns: p.lag.clone(),
-    }));
+    dp.publish_lag(Some(p.lag.clone()));
     metrics::gauge!("ark_replication_queue_chunks").set(p.queued as f64);
     metrics::gauge!("ark_replication_queue_head_loss_probability")
         .set(p.head.first().map_or(0.0, |e| e.loss_probability));

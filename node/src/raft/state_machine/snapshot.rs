@@ -283,70 +283,67 @@ async fn off_runtime<T: Send + 'static>(
 
 /// The body of [`StateMachine::export`], from one read transaction of `db`.
 fn export_db(db: &Database) -> Result<Exported, StorageError<NodeId>> {
-    let (meta, data) = {
-        let tx = db.begin_read().map_err(sm_read_err)?;
-        let m = tx.open_table(SM_META).map_err(sm_read_err)?;
-        let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
-            Some(v) => decode(v.value()).map_err(sm_read_err)?,
-            None => None,
-        };
-        let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
-            Some(v) => decode(v.value()).map_err(sm_read_err)?,
-            None => StoredMembership::default(),
-        };
-        let kvt = tx.open_table(KV).map_err(sm_read_err)?;
-        let mut kv = Vec::new();
-        for item in kvt.iter().map_err(sm_read_err)? {
-            let (k, v) = item.map_err(sm_read_err)?;
-            kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
-        }
-        let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
-        let mut sessions = Vec::new();
-        for item in st.iter().map_err(sm_read_err)? {
-            let (k, v) = item.map_err(sm_read_err)?;
-            sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
-        }
-        let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-        let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
-        let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-        let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-        let rt = tx.open_table(roles::ROLES).map_err(sm_read_err)?;
-        let node_roles = roles::load(&rt).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
-        let sections = vec![
-            (
-                SECTION_AUTH.to_string(),
-                serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
-            ),
-            (
-                SECTION_NS_KEYS.to_string(),
-                serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
-            ),
-            (
-                SECTION_ROLES.to_string(),
-                serde_bytes::ByteBuf::from(encode(&node_roles).map_err(sm_read_err)?),
-            ),
-        ];
-        let data = encode(&SnapshotBody {
-            kv,
-            sessions,
-            objects,
-            sections,
-        })
-        .map_err(sm_read_err)?;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
-            None => format!("empty-{}", rand::random::<u32>()),
-        };
-        (
-            SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership: membership,
-                snapshot_id,
-            },
-            data,
-        )
+    let tx = db.begin_read().map_err(sm_read_err)?;
+    let m = tx.open_table(SM_META).map_err(sm_read_err)?;
+    let last_applied: Option<LogId<NodeId>> = match m.get(KEY_APPLIED).map_err(sm_read_err)? {
+        Some(v) => decode(v.value()).map_err(sm_read_err)?,
+        None => None,
     };
-    Ok((meta, data))
+    let membership: StoredMembership<NodeId, ArkNode> = match m.get(KEY_MEMBERSHIP).map_err(sm_read_err)? {
+        Some(v) => decode(v.value()).map_err(sm_read_err)?,
+        None => StoredMembership::default(),
+    };
+    let kvt = tx.open_table(KV).map_err(sm_read_err)?;
+    let mut kv = Vec::new();
+    for item in kvt.iter().map_err(sm_read_err)? {
+        let (k, v) = item.map_err(sm_read_err)?;
+        kv.push((k.value().to_string(), decode(v.value()).map_err(sm_read_err)?));
+    }
+    let st = tx.open_table(SESSIONS).map_err(sm_read_err)?;
+    let mut sessions = Vec::new();
+    for item in st.iter().map_err(sm_read_err)? {
+        let (k, v) = item.map_err(sm_read_err)?;
+        sessions.push((k.value().to_vec(), decode(v.value()).map_err(sm_read_err)?));
+    }
+    let objects = objects::export(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+    let at = tx.open_table(auth::AUTH).map_err(sm_read_err)?;
+    let auth_state = auth::load(&at).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+    let ns_keys = objects::export_keys(&tx).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+    let rt = tx.open_table(roles::ROLES).map_err(sm_read_err)?;
+    let node_roles = roles::load(&rt).map_err(|e| sm_read_err(std::io::Error::other(e)))?;
+    let sections = vec![
+        (
+            SECTION_AUTH.to_string(),
+            serde_bytes::ByteBuf::from(encode(&auth_state).map_err(sm_read_err)?),
+        ),
+        (
+            SECTION_NS_KEYS.to_string(),
+            serde_bytes::ByteBuf::from(encode(&ns_keys).map_err(sm_read_err)?),
+        ),
+        (
+            SECTION_ROLES.to_string(),
+            serde_bytes::ByteBuf::from(encode(&node_roles).map_err(sm_read_err)?),
+        ),
+    ];
+    let data = encode(&SnapshotBody {
+        kv,
+        sessions,
+        objects,
+        sections,
+    })
+    .map_err(sm_read_err)?;
+    let snapshot_id = match last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+        None => format!("empty-{}", rand::random::<u32>()),
+    };
+    Ok((
+        SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        },
+        data,
+    ))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
