@@ -6,8 +6,9 @@
 # process per batch, so that each can run under its own lock), CLIENTS closed-loop clients,
 # latency reported per slice of SLICE objects, and after each slice GET_SAMPLE verified gets
 # of objects drawn from the batch so far. Before the first batch and after each one, every
-# node's resident memory (VmRSS and VmHWM from /proc/<pid>/status), the size of its redb file
-# and its number of chunk files; the memory and metadata per object follow from the growth.
+# node's resident memory (VmRSS and VmHWM from /proc/<pid>/status), the size of its redb file,
+# its number of chunk files and the bytes it has written to storage (`write_bytes` from
+# /proc/<pid>/io); the memory, metadata and writes per object follow from the growth.
 #
 # Part 2, a new node catching up (CATCHUP_GIB > 0; set 0 to skip): a fresh playground, a sync
 # namespace with 3 copies holding CATCHUP_GIB of 16 MiB objects (so a few thousand chunks,
@@ -83,7 +84,8 @@ L() {
 }
 now() { date +%s.%N; }
 node_field() { jq -r --argjson n "$2" ".nodes[] | select(.id == \$n) | .$3" "$1/playground.json"; }
-# per_node PG: one line per node: id rss_kib hwm_kib redb_bytes chunk_files
+# per_node PG: one line per node: id rss_kib hwm_kib redb_bytes chunk_files write_bytes (the
+# bytes the process has caused to be written to storage, from /proc/<pid>/io)
 per_node() {
   local pg=$1 id pid dd
   for id in $(jq -r '.nodes[].id' "$pg/playground.json"); do
@@ -91,18 +93,21 @@ per_node() {
     dd=$(node_field "$pg" "$id" data_dir)
     [ -d "/proc/$pid" ] || continue
     echo "$id $(awk '/^VmRSS/ { r = $2 } /^VmHWM/ { h = $2 } END { print r, h }' "/proc/$pid/status")" \
-      "$(stat -c %s "$dd/ark.redb")" "$(find "$dd/chunks" -type f | wc -l)"
+      "$(stat -c %s "$dd/ark.redb")" "$(find "$dd/chunks" -type f | wc -l)" \
+      "$(awk '/^write_bytes/ { print $2 }' "/proc/$pid/io")"
   done
 }
 # show LABEL LINES: prints per_node lines.
 show() {
-  echo "$2" | awk -v l="$1" '{ printf "# %s node %s: rss %.1f MiB (peak %.1f), redb %.1f MiB, %d chunk files\n", l, $1, $2 / 1024, $3 / 1024, $4 / 1048576, $5 }'
+  echo "$2" | awk -v l="$1" '{ printf "# %s node %s: rss %.1f MiB (peak %.1f), redb %.1f MiB, %d chunk files, %.2f GiB written\n", l, $1, $2 / 1024, $3 / 1024, $4 / 1048576, $5, $6 / 1073741824 }'
 }
-# growth BEFORE AFTER OBJECTS CHUNKS: per node, growth per object and per chunk.
+# growth BEFORE AFTER OBJECTS CHUNKS: per node, growth per object and per chunk, and the bytes
+# written to storage per object.
 growth() {
   join <(echo "$1") <(echo "$2") | awk -v o="$3" -v c="$4" '{
-    printf "# growth node %s: rss %+.1f MiB = %.0f B/object, %.0f B/chunk; redb %+.1f MiB = %.0f B/object, %.0f B/chunk (%d objects, %d chunks)\n",
-      $1, ($6 - $2) / 1024, ($6 - $2) * 1024 / o, ($6 - $2) * 1024 / c, ($8 - $4) / 1048576, ($8 - $4) / o, ($8 - $4) / c, o, c }'
+    printf "# growth node %s: rss %+.1f MiB = %.0f B/object, %.0f B/chunk; redb %+.1f MiB = %.0f B/object, %.0f B/chunk; written %.2f GiB = %.1f KiB/object (%d objects, %d chunks)\n",
+      $1, ($7 - $2) / 1024, ($7 - $2) * 1024 / o, ($7 - $2) * 1024 / c, ($9 - $4) / 1048576, ($9 - $4) / o, ($9 - $4) / c,
+      ($11 - $6) / 1073741824, ($11 - $6) / 1024 / o, o, c }'
 }
 # cpu_and_scans PG: one line per node: id cpu_seconds repair_scan_seconds repair_scans (the last
 # two from the node's metrics: only the leader scans; "none" elsewhere).
@@ -194,11 +199,13 @@ if [ "$COUNT" -gt 0 ]; then
   sleep 5
   idle_cpu "$P1" 10
   # Raft snapshots each node built and how long they took (builds before the metric: none),
-  # and the term: 2 after the first election, one more per leadership change.
+  # and the term: 2 after the first election, one more per leadership change; and how many
+  # entries each transaction of object entries carried (builds before the metric: none).
   for id in $(jq -r '.nodes[].id' "$P1/playground.json"); do
     echo "# node $id: term $(metric "$P1" "$id" ark_raft_term), snapshots built" \
       "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_count) in" \
-      "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_sum) s"
+      "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_sum) s, entries applied straight to redb" \
+      "$(metric "$P1" "$id" ark_sm_direct_entries_total) in $(metric "$P1" "$id" ark_sm_direct_commits_total) transactions"
   done
   # One namespace listing (every namespace's counts) through each node, timed: a follower
   # asks the leader for the lag (peer request NsLag), the counts are its own.

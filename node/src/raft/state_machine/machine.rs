@@ -42,6 +42,8 @@ pub struct StateMachine {
     pub(super) auth: AuthView,
     /// The applied node roles (which members are witnesses), reloaded like `auth`.
     pub(super) roles: crate::raft::roles::RoleView,
+    /// Transactions that applied entries straight to redb (tests check the grouping).
+    pub(super) direct_commits: u64,
 }
 
 impl StateMachine {
@@ -78,6 +80,7 @@ impl StateMachine {
             last_durable: Instant::now(),
             receiving_snapshot: Arc::default(),
             log_time: Arc::new(AtomicU64::new(log_time)),
+            direct_commits: 0,
         }
     }
 
@@ -249,15 +252,17 @@ impl StateMachine {
 
 impl StateMachine {
     /// Whether the next flush commits durably, and the timestamp to sweep sessions at.
-    pub(super) fn flush_plan(&mut self, gen: &Gen, direct: Option<&Entry<TypeConfig>>) -> (bool, Option<u64>) {
+    pub(super) fn flush_plan(&mut self, gen: &Gen, direct: &[Entry<TypeConfig>]) -> (bool, Option<u64>) {
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
         if durable {
             self.last_durable = Instant::now();
         }
         let mut newest = gen.newest_ms;
-        if let Some(EntryPayload::Normal(req)) = direct.map(|e| &e.payload) {
-            self.applied_since_sweep += req.ops.len() as u64;
-            newest = newest.max(req.proposed_at_ms);
+        for e in direct {
+            if let EntryPayload::Normal(req) = &e.payload {
+                self.applied_since_sweep += req.ops.len() as u64;
+                newest = newest.max(req.proposed_at_ms);
+            }
         }
         let sweep_at = (self.applied_since_sweep >= SESSION_SWEEP_EVERY && newest > 0).then(|| {
             self.applied_since_sweep = 0;
@@ -286,12 +291,12 @@ impl StateMachine {
             let Ok(mut ov) = overlay.write() else { return };
             let gen = Arc::new(std::mem::take(&mut ov.active));
             ov.frozen = Some(gen.clone());
-            let (durable, sweep_at) = self.flush_plan(&gen, None);
+            let (durable, sweep_at) = self.flush_plan(&gen, &[]);
             (gen, durable, sweep_at)
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let res = commit_gen(&db, &gen, None, durable, sweep_at);
+            let res = commit_gen(&db, &gen, &[], durable, sweep_at);
             if let Ok(mut ov) = overlay.write() {
                 match res {
                     // Only now, with redb holding it, may readers stop finding it here.
@@ -314,8 +319,8 @@ impl StateMachine {
         let mut ov = overlay.write().map_err(|_| poisoned())?;
         ov.check()?;
         if !ov.active.is_empty() {
-            let (durable, sweep_at) = self.flush_plan(&ov.active, None);
-            commit_gen(&self.db, &ov.active, None, durable, sweep_at)?;
+            let (durable, sweep_at) = self.flush_plan(&ov.active, &[]);
+            commit_gen(&self.db, &ov.active, &[], durable, sweep_at)?;
             ov.active = Gen::default();
         }
         Ok(())

@@ -96,15 +96,15 @@ pub(super) const FLUSH_BYTES: usize = 16 << 20;
 /// that replay (a purge of the log also commits durably first, see `store.rs`).
 pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
-/// Writes one generation to redb in one transaction, with `direct` (an entry the overlay
-/// does not take) applied after it.
+/// Writes one generation to redb in one transaction, with `direct` (entries applied straight
+/// to redb, in log order) applied after it; their answers, in order.
 pub(super) fn commit_gen(
     db: &Database,
     gen: &Gen,
-    direct: Option<&Entry<TypeConfig>>,
+    direct: &[Entry<TypeConfig>],
     durable: bool,
     sweep_at: Option<u64>,
-) -> Result<Response, StorageError<NodeId>> {
+) -> Result<Vec<Response>, StorageError<NodeId>> {
     let started = Instant::now();
     let mut tx = db.begin_write().map_err(sm_write_err)?;
     tx.set_durability(if durable {
@@ -114,7 +114,7 @@ pub(super) fn commit_gen(
     });
     let mut last = gen.last_applied;
     let mut membership = gen.membership.clone();
-    let mut resp = Response::default();
+    let mut responses = Vec::with_capacity(direct.len());
     {
         let mut t = ApplyTables {
             kv: tx.open_table(KV).map_err(sm_write_err)?,
@@ -146,8 +146,8 @@ pub(super) fn commit_gen(
         for (key, ids) in &gen.by_time {
             t.by_time.insert(*key, ids.as_slice()).map_err(sm_write_err)?;
         }
-        if let Some(e) = direct {
-            resp = apply_direct(&mut t, e, &mut membership)?;
+        for e in direct {
+            responses.push(apply_direct(&mut t, e, &mut membership)?);
             last = Some(e.log_id);
         }
         if let Some(at) = sweep_at {
@@ -167,17 +167,29 @@ pub(super) fn commit_gen(
     }
     tx.commit().map_err(sm_write_err)?;
     metrics::histogram!("ark_sm_flush_seconds").record(started.elapsed().as_secs_f64());
-    Ok(resp)
+    if !direct.is_empty() {
+        metrics::counter!("ark_sm_direct_commits_total").increment(1);
+        metrics::counter!("ark_sm_direct_entries_total").increment(direct.len() as u64);
+    }
+    Ok(responses)
 }
 
 /// Describes this file's metrics (HELP text and unit) to the recorder; called once at
 /// start-up by `server` (through `metrics::install`).
 pub(crate) fn describe_metrics() {
-    use metrics::{describe_histogram, Unit};
+    use metrics::{describe_counter, describe_histogram, Unit};
     describe_histogram!(
         "ark_sm_flush_seconds",
         Unit::Seconds,
         "Time to flush the state machine's in-memory overlay to the database."
+    );
+    describe_counter!(
+        "ark_sm_direct_commits_total",
+        "State machine transactions that applied entries straight to the database (entries with object commands, and the entries after them in the same apply)."
+    );
+    describe_counter!(
+        "ark_sm_direct_entries_total",
+        "Entries applied straight to the database; divided by ark_sm_direct_commits_total, the mean group per transaction."
     );
 }
 
