@@ -205,7 +205,8 @@ if [ "$COUNT" -gt 0 ]; then
     echo "# node $id: term $(metric "$P1" "$id" ark_raft_term), snapshots built" \
       "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_count) in" \
       "$(metric "$P1" "$id" ark_raft_snapshot_build_seconds_sum) s, entries applied straight to redb" \
-      "$(metric "$P1" "$id" ark_sm_direct_entries_total) in $(metric "$P1" "$id" ark_sm_direct_commits_total) transactions"
+      "$(metric "$P1" "$id" ark_sm_direct_entries_total) in $(metric "$P1" "$id" ark_sm_direct_commits_total) transactions," \
+      "ops proposed $(metric "$P1" "$id" ark_raft_entry_ops_sum) in $(metric "$P1" "$id" ark_raft_entry_ops_count) entries"
   done
   # One namespace listing (every namespace's counts) through each node, timed: a follower
   # asks the leader for the lag (peer request NsLag), the counts are its own.

@@ -4,10 +4,13 @@
 //! `--ops` puts each and apply calls of `--entries` entries. For each tenth of the puts it
 //! prints the puts per second and what the process wrote to storage per put
 //! (`write_bytes` from /proc/self/io: redb's pages; nothing else writes here), then the
-//! database file's size.
+//! database file's size. With `--snapshot-every S`, a Raft snapshot is built every S entries
+//! while the applies go on, as a node does (`raft.snapshot_logs_since_last`, 20,000 by
+//! default).
 //!
-//! `cargo bench -p ark-bench --bench sm_apply -- [--count N] [--ops K] [--entries E] [--dir D]`
-//! (defaults 100000, 8, 1, a temporary folder under /var/tmp). Figures in docs/benchmarks.md.
+//! `cargo bench -p ark-bench --bench sm_apply -- [--count N] [--ops K] [--entries E]
+//! [--snapshot-every S] [--dir D]` (defaults 100000, 8, 1, 0 = never, a temporary folder under
+//! /var/tmp). Figures in docs/benchmarks.md.
 
 use std::time::Instant;
 
@@ -15,7 +18,7 @@ use ark_node::raft::state_machine::StateMachine;
 use ark_node::raft::store::open_database;
 use ark_node::raft::types::{ChunkRef, Manifest, Mode, NsPolicy};
 use ark_node::raft::{Command, Op, Request, TypeConfig};
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
 /// A splitmix64 stream: distinct, uniformly spread ids without an RNG dependency.
@@ -66,12 +69,13 @@ fn entry(index: u64, at_ms: u64, ops: Vec<Op>) -> Entry<TypeConfig> {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let count = arg(&args, "--count", 100_000);
     let per_entry = arg(&args, "--ops", 8).max(1);
     let per_call = arg(&args, "--entries", 1).max(1);
+    let snapshot_every = arg(&args, "--snapshot-every", 0) as u64;
     let base = args
         .iter()
         .position(|a| a == "--dir")
@@ -86,7 +90,7 @@ async fn main() {
         Ok(db) => db,
         Err(e) => panic!("cannot open the database: {e}"),
     };
-    let mut sm = StateMachine::new(db);
+    let mut sm = StateMachine::new(db, dir.path());
     let mut ids = Ids(1);
     let mut index = 1u64;
     let t0_ms = 1_700_000_000_000u64;
@@ -105,7 +109,13 @@ async fn main() {
     if let Err(e) = sm.apply(vec![entry(index, t0_ms, vec![create])]).await {
         panic!("namespace create: {e}");
     }
-    println!("# {count} puts of one 4 KiB chunk each, {per_entry} per entry, {per_call} entries per apply call");
+    println!(
+        "# {count} puts of one 4 KiB chunk each, {per_entry} per entry, {per_call} entries per apply call, \
+         a snapshot every {snapshot_every} entries (0: none)"
+    );
+    let mut building: Option<tokio::task::JoinHandle<()>> = None;
+    let mut snapshots = 0u32;
+    let mut last_snapshot = index;
     println!("{:>9} {:>9} {:>14}", "puts", "puts/s", "KiB written/put");
     let slice = (count / 10).max(1);
     let mut made = 0usize;
@@ -142,6 +152,21 @@ async fn main() {
         if let Err(e) = sm.apply(call).await {
             panic!("apply: {e}");
         }
+        if snapshot_every > 0 && index - last_snapshot >= snapshot_every {
+            if let Some(b) = building.take() {
+                if let Err(e) = b.await {
+                    panic!("snapshot build: {e}");
+                }
+            }
+            last_snapshot = index;
+            snapshots += 1;
+            let mut builder = sm.get_snapshot_builder().await;
+            building = Some(tokio::spawn(async move {
+                if let Err(e) = builder.build_snapshot().await {
+                    panic!("snapshot build: {e}");
+                }
+            }));
+        }
         if since >= slice || made == count {
             let (now, nw) = (Instant::now(), written());
             let secs = now.duration_since(t).as_secs_f64();
@@ -153,6 +178,12 @@ async fn main() {
             (t, w, since) = (now, nw, 0);
         }
     }
+    if let Some(b) = building.take() {
+        if let Err(e) = b.await {
+            panic!("snapshot build: {e}");
+        }
+    }
+    println!("# {snapshots} snapshots built");
     let size = std::fs::metadata(dir.path().join("ark.redb"))
         .map(|m| m.len())
         .unwrap_or(0);

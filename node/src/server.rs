@@ -117,7 +117,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tracing::info!(kek = %crate::chunks::seal::kek_hex(&kek), "encryption at rest: KEK loaded");
     }
     let db = open_database(&cfg.data_dir)?;
-    let state_machine = StateMachine::new(db.clone());
+    let state_machine = StateMachine::new(db.clone(), &cfg.data_dir);
     let log_clock = Arc::new(LogClock::new(state_machine.log_time()));
     let log_store = LogStore::open(&cfg.data_dir, db.clone())?.with_snapshot_gate(state_machine.snapshot_gate());
     let fsync_stats = log_store.fsync_stats();

@@ -17,7 +17,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let db = open_database(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
         let log = LogStore::open(dir.path(), db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
-        Ok((dir, log, StateMachine::new(db)))
+        let sm = StateMachine::new(db, dir.path());
+        Ok((dir, log, sm))
     }
 }
 

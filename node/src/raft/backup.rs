@@ -161,7 +161,7 @@ async fn seed(data_dir: &Path, at: LogId<NodeId>, body: Vec<u8>, target: &Restor
         last_membership: StoredMembership::new(Some(at), membership),
         snapshot_id: format!("restored-{}-{}", at.leader_id.term, at.index),
     };
-    let mut sm = StateMachine::new(db.clone());
+    let mut sm = StateMachine::new(db.clone(), data_dir);
     // Durable (install commits with fsync) and complete, or nothing.
     sm.install(&meta, body)
         .await
@@ -212,7 +212,7 @@ mod tests {
     async fn body_with_one_key() -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let db = open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db.clone());
+        let mut sm = StateMachine::new(db.clone(), dir.path());
         {
             use redb::TableDefinition;
             let kv: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_kv");
@@ -249,7 +249,7 @@ mod tests {
             .unwrap();
         assert_eq!(st.last_purged_log_id, Some(at));
         assert_eq!(st.last_log_id, Some(at));
-        let mut sm = StateMachine::new(db.clone());
+        let mut sm = StateMachine::new(db.clone(), &data);
         let (applied, membership) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
             .await
             .unwrap();

@@ -59,7 +59,7 @@ fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
     let db = open_database(dir.path()).unwrap();
     Node {
-        sm: StateMachine::new(db),
+        sm: StateMachine::new(db, dir.path()),
         _dir: dir,
     }
 }

@@ -5,6 +5,7 @@
 //! Owns the state machine's fields. Must not decide what a command does (`apply.rs`) nor
 //! the overlay's shape (`overlay.rs`).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use super::apply::*;
 use super::overlay::*;
 use super::reader::KvReader;
 use super::sessions::*;
+use super::snapshot_file::SnapshotFiles;
 use super::tables::*;
 use crate::raft::auth::AuthView;
 use crate::raft::codec::decode;
@@ -44,11 +46,14 @@ pub struct StateMachine {
     pub(super) roles: crate::raft::roles::RoleView,
     /// Transactions that applied entries straight to redb (tests check the grouping).
     pub(super) direct_commits: u64,
+    /// Where the kept snapshot's body lives.
+    pub(super) files: SnapshotFiles,
 }
 
 impl StateMachine {
-    /// Wraps the database (opened by [`crate::raft::store::open_database`]).
-    pub fn new(db: Arc<Database>) -> Self {
+    /// Wraps the database (opened by [`crate::raft::store::open_database`] on `data_dir`,
+    /// where the kept snapshot's body file lives too).
+    pub fn new(db: Arc<Database>, data_dir: &Path) -> Self {
         let log_time = match newest_session_stamp(&db) {
             Ok(t) => t,
             Err(e) => {
@@ -70,7 +75,7 @@ impl StateMachine {
             // a witness then refuses chunk writes itself, so nothing is stored there.
             tracing::error!(error = %e, "cannot read the node roles; every member counts as a data node");
         }
-        Self {
+        let sm = Self {
             auth,
             roles,
             db,
@@ -81,7 +86,13 @@ impl StateMachine {
             receiving_snapshot: Arc::default(),
             log_time: Arc::new(AtomicU64::new(log_time)),
             direct_commits: 0,
+            files: SnapshotFiles::new(data_dir),
+        };
+        if let Err(e) = sm.remove_unnamed_snapshot_files() {
+            // Only disk space is at stake: they are removed at the next start.
+            tracing::warn!(error = %e, "cannot remove snapshot files no record names");
         }
+        sm
     }
 
     /// The newest stamp applied, for [`crate::raft::log_clock::LogClock::new`].

@@ -18,7 +18,8 @@
 //! One concern per file: `reader.rs` (client reads, overlay then redb), `apply.rs` (what a
 //! KV command or a retried request id does), `sessions.rs` (exactly-once records, their
 //! expiry and sweep), `overlay.rs` (the write-behind generations and their commit to redb),
-//! `snapshot.rs` (build, keep, install), `openraft_impl.rs` (openraft's trait), `tables.rs`
+//! `snapshot.rs` (build, keep, install), `snapshot_file.rs` (the kept body's file),
+//! `openraft_impl.rs` (openraft's trait), `tables.rs`
 //! (the tables, shared by all), `machine.rs` ([`StateMachine`]: its fields, applying to the
 //! overlay, flushing). This file only declares and re-exports, so that no file of the state
 //! machine imports another that imports it back. Nothing here touches the log (that is
@@ -31,6 +32,7 @@ pub(crate) mod overlay;
 mod reader;
 mod sessions;
 pub(crate) mod snapshot;
+mod snapshot_file;
 mod tables;
 
 pub use machine::StateMachine;

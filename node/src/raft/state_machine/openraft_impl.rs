@@ -9,12 +9,13 @@
 use std::io::Cursor;
 use std::sync::atomic::Ordering;
 
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
 use super::apply::overlay_ok;
 use super::machine::StateMachine;
 use super::overlay::{commit_gen, Gen};
+use super::snapshot::Kept;
 use super::tables::{poisoned, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::raft::{ArkNode, Command, NodeId, Response, TypeConfig};
 
@@ -123,7 +124,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        self.current_snapshot()
+        match self.kept_snapshot()? {
+            Kept::None => Ok(None),
+            Kept::Snapshot(s) => Ok(Some(s)),
+            Kept::Damaged(why) => {
+                // Never sent: a new one is built from the applied state, which it replaces.
+                tracing::error!(%why, "the kept snapshot is damaged; building a new one");
+                metrics::counter!("ark_raft_snapshots_damaged_total").increment(1);
+                self.build_snapshot().await.map(Some)
+            }
+        }
     }
 }
 
@@ -275,7 +285,7 @@ mod tests {
 
     fn fresh() -> (tempfile::TempDir, StateMachine) {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::new(crate::raft::store::open_database(dir.path()).unwrap());
+        let sm = StateMachine::new(crate::raft::store::open_database(dir.path()).unwrap(), dir.path());
         (dir, sm)
     }
 

@@ -244,7 +244,7 @@ mod tests {
     async fn reads_see_every_applied_write_whether_in_the_overlay_or_in_redb() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::raft::store::open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db.clone());
+        let mut sm = StateMachine::new(db.clone(), dir.path());
         let r = sm.reader();
         sm.apply(vec![put(1, "a", "1"), put(2, "b", "2"), put(3, "c", "3")])
             .await

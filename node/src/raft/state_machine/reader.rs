@@ -173,7 +173,7 @@ mod tests {
     async fn pages_walk_every_key_once_across_the_overlay_and_redb() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::raft::store::open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db);
+        let mut sm = StateMachine::new(db, dir.path());
         let r = sm.reader();
         let put = |i: u64, key: &str| {
             entry(

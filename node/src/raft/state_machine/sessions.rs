@@ -130,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn retry_is_a_duplicate_until_the_id_expires_on_every_replica_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachine::new(crate::raft::store::open_database(dir.path()).unwrap());
+        let mut sm = StateMachine::new(crate::raft::store::open_database(dir.path()).unwrap(), dir.path());
         let r1 = sm.apply(vec![put_entry(1, 1_000, b"req-1")]).await.unwrap();
         assert!(!r1[0].results[0].duplicate);
         let r2 = sm.apply(vec![put_entry(2, 2_000, b"req-1")]).await.unwrap();

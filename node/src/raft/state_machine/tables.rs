@@ -24,7 +24,11 @@ pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(super) const KEY_APPLIED: &str = "last_applied";
 pub(super) const KEY_MEMBERSHIP: &str = "membership";
 pub(super) const KEY_SNAP_META: &str = "meta";
+/// The kept snapshot's body, in redb: how releases before `KEY_SNAP_FILE` kept it (still
+/// read, and removed when a snapshot is next kept).
 pub(super) const KEY_SNAP_DATA: &str = "data";
+/// The record of the kept snapshot's body file (`snapshot_file::BodyFile`).
+pub(super) const KEY_SNAP_FILE: &str = "file";
 
 /// A stored KV value with the revision (log index) that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
