@@ -329,28 +329,25 @@ fn keep_built(
     data: &[u8],
 ) -> Result<(), StorageError<NodeId>> {
     let file = files.write(data).map_err(sm_write_err)?;
-    let kept = (|| -> Result<Option<Option<BodyFile>>, StorageError<NodeId>> {
+    // The file no record names afterwards: the replaced one, or this one if not kept.
+    let unnamed = (|| -> Result<Option<String>, StorageError<NodeId>> {
         // Durable: the record must not fall back to one whose file is removed below.
         let mut tx = db.begin_write().map_err(sm_write_err)?;
         tx.set_durability(Durability::Immediate);
         // Strictly newer only: a build at the same index replaces the kept one (which is how
         // a damaged body is replaced, see `get_current_snapshot`).
         if kept_log_id(&tx)? > meta.last_log_id {
-            return Ok(None);
+            return Ok(Some(file.name.clone()));
         }
         let replaced = keep(&tx, meta, &file)?;
         tx.commit().map_err(sm_write_err)?;
-        Ok(Some(replaced))
+        Ok(replaced.map(|r| r.name))
     })();
-    match kept {
-        Ok(Some(replaced)) => {
-            if let Some(old) = replaced {
-                files.remove_unkept(&old.name);
+    match unnamed {
+        Ok(name) => {
+            if let Some(name) = name {
+                files.remove_unkept(&name);
             }
-            Ok(())
-        }
-        Ok(None) => {
-            files.remove_unkept(&file.name);
             Ok(())
         }
         Err(e) => {
