@@ -3,9 +3,9 @@
 //!
 //! Why a file: kept as one redb value, each body (hundreds of MB at a million objects) made
 //! redb's copy-on-write commits after it write several times more pages, and its file grow
-//! four times (measured: 44 KiB written per small object put at 600,000 objects without
-//! snapshots, 120-280 KiB with one every 20,000 entries; docs/benchmarks.md). etcd keeps its
-//! snapshots as files too.
+//! four times (measured: about 45 KiB written per small object put at 500,000-1M puts without
+//! snapshots, 120-360 KiB with one kept in redb every 20,000 entries; docs/benchmarks.md).
+//! etcd keeps its snapshots as files too.
 //!
 //! Owns the files: their names, writing one durably (synced, renamed, folder synced), reading
 //! one back checked against its record, and removing the ones no record names. Must not
