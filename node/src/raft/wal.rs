@@ -236,7 +236,7 @@ fn segment_path(dir: &Path, key: u64) -> PathBuf {
     dir.join(format!("{key:020}{SUFFIX}"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

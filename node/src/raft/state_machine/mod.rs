@@ -18,7 +18,8 @@
 //! One concern per file: `reader.rs` (client reads, overlay then redb), `apply.rs` (what a
 //! KV command or a retried request id does), `sessions.rs` (exactly-once records, their
 //! expiry and sweep), `overlay.rs` (the write-behind generations and their commit to redb),
-//! `snapshot.rs` (build, keep, install), `snapshot_file.rs` (the kept body's file),
+//! `snapshot.rs` (build, install), `kept.rs` (which snapshot is kept), `snapshot_file.rs` (the
+//! kept body's file),
 //! `openraft_impl.rs` (openraft's trait), `tables.rs`
 //! (the tables, shared by all), `machine.rs` ([`StateMachine`]: its fields, applying to the
 //! overlay, flushing). This file only declares and re-exports, so that no file of the state
@@ -26,6 +27,7 @@
 //! `store.rs`) or decides object rules (`raft::objects`).
 
 mod apply;
+mod kept;
 mod machine;
 mod openraft_impl;
 pub(crate) mod overlay;

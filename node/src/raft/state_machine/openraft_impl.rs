@@ -13,9 +13,9 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
 use super::apply::overlay_ok;
+use super::kept::Kept;
 use super::machine::StateMachine;
 use super::overlay::{commit_gen, Gen};
-use super::snapshot::Kept;
 use super::tables::{poisoned, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::raft::{ArkNode, Command, NodeId, Response, TypeConfig};
 

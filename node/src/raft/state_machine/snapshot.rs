@@ -1,6 +1,5 @@
 //! Snapshots: the body (every KV record, session and object record) built from one read
-//! transaction, which one is kept (its meta and the record of its body's file in redb, the
-//! body in a file, `snapshot_file.rs`), and the install of a received one.
+//! transaction, and the install of a received one. Which one is kept is `kept.rs`'s.
 //!
 //! Owns the snapshot format ([`SnapshotBody`]) and the snapshot tables. Must not apply log
 //! entries; an install replaces every table and the overlay at once.
@@ -12,13 +11,13 @@ use openraft::{LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
 use redb::{Database, Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use super::kept::{keep, keep_built};
 use super::machine::StateMachine;
 use super::overlay::Overlay;
 use super::sessions::{pack_ids, SessionRecord};
-use super::snapshot_file::{BodyFile, SnapshotFiles};
 use super::tables::{
-    obj_tables, poisoned, sm_read_err, sm_write_err, StoredValue, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAP_DATA,
-    KEY_SNAP_FILE, KEY_SNAP_META, KV, SESSIONS, SESSIONS_BY_TIME, SM_META, SNAPSHOT,
+    obj_tables, poisoned, sm_read_err, sm_write_err, StoredValue, KEY_APPLIED, KEY_MEMBERSHIP, KV, SESSIONS,
+    SESSIONS_BY_TIME, SM_META,
 };
 use crate::raft::auth;
 use crate::raft::codec::{decode, decode_with_limit, encode};
@@ -122,11 +121,6 @@ impl SnapshotBody {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct StoredSnapshot {
-    pub(super) meta: SnapshotMeta<NodeId, ArkNode>,
-}
-
 impl StateMachine {
     pub(crate) async fn install(
         &mut self,
@@ -215,145 +209,6 @@ impl StateMachine {
         self.last_durable = Instant::now();
         metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
         Ok(())
-    }
-
-    /// The kept snapshot, read back and checked. A body whose file is damaged or missing is
-    /// [`Kept::Damaged`], never handed out.
-    pub(super) fn kept_snapshot(&self) -> Result<Kept, StorageError<NodeId>> {
-        // A build may replace the kept snapshot (and remove its file) between reading the
-        // record and reading the file: a missing file is looked up again once.
-        let mut missing = None;
-        for _ in 0..2 {
-            let (meta, file, inline) = {
-                let tx = self.db.begin_read().map_err(sm_read_err)?;
-                let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
-                let meta = match t.get(KEY_SNAP_META).map_err(sm_read_err)? {
-                    Some(m) => decode::<StoredSnapshot>(m.value()).map_err(sm_read_err)?.meta,
-                    None => return Ok(Kept::None),
-                };
-                let file = match t.get(KEY_SNAP_FILE).map_err(sm_read_err)? {
-                    Some(f) => Some(decode::<BodyFile>(f.value()).map_err(sm_read_err)?),
-                    None => None,
-                };
-                // Kept by a release that stored the body in redb.
-                let inline = match &file {
-                    Some(_) => None,
-                    None => t.get(KEY_SNAP_DATA).map_err(sm_read_err)?.map(|d| d.value().to_vec()),
-                };
-                (meta, file, inline)
-            };
-            let data = match (file, inline) {
-                (Some(f), _) => match self.files.read(&f) {
-                    Ok(d) => d,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing.is_none() => {
-                        missing = Some(e.to_string());
-                        continue;
-                    }
-                    Err(e) => return Ok(Kept::Damaged(e.to_string())),
-                },
-                (None, Some(d)) => d,
-                (None, None) => return Ok(Kept::None),
-            };
-            return Ok(Kept::Snapshot(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }));
-        }
-        Ok(Kept::Damaged(missing.unwrap_or_default()))
-    }
-
-    /// Removes snapshot files no record names (a crash between writing one and committing
-    /// its record, or before removing the one it replaced). Run when the state machine is
-    /// opened, before anything else can write one.
-    pub(super) fn remove_unnamed_snapshot_files(&self) -> Result<(), StorageError<NodeId>> {
-        let tx = self.db.begin_read().map_err(sm_read_err)?;
-        let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
-        let kept = match t.get(KEY_SNAP_FILE).map_err(sm_read_err)? {
-            Some(f) => Some(decode::<BodyFile>(f.value()).map_err(sm_read_err)?.name),
-            None => None,
-        };
-        self.files.remove_all_but(kept.as_deref()).map_err(sm_write_err)
-    }
-}
-
-/// What [`StateMachine::kept_snapshot`] found.
-pub(super) enum Kept {
-    None,
-    Snapshot(Snapshot<TypeConfig>),
-    /// Its body is missing or fails its check: why.
-    Damaged(String),
-}
-
-/// Records `file` as the kept snapshot's body with `meta`, in `tx`, dropping a body kept by
-/// an older release in redb; the record it replaced, whose file the caller removes once `tx`
-/// has committed.
-fn keep(
-    tx: &redb::WriteTransaction,
-    meta: &SnapshotMeta<NodeId, ArkNode>,
-    file: &BodyFile,
-) -> Result<Option<BodyFile>, StorageError<NodeId>> {
-    let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
-    let replaced = match snap.get(KEY_SNAP_FILE).map_err(sm_write_err)? {
-        Some(f) => Some(decode::<BodyFile>(f.value()).map_err(sm_read_err)?),
-        None => None,
-    };
-    let m = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
-    snap.insert(KEY_SNAP_META, m.as_slice()).map_err(sm_write_err)?;
-    let f = encode(file).map_err(sm_write_err)?;
-    snap.insert(KEY_SNAP_FILE, f.as_slice()).map_err(sm_write_err)?;
-    snap.remove(KEY_SNAP_DATA).map_err(sm_write_err)?;
-    Ok(replaced)
-}
-
-/// The log id of the kept snapshot, if any.
-fn kept_log_id(tx: &redb::WriteTransaction) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-    let snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
-    let kept = snap.get(KEY_SNAP_META).map_err(sm_write_err)?;
-    Ok(match kept {
-        Some(m) => {
-            decode::<StoredSnapshot>(m.value())
-                .map_err(sm_read_err)?
-                .meta
-                .last_log_id
-        }
-        None => None,
-    })
-}
-
-/// Keeps a snapshot this node built: its body to a new file, then its record, unless a newer
-/// snapshot was installed meanwhile (then that one stays and this file goes).
-fn keep_built(
-    db: &Database,
-    files: &SnapshotFiles,
-    meta: &SnapshotMeta<NodeId, ArkNode>,
-    data: &[u8],
-) -> Result<(), StorageError<NodeId>> {
-    let file = files.write(data).map_err(sm_write_err)?;
-    // The file no record names afterwards: the replaced one, or this one if not kept.
-    let unnamed = (|| -> Result<Option<String>, StorageError<NodeId>> {
-        // Durable: the record must not fall back to one whose file is removed below.
-        let mut tx = db.begin_write().map_err(sm_write_err)?;
-        tx.set_durability(Durability::Immediate);
-        // Strictly newer only: a build at the same index replaces the kept one (which is how
-        // a damaged body is replaced, see `get_current_snapshot`).
-        if kept_log_id(&tx)? > meta.last_log_id {
-            return Ok(Some(file.name.clone()));
-        }
-        let replaced = keep(&tx, meta, &file)?;
-        tx.commit().map_err(sm_write_err)?;
-        Ok(replaced.map(|r| r.name))
-    })();
-    match unnamed {
-        Ok(name) => {
-            if let Some(name) = name {
-                files.remove_unkept(&name);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            files.remove_unkept(&file.name);
-            Err(e)
-        }
     }
 }
 
@@ -526,157 +381,7 @@ pub(crate) fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
-
-    fn put(index: u64, key: &str) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::raft::Request {
-                proposed_at_ms: 1_000 + index,
-                ops: vec![crate::raft::Op {
-                    request_id: format!("r{index}").into_bytes(),
-                    command: crate::raft::Command::Put {
-                        key: key.into(),
-                        value: key.as_bytes().to_vec(),
-                    },
-                }],
-            }),
-        }
-    }
-
-    fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    fn inline_body(db: &Database) -> Option<Vec<u8>> {
-        let tx = db.begin_read().unwrap();
-        let t = tx.open_table(SNAPSHOT).unwrap();
-        let v = t.get(KEY_SNAP_DATA).unwrap().map(|v| v.value().to_vec());
-        v
-    }
-
-    async fn current(sm: &mut StateMachine) -> Option<Snapshot<TypeConfig>> {
-        sm.get_current_snapshot().await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn the_kept_body_is_one_checked_file_and_a_damaged_one_is_rebuilt_never_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::raft::store::open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db.clone(), dir.path());
-        assert!(current(&mut sm).await.is_none());
-        sm.apply(vec![put(1, "a"), put(2, "b")]).await.unwrap();
-        let built = sm.build_snapshot().await.unwrap();
-        let body = built.snapshot.into_inner();
-        let files = snapshot_files(dir.path());
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read(&files[0]).unwrap(), body);
-        assert_eq!(inline_body(&db), None, "the body is not in redb");
-        let kept = current(&mut sm).await.unwrap();
-        assert_eq!(kept.meta, built.meta);
-        assert_eq!(kept.snapshot.into_inner(), body);
-
-        // A newer build replaces the file; the old one goes.
-        sm.apply(vec![put(3, "c")]).await.unwrap();
-        let newer = sm.build_snapshot().await.unwrap();
-        let files = snapshot_files(dir.path());
-        assert_eq!(files.len(), 1, "{files:?}");
-        let body = newer.snapshot.into_inner();
-        assert_eq!(std::fs::read(&files[0]).unwrap(), body);
-
-        // One flipped byte: not handed out; a new snapshot of the same state replaces it.
-        let mut bad = body.clone();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 0x40;
-        std::fs::write(&files[0], &bad).unwrap();
-        let rebuilt = current(&mut sm).await.unwrap();
-        assert_eq!(rebuilt.meta.last_log_id, newer.meta.last_log_id);
-        assert_eq!(rebuilt.snapshot.into_inner(), body);
-        let files = snapshot_files(dir.path());
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read(&files[0]).unwrap(), body);
-
-        // A missing file likewise.
-        std::fs::remove_file(&files[0]).unwrap();
-        let rebuilt = current(&mut sm).await.unwrap();
-        assert_eq!(rebuilt.snapshot.into_inner(), body);
-    }
-
-    #[tokio::test]
-    async fn a_body_kept_in_redb_by_an_older_release_is_served_then_moved_and_strays_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::raft::store::open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db.clone(), dir.path());
-        sm.apply(vec![put(1, "a")]).await.unwrap();
-        let (meta, body) = sm.export().await.unwrap();
-        // As a release before the files kept it.
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(SNAPSHOT).unwrap();
-            let m = encode(&StoredSnapshot { meta: meta.clone() }).unwrap();
-            t.insert(KEY_SNAP_META, m.as_slice()).unwrap();
-            t.insert(KEY_SNAP_DATA, body.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
-        // A file a crash left behind before its record was committed.
-        std::fs::create_dir_all(dir.path().join("snapshots")).unwrap();
-        std::fs::write(dir.path().join("snapshots/00000000000000aa.snap"), b"torn").unwrap();
-        drop(sm);
-
-        let mut sm = StateMachine::new(db.clone(), dir.path());
-        assert!(
-            snapshot_files(dir.path()).is_empty(),
-            "the unnamed file is removed at open"
-        );
-        let kept = current(&mut sm).await.unwrap();
-        assert_eq!(kept.meta, meta);
-        assert_eq!(kept.snapshot.into_inner(), body);
-        sm.build_snapshot().await.unwrap();
-        assert_eq!(
-            inline_body(&db),
-            None,
-            "the next kept snapshot drops the body from redb"
-        );
-        assert_eq!(snapshot_files(dir.path()).len(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_install_keeps_the_received_body_and_an_older_build_does_not_replace_it() {
-        let src = tempfile::tempdir().unwrap();
-        let mut leader = StateMachine::new(crate::raft::store::open_database(src.path()).unwrap(), src.path());
-        leader
-            .apply((1..=5).map(|i| put(i, "k")).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let s = leader.build_snapshot().await.unwrap();
-
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::raft::store::open_database(dir.path()).unwrap();
-        let mut sm = StateMachine::new(db.clone(), dir.path());
-        sm.apply(vec![put(1, "k")]).await.unwrap();
-        let (old_meta, old_body) = sm.export().await.unwrap();
-        sm.build_snapshot().await.unwrap();
-        let body = s.snapshot.into_inner();
-        sm.install(&s.meta, body.clone()).await.unwrap();
-        let files = snapshot_files(dir.path());
-        assert_eq!(files.len(), 1, "the built one's file is removed: {files:?}");
-        assert_eq!(current(&mut sm).await.unwrap().snapshot.into_inner(), body);
-
-        // A build exported before the install and kept after it: the installed one stays.
-        keep_built(&db, &sm.files, &old_meta, &old_body).unwrap();
-        let kept = current(&mut sm).await.unwrap();
-        assert_eq!(kept.meta.last_log_id, s.meta.last_log_id);
-        assert_eq!(kept.snapshot.into_inner(), body);
-        assert_eq!(snapshot_files(dir.path()), files);
-    }
 
     #[test]
     fn bodies_of_both_layouts_decode_and_sections_survive() {

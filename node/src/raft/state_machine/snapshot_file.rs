@@ -60,7 +60,7 @@ impl SnapshotFiles {
             f.write_all(data)?;
             f.sync_all()?;
             std::fs::rename(&tmp, self.dir.join(&name))?;
-            std::fs::File::open(&self.dir)?.sync_all()
+            crate::raft::wal::sync_dir(&self.dir)
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
