@@ -355,8 +355,12 @@ mod tests {
     }
 
     fn header(key: &str, size: u64, base_version: u64) -> PutObjectHeader {
+        header_in("d", key, size, base_version)
+    }
+
+    fn header_in(ns: &str, key: &str, size: u64, base_version: u64) -> PutObjectHeader {
         PutObjectHeader {
-            namespace: "d".into(),
+            namespace: ns.into(),
             key: key.into(),
             request_id: new_request_id(),
             size: Some(size),
@@ -498,5 +502,111 @@ mod tests {
             ["obj"],
             "a refused upload became visible"
         );
+    }
+
+    /// An encrypted namespace's chunk ids are of sealed bytes: the node neither lists them
+    /// (`ObjectChunks`) nor accepts an upload that names them, whatever the caller claims, and
+    /// a changed copy through the SDK travels whole. The same object in a plain namespace is
+    /// listed and named, so each refusal is the encryption's and not a missing object's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_encrypted_namespace_neither_lists_nor_accepts_named_chunks() {
+        let pg = ark_playground::testkit::Pg::up(3, 20_000).await;
+        pg.wait_leader(None, Duration::from_secs(20)).await;
+        let c = pg_client(&pg).await;
+        let policy = NamespacePolicy::replicated(3, 2, DurabilityMode::Sync);
+        c.create_namespace("d", policy).await.unwrap();
+        c.create_encrypted_namespace("e", policy).await.unwrap();
+        let len = 12 << 20;
+        let mut data = random(len, 21);
+        let file = pg.path().join("obj.bin");
+        std::fs::write(&file, &data).unwrap();
+        let mut versions = HashMap::new();
+        for ns in ["d", "e"] {
+            let put = c
+                .put_object(ns, "obj", PutSource::File(file.clone()), &PutOptions::default())
+                .await
+                .unwrap();
+            versions.insert(ns, put.object.version);
+        }
+        let listed_version = |ns: &'static str| {
+            let c = c.clone();
+            async move {
+                let (listed, _) = c.list_objects(ns, &Default::default()).await.unwrap();
+                assert_eq!(listed.len(), 1, "{listed:?}");
+                listed[0].version
+            }
+        };
+        let addr = pg.node(1).client_addr;
+        let chunk_list = |ns: &'static str| {
+            let c = c.clone();
+            let addr = addr.clone();
+            async move {
+                let req = ObjectChunksRequest {
+                    namespace: ns.into(),
+                    key: "obj".into(),
+                    version: 0,
+                };
+                let mut pages = objects(c.stream_channel(&addr).await.unwrap())
+                    .object_chunks(req)
+                    .await?
+                    .into_inner();
+                let mut all = Vec::new();
+                while let Some(p) = pages.next().await {
+                    all.push(p?);
+                }
+                Ok::<_, tonic::Status>(all)
+            }
+        };
+        let plain = chunk_list("d").await.unwrap();
+        assert!(plain.iter().map(|p| p.chunks.len()).sum::<usize>() > 1, "{plain:?}");
+        let st = chunk_list("e").await.unwrap_err();
+        assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+        assert!(st.message().contains("encrypted"), "{st:?}");
+
+        // An upload naming a chunk against the encrypted object's real version: refused,
+        // nothing committed. The plain namespace's first chunk (same bytes) is the name.
+        let e_version = versions["e"];
+        let first = &plain[0].chunks[0];
+        let named = put_object_request::Part::Known(KnownChunk {
+            id: first.id.clone(),
+            len: first.len,
+        });
+        let st = raw_put(
+            &c,
+            &addr,
+            header_in("e", "obj", u64::from(first.len), e_version),
+            vec![named.clone()],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+        assert_eq!(listed_version("e").await, e_version, "a refused upload committed");
+        // The same upload in the plain namespace is accepted: the refusal above is the
+        // encryption's.
+        let d_version = versions["d"];
+        let r = raw_put(
+            &c,
+            &addr,
+            header_in("d", "obj", u64::from(first.len), d_version),
+            vec![named],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.object.unwrap().version, d_version + 1);
+
+        // Through the SDK, a changed copy in the encrypted namespace is sent whole and
+        // reads back.
+        data[len / 2] ^= 0xff;
+        std::fs::write(&file, &data).unwrap();
+        let again = c
+            .put_object("e", "obj", PutSource::File(file.clone()), &PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(again.bytes_reused, 0);
+        let out = pg.path().join("back.bin");
+        c.get_object_to_file("e", "obj", &out, &Default::default())
+            .await
+            .unwrap();
+        assert!(std::fs::read(&out).unwrap() == data, "e/obj read back other bytes");
     }
 }

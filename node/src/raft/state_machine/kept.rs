@@ -312,4 +312,66 @@ mod tests {
         assert_eq!(kept.snapshot.into_inner(), body);
         assert_eq!(snapshot_files(dir.path()), files);
     }
+
+    /// A received body whose sections do not decode (here the authorization section) is
+    /// refused before anything is written: no file, the kept snapshot and the state as they
+    /// were. The same body with its section intact installs.
+    #[tokio::test]
+    async fn a_body_with_a_damaged_section_is_refused_before_anything_is_written() {
+        use super::super::snapshot::{decode_body, SnapshotBody, SECTION_AUTH};
+        let src = tempfile::tempdir().unwrap();
+        let mut leader = StateMachine::new(crate::raft::store::open_database(src.path()).unwrap(), src.path());
+        leader
+            .apply((1..=5).map(|i| put(i, "new")).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let s = leader.build_snapshot().await.unwrap();
+        let bytes = s.snapshot.into_inner();
+        let good: SnapshotBody = decode_body(&bytes).unwrap();
+        assert!(
+            good.sections.iter().any(|(n, _)| n == SECTION_AUTH),
+            "a built body has an authorization section"
+        );
+        let with_auth = |auth: Vec<u8>| {
+            let mut b = decode_body(&bytes).unwrap();
+            for (n, v) in &mut b.sections {
+                if n == SECTION_AUTH {
+                    *v = serde_bytes::ByteBuf::from(auth.clone());
+                }
+            }
+            encode(&b).unwrap()
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::store::open_database(dir.path()).unwrap();
+        let mut sm = StateMachine::new(db.clone(), dir.path());
+        sm.apply(vec![put(1, "old")]).await.unwrap();
+        let built = sm.build_snapshot().await.unwrap();
+        let files = snapshot_files(dir.path());
+
+        let err = sm.install(&s.meta, with_auth(vec![0xff; 7])).await.unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert_eq!(snapshot_files(dir.path()), files, "a refused body left a file");
+        let kept = current(&mut sm).await.unwrap();
+        assert_eq!(kept.meta, built.meta, "a refused body replaced the kept snapshot");
+        assert!(
+            sm.reader().get("old").unwrap().is_some(),
+            "a refused body changed the state"
+        );
+        assert!(
+            sm.reader().get("new").unwrap().is_none(),
+            "a refused body changed the state"
+        );
+
+        let auth = good
+            .sections
+            .iter()
+            .find(|(n, _)| n == SECTION_AUTH)
+            .map(|(_, v)| v.to_vec())
+            .unwrap();
+        sm.install(&s.meta, with_auth(auth)).await.unwrap();
+        assert!(sm.reader().get("new").unwrap().is_some());
+        assert_eq!(current(&mut sm).await.unwrap().meta, s.meta);
+        assert_eq!(snapshot_files(dir.path()).len(), 1);
+    }
 }

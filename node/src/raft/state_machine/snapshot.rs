@@ -46,7 +46,7 @@ struct SnapshotBodyV1 {
 }
 
 /// The section holding the authorization state (`raft::auth::AuthState`).
-const SECTION_AUTH: &str = "auth";
+pub(super) const SECTION_AUTH: &str = "auth";
 /// The section holding encrypted namespaces' wrapped data keys (`Vec<(String, NsKeys)>`).
 const SECTION_NS_KEYS: &str = "ns_keys";
 /// The section holding the node roles (`Vec<(NodeId, NodeRole)>`, `raft::roles`); absent
@@ -99,12 +99,7 @@ pub struct BodySummary {
 /// passes installs, barring a failing disk.
 pub(crate) fn check_body(data: &[u8]) -> Result<BodySummary, crate::raft::codec::CodecError> {
     let body = decode_body(data)?;
-    if let Some(b) = body.section(SECTION_NS_KEYS) {
-        decode_with_limit::<Vec<(String, NsKeys)>>(b, b.len() as u64)?;
-    }
-    if let Some(b) = body.section(SECTION_AUTH) {
-        decode_with_limit::<auth::AuthState>(b, b.len() as u64)?;
-    }
+    body.sections()?;
     Ok(BodySummary {
         keys: body.kv.len(),
         sessions: body.sessions.len(),
@@ -119,9 +114,32 @@ impl SnapshotBody {
     fn section(&self, name: &str) -> Option<&[u8]> {
         self.sections.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
     }
+
+    /// Every named section decoded; an absent one is its empty state (bodies written before
+    /// it existed). A section that does not decode is an error, never a default.
+    fn sections(&self) -> Result<Sections, crate::raft::codec::CodecError> {
+        fn one<T: serde::de::DeserializeOwned + Default>(
+            b: &SnapshotBody,
+            name: &str,
+        ) -> Result<T, crate::raft::codec::CodecError> {
+            match b.section(name) {
+                Some(bytes) => decode_with_limit(bytes, bytes.len() as u64),
+                None => Ok(T::default()),
+            }
+        }
+        Ok(Sections {
+            ns_keys: one(self, SECTION_NS_KEYS)?,
+            auth: one(self, SECTION_AUTH)?,
+            roles: one(self, SECTION_ROLES)?,
+        })
+    }
 }
 
 impl StateMachine {
+    /// Installs a received snapshot: every table replaced at once, the body kept as the
+    /// node's snapshot. A body that does not decode completely (its sections included) is
+    /// refused before anything is written; a failure after the body file is written removes
+    /// it again, so only a committed record ever names a file.
     pub(crate) async fn install(
         &mut self,
         meta: &SnapshotMeta<NodeId, ArkNode>,
@@ -129,8 +147,11 @@ impl StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         // A snapshot holds the whole state and may be larger than a frame: it is bounded by
         // the bytes received, which the decoder never reads past.
-        let body: SnapshotBody = decode_body(&data)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        let refused = |e: crate::raft::codec::CodecError| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        };
+        let body: SnapshotBody = decode_body(&data).map_err(refused)?;
+        let state = body.sections().map_err(refused)?;
         // The body goes to its file first, durably; nothing names it until the commit below.
         let files = self.files.clone();
         let file = off_runtime(move || files.write(&data).map_err(sm_write_err)).await?;
@@ -139,67 +160,21 @@ impl StateMachine {
         let overlay = self.overlay.clone();
         let mut ov = overlay.write().map_err(|_| poisoned())?;
         *ov = Overlay::default();
-        let mut tx = self.db.begin_write().map_err(sm_write_err)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
-            kv.retain(|_, _| false).map_err(sm_write_err)?;
-            for (k, v) in &body.kv {
-                let b = encode(v).map_err(sm_write_err)?;
-                kv.insert(k.as_str(), b.as_slice()).map_err(sm_write_err)?;
-            }
-            let mut s = tx.open_table(SESSIONS).map_err(sm_write_err)?;
-            s.retain(|_, _| false).map_err(sm_write_err)?;
-            let mut bt = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
-            bt.retain(|_, _| false).map_err(sm_write_err)?;
-            let mut buckets: std::collections::BTreeMap<u64, Vec<&[u8]>> = Default::default();
-            for (id, rec) in &body.sessions {
-                let b = encode(rec).map_err(sm_write_err)?;
-                s.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
-                buckets.entry(rec.applied_at_ms).or_default().push(id.as_slice());
-            }
-            for (at, ids) in buckets {
-                let packed = pack_ids(ids.into_iter());
-                bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
-            }
-            let ns_keys: Vec<(String, NsKeys)> = match body.section(SECTION_NS_KEYS) {
-                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
-                None => Vec::new(),
-            };
-            let mut ot = obj_tables(&tx)?;
-            objects::import(&mut ot, &body.objects).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
-            objects::import_keys(&mut ot, &ns_keys).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
-            drop(ot);
-            let auth_state: auth::AuthState = match body.section(SECTION_AUTH) {
-                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
-                None => auth::AuthState::default(),
-            };
-            let mut at = tx.open_table(auth::AUTH).map_err(sm_write_err)?;
-            auth::store(&mut at, &auth_state).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
-            let node_roles: Vec<(NodeId, crate::config::NodeRole)> = match body.section(SECTION_ROLES) {
-                Some(b) => decode_with_limit(b, b.len() as u64).map_err(sm_read_err)?,
-                None => Vec::new(),
-            };
-            let mut rt = tx.open_table(roles::ROLES).map_err(sm_write_err)?;
-            roles::store(&mut rt, &node_roles).map_err(sm_write_err)?;
-            let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
-            let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
-            m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
-            let b = encode(&meta.last_membership).map_err(sm_write_err)?;
-            m.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
-        }
-        let replaced = match keep(&tx, meta, &file) {
+        let committed = (|| {
+            let mut tx = self.db.begin_write().map_err(sm_write_err)?;
+            tx.set_durability(Durability::Immediate);
+            replace_tables(&tx, meta, &body, &state)?;
+            let replaced = keep(&tx, meta, &file)?;
+            tx.commit().map_err(sm_write_err)?;
+            Ok(replaced)
+        })();
+        let replaced = match committed {
             Ok(r) => r,
             Err(e) => {
-                drop(tx);
                 self.files.remove_unkept(&file.name);
                 return Err(e);
             }
         };
-        if let Err(e) = tx.commit() {
-            self.files.remove_unkept(&file.name);
-            return Err(sm_write_err(e));
-        }
         drop(ov);
         if let Some(old) = replaced {
             self.files.remove_unkept(&old.name);
@@ -210,6 +185,57 @@ impl StateMachine {
         metrics::counter!("ark_raft_snapshots_installed_total").increment(1);
         Ok(())
     }
+}
+
+/// A body's named sections, decoded.
+struct Sections {
+    ns_keys: Vec<(String, NsKeys)>,
+    auth: auth::AuthState,
+    roles: Vec<(NodeId, crate::config::NodeRole)>,
+}
+
+/// Every table of the state machine emptied and filled from `body` and `state`, and the
+/// applied position set to `meta`'s, in `tx` (not committed).
+fn replace_tables(
+    tx: &redb::WriteTransaction,
+    meta: &SnapshotMeta<NodeId, ArkNode>,
+    body: &SnapshotBody,
+    state: &Sections,
+) -> Result<(), StorageError<NodeId>> {
+    let mut kv = tx.open_table(KV).map_err(sm_write_err)?;
+    kv.retain(|_, _| false).map_err(sm_write_err)?;
+    for (k, v) in &body.kv {
+        let b = encode(v).map_err(sm_write_err)?;
+        kv.insert(k.as_str(), b.as_slice()).map_err(sm_write_err)?;
+    }
+    let mut s = tx.open_table(SESSIONS).map_err(sm_write_err)?;
+    s.retain(|_, _| false).map_err(sm_write_err)?;
+    let mut bt = tx.open_table(SESSIONS_BY_TIME).map_err(sm_write_err)?;
+    bt.retain(|_, _| false).map_err(sm_write_err)?;
+    let mut buckets: std::collections::BTreeMap<u64, Vec<&[u8]>> = Default::default();
+    for (id, rec) in &body.sessions {
+        let b = encode(rec).map_err(sm_write_err)?;
+        s.insert(id.as_slice(), b.as_slice()).map_err(sm_write_err)?;
+        buckets.entry(rec.applied_at_ms).or_default().push(id.as_slice());
+    }
+    for (at, ids) in buckets {
+        let packed = pack_ids(ids.into_iter());
+        bt.insert((at, 0), packed.as_slice()).map_err(sm_write_err)?;
+    }
+    let mut ot = obj_tables(tx)?;
+    objects::import(&mut ot, &body.objects).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+    objects::import_keys(&mut ot, &state.ns_keys).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+    drop(ot);
+    let mut at = tx.open_table(auth::AUTH).map_err(sm_write_err)?;
+    auth::store(&mut at, &state.auth).map_err(|e| sm_write_err(std::io::Error::other(e)))?;
+    let mut rt = tx.open_table(roles::ROLES).map_err(sm_write_err)?;
+    roles::store(&mut rt, &state.roles).map_err(sm_write_err)?;
+    let mut m = tx.open_table(SM_META).map_err(sm_write_err)?;
+    let a = encode(&meta.last_log_id).map_err(sm_write_err)?;
+    m.insert(KEY_APPLIED, a.as_slice()).map_err(sm_write_err)?;
+    let b = encode(&meta.last_membership).map_err(sm_write_err)?;
+    m.insert(KEY_MEMBERSHIP, b.as_slice()).map_err(sm_write_err)?;
+    Ok(())
 }
 
 impl StateMachine {
