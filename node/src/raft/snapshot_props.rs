@@ -213,10 +213,43 @@ fn roles_apply_and_travel_in_snapshots() {
     });
 }
 
+/// Runs `work` beside a task that ticks every millisecond on the same (one-thread) runtime;
+/// asserts that the ticker ran throughout, i.e. that `work` did not hold the thread.
+async fn runtime_stays_free<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ticks = std::sync::Arc::new(AtomicU64::new(0));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let (ticks, stop) = (ticks.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                ticks.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    let before = ticks.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let out = work.await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    let during = ticks.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    ticker.await.unwrap();
+    // Ticking every millisecond, the other task ran throughout.
+    assert!(
+        during >= (took_ms / 10).max(2),
+        "another task ran {during} times during a {took_ms} ms {what}"
+    );
+    out
+}
+
+/// Building a snapshot, reading the kept one back (to send it) and installing a received one
+/// each read, hash or write the whole state: none of it on the runtime, where it would stop
+/// every other task (heartbeats, replication) until it finished.
 #[test]
-fn a_snapshot_is_built_off_the_runtime() {
-    // One runtime thread: a build that read and encoded every record on it would stop every
-    // other task (heartbeats, replication) until it finished.
+fn snapshot_builds_reads_and_installs_run_off_the_runtime() {
+    // One runtime thread, so that work on it would stop the ticker.
     let rt = rt();
     rt.block_on(async {
         let mut n = node();
@@ -230,7 +263,7 @@ fn a_snapshot_is_built_off_the_runtime() {
                             request_id: format!("r{e}-{i}").into_bytes(),
                             command: Command::Put {
                                 key: format!("k{e}-{i}"),
-                                value: vec![7; 64],
+                                value: vec![7; 512],
                             },
                         })
                         .collect(),
@@ -241,30 +274,21 @@ fn a_snapshot_is_built_off_the_runtime() {
         // The first build also writes the applied state out; the second only reads it.
         n.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
-        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ticker = tokio::spawn({
-            let (ticks, stop) = (ticks.clone(), stop.clone());
-            async move {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            }
-        });
-        tokio::task::yield_now().await;
-        let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let s = n.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let took_ms = started.elapsed().as_millis() as u64;
-        let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        ticker.await.unwrap();
-        assert!(s.snapshot.into_inner().len() > 50_000 * 64);
-        // Ticking every millisecond, the other task ran throughout the build.
-        assert!(
-            during >= (took_ms / 10).max(2),
-            "another task ran {during} times during a {took_ms} ms build"
-        );
+        let mut builder = n.sm.get_snapshot_builder().await;
+        let s = runtime_stays_free("build", builder.build_snapshot()).await.unwrap();
+        assert!(s.snapshot.into_inner().len() > 50_000 * 512);
+
+        let kept = runtime_stays_free("read of the kept snapshot", n.sm.get_current_snapshot())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.meta, s.meta);
+
+        let mut other = node();
+        let _ = other.sm.begin_receiving_snapshot().await.unwrap();
+        runtime_stays_free("install", other.sm.install_snapshot(&kept.meta, kept.snapshot))
+            .await
+            .unwrap();
+        assert_eq!(other.sm.reader().get("k49-999").unwrap().unwrap().value, vec![7; 512]);
     });
 }

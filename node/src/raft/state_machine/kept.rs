@@ -23,48 +23,49 @@ pub(super) struct StoredSnapshot {
     pub(super) meta: SnapshotMeta<NodeId, ArkNode>,
 }
 
-impl StateMachine {
-    /// The kept snapshot, read back and checked. A body whose file is damaged or missing is
-    /// [`Kept::Damaged`], never handed out.
-    pub(super) fn kept_snapshot(&self) -> Result<Kept, StorageError<NodeId>> {
-        // A build may replace the kept snapshot (and remove its file) between reading the
-        // record and reading the file: a missing file is looked up again once.
-        let mut missing = None;
-        for _ in 0..2 {
-            let (meta, file, inline) = {
-                let tx = self.db.begin_read().map_err(sm_read_err)?;
-                let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
-                let Some(meta) = kept_meta(&t)? else {
-                    return Ok(Kept::None);
-                };
-                let file = body_file(&t)?;
-                // Kept by a release that stored the body in redb.
-                let inline = match &file {
-                    Some(_) => None,
-                    None => t.get(KEY_SNAP_DATA).map_err(sm_read_err)?.map(|d| d.value().to_vec()),
-                };
-                (meta, file, inline)
+/// The kept snapshot, read back and checked. A body whose file is damaged or missing is
+/// [`Kept::Damaged`], never handed out. Blocking (it reads and hashes the whole body):
+/// callers run it on the snapshot thread.
+pub(super) fn kept_snapshot(db: &Database, files: &SnapshotFiles) -> Result<Kept, StorageError<NodeId>> {
+    // A build may replace the kept snapshot (and remove its file) between reading the
+    // record and reading the file: a missing file is looked up again once.
+    let mut missing = None;
+    for _ in 0..2 {
+        let (meta, file, inline) = {
+            let tx = db.begin_read().map_err(sm_read_err)?;
+            let t = tx.open_table(SNAPSHOT).map_err(sm_read_err)?;
+            let Some(meta) = kept_meta(&t)? else {
+                return Ok(Kept::None);
             };
-            let data = match (file, inline) {
-                (Some(f), _) => match self.files.read(&f) {
-                    Ok(d) => d,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing.is_none() => {
-                        missing = Some(e.to_string());
-                        continue;
-                    }
-                    Err(e) => return Ok(Kept::Damaged(e.to_string())),
-                },
-                (None, Some(d)) => d,
-                (None, None) => return Ok(Kept::None),
+            let file = body_file(&t)?;
+            // Kept by a release that stored the body in redb.
+            let inline = match &file {
+                Some(_) => None,
+                None => t.get(KEY_SNAP_DATA).map_err(sm_read_err)?.map(|d| d.value().to_vec()),
             };
-            return Ok(Kept::Snapshot(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }));
-        }
-        Ok(Kept::Damaged(missing.unwrap_or_default()))
+            (meta, file, inline)
+        };
+        let data = match (file, inline) {
+            (Some(f), _) => match files.read(&f) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing.is_none() => {
+                    missing = Some(e.to_string());
+                    continue;
+                }
+                Err(e) => return Ok(Kept::Damaged(e.to_string())),
+            },
+            (None, Some(d)) => d,
+            (None, None) => return Ok(Kept::None),
+        };
+        return Ok(Kept::Snapshot(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }));
     }
+    Ok(Kept::Damaged(missing.unwrap_or_default()))
+}
 
+impl StateMachine {
     /// Removes snapshot files no record names (a crash between writing one and committing
     /// its record, or before removing the one it replaced). Run when the state machine is
     /// opened, before anything else can write one.
@@ -76,7 +77,7 @@ impl StateMachine {
     }
 }
 
-/// What [`StateMachine::kept_snapshot`] found.
+/// What [`kept_snapshot`] found.
 pub(super) enum Kept {
     None,
     Snapshot(Snapshot<TypeConfig>),

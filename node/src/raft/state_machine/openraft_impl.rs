@@ -13,9 +13,10 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
 use super::apply::overlay_ok;
-use super::kept::Kept;
+use super::kept::{kept_snapshot, Kept};
 use super::machine::StateMachine;
 use super::overlay::{commit_gen, Gen};
+use super::snapshot::off_runtime;
 use super::tables::{poisoned, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::raft::{ArkNode, Command, NodeId, Response, TypeConfig};
 
@@ -124,7 +125,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        match self.kept_snapshot()? {
+        // Reading and hashing the body takes long at a million objects: on the snapshot
+        // thread, so that the leader's heartbeats go on meanwhile.
+        let (db, files) = (self.db.clone(), self.files.clone());
+        match off_runtime(move || kept_snapshot(&db, &files)).await? {
             Kept::None => Ok(None),
             Kept::Snapshot(s) => Ok(Some(s)),
             Kept::Damaged(why) => {

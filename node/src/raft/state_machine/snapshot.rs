@@ -146,39 +146,50 @@ impl StateMachine {
         data: Vec<u8>,
     ) -> Result<(), StorageError<NodeId>> {
         // A snapshot holds the whole state and may be larger than a frame: it is bounded by
-        // the bytes received, which the decoder never reads past.
-        let refused = |e: crate::raft::codec::CodecError| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        };
-        let body: SnapshotBody = decode_body(&data).map_err(refused)?;
-        let state = body.sections().map_err(refused)?;
-        // The body goes to its file first, durably; nothing names it until the commit below.
-        let files = self.files.clone();
-        let file = off_runtime(move || files.write(&data).map_err(sm_write_err)).await?;
+        // the bytes received, which the decoder never reads past. Decoding it and writing it
+        // out take seconds at a million objects: on the snapshot thread.
+        let (files, signature) = (self.files.clone(), meta.signature());
+        let (body, state, file) = off_runtime(move || {
+            let refused = |e: crate::raft::codec::CodecError| {
+                StorageError::from(StorageIOError::read_snapshot(Some(signature.clone()), &e))
+            };
+            let body: SnapshotBody = decode_body(&data).map_err(refused)?;
+            let state = body.sections().map_err(refused)?;
+            // The body goes to its file first, durably; nothing names it until the commit below.
+            let file = files.write(&data).map_err(sm_write_err)?;
+            Ok((body, state, file))
+        })
+        .await?;
         // The snapshot replaces everything, the overlay included; readers wait meanwhile.
+        // Replacing every table takes seconds at a million objects: on the snapshot thread.
         let _flushing = self.flush_lock.clone().lock_owned().await;
-        let overlay = self.overlay.clone();
-        let mut ov = overlay.write().map_err(|_| poisoned())?;
-        *ov = Overlay::default();
-        let committed = (|| {
-            let mut tx = self.db.begin_write().map_err(sm_write_err)?;
-            tx.set_durability(Durability::Immediate);
-            replace_tables(&tx, meta, &body, &state)?;
-            let replaced = keep(&tx, meta, &file)?;
-            tx.commit().map_err(sm_write_err)?;
-            Ok(replaced)
-        })();
-        let replaced = match committed {
-            Ok(r) => r,
-            Err(e) => {
-                self.files.remove_unkept(&file.name);
-                return Err(e);
+        let (db, overlay, files, meta) = (self.db.clone(), self.overlay.clone(), self.files.clone(), meta.clone());
+        off_runtime(move || {
+            let committed = (|| {
+                let mut ov = overlay.write().map_err(|_| poisoned())?;
+                let mut tx = db.begin_write().map_err(sm_write_err)?;
+                tx.set_durability(Durability::Immediate);
+                replace_tables(&tx, &meta, &body, &state)?;
+                let replaced = keep(&tx, &meta, &file)?;
+                tx.commit().map_err(sm_write_err)?;
+                // Only now: a failed install leaves the applied writes the overlay holds.
+                *ov = Overlay::default();
+                Ok(replaced)
+            })();
+            match committed {
+                Ok(replaced) => {
+                    if let Some(old) = replaced {
+                        files.remove_unkept(&old.name);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    files.remove_unkept(&file.name);
+                    Err(e)
+                }
             }
-        };
-        drop(ov);
-        if let Some(old) = replaced {
-            self.files.remove_unkept(&old.name);
-        }
+        })
+        .await?;
         self.reload_auth()?;
         self.reload_roles()?;
         self.last_durable = Instant::now();
@@ -285,7 +296,7 @@ fn snapshot_jobs() -> Result<&'static std::sync::mpsc::Sender<Job>, StorageError
 }
 
 /// Runs `f` on the snapshot thread ([`snapshot_jobs`]); a panic there is a storage error.
-async fn off_runtime<T: Send + 'static>(
+pub(super) async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
 ) -> Result<T, StorageError<NodeId>> {
     let stopped = || sm_read_err(std::io::Error::other("the snapshot thread stopped"));
