@@ -75,7 +75,7 @@ impl From<ConsensusError> for Status {
 impl From<DataError> for Status {
     fn from(e: DataError) -> Status {
         match e {
-            DataError::NoGoodCopy(_) | DataError::Unseal(_) => Status::data_loss(e.to_string()),
+            DataError::NoGoodCopy { .. } | DataError::Unseal(_) => Status::data_loss(e.to_string()),
             DataError::Key(m) => Status::failed_precondition(m),
             DataError::Local(m) => Status::internal(m),
             e => Status::unavailable(e.to_string()),

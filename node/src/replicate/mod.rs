@@ -73,9 +73,14 @@ pub enum DataError {
         /// Its message.
         msg: String,
     },
-    /// No holder could supply a good copy.
-    #[error("no good copy of chunk {0} on any holder")]
-    NoGoodCopy(String),
+    /// No source could supply a good copy of the chunk.
+    #[error("no good copy of chunk {chunk}: {why}")]
+    NoGoodCopy {
+        /// The chunk, in hex.
+        chunk: String,
+        /// What the sources said.
+        why: String,
+    },
     /// An encrypted namespace's data key is not available on this node (no KEK, another
     /// KEK); nothing was read.
     #[error("{0}")]

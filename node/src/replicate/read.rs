@@ -55,10 +55,14 @@ impl DataPlane {
             }
             Err(e) => {
                 metrics::counter!("ark_object_reads_failed_total").increment(1);
-                Err(DataError::NoGoodCopy(format!(
-                    "{}: local: {local_err}; replicas: {e}",
-                    to_hex(id)
-                )))
+                let replicas = match e {
+                    DataError::NoGoodCopy { why, .. } => why,
+                    other => other.to_string(),
+                };
+                Err(DataError::NoGoodCopy {
+                    chunk: to_hex(id),
+                    why: format!("local: {local_err}; replicas: {replicas}"),
+                })
             }
         }
     }

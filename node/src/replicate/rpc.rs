@@ -167,11 +167,13 @@ impl DataPlane {
                 }
             }
         }
-        Err(DataError::NoGoodCopy(format!(
-            "{}: {}",
-            to_hex(id),
-            last.unwrap_or_else(|| "no holder".into())
-        )))
+        Err(DataError::NoGoodCopy {
+            chunk: to_hex(id),
+            why: match last {
+                Some(last) => format!("none of its holders had one (the last: {last})"),
+                None => "no holder to ask".into(),
+            },
+        })
     }
 
     /// One holder's verified copy of chunk `id`, or why not, with the holder's id.
