@@ -284,15 +284,21 @@ mod tests {
         assert_eq!(snapshot_files(dir.path()).len(), 1);
     }
 
-    #[tokio::test]
-    async fn an_install_keeps_the_received_body_and_an_older_build_does_not_replace_it() {
+    /// A snapshot built by another node that applied five puts of `key` (its dir with it).
+    async fn leader_snapshot(key: &str) -> (tempfile::TempDir, Snapshot<TypeConfig>) {
         let src = tempfile::tempdir().unwrap();
         let mut leader = StateMachine::new(crate::raft::store::open_database(src.path()).unwrap(), src.path());
         leader
-            .apply((1..=5).map(|i| put(i, "k")).collect::<Vec<_>>())
+            .apply((1..=5).map(|i| put(i, key)).collect::<Vec<_>>())
             .await
             .unwrap();
         let s = leader.build_snapshot().await.unwrap();
+        (src, s)
+    }
+
+    #[tokio::test]
+    async fn an_install_keeps_the_received_body_and_an_older_build_does_not_replace_it() {
+        let (_src, s) = leader_snapshot("k").await;
 
         let dir = tempfile::tempdir().unwrap();
         let db = crate::raft::store::open_database(dir.path()).unwrap();
@@ -320,13 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_with_a_damaged_section_is_refused_before_anything_is_written() {
         use super::super::snapshot::{decode_body, SnapshotBody, SECTION_AUTH};
-        let src = tempfile::tempdir().unwrap();
-        let mut leader = StateMachine::new(crate::raft::store::open_database(src.path()).unwrap(), src.path());
-        leader
-            .apply((1..=5).map(|i| put(i, "new")).collect::<Vec<_>>())
-            .await
-            .unwrap();
-        let s = leader.build_snapshot().await.unwrap();
+        let (_src, s) = leader_snapshot("new").await;
         let bytes = s.snapshot.into_inner();
         let good: SnapshotBody = decode_body(&bytes).unwrap();
         assert!(
