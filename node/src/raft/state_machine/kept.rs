@@ -1,6 +1,7 @@
 //! Which snapshot is kept: its meta and the record of its body's file in redb, read back
-//! checked ([`StateMachine::kept_snapshot`]), replaced by a build or an install ([`keep`],
-//! [`keep_built`]), and the files no record names removed at open.
+//! checked ([`kept_snapshot`]), replaced by a build or an install ([`keep`], [`keep_built`]),
+//! the file no record names once that commits removed ([`settle`]), and the ones left by a
+//! crash removed at open.
 //!
 //! Owns the `sm_snapshot` table's records. Must not build or decode a body (`snapshot.rs`)
 //! nor name, write or check a file (`snapshot_file.rs`).
@@ -86,15 +87,15 @@ pub(super) enum Kept {
 }
 
 /// Records `file` as the kept snapshot's body with `meta`, in `tx`, dropping a body kept by
-/// an older release in redb; the record it replaced, whose file the caller removes once `tx`
-/// has committed.
+/// an older release in redb; the name of the file it replaced, which [`settle`] removes once
+/// `tx` has committed.
 pub(super) fn keep(
     tx: &redb::WriteTransaction,
     meta: &SnapshotMeta<NodeId, ArkNode>,
     file: &BodyFile,
-) -> Result<Option<BodyFile>, StorageError<NodeId>> {
+) -> Result<Option<String>, StorageError<NodeId>> {
     let mut snap = tx.open_table(SNAPSHOT).map_err(sm_write_err)?;
-    let replaced = body_file(&snap)?;
+    let replaced = body_file(&snap)?.map(|f| f.name);
     let m = encode(&StoredSnapshot { meta: meta.clone() }).map_err(sm_write_err)?;
     snap.insert(KEY_SNAP_META, m.as_slice()).map_err(sm_write_err)?;
     let f = encode(file).map_err(sm_write_err)?;
@@ -121,6 +122,29 @@ fn body_file(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Opti
     }
 }
 
+/// Settles the files after a new body file `file` was written: `commit` records it (or
+/// decides not to) in a durable transaction and returns the name of the file no record names
+/// afterwards (the one it replaced, or `file` itself when not kept), which is removed; if
+/// `commit` fails, `file` is removed. So only a committed record ever names a file.
+pub(super) fn settle(
+    files: &SnapshotFiles,
+    file: &BodyFile,
+    commit: impl FnOnce() -> Result<Option<String>, StorageError<NodeId>>,
+) -> Result<(), StorageError<NodeId>> {
+    match commit() {
+        Ok(unnamed) => {
+            if let Some(name) = unnamed {
+                files.remove_unkept(&name);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            files.remove_unkept(&file.name);
+            Err(e)
+        }
+    }
+}
+
 /// Keeps a snapshot this node built: its body to a new file, then its record, unless a newer
 /// snapshot was installed meanwhile (then that one stays and this file goes).
 pub(super) fn keep_built(
@@ -130,9 +154,8 @@ pub(super) fn keep_built(
     data: &[u8],
 ) -> Result<(), StorageError<NodeId>> {
     let file = files.write(data).map_err(sm_write_err)?;
-    // The file no record names afterwards: the replaced one, or this one if not kept.
-    let unnamed = (|| -> Result<Option<String>, StorageError<NodeId>> {
-        // Durable: the record must not fall back to one whose file is removed below.
+    settle(files, &file, || {
+        // Durable: the record must not fall back to one whose file is removed afterwards.
         let mut tx = db.begin_write().map_err(sm_write_err)?;
         tx.set_durability(Durability::Immediate);
         // Strictly newer only: a build at the same index replaces the kept one (which is how
@@ -143,20 +166,8 @@ pub(super) fn keep_built(
         }
         let replaced = keep(&tx, meta, &file)?;
         tx.commit().map_err(sm_write_err)?;
-        Ok(replaced.map(|r| r.name))
-    })();
-    match unnamed {
-        Ok(name) => {
-            if let Some(name) = name {
-                files.remove_unkept(&name);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            files.remove_unkept(&file.name);
-            Err(e)
-        }
-    }
+        Ok(replaced)
+    })
 }
 
 #[cfg(test)]
@@ -374,5 +385,24 @@ mod tests {
         assert!(sm.reader().get("new").unwrap().is_some());
         assert_eq!(current(&mut sm).await.unwrap().meta, s.meta);
         assert_eq!(snapshot_files(dir.path()).len(), 1);
+    }
+
+    /// Whatever the commit does, no file is left that no record names: a failed commit
+    /// removes the new file, a committed one the file it replaced.
+    #[test]
+    fn settle_removes_the_new_file_on_failure_and_the_replaced_one_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path());
+        let old = files.write(b"old").unwrap();
+        let new = files.write(b"new").unwrap();
+        let failed = settle(&files, &new, || Err(sm_write_err(std::io::Error::other("disk"))));
+        assert!(failed.is_err());
+        assert_eq!(snapshot_files(dir.path()).len(), 1, "the failed one's file stayed");
+        assert!(files.read(&old).is_ok());
+
+        let newer = files.write(b"newer").unwrap();
+        settle(&files, &newer, || Ok(Some(old.name.clone()))).unwrap();
+        assert!(files.read(&newer).is_ok());
+        assert_eq!(snapshot_files(dir.path()).len(), 1, "the replaced one's file stayed");
     }
 }

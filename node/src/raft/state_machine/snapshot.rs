@@ -11,7 +11,7 @@ use openraft::{LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
 use redb::{Database, Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::kept::{keep, keep_built};
+use super::kept::{keep, keep_built, settle};
 use super::machine::StateMachine;
 use super::overlay::Overlay;
 use super::sessions::{pack_ids, SessionRecord};
@@ -165,7 +165,7 @@ impl StateMachine {
         let _flushing = self.flush_lock.clone().lock_owned().await;
         let (db, overlay, files, meta) = (self.db.clone(), self.overlay.clone(), self.files.clone(), meta.clone());
         off_runtime(move || {
-            let committed = (|| {
+            settle(&files, &file, || {
                 let mut ov = overlay.write().map_err(|_| poisoned())?;
                 let mut tx = db.begin_write().map_err(sm_write_err)?;
                 tx.set_durability(Durability::Immediate);
@@ -175,19 +175,7 @@ impl StateMachine {
                 // Only now: a failed install leaves the applied writes the overlay holds.
                 *ov = Overlay::default();
                 Ok(replaced)
-            })();
-            match committed {
-                Ok(replaced) => {
-                    if let Some(old) = replaced {
-                        files.remove_unkept(&old.name);
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    files.remove_unkept(&file.name);
-                    Err(e)
-                }
-            }
+            })
         })
         .await?;
         self.reload_auth()?;
