@@ -396,3 +396,51 @@ async fn bench_kv_reports_throughput_and_latency() {
         .unwrap();
     assert_eq!(v.value.len(), 256);
 }
+
+/// A burst of linearizable reads, on the leader and through a follower (which asks the
+/// leader for a read index), all answer with the acknowledged value and share leadership
+/// confirmations: a heartbeat round per read made some reads fail under load ("cannot reach
+/// a quorum") on a healthy cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_linearizable_reads_shares_leadership_confirmations() {
+    const READS: usize = 600;
+    let pg = Pg::up(3, 20_000).await;
+    let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let client_of = |id: u64| {
+        let mut cfg = ark_playground::playground::Playground::client_config(pg.path()).unwrap();
+        cfg.endpoints = vec![pg.node(id).client_addr];
+        ark_client::ArkClient::new(&cfg).unwrap()
+    };
+    let (on_leader, via_follower) = (client_of(leader), client_of(follower));
+    let revision = on_leader.put("burst", b"acknowledged").await.unwrap();
+    let linearizable = &ark_client::ReadOptions::LINEARIZABLE;
+    // Both clients have read once, so the burst finds the fence entry committed and its
+    // connections open.
+    on_leader.get("burst", linearizable).await.unwrap();
+    via_follower.get("burst", linearizable).await.unwrap();
+
+    let confirmations = || pg.metric(leader, "ark_read_confirmations_total");
+    let failed_reads = || {
+        (1..=3)
+            .map(|n| pg.metric(n, "ark_kv_requests_total{op=\"get\",result=\"error\"}"))
+            .sum::<f64>()
+    };
+    let (confirmed_before, failed_before) = (confirmations(), failed_reads());
+    let reads = (0..READS).map(|i| {
+        let c = if i % 2 == 0 { &on_leader } else { &via_follower };
+        c.get("burst", linearizable)
+    });
+    for (i, answer) in futures::future::join_all(reads).await.into_iter().enumerate() {
+        let v = answer
+            .unwrap_or_else(|e| panic!("read {i}: {e}"))
+            .expect("the key was written");
+        assert_eq!((v.value.as_slice(), v.revision), (&b"acknowledged"[..], revision));
+    }
+    assert_eq!(failed_reads() - failed_before, 0.0, "reads failed and were retried");
+    let rounds = confirmations() - confirmed_before;
+    assert!(
+        (1.0..=(READS / 4) as f64).contains(&rounds),
+        "{rounds} leadership confirmations for {READS} concurrent reads"
+    );
+}

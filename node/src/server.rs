@@ -616,6 +616,7 @@ pub(crate) fn describe_all_metrics() {
     crate::api::limits::describe_metrics();
     crate::api::objects::describe_metrics();
     crate::raft::proposer::describe_metrics();
+    crate::raft::fence::describe_metrics();
     crate::cache::describe_metrics();
     crate::chunks::store::describe_metrics();
     crate::net::describe_metrics();

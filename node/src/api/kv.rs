@@ -51,14 +51,18 @@ impl KvService {
         check_request_id(&request_id)?;
         let started = Instant::now();
         let res = self.proposer.propose(Op { request_id, command }).await;
-        let result = match &res {
-            Ok(_) => "ok",
-            Err(ConsensusError::NotLeader { leader_id: Some(_), .. }) => "not_leader",
-            Err(_) => "error",
-        };
+        let result = res.as_ref().map_or_else(outcome, |_| "ok");
         metrics::counter!("ark_kv_requests_total", "op" => op, "result" => result).increment(1);
         metrics::histogram!("ark_kv_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
         Ok(res?)
+    }
+}
+
+/// The `result` label of a request that failed with `e`.
+fn outcome(e: &ConsensusError) -> &'static str {
+    match e {
+        ConsensusError::NotLeader { leader_id: Some(_), .. } => "not_leader",
+        _ => "error",
     }
 }
 
@@ -114,7 +118,10 @@ impl Kv for KvService {
         let r = request.into_inner();
         check_key(&r.key)?;
         if !r.stale {
-            self.fence.linearize().await?;
+            if let Err(e) = self.fence.linearize().await {
+                metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => outcome(&e)).increment(1);
+                return Err(e.into());
+            }
         }
         metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => "ok").increment(1);
         Ok(Response::new(match self.reader.get(&r.key).map_err(internal)? {
@@ -147,7 +154,10 @@ impl Kv for KvService {
         self.authz.require(&request, "Kv/List", Need::KvRead { key })?;
         let r = request.into_inner();
         if !r.stale {
-            self.fence.linearize().await?;
+            if let Err(e) = self.fence.linearize().await {
+                metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => outcome(&e)).increment(1);
+                return Err(e.into());
+            }
         }
         let after = paging::kv_after(&r.cursor, &r.prefix)?;
         let limit = paging::page_size(r.limit, self.limits.config().list_page_max);
@@ -191,7 +201,7 @@ pub(crate) fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
         "ark_kv_requests_total",
-        "KV requests, by op and result (ok, not_leader, error); reads are counted once answered."
+        "KV requests, by op and result (ok, not_leader, error); a read counts once answered or once its read point could not be fixed."
     );
     describe_histogram!(
         "ark_kv_request_duration_seconds",
