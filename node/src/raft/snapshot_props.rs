@@ -244,6 +244,54 @@ async fn runtime_stays_free<T>(what: &str, work: impl std::future::Future<Output
     out
 }
 
+/// A group of entries applied straight to redb (an object command and the entries after it in
+/// the same apply call) commits on a blocking thread, not on the runtime; the KV writes it
+/// carries stay readable while it commits, and are in redb after it.
+#[test]
+fn a_group_of_object_entries_commits_off_the_runtime() {
+    let rt = rt();
+    rt.block_on(async {
+        let mut n = node();
+        let entry = |index: u64, ops: Vec<Op>| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                proposed_at_ms: 1_000,
+                ops,
+            }),
+        };
+        let put = |e: u64, i: u64| Op {
+            request_id: format!("r{e}-{i}").into_bytes(),
+            command: Command::Put {
+                key: format!("k{e}-{i}"),
+                value: vec![7; 512],
+            },
+        };
+        // A KV entry first (into the overlay), then a namespace create and 200 KV entries
+        // after it: one direct transaction of about 50 MB.
+        let mut entries = vec![entry(1, vec![put(0, 0)])];
+        entries.push(entry(
+            2,
+            vec![Op {
+                request_id: b"ns".to_vec(),
+                command: Command::NsCreate {
+                    name: "ns".into(),
+                    policy: crate::raft::types::NsPolicy::default(),
+                },
+            }],
+        ));
+        entries.extend((3..203u64).map(|e| entry(e, (0..500).map(|i| put(e, i)).collect())));
+        let answers = runtime_stays_free("commit of a direct group", n.sm.apply(entries))
+            .await
+            .unwrap();
+        assert_eq!(answers.len(), 202);
+        let reader = n.sm.reader();
+        assert_eq!(reader.get("k0-0").unwrap().unwrap().value, vec![7; 512]);
+        assert_eq!(reader.get("k202-499").unwrap().unwrap().value, vec![7; 512]);
+        let (applied, _) = n.sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(202));
+    });
+}
+
 /// Building a snapshot, reading the kept one back (to send it) and installing a received one
 /// each read, hash or write the whole state: none of it on the runtime, where it would stop
 /// every other task (heartbeats, replication) until it finished.
