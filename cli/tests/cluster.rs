@@ -407,12 +407,7 @@ async fn a_burst_of_linearizable_reads_shares_leadership_confirmations() {
     let pg = Pg::up(3, 20_000).await;
     let leader = pg.wait_leader(None, Duration::from_secs(20)).await;
     let follower = (1..=3).find(|n| *n != leader).unwrap();
-    let client_of = |id: u64| {
-        let mut cfg = ark_playground::playground::Playground::client_config(pg.path()).unwrap();
-        cfg.endpoints = vec![pg.node(id).client_addr];
-        ark_client::ArkClient::new(&cfg).unwrap()
-    };
-    let (on_leader, via_follower) = (client_of(leader), client_of(follower));
+    let (on_leader, via_follower) = (pg.client_of(leader), pg.client_of(follower));
     let revision = on_leader.put("burst", b"acknowledged").await.unwrap();
     let linearizable = &ark_client::ReadOptions::LINEARIZABLE;
     // Both clients have read once, so the burst finds the fence entry committed and its

@@ -13,7 +13,7 @@ use ark_client::objects::{GetOptions, PutOptions, PutSource};
 use ark_client::{
     ArkClient, ClientError, DurabilityMode, ListKeysOptions, ListObjectsOptions, NamespacePolicy, ReadOptions,
 };
-use ark_playground::playground::{self, Layout, Playground};
+use ark_playground::playground::{self, Layout};
 use ark_playground::testkit::{stderr, stdout, Pg};
 use tokio::io::AsyncWriteExt;
 
@@ -45,13 +45,6 @@ async fn playground() -> Pg {
     Pg { dir, children }
 }
 
-/// A client that talks to node `id` only (the per-node limits are per node).
-fn client_of(pg: &Pg, id: u64) -> ArkClient {
-    let mut cfg = Playground::client_config(pg.path()).unwrap();
-    cfg.endpoints = vec![pg.node(id).client_addr];
-    ArkClient::new(&cfg).unwrap()
-}
-
 fn policy() -> NamespacePolicy {
     NamespacePolicy::replicated(3, 2, DurabilityMode::Sync)
 }
@@ -71,7 +64,8 @@ async fn put_bytes(c: &ArkClient, ns: &str, key: &str, data: Vec<u8>) -> Result<
 async fn low_limits_are_enforced_with_clear_errors_and_listings_page_through_everything() {
     let pg = playground().await;
     pg.wait_leader(None, Duration::from_secs(20)).await;
-    let c = client_of(&pg, 1);
+    // A client of node 1 only: the limits are per node.
+    let c = pg.client_of(1);
 
     // --- KV listing: pages of at most PAGE keys, every key exactly once through cursors.
     let keys: Vec<String> = (0..25).map(|i| format!("k/{i:02}")).collect();
@@ -206,7 +200,7 @@ async fn low_limits_are_enforced_with_clear_errors_and_listings_page_through_eve
     // first, so that they really race): exactly one wins, even where every node's own count
     // still allowed it.
     assert!(c.delete_namespace("n3").await.unwrap());
-    let clients: Vec<ArkClient> = (1..=3).map(|n| client_of(&pg, n)).collect();
+    let clients: Vec<ArkClient> = (1..=3).map(|n| pg.client_of(n)).collect();
     for cl in &clients {
         cl.get("k/00", &ReadOptions::STALE).await.unwrap();
     }

@@ -76,6 +76,14 @@ impl Pg {
         ArkClient::new(&Playground::client_config(self.path()).unwrap()).unwrap()
     }
 
+    /// An SDK client that talks to node `id` only (for per-node limits, or to read through
+    /// a chosen node).
+    pub fn client_of(&self, id: u64) -> ArkClient {
+        let mut cfg = Playground::client_config(self.path()).unwrap();
+        cfg.endpoints = vec![self.node(id).client_addr];
+        ArkClient::new(&cfg).unwrap()
+    }
+
     /// A client config like `client.toml` but presenting `cert`/`key`, written to
     /// `client-NAME.toml` in the playground's folder (what a test speaking as another identity,
     /// or with another CA's certificate, passes to `ark --config`).

@@ -154,10 +154,7 @@ impl Kv for KvService {
         self.authz.require(&request, "Kv/List", Need::KvRead { key })?;
         let r = request.into_inner();
         if !r.stale {
-            if let Err(e) = self.fence.linearize().await {
-                metrics::counter!("ark_kv_requests_total", "op" => "get", "result" => outcome(&e)).increment(1);
-                return Err(e.into());
-            }
+            self.fence.linearize().await?;
         }
         let after = paging::kv_after(&r.cursor, &r.prefix)?;
         let limit = paging::page_size(r.limit, self.limits.config().list_page_max);

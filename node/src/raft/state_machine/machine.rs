@@ -300,23 +300,14 @@ impl StateMachine {
         };
         let (gen, durable, sweep_at) = {
             let Ok(mut ov) = overlay.write() else { return };
-            let gen = Arc::new(std::mem::take(&mut ov.active));
-            ov.frozen = Some(gen.clone());
+            let gen = ov.freeze();
             let (durable, sweep_at) = self.flush_plan(&gen, &[]);
             (gen, durable, sweep_at)
         };
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let res = commit_gen(&db, &gen, &[], durable, sweep_at);
-            if let Ok(mut ov) = overlay.write() {
-                match res {
-                    // Only now, with redb holding it, may readers stop finding it here.
-                    Ok(_) => ov.frozen = None,
-                    Err(e) => {
-                        tracing::error!(error = %e, "state machine flush failed");
-                        ov.failed = Some(e.to_string());
-                    }
-                }
+            if let Err(e) = commit_frozen(&db, &overlay, &gen, &[], durable, sweep_at) {
+                tracing::error!(error = %e, "state machine flush failed");
             }
             drop(guard);
         });

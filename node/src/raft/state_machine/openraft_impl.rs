@@ -8,7 +8,6 @@
 
 use std::io::Cursor;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -16,7 +15,7 @@ use openraft::{Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta,
 use super::apply::overlay_ok;
 use super::kept::{kept_snapshot, Kept};
 use super::machine::StateMachine;
-use super::overlay::{commit_gen, Gen, SharedOverlay};
+use super::overlay::{commit_frozen, fail_or_thaw};
 use super::snapshot::off_runtime;
 use super::tables::{poisoned, sm_write_err, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::raft::{ArkNode, Command, NodeId, Response, TypeConfig};
@@ -91,15 +90,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _flushing = self.flush_lock.clone().lock_owned().await;
             // The overlay's entries go to redb with the group, as a background flush sends
             // them: frozen, so that readers still find them while the commit runs.
+            // Off the runtime: a commit that waits on a busy disk (a durable one fsyncs) would
+            // hold a runtime worker, starving the node's other tasks (heartbeats, QUIC).
             let (gen, durable, sweep_at) = {
                 let mut ov = overlay.write().map_err(|_| poisoned())?;
                 ov.check()?;
-                let gen = Arc::new(std::mem::take(&mut ov.active));
-                ov.frozen = Some(gen.clone());
+                let gen = ov.freeze();
                 let (durable, sweep_at) = self.flush_plan(&gen, &group);
                 (gen, durable, sweep_at)
             };
-            let responses = commit_off_runtime(self.db.clone(), overlay.clone(), gen, group, durable, sweep_at).await?;
+            let (db, ov) = (self.db.clone(), overlay.clone());
+            let responses =
+                tokio::task::spawn_blocking(move || commit_frozen(&db, &ov, &gen, &group, durable, sweep_at))
+                    .await
+                    .unwrap_or_else(|e| {
+                        let why = format!("the state machine commit stopped: {e}");
+                        fail_or_thaw(&overlay, Some(why.clone()));
+                        Err(sm_write_err(std::io::Error::other(why)))
+                    })?;
             self.direct_commits += 1;
             if auth {
                 self.reload_auth()?;
@@ -151,42 +159,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Whether an entry holds a role change (the in-memory [`crate::raft::roles::RoleView`] is
 /// then reloaded).
-/// Commits `gen` (the overlay's entries, frozen) and the `group` of entries applied straight
-/// to redb in one transaction, on a blocking thread: a commit of a group of object entries
-/// writes pages for every touched table, and a durable one waits for an fsync, which on a
-/// disk busy with chunk writes took long enough that a runtime worker held here starved the
-/// node's other tasks (heartbeats, QUIC). Readers meanwhile read `gen` from the overlay; it
-/// leaves the overlay only once redb holds it. A failed commit fails the overlay.
-async fn commit_off_runtime(
-    db: Arc<redb::Database>,
-    overlay: SharedOverlay,
-    gen: Arc<Gen>,
-    group: Vec<Entry<TypeConfig>>,
-    durable: bool,
-    sweep_at: Option<u64>,
-) -> Result<Vec<Response>, StorageError<NodeId>> {
-    let fail = |overlay: &SharedOverlay, why: String| {
-        if let Ok(mut ov) = overlay.write() {
-            ov.failed = Some(why);
-        }
-    };
-    let ov = overlay.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let res = commit_gen(&db, &gen, &group, durable, sweep_at);
-        match &res {
-            Ok(_) => ov.write().map_err(|_| poisoned())?.frozen = None,
-            Err(e) => fail(&ov, e.to_string()),
-        }
-        res
-    })
-    .await;
-    done.unwrap_or_else(|e| {
-        let why = format!("the state machine commit stopped: {e}");
-        fail(&overlay, why.clone());
-        Err(sm_write_err(std::io::Error::other(why)))
-    })
-}
-
 fn changes_roles(e: &Entry<TypeConfig>) -> bool {
     match &e.payload {
         EntryPayload::Normal(req) => req.ops.iter().any(|o| matches!(o.command, Command::SetRole { .. })),

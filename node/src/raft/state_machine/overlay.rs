@@ -75,6 +75,15 @@ impl Overlay {
         }
     }
 
+    /// Takes the active generation out to be written to redb; readers find it as the frozen
+    /// one until [`commit_frozen`] has committed it. Only one may be frozen at a time: the
+    /// caller holds the state machine's flush lock.
+    pub(super) fn freeze(&mut self) -> Arc<Gen> {
+        let gen = Arc::new(std::mem::take(&mut self.active));
+        self.frozen = Some(gen.clone());
+        gen
+    }
+
     pub(super) fn kv(&self, key: &str) -> Option<&Option<StoredValue>> {
         self.active
             .kv
@@ -95,6 +104,33 @@ pub(super) const FLUSH_BYTES: usize = 16 << 20;
 /// crash, openraft applies again what the log holds past the durable state, so this bounds
 /// that replay (a purge of the log also commits durably first, see `store.rs`).
 pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Commits the frozen generation `gen` with `direct` ([`commit_gen`]), then settles the
+/// overlay: on success readers stop finding `gen` there (redb holds it), on failure the
+/// overlay is failed ([`Overlay::check`]). Blocking: run it off the runtime, as both the
+/// background flush and a direct group do, since a commit may wait on a busy disk.
+pub(super) fn commit_frozen(
+    db: &Database,
+    overlay: &SharedOverlay,
+    gen: &Gen,
+    direct: &[Entry<TypeConfig>],
+    durable: bool,
+    sweep_at: Option<u64>,
+) -> Result<Vec<Response>, StorageError<NodeId>> {
+    let res = commit_gen(db, gen, direct, durable, sweep_at);
+    fail_or_thaw(overlay, res.as_ref().err().map(ToString::to_string));
+    res
+}
+
+/// Ends a freeze: `None` (committed) drops the frozen generation, `Some(why)` fails the
+/// overlay.
+pub(super) fn fail_or_thaw(overlay: &SharedOverlay, failure: Option<String>) {
+    let mut ov = overlay.write().unwrap_or_else(|p| p.into_inner());
+    match failure {
+        None => ov.frozen = None,
+        Some(why) => ov.failed = Some(why),
+    }
+}
 
 /// Writes one generation to redb in one transaction, with `direct` (entries applied straight
 /// to redb, in log order) applied after it; their answers, in order.
